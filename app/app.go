@@ -1,0 +1,184 @@
+// Package app wires WinDI Chat together: configuration, logger, database,
+// chat service and HTTP server. cmd/windi runs it; end-to-end tests run it
+// on 127.0.0.1:0 the same way.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/windi-chat/windi/auth"
+	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/handlers"
+	"github.com/windi-chat/windi/repo"
+)
+
+// Main is one running server. Build it with New, start it with Open, stop
+// it with Close.
+type Main struct {
+	Config Config
+	Logger *slog.Logger
+	// Argon2 is the password hashing cost; tests lower it.
+	Argon2 auth.Argon2Params
+
+	Store   *repo.Store
+	Service *chat.Service
+	Echo    *echo.Echo
+
+	ln   net.Listener
+	http *http.Server
+}
+
+// New returns a Main for cfg that logs to logger.
+func New(cfg Config, logger *slog.Logger) *Main {
+	return &Main{Config: cfg, Logger: logger, Argon2: auth.DefaultArgon2}
+}
+
+// Open connects to the database, runs migrations, builds the service and
+// the HTTP server, and starts listening (not yet serving).
+func (m *Main) Open(ctx context.Context) error {
+	store, err := repo.Open(ctx, m.Config.DatabaseURL, m.Config.DataDir)
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	m.Store = store
+	if err := store.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	secret, err := m.jwtSecret()
+	if err != nil {
+		return err
+	}
+	svc, err := chat.New(chat.Config{
+		Store: store, Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2, Logger: m.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	m.Service = svc
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	srv := handlers.NewServer(svc, dbCheck{store})
+	if err := handlers.Mount(e, srv, svc, handlers.Options{
+		Logger:      m.Logger,
+		Unvalidated: []string{"/ws", "/docs", "/metrics", "/openapi.yaml", "/openapi.json"},
+	}); err != nil {
+		return err
+	}
+	m.Echo = e
+
+	ln, err := net.Listen("tcp", m.Config.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", m.Config.Addr, err)
+	}
+	m.ln = ln
+	m.http = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn)}
+	mode := "embedded"
+	if m.Config.DatabaseURL != "" {
+		mode = "scaled"
+	}
+	m.Logger.Info("server listening", "event", "server.start", "addr", ln.Addr().String(), "mode", mode, "dialect", store.Dialect())
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (m *Main) Addr() string { return m.ln.Addr().String() }
+
+// URL is the server's base URL.
+func (m *Main) URL() string { return "http://" + m.Addr() }
+
+// Serve serves until ctx is done, then shuts down gracefully.
+func (m *Main) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- m.http.Serve(m.ln) }()
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+	}
+	m.Logger.Info("shutting down", "event", "server.stop")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return m.http.Shutdown(sctx)
+}
+
+// Close releases everything Open acquired.
+func (m *Main) Close() error {
+	var errs []error
+	if m.http != nil {
+		errs = append(errs, m.http.Close())
+	}
+	if m.Store != nil {
+		errs = append(errs, m.Store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// jwtSecret returns JWT_SECRET, or in embedded mode a random secret
+// generated once and kept in the data directory.
+func (m *Main) jwtSecret() ([]byte, error) {
+	if m.Config.JWTSecret != "" {
+		if len(m.Config.JWTSecret) < 32 {
+			m.Logger.Warn("JWT_SECRET is shorter than 32 bytes; use a long random secret", "event", "config.weak_secret")
+		}
+		return []byte(m.Config.JWTSecret), nil
+	}
+	path := filepath.Join(m.Config.DataDir, "jwt_secret")
+	if b, err := os.ReadFile(path); err == nil {
+		if s := strings.TrimSpace(string(b)); len(s) >= 32 {
+			return []byte(s), nil
+		}
+		return nil, fmt.Errorf("%s holds no usable secret; delete it to generate a new one", path)
+	}
+	if err := os.MkdirAll(m.Config.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	secret := hex.EncodeToString(raw)
+	// Write a private temporary file, then link it into place: the link fails
+	// when another process got there first, and nobody reads a half-written
+	// secret.
+	tmp, err := os.CreateTemp(m.Config.DataDir, ".jwt_secret-*")
+	if err != nil {
+		return nil, fmt.Errorf("write JWT secret: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(secret + "\n"); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("write JWT secret: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("write JWT secret: %w", err)
+	}
+	if err := os.Link(tmp.Name(), path); errors.Is(err, os.ErrExist) {
+		return m.jwtSecret()
+	} else if err != nil {
+		return nil, fmt.Errorf("write JWT secret: %w", err)
+	}
+	m.Logger.Info("generated a JWT secret", "event", "config.secret_generated", "path", path)
+	return []byte(secret), nil
+}
+
+type dbCheck struct{ s *repo.Store }
+
+func (dbCheck) Name() string                      { return "database" }
+func (d dbCheck) Check(ctx context.Context) error { return d.s.Ping(ctx) }

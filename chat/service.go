@@ -1,0 +1,259 @@
+// Package chat holds WinDI Chat's rules in one place: who may read, send to,
+// join or leave a chat, how sends are deduplicated and numbered, and how read
+// watermarks move. REST handlers and WebSocket connections both call it, so a
+// message sent either way follows the same path.
+package chat
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+	"net"
+	"net/mail"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/windi-chat/windi/auth"
+	"github.com/windi-chat/windi/repo"
+)
+
+// Limits from SPEC §5.
+const (
+	MaxTextChars     = 4096
+	MaxNameChars     = 100
+	MaxEmailBytes    = 254
+	MinPasswordChars = 8
+	MaxPasswordChars = 128
+	MaxClientMsgID   = 64
+	MaxGroupMembers  = 1000
+)
+
+// Events receives what the service changed, after it is committed, so that
+// realtime delivery can fan it out. Implementations must not block for long.
+type Events interface {
+	MessageStored(ctx context.Context, m Message)
+	ReadMoved(ctx context.Context, chatID, userID, seq int64, chatRead *int64)
+	MemberAdded(ctx context.Context, chatID, userID int64)
+	MemberRemoved(ctx context.Context, chatID, userID int64)
+}
+
+// Presence says which users hold a live connection on any replica.
+type Presence interface {
+	Online(ctx context.Context, userIDs []int64) ([]int64, error)
+}
+
+// DedupGuard is the fast cross-replica guard against repeated sends (Redis
+// SET NX in scaled mode). The database unique key stays the durable truth:
+// the guard only lets a repeat skip the write path.
+type DedupGuard interface {
+	// Claim reports whether key was unclaimed and is now claimed.
+	Claim(ctx context.Context, key string) (bool, error)
+}
+
+// Config holds the service's dependencies. Events, Presence and Dedup may be
+// nil.
+type Config struct {
+	Store    *repo.Store
+	Tokens   *auth.Tokens
+	Argon2   auth.Argon2Params
+	Logger   *slog.Logger
+	Events   Events
+	Presence Presence
+	Dedup    DedupGuard
+}
+
+// Service applies the chat rules. It is safe for concurrent use.
+type Service struct {
+	store     *repo.Store
+	tokens    *auth.Tokens
+	argon     auth.Argon2Params
+	log       *slog.Logger
+	events    Events
+	presence  Presence
+	dedup     DedupGuard
+	dummyHash string // compared against on unknown emails so both failures cost the same
+}
+
+// New returns a Service.
+func New(cfg Config) (*Service, error) {
+	s := &Service{
+		store: cfg.Store, tokens: cfg.Tokens, argon: cfg.Argon2, log: cfg.Logger,
+		events: cfg.Events, presence: cfg.Presence, dedup: cfg.Dedup,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "chat")
+	if s.events == nil {
+		s.events = nopEvents{}
+	}
+	h, err := auth.HashPassword("not a real password", s.argon)
+	if err != nil {
+		return nil, err
+	}
+	s.dummyHash = h
+	return s, nil
+}
+
+// SetEvents replaces the event sink; realtime wires itself in after both are
+// built. Call it before serving.
+func (s *Service) SetEvents(e Events) { s.events = e }
+
+// SetPresence replaces the presence source. Call it before serving.
+func (s *Service) SetPresence(p Presence) { s.presence = p }
+
+// SetDedup replaces the fast dedup guard. Call it before serving.
+func (s *Service) SetDedup(d DedupGuard) { s.dedup = d }
+
+// Tokens returns the token issuer and verifier.
+func (s *Service) Tokens() *auth.Tokens { return s.tokens }
+
+type nopEvents struct{}
+
+func (nopEvents) MessageStored(context.Context, Message)                 {}
+func (nopEvents) ReadMoved(context.Context, int64, int64, int64, *int64) {}
+func (nopEvents) MemberAdded(context.Context, int64, int64)              {}
+func (nopEvents) MemberRemoved(context.Context, int64, int64)            {}
+
+// NormalizeEmail trims and lowercases an email address.
+func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
+
+// Register creates an account. Errors: CodeInvalid, CodeEmailTaken.
+func (s *Service) Register(ctx context.Context, name, email, password string) (repo.User, error) {
+	name = strings.TrimSpace(name)
+	if n := utf8.RuneCountInString(name); n < 1 || n > MaxNameChars {
+		return repo.User{}, invalid("name", "name must be 1..%d characters", MaxNameChars)
+	}
+	email = NormalizeEmail(email)
+	if err := validEmail(email); err != nil {
+		return repo.User{}, err
+	}
+	if n := utf8.RuneCountInString(password); n < MinPasswordChars || n > MaxPasswordChars {
+		return repo.User{}, invalid("password", "password must be %d..%d characters", MinPasswordChars, MaxPasswordChars)
+	}
+	hash, err := auth.HashPassword(password, s.argon)
+	if err != nil {
+		return repo.User{}, err
+	}
+	u, err := s.store.CreateUser(ctx, name, email, hash)
+	if errors.Is(err, repo.ErrConflict) {
+		return repo.User{}, &Error{Code: CodeEmailTaken, Field: "email", Message: "email is already registered"}
+	}
+	if err != nil {
+		return repo.User{}, classify(err)
+	}
+	s.log.InfoContext(ctx, "user registered", "event", "user.registered", "user_id", u.ID)
+	return u, nil
+}
+
+func validEmail(email string) error {
+	if len(email) == 0 || len(email) > MaxEmailBytes {
+		return invalid("email", "email must be a valid address up to %d bytes", MaxEmailBytes)
+	}
+	addr, err := mail.ParseAddress(email)
+	if err != nil || addr.Address != email || addr.Name != "" {
+		return invalid("email", "email must be a valid address")
+	}
+	return nil
+}
+
+// LoginResult is an issued access token.
+type LoginResult struct {
+	Token     string
+	ExpiresIn time.Duration
+	UserID    int64
+}
+
+// Login checks credentials and issues a token. An unknown email and a wrong
+// password fail identically (CodeUnauthorized) and cost the same time.
+func (s *Service) Login(ctx context.Context, email, password string) (LoginResult, error) {
+	email = NormalizeEmail(email)
+	u, err := s.store.UserByEmail(ctx, email)
+	if err != nil && !errors.Is(err, repo.ErrNotFound) {
+		return LoginResult{}, classify(err)
+	}
+	hash := s.dummyHash
+	if err == nil {
+		hash = u.PasswordHash
+	}
+	ok := auth.CheckPassword(hash, password)
+	if err != nil || !ok {
+		s.log.InfoContext(ctx, "login failed", "event", "login.failed", "user_id", u.ID)
+		return LoginResult{}, errorf(CodeUnauthorized, "incorrect email or password")
+	}
+	tok, exp, err := s.tokens.Issue(u.ID)
+	if err != nil {
+		return LoginResult{}, err
+	}
+	s.log.InfoContext(ctx, "login ok", "event", "login.ok", "user_id", u.ID)
+	return LoginResult{Token: tok, ExpiresIn: time.Until(exp).Round(time.Second), UserID: u.ID}, nil
+}
+
+// Authenticate verifies a bearer token and that its user still exists.
+func (s *Service) Authenticate(ctx context.Context, token string) (int64, time.Time, error) {
+	id, exp, err := s.tokens.Parse(token)
+	if err != nil {
+		return 0, time.Time{}, errorf(CodeUnauthorized, "invalid or expired token")
+	}
+	if _, err := s.store.UserByID(ctx, id); err != nil {
+		if errors.Is(err, repo.ErrNotFound) {
+			return 0, time.Time{}, errorf(CodeUnauthorized, "invalid or expired token")
+		}
+		return 0, time.Time{}, classify(err)
+	}
+	return id, exp, nil
+}
+
+// Me returns the user.
+func (s *Service) Me(ctx context.Context, userID int64) (repo.User, error) {
+	u, err := s.store.UserByID(ctx, userID)
+	if err != nil {
+		return repo.User{}, classify(err)
+	}
+	return u, nil
+}
+
+// SearchUsers finds users by a prefix of name or email.
+func (s *Service) SearchUsers(ctx context.Context, q string, limit int) ([]repo.User, error) {
+	us, err := s.store.SearchUsers(ctx, strings.TrimSpace(q), limit)
+	return us, classify(err)
+}
+
+// classify turns store errors into service errors: sentinels into codes, a
+// lost connection into CodeUnavailable, anything else passes through.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *Error
+	switch {
+	case errors.As(err, &ce):
+		return err
+	case errors.Is(err, repo.ErrNotFound):
+		return errorf(CodeNotFound, "not found")
+	case isUnavailable(err):
+		return &Error{Code: CodeUnavailable, Message: "storage is unavailable; nothing was stored, retry"}
+	}
+	return err
+}
+
+func isUnavailable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, repo.ErrUnavailable)
+}
+
+// dedupIDs returns ids without duplicates and without skip, in order.
+func dedupIDs(ids []int64, skip int64) []int64 {
+	seen := make(map[int64]bool, len(ids))
+	out := make([]int64, 0, len(ids))
+	for _, id := range ids {
+		if id != skip && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}

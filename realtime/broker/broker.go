@@ -1,0 +1,132 @@
+// Package broker is what WinDI replicas share: pub/sub delivery between
+// replicas, short-lived dedup keys, presence and rate-limit counters.
+//
+// Two implementations satisfy Broker and pass one conformance suite:
+// Memory, for the embedded single-process mode, and Redis, for any number
+// of replicas sharing one Redis.
+//
+// Guarantees, for both:
+//
+//   - Delivery is at most once and, per publisher, in publish order. A
+//     message reaches a replica only if the replica's subscription to the
+//     channel was confirmed when the message was published. The Redis
+//     broker may lose messages while its connection is down; it reports the
+//     affected channels through Handler.Resubscribed once the subscription
+//     is back, so the receiver refills from the database. Nothing in this
+//     package is durable: the database is the source of truth.
+//   - Claim, PresenceJoin, PresenceLeave and Hit are atomic across every
+//     replica that shares the broker.
+//   - Presence entries live for Options.PresenceTTL unless refreshed, so a
+//     replica that dies stops counting within that TTL.
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Handler receives what the broker delivers. Calls for one channel arrive
+// in publish order from one goroutine; they must not block for long,
+// because they hold up every other channel of the same broker.
+type Handler interface {
+	// Receive is called once for each message published to a subscribed
+	// channel. The payload is the receiver's to keep.
+	Receive(channel string, payload []byte)
+	// Resubscribed reports channels whose subscription was re-established
+	// after the broker connection was lost; messages published meanwhile
+	// may be lost, so the receiver refills from the database.
+	Resubscribed(channels []string)
+}
+
+// Broker is shared by every replica of a deployment.
+type Broker interface {
+	// Start sets the handler; call once before Subscribe.
+	Start(h Handler)
+	// Publish delivers payload to every replica subscribed to channel at
+	// that moment, at most once, in publish order per publisher. It never
+	// calls a handler synchronously, so callers may hold locks.
+	Publish(ctx context.Context, channel string, payload []byte) error
+	// Subscribe returns once the subscription is confirmed: everything
+	// published after it returns reaches the handler (barring a connection
+	// loss, reported through Resubscribed). Subscribing twice is a no-op.
+	// On error the broker is not subscribed, unless a concurrent Subscribe
+	// for the same channel succeeds.
+	Subscribe(ctx context.Context, channel string) error
+	// Unsubscribe stops delivery for channel; unsubscribing a channel that
+	// is not subscribed is a no-op.
+	Unsubscribe(ctx context.Context, channel string) error
+	// Claim sets key when absent, with ttl (SET NX PX); true when this call
+	// set it. It is the fast cross-replica dedup guard; the database keeps
+	// the durable one, since keys expire and Redis may restart.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// PresenceJoin records that replica holds at least one connection of
+	// user; first reports that no replica held one before (atomically
+	// across replicas: of concurrent joins exactly one sees first=true when
+	// the user was offline).
+	PresenceJoin(ctx context.Context, replica string, userID int64) (first bool, err error)
+	// PresenceLeave removes replica's entry; last reports that this call
+	// took the user offline: no live replica holds the user any more and
+	// the user was online before (atomically, exactly one of concurrent
+	// leaves sees last=true).
+	PresenceLeave(ctx context.Context, replica string, userID int64) (last bool, err error)
+	// PresenceRefresh extends replica's entries for userIDs (heartbeat),
+	// re-creating an entry that has already expired. Entries not refreshed
+	// within the presence TTL stop counting, so a dead replica's users go
+	// offline within the TTL. A refresh that races with PresenceLeave for
+	// the same user and replica may re-create the entry for up to one TTL.
+	PresenceRefresh(ctx context.Context, replica string, userIDs []int64) error
+	// Online returns which of userIDs have a live entry on any replica, in
+	// no particular order.
+	Online(ctx context.Context, userIDs []int64) ([]int64, error)
+	// Hit counts one event for key in a fixed window and returns the count
+	// in the current window (rate limits shared across replicas). Windows
+	// are aligned to the Unix epoch.
+	Hit(ctx context.Context, key string, window time.Duration) (int64, error)
+	// Ping reports whether the broker is reachable.
+	Ping(ctx context.Context) error
+	// Close stops delivery and releases the broker's resources; later calls
+	// fail with ErrClosed. Closing twice is a no-op.
+	Close() error
+}
+
+// Options configures both implementations.
+type Options struct {
+	// PresenceTTL is how long a presence entry counts without a refresh;
+	// default 45s.
+	PresenceTTL time.Duration
+	// Prefix is prepended to every key and channel; default "windi:".
+	// Tests use a random one.
+	Prefix string
+	// Now is the clock of the memory broker, for tests; default time.Now.
+	// The Redis broker uses the Redis server's clock for presence and the
+	// local clock for rate-limit windows.
+	Now func() time.Time
+}
+
+// ErrClosed is returned by calls on a closed broker.
+var ErrClosed = errors.New("broker: closed")
+
+// errNotStarted is returned by Subscribe before Start.
+var errNotStarted = errors.New("broker: subscribe before start")
+
+// errBadWindow is returned by Hit for a window under a millisecond.
+var errBadWindow = errors.New("broker: rate-limit window under 1ms")
+
+func (o Options) withDefaults() Options {
+	if o.PresenceTTL <= 0 {
+		o.PresenceTTL = 45 * time.Second
+	}
+	if o.Prefix == "" {
+		o.Prefix = "windi:"
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// windowIndex numbers the fixed window of length window that holds t.
+func windowIndex(t time.Time, window time.Duration) int64 {
+	return t.UnixMilli() / window.Milliseconds()
+}

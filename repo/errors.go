@@ -1,0 +1,105 @@
+package repo
+
+import (
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+var (
+	// ErrNotFound means the row asked for does not exist, or a row it
+	// references (a user, a chat) does not.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a unique key already holds the value, such as a
+	// registered email.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable means the database could not be reached; nothing was
+	// written.
+	ErrUnavailable = errors.New("database unavailable")
+)
+
+// SQLite extended result codes, from sqlite3.h.
+const (
+	sqliteConstraintForeignKey = 787
+	sqliteConstraintPrimaryKey = 1555
+	sqliteConstraintUnique     = 2067
+)
+
+// Postgres SQLSTATE codes.
+const (
+	pgUniqueViolation     = "23505"
+	pgForeignKeyViolation = "23503"
+)
+
+// sqliteCoder is implemented by modernc.org/sqlite errors; matching the
+// method keeps the driver out of this package's imports.
+type sqliteCoder interface {
+	Code() int
+}
+
+// isUniqueViolation reports whether err is a unique or primary key
+// violation on either dialect.
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == pgUniqueViolation
+	}
+	var sErr sqliteCoder
+	if errors.As(err, &sErr) {
+		c := sErr.Code()
+		return c == sqliteConstraintUnique || c == sqliteConstraintPrimaryKey
+	}
+	return strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// isForeignKeyViolation reports whether err is a foreign key violation on
+// either dialect.
+func isForeignKeyViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == pgForeignKeyViolation
+	}
+	var sErr sqliteCoder
+	if errors.As(err, &sErr) {
+		return sErr.Code() == sqliteConstraintForeignKey
+	}
+	return strings.Contains(err.Error(), "FOREIGN KEY constraint failed")
+}
+
+// wrap turns driver errors into the package sentinels and adds op as
+// context: sql.ErrNoRows becomes ErrNotFound, a unique violation
+// ErrConflict, a foreign key violation ErrNotFound (the referenced row is
+// missing). It returns nil for a nil err.
+func wrap(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
+		return fmt.Errorf("repo: %s: %w", op, err)
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("repo: %s: %w", op, ErrNotFound)
+	case isUniqueViolation(err):
+		return fmt.Errorf("repo: %s: %w: %w", op, ErrConflict, err)
+	case isForeignKeyViolation(err):
+		return fmt.Errorf("repo: %s: %w: %w", op, ErrNotFound, err)
+	case isUnavailable(err):
+		return fmt.Errorf("repo: %s: %w: %w", op, ErrUnavailable, err)
+	default:
+		return fmt.Errorf("repo: %s: %w", op, err)
+	}
+}
+
+// isUnavailable reports whether err means the database could not be reached
+// or the connection broke, as opposed to a statement failing.
+func isUnavailable(err error) bool {
+	var ne net.Error
+	var ce *pgconn.ConnectError
+	return errors.As(err, &ne) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || pgconn.SafeToRetry(err)
+}

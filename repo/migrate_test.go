@@ -1,0 +1,108 @@
+package repo_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/uptrace/bun/migrate"
+
+	"github.com/windi-chat/windi/migrations"
+	"github.com/windi-chat/windi/repo"
+	"github.com/windi-chat/windi/repo/repotest"
+)
+
+// openUnmigrated opens a store without migrating it.
+func openUnmigrated(t *testing.T, databaseURL, dataDir string) *repo.Store {
+	t.Helper()
+	s, err := repo.Open(context.Background(), databaseURL, dataDir)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestMigrateConcurrentReplicas(t *testing.T) {
+	targets := map[string]func(t *testing.T) (string, string){
+		repo.DialectSQLite:   func(t *testing.T) (string, string) { return "", t.TempDir() },
+		repo.DialectPostgres: func(t *testing.T) (string, string) { return repotest.NewPostgresURL(t), "" },
+	}
+	for _, dialect := range []string{repo.DialectSQLite, repo.DialectPostgres} {
+		t.Run(dialect, func(t *testing.T) {
+			url, dir := targets[dialect](t)
+			const n = 4
+			stores := make([]*repo.Store, n)
+			for i := range stores {
+				stores[i] = openUnmigrated(t, url, dir)
+			}
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			for i, s := range stores {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = s.Migrate(context.Background())
+				}()
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if err != nil {
+					t.Errorf("replica %d: %v", i, err)
+				}
+			}
+			if _, err := stores[0].CreateUser(context.Background(), "a", "a@example.com", "h"); err != nil {
+				t.Errorf("create user after migrate: %v", err)
+			}
+		})
+	}
+}
+
+func TestMigrateClearsStaleLockOnPostgres(t *testing.T) {
+	s := repotest.OpenPostgres(t)
+	ctx := context.Background()
+	// A process that died while migrating leaves bun/migrate's lock row.
+	_, err := s.DB().NewRaw("INSERT INTO bun_migration_locks (table_name) VALUES ('bun_migrations')").Exec(ctx)
+	if err != nil {
+		t.Fatalf("insert stale lock: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("migrate with stale lock: %v", err)
+	}
+	var n int
+	if err := s.DB().NewRaw("SELECT count(*) FROM bun_migration_locks").Scan(ctx, &n); err != nil {
+		t.Fatalf("count locks: %v", err)
+	}
+	if n != 0 {
+		t.Errorf("got %d lock rows after migrate, want 0", n)
+	}
+}
+
+func TestMigrateDownAndUp(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		fsys, err := migrations.ForDialect(s.Dialect())
+		if err != nil {
+			t.Fatalf("migrations: %v", err)
+		}
+		ms := migrate.NewMigrations()
+		if err := ms.Discover(fsys); err != nil {
+			t.Fatalf("discover: %v", err)
+		}
+		m := migrate.NewMigrator(s.DB(), ms)
+		if _, err := m.Rollback(ctx); err != nil {
+			t.Fatalf("rollback: %v", err)
+		}
+		if _, err := s.UserByID(ctx, 1); err == nil || errors.Is(err, repo.ErrNotFound) {
+			t.Fatalf("after rollback: got %v, want a missing-table error", err)
+		}
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("migrate after rollback: %v", err)
+		}
+		mustUser(t, s, "a")
+	})
+}
