@@ -22,6 +22,8 @@ import (
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/handlers"
+	"github.com/windi-chat/windi/realtime"
+	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 )
 
@@ -33,8 +35,18 @@ type Main struct {
 	// Argon2 is the password hashing cost; tests lower it.
 	Argon2 auth.Argon2Params
 
+	// Broker, when set before Open, is used instead of the one the
+	// configuration names (tests share an in-process broker between
+	// servers this way). BrokerOptions configure the one Open builds.
+	Broker        broker.Broker
+	BrokerOptions broker.Options
+	// Realtime tunes WebSocket delivery; Open fills in the logger and the
+	// allowed origins.
+	Realtime realtime.Config
+
 	Store   *repo.Store
 	Service *chat.Service
+	Hub     *realtime.Hub
 	Echo    *echo.Echo
 
 	ln   net.Listener
@@ -69,15 +81,36 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.Service = svc
 
+	if m.Broker == nil {
+		if m.Config.RedisURL != "" {
+			m.Broker, err = broker.NewRedis(ctx, m.Config.RedisURL, m.BrokerOptions)
+			if err != nil {
+				return fmt.Errorf("connect to redis: %w", err)
+			}
+		} else {
+			m.Broker = broker.NewMemory(m.BrokerOptions)
+		}
+	}
+	rc := m.Realtime
+	rc.Logger = m.Logger
+	if rc.AllowedOrigins == nil {
+		rc.AllowedOrigins = m.Config.AllowedOrigins
+	}
+	m.Hub = realtime.New(rc, svc, store, m.Broker)
+	svc.SetEvents(m.Hub)
+	svc.SetPresence(m.Hub)
+	svc.SetDedup(m.Hub)
+
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	srv := handlers.NewServer(svc, dbCheck{store})
+	srv := handlers.NewServer(svc, dbCheck{store}, brokerCheck{m.Broker})
 	if err := handlers.Mount(e, srv, svc, handlers.Options{
 		Logger:      m.Logger,
 		Unvalidated: []string{"/ws", "/docs", "/metrics", "/openapi.yaml", "/openapi.json"},
 	}); err != nil {
 		return err
 	}
+	m.Hub.Mount(e)
 	m.Echo = e
 
 	ln, err := net.Listen("tcp", m.Config.Addr)
@@ -115,6 +148,9 @@ func (m *Main) Serve(ctx context.Context) error {
 	m.Logger.Info("shutting down", "event", "server.stop")
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
+	// WebSockets first: they close with 1001 and their clients move to
+	// another replica while this one drains its HTTP requests.
+	m.Hub.Shutdown(sctx)
 	return m.http.Shutdown(sctx)
 }
 
@@ -123,6 +159,14 @@ func (m *Main) Close() error {
 	var errs []error
 	if m.http != nil {
 		errs = append(errs, m.http.Close())
+	}
+	if m.Hub != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m.Hub.Shutdown(ctx)
+		cancel()
+	}
+	if m.Broker != nil {
+		errs = append(errs, m.Broker.Close())
 	}
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())
@@ -177,6 +221,11 @@ func (m *Main) jwtSecret() ([]byte, error) {
 	m.Logger.Info("generated a JWT secret", "event", "config.secret_generated", "path", path)
 	return []byte(secret), nil
 }
+
+type brokerCheck struct{ b broker.Broker }
+
+func (brokerCheck) Name() string                      { return "broker" }
+func (c brokerCheck) Check(ctx context.Context) error { return c.b.Ping(ctx) }
 
 type dbCheck struct{ s *repo.Store }
 

@@ -383,3 +383,27 @@ func minReadSeq(ctx context.Context, db bun.IDB, chatID int64) (int64, error) {
 		Where("cm.chat_id = ?", chatID).Scan(ctx, &n)
 	return n, err
 }
+
+// ChatHead is a chat's id and message counter.
+type ChatHead struct {
+	ChatID  int64 `bun:"chat_id"`
+	LastSeq int64 `bun:"last_seq"`
+}
+
+// MemberChatHeads returns the last_seq of every chat userID belongs to, by
+// chat id. WebSocket connections start from these.
+func (s *Store) MemberChatHeads(ctx context.Context, userID int64) (map[int64]int64, error) {
+	var rows []ChatHead
+	err := s.db.NewSelect().Model((*Member)(nil)).
+		ColumnExpr("cm.chat_id AS chat_id").ColumnExpr("c.last_seq AS last_seq").
+		Join("JOIN chats AS c ON c.id = cm.chat_id").
+		Where("cm.user_id = ?", userID).Scan(ctx, &rows)
+	if err != nil {
+		return nil, wrap("member chat heads", err)
+	}
+	out := make(map[int64]int64, len(rows))
+	for _, r := range rows {
+		out[r.ChatID] = r.LastSeq
+	}
+	return out, nil
+}

@@ -338,3 +338,57 @@ func sameIDs(a, b []int64) bool {
 	slices.Sort(b)
 	return slices.Equal(a, b)
 }
+
+func TestMemberChatHeads(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
+		ab, _, err := s.GetOrCreatePrivateChat(ctx, a.ID, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := s.CreateGroup(ctx, "g", a.ID, []int64{c.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustSend(t, s, ab.ID, a.ID, "1", "x")
+		mustSend(t, s, ab.ID, b.ID, "2", "y")
+		heads, err := s.MemberChatHeads(ctx, a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(heads) != 2 || heads[ab.ID] != 2 || heads[g.ID] != 0 {
+			t.Errorf("got %v, want {%d:2 %d:0}", heads, ab.ID, g.ID)
+		}
+		heads, _ = s.MemberChatHeads(ctx, b.ID)
+		if len(heads) != 1 || heads[ab.ID] != 2 {
+			t.Errorf("got %v for b, want {%d:2}", heads, ab.ID)
+		}
+	})
+}
+
+func TestInsertMessageReportsLowestWatermark(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
+		g, err := s.CreateGroup(ctx, "g", a.ID, []int64{b.ID, c.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.InsertMessage(ctx, g.ID, a.ID, "1", "x") // a:1 b:0 c:0
+		if err != nil || r.MinBefore != 0 || r.MinAfter != 0 {
+			t.Fatalf("got %+v %v, want min 0 -> 0", r, err)
+		}
+		if _, err := s.MarkRead(ctx, g.ID, b.ID, 1); err != nil { // a:1 b:1 c:0
+			t.Fatal(err)
+		}
+		r, err = s.InsertMessage(ctx, g.ID, c.ID, "2", "y") // c was lowest: a:1 b:1 c:2
+		if err != nil || r.MinBefore != 0 || r.MinAfter != 1 {
+			t.Errorf("got %+v %v, want min 0 -> 1", r, err)
+		}
+		r, err = s.InsertMessage(ctx, g.ID, c.ID, "2", "again")
+		if err != nil || !r.Duplicate || r.MinBefore != 0 || r.MinAfter != 0 {
+			t.Errorf("duplicate: got %+v %v, want no watermark report", r, err)
+		}
+	})
+}

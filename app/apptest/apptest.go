@@ -12,14 +12,18 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo/repotest"
 )
 
@@ -57,22 +61,67 @@ func (b *SyncBuffer) String() string {
 	return b.buf.String()
 }
 
-// Env is the shared backing of one or more servers: a database (and later a
-// broker) they all use.
+// Env is the shared backing of one or more servers: a database and a
+// broker they all use. On "sqlite" the servers share one in-process broker
+// (each its own replica view of it); on "postgres" they share Redis under a
+// random key prefix.
 type Env struct {
 	Dialect     string
 	DatabaseURL string
 	DataDir     string
+	RedisURL    string
+	Prefix      string
+	// PresenceTTL, when set before Start, shortens presence expiry.
+	PresenceTTL time.Duration
+	memory      *broker.Memory
 }
 
-// NewEnv prepares a fresh database for dialect ("sqlite" or "postgres").
+// NewEnv prepares a fresh database and broker for dialect ("sqlite" or
+// "postgres").
 func NewEnv(t testing.TB, dialect string) *Env {
 	t.Helper()
-	e := &Env{Dialect: dialect, DataDir: t.TempDir()}
+	e := &Env{Dialect: dialect, DataDir: t.TempDir(), Prefix: "windi-test-" + RandomID() + ":"}
 	if dialect == "postgres" {
 		e.DatabaseURL = repotest.NewPostgresURL(t)
+		e.RedisURL = RedisURL(t, e.Prefix)
 	}
 	return e
+}
+
+// RedisURL returns the test Redis (WINDI_TEST_REDIS_URL, default
+// redis://127.0.0.1:6379/0) after checking it answers, and deletes the keys
+// under prefix when the test ends. Unreachable Redis skips the test, or
+// fails it when CI=true.
+func RedisURL(t testing.TB, prefix string) string {
+	t.Helper()
+	u := os.Getenv("WINDI_TEST_REDIS_URL")
+	if u == "" {
+		u = "redis://127.0.0.1:6379/0"
+	}
+	opts, err := redis.ParseURL(u)
+	if err != nil {
+		t.Fatalf("WINDI_TEST_REDIS_URL: %v", err)
+	}
+	rdb := redis.NewClient(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis at %s unreachable (CI=true, so this fails): %v", u, err)
+		}
+		t.Skipf("skipping: redis at %s unreachable: %v", u, err)
+	}
+	t.Cleanup(func() {
+		defer rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		iter := rdb.Scan(ctx, 0, prefix+"*", 500).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+	return u
 }
 
 // ForEachDialect runs fn as a subtest per dialect, each with a fresh Env.
@@ -91,12 +140,23 @@ func (e *Env) Start(t testing.TB, mutate ...func(*app.Config)) *Server {
 		Addr: "127.0.0.1:0", DataDir: e.DataDir, DatabaseURL: e.DatabaseURL,
 		JWTSecret: Secret, JWTTTL: time.Hour, LogLevel: slog.LevelDebug,
 	}
+	cfg.RedisURL = e.RedisURL
 	for _, m := range mutate {
 		m(&cfg)
 	}
 	logs := &SyncBuffer{}
 	m := app.New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	m.Argon2 = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1}
+	m.BrokerOptions = broker.Options{Prefix: e.Prefix, PresenceTTL: e.PresenceTTL}
+	m.Realtime.GapHoldback = 50 * time.Millisecond
+	if cfg.RedisURL == "" {
+		if e.memory == nil {
+			e.memory = broker.NewMemory(m.BrokerOptions)
+			m.Broker = e.memory
+		} else {
+			m.Broker = e.memory.Replica()
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := m.Open(ctx); err != nil {
 		cancel()
