@@ -93,6 +93,9 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	rc := m.Realtime
 	rc.Logger = m.Logger
+	if rc.PresenceTTL == 0 {
+		rc.PresenceTTL = m.BrokerOptions.PresenceTTL
+	}
 	if rc.AllowedOrigins == nil {
 		rc.AllowedOrigins = m.Config.AllowedOrigins
 	}

@@ -402,7 +402,7 @@ func (c *conn) write(frame []byte) {
 	}
 	limit := int64(c.hub.cfg.QueueSize) - 2 // room for the close frame
 	if c.queued.Load() >= limit {
-		deadline := time.NewTimer(10 * time.Second)
+		deadline := time.NewTimer(c.hub.cfg.WriteTimeout)
 		defer deadline.Stop()
 		for c.queued.Load() >= limit {
 			select {

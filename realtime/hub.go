@@ -63,7 +63,13 @@ type Config struct {
 	// MaxFrameBytes is the largest client frame; default 64 KiB. Larger
 	// frames close the connection with 1009.
 	MaxFrameBytes int64
-	Logger        *slog.Logger
+	// WriteTimeout bounds how long a connection's queue may stay full
+	// before it is closed as a slow consumer; default 10s.
+	WriteTimeout time.Duration
+	// PresenceTTL must match the broker's; this replica refreshes its
+	// presence entries every third of it. Default 45s.
+	PresenceTTL time.Duration
+	Logger      *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -97,6 +103,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxFrameBytes <= 0 {
 		c.MaxFrameBytes = 64 << 10
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PresenceTTL <= 0 {
+		c.PresenceTTL = 45 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -510,7 +522,7 @@ func (h *Hub) setPresence(op presenceOp) {
 // replica's entries every third of the TTL. It runs until Shutdown.
 func (h *Hub) presenceLoop() {
 	defer close(h.loopDone)
-	tick := time.NewTicker(10 * time.Second)
+	tick := time.NewTicker(h.cfg.PresenceTTL / 3)
 	defer tick.Stop()
 	for {
 		select {

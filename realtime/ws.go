@@ -3,12 +3,14 @@ package realtime
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
 	"github.com/olahol/melody"
 
@@ -23,7 +25,7 @@ func (h *Hub) newMelody() *melody.Melody {
 	m.Config.MessageBufferSize = h.cfg.QueueSize
 	m.Config.PingPeriod = h.cfg.PingPeriod
 	m.Config.PongWait = h.cfg.PongWait
-	m.Config.WriteWait = 10 * time.Second
+	m.Config.WriteWait = h.cfg.WriteTimeout
 	m.Upgrader.CheckOrigin = h.checkOrigin
 	m.HandleConnect(h.onConnect)
 	m.HandleDisconnect(h.onDisconnect)
@@ -178,6 +180,16 @@ func (h *Hub) onError(s *melody.Session, err error) {
 	c := connOf(s)
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		c.closeNow(CloseSlowConsumer, "slow consumer: socket queue full")
+		return
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		// gorilla has sent close 1009. Read off the rest of the oversized
+		// frame before melody closes the socket: closing with unread data
+		// sends a TCP reset, which can destroy the close frame in flight.
+		h.log.Info("frame over the size limit", "event", "ws.too_large", "conn_id", c.id, "user_id", c.userID)
+		nc := s.WebsocketConnection().UnderlyingConn()
+		_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, _ = io.Copy(io.Discard, nc)
 		return
 	}
 	h.log.Debug("websocket error", "event", "ws.error", "conn_id", c.id, "err", err)

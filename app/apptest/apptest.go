@@ -40,7 +40,12 @@ type Server struct {
 	Client *gen.ClientWithResponses
 	// Logs holds everything the server logged, as JSON lines.
 	Logs *SyncBuffer
+	stop func()
 }
+
+// Stop shuts the server down as SIGTERM does (WebSockets close with 1001)
+// and waits for it. Stopping twice is harmless.
+func (s *Server) Stop() { s.stop() }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers.
 type SyncBuffer struct {
@@ -136,20 +141,29 @@ func ForEachDialect(t *testing.T, fn func(t *testing.T, env *Env)) {
 // adjusts the configuration first.
 func (e *Env) Start(t testing.TB, mutate ...func(*app.Config)) *Server {
 	t.Helper()
+	return e.StartMain(t, func(m *app.Main) {
+		for _, f := range mutate {
+			f(&m.Config)
+		}
+	})
+}
+
+// StartMain runs a server on env until the test ends; tune adjusts the
+// app.Main (configuration, realtime tuning) before it opens.
+func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
+	t.Helper()
 	cfg := app.Config{
 		Addr: "127.0.0.1:0", DataDir: e.DataDir, DatabaseURL: e.DatabaseURL,
 		JWTSecret: Secret, JWTTTL: time.Hour, LogLevel: slog.LevelDebug,
 	}
 	cfg.RedisURL = e.RedisURL
-	for _, m := range mutate {
-		m(&cfg)
-	}
 	logs := &SyncBuffer{}
 	m := app.New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	m.Argon2 = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1}
 	m.BrokerOptions = broker.Options{Prefix: e.Prefix, PresenceTTL: e.PresenceTTL}
 	m.Realtime.GapHoldback = 50 * time.Millisecond
-	if cfg.RedisURL == "" {
+	tune(m)
+	if m.Config.RedisURL == "" {
 		if e.memory == nil {
 			e.memory = broker.NewMemory(m.BrokerOptions)
 			m.Broker = e.memory
@@ -165,20 +179,24 @@ func (e *Env) Start(t testing.TB, mutate ...func(*app.Config)) *Server {
 	}
 	done := make(chan error, 1)
 	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := m.Close(); err != nil {
-			t.Errorf("close server: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			if err := m.Close(); err != nil {
+				t.Errorf("close server: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	c, err := gen.NewClientWithResponses(m.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs}
+	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs, stop: stop}
 }
 
 // User is a registered, logged-in user.

@@ -123,11 +123,16 @@ func (w *WS) Send(t testing.TB, v any) {
 // SendRaw writes data as a text frame.
 func (w *WS) SendRaw(t testing.TB, data []byte) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := w.conn.Write(ctx, websocket.MessageText, data); err != nil {
+	if err := w.TrySendRaw(data); err != nil {
 		t.Fatalf("ws write: %v", err)
 	}
+}
+
+// TrySendRaw writes data as a text frame and returns the write error.
+func (w *WS) TrySendRaw(data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return w.conn.Write(ctx, websocket.MessageText, data)
 }
 
 // Next returns the next frame, failing after timeout.
@@ -185,6 +190,15 @@ func (w *WS) Quiet(t testing.TB, d time.Duration) {
 // Drain returns every frame that arrives within d.
 func (w *WS) Drain(d time.Duration) []Frame {
 	var out []Frame
+	for { // what has arrived already, first
+		select {
+		case f := <-w.frames:
+			out = append(out, f)
+			continue
+		default:
+		}
+		break
+	}
 	deadline := time.After(d)
 	for {
 		select {
