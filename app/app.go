@@ -106,6 +106,14 @@ func (m *Main) Open(ctx context.Context) error {
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	replica := m.Hub.Replica()
+	e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			// Tells clients (and the end-to-end test) which replica answered.
+			c.Response().Header().Set("X-Windi-Replica", replica)
+			return next(c)
+		}
+	})
 	srv := handlers.NewServer(svc, dbCheck{store}, brokerCheck{m.Broker})
 	if err := handlers.Mount(e, srv, svc, handlers.Options{
 		Logger:      m.Logger,
