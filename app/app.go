@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +22,9 @@ import (
 
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/docs"
 	"github.com/windi-chat/windi/handlers"
+	"github.com/windi-chat/windi/metrics"
 	"github.com/windi-chat/windi/realtime"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
@@ -44,13 +47,15 @@ type Main struct {
 	// allowed origins.
 	Realtime realtime.Config
 
+	Metrics *metrics.Metrics
 	Store   *repo.Store
 	Service *chat.Service
 	Hub     *realtime.Hub
 	Echo    *echo.Echo
 
-	ln   net.Listener
-	http *http.Server
+	ln        net.Listener
+	http      *http.Server
+	committer *repo.Committer
 }
 
 // New returns a Main for cfg that logs to logger.
@@ -73,14 +78,9 @@ func (m *Main) Open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svc, err := chat.New(chat.Config{
-		Store: store, Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2, Logger: m.Logger,
-	})
-	if err != nil {
-		return err
+	if m.BrokerOptions.Prefix == "" {
+		m.BrokerOptions.Prefix = m.Config.RedisPrefix
 	}
-	m.Service = svc
-
 	if m.Broker == nil {
 		if m.Config.RedisURL != "" {
 			m.Broker, err = broker.NewRedis(ctx, m.Config.RedisURL, m.BrokerOptions)
@@ -91,8 +91,33 @@ func (m *Main) Open(ctx context.Context) error {
 			m.Broker = broker.NewMemory(m.BrokerOptions)
 		}
 	}
+	lim := m.Config.Limits
+	m.Metrics = metrics.New()
+	m.committer = store.NewCommitter(4, 256)
+	svc, err := chat.New(chat.Config{
+		Metrics:   m.Metrics,
+		Committer: m.committer,
+		Store:     store, Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2, Logger: m.Logger,
+		Hits:   m.Broker,
+		Limits: chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, UserSendRate: lim.UserSendRate},
+	})
+	if err != nil {
+		return err
+	}
+	m.Service = svc
+
 	rc := m.Realtime
+	if rc.SendRate == 0 {
+		rc.SendRate, rc.SendBurst = lim.SendRate, lim.SendBurst
+		if lim.SendRate == 0 {
+			rc.SendRate = -1 // off
+		}
+	}
+	if rc.MaxConnsPerUser == 0 {
+		rc.MaxConnsPerUser = lim.MaxConnsPerUser
+	}
 	rc.Logger = m.Logger
+	rc.Metrics = m.Metrics
 	if rc.PresenceTTL == 0 {
 		rc.PresenceTTL = m.BrokerOptions.PresenceTTL
 	}
@@ -117,11 +142,14 @@ func (m *Main) Open(ctx context.Context) error {
 	srv := handlers.NewServer(svc, dbCheck{store}, brokerCheck{m.Broker})
 	if err := handlers.Mount(e, srv, svc, handlers.Options{
 		Logger:      m.Logger,
+		Metrics:     m.Metrics,
 		Unvalidated: []string{"/ws", "/docs", "/metrics", "/openapi.yaml", "/openapi.json"},
 	}); err != nil {
 		return err
 	}
 	m.Hub.Mount(e)
+	e.GET("/metrics", echo.WrapHandler(m.Metrics.Handler()))
+	docs.Mount(e)
 	m.Echo = e
 
 	ln, err := net.Listen("tcp", m.Config.Addr)
@@ -130,6 +158,9 @@ func (m *Main) Open(ctx context.Context) error {
 	}
 	m.ln = ln
 	m.http = &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn)}
+	if m.Config.PprofAddr != "" {
+		m.startPprof()
+	}
 	mode := "embedded"
 	if m.Config.DatabaseURL != "" {
 		mode = "scaled"
@@ -178,6 +209,9 @@ func (m *Main) Close() error {
 	}
 	if m.Broker != nil {
 		errs = append(errs, m.Broker.Close())
+	}
+	if m.committer != nil {
+		m.committer.Close()
 	}
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())
@@ -242,3 +276,21 @@ type dbCheck struct{ s *repo.Store }
 
 func (dbCheck) Name() string                      { return "database" }
 func (d dbCheck) Check(ctx context.Context) error { return d.s.Ping(ctx) }
+
+// startPprof serves net/http/pprof on its own listener, off the public
+// port; load runs enable it to find bottlenecks.
+func (m *Main) startPprof() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Addr: m.Config.PprofAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		m.Logger.Info("pprof listening", "event", "pprof.start", "addr", m.Config.PprofAddr)
+		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			m.Logger.Warn("pprof stopped", "event", "pprof.error", "err", err)
+		}
+	}()
+}

@@ -3,9 +3,14 @@ package app
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Config is the server's configuration, read from the environment (SPEC §9).
@@ -18,6 +23,9 @@ type Config struct {
 	JWTTTL         time.Duration // JWT_TTL
 	LogLevel       slog.Level    // WINDI_LOG_LEVEL
 	AllowedOrigins []string      // WINDI_ALLOWED_ORIGINS, comma-separated
+	Limits         Limits        // abuse limits; see limits.go
+	RedisPrefix    string        // WINDI_REDIS_PREFIX: keys and channels of this deployment
+	PprofAddr      string        // WINDI_PPROF_ADDR: serve net/http/pprof there when set
 }
 
 // EnvVar documents one environment variable for --help.
@@ -35,6 +43,8 @@ var EnvVars = []EnvVar{
 	{"JWT_TTL", "24h", "lifetime of issued tokens (Go duration)"},
 	{"WINDI_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"WINDI_ALLOWED_ORIGINS", "", "comma-separated origins allowed to open WebSockets from a browser; unset allows same-host only"},
+	{"WINDI_REDIS_PREFIX", "windi:", "prefix of every Redis key and channel, so deployments can share one Redis"},
+	{"WINDI_PPROF_ADDR", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); unset: off"},
 }
 
 // LoadConfig reads the configuration through getenv. A variable set to the
@@ -57,19 +67,23 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		Addr: get("WINDI_ADDR"), DataDir: get("WINDI_DATA_DIR"),
 		DatabaseURL: get("DATABASE_URL"), RedisURL: get("REDIS_URL"), JWTSecret: get("JWT_SECRET"),
 	}
-	if !strings.Contains(cfg.Addr, ":") {
-		return Config{}, fmt.Errorf("WINDI_ADDR: %q is not host:port", cfg.Addr)
+	if err := checkAddr(cfg.Addr); err != nil {
+		return Config{}, fmt.Errorf("WINDI_ADDR: %q %v", cfg.Addr, err)
 	}
+	// URLs may hold passwords: errors describe them but never echo them.
 	if cfg.DatabaseURL != "" {
 		u, err := url.Parse(cfg.DatabaseURL)
-		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-			return Config{}, fmt.Errorf("DATABASE_URL: want a postgres:// URL")
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || checkURLPort(u) != nil {
+			return Config{}, fmt.Errorf("DATABASE_URL: want a postgres://user:password@host:port/database URL")
 		}
 	}
 	if cfg.RedisURL != "" {
 		u, err := url.Parse(cfg.RedisURL)
-		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
-			return Config{}, fmt.Errorf("REDIS_URL: want a redis:// URL")
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || checkURLPort(u) != nil {
+			return Config{}, fmt.Errorf("REDIS_URL: want a redis://[user:password@]host:port/db URL")
+		}
+		if _, err := redis.ParseURL(cfg.RedisURL); err != nil {
+			return Config{}, fmt.Errorf("REDIS_URL: %s", strings.TrimPrefix(err.Error(), "redis: "))
 		}
 	}
 	if (cfg.DatabaseURL != "" || cfg.RedisURL != "") && cfg.JWTSecret == "" {
@@ -80,13 +94,76 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		return Config{}, fmt.Errorf("JWT_TTL: %q is not a positive duration such as 24h", get("JWT_TTL"))
 	}
 	cfg.JWTTTL = ttl
+	if cfg.Limits, err = loadLimits(get); err != nil {
+		return Config{}, err
+	}
+	cfg.RedisPrefix = get("WINDI_REDIS_PREFIX")
+	if cfg.PprofAddr = get("WINDI_PPROF_ADDR"); cfg.PprofAddr != "" {
+		if err := checkAddr(cfg.PprofAddr); err != nil {
+			return Config{}, fmt.Errorf("WINDI_PPROF_ADDR: %q %v", cfg.PprofAddr, err)
+		}
+	}
 	if err := cfg.LogLevel.UnmarshalText([]byte(get("WINDI_LOG_LEVEL"))); err != nil {
 		return Config{}, fmt.Errorf("WINDI_LOG_LEVEL: %q is not debug, info, warn or error", get("WINDI_LOG_LEVEL"))
 	}
+	if cfg.DatabaseURL == "" || cfg.JWTSecret == "" {
+		// The data directory is used: it holds the SQLite file or the
+		// generated secret, and is created when missing.
+		if fi, err := os.Stat(cfg.DataDir); err == nil && !fi.IsDir() {
+			return Config{}, fmt.Errorf("WINDI_DATA_DIR: %q is not a directory", cfg.DataDir)
+		}
+	}
 	for _, o := range strings.Split(get("WINDI_ALLOWED_ORIGINS"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
+			if err := checkOrigin(o); err != nil {
+				return Config{}, fmt.Errorf("WINDI_ALLOWED_ORIGINS: %q %v", o, err)
+			}
 			cfg.AllowedOrigins = append(cfg.AllowedOrigins, o)
 		}
 	}
 	return cfg, nil
+}
+
+// checkAddr accepts host:port with a numeric port 0..65535 (0 picks a free
+// port); the host may be empty (all interfaces).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("is not host:port (such as :8000 or 127.0.0.1:8000)")
+	}
+	if !validPort(port) {
+		return fmt.Errorf("has no valid port (0..65535)")
+	}
+	return nil
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535 && p == strconv.Itoa(n)
+}
+
+// checkURLPort accepts a URL with no port or a port 1..65535.
+func checkURLPort(u *url.URL) error {
+	if p := u.Port(); p != "" && (!validPort(p) || p == "0") {
+		return fmt.Errorf("bad port")
+	}
+	return nil
+}
+
+// checkOrigin accepts "*" or a browser origin: http(s)://host[:port], with
+// no path, query or credentials, since it is compared with the Origin
+// header as a whole.
+func checkOrigin(o string) error {
+	if o == "*" {
+		return nil
+	}
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" ||
+		u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || checkURLPort(u) != nil {
+		return fmt.Errorf("is not an origin such as https://chat.example.com or http://localhost:3000, or *")
+	}
+	if u.Path == "/" {
+		return fmt.Errorf("has a trailing slash; browsers send origins without one")
+	}
+	return nil
 }

@@ -282,6 +282,7 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 		key := fmt.Sprintf("dedup:%d:%d:%s", chatID, userID, clientMsgID)
 		fresh, err := s.dedup.Claim(ctx, key)
 		if err != nil {
+			s.metrics.BrokerError("claim")
 			s.log.WarnContext(ctx, "dedup guard failed; relying on the database key", "event", "dedup.error", "chat_id", chatID, "err", err)
 		}
 		if err == nil && !fresh {
@@ -290,6 +291,7 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 			// insert below settles it through the unique key.
 			if orig, err := s.store.MessageByClientID(ctx, chatID, userID, clientMsgID); err == nil {
 				s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", chatID, "user_id", userID, "message_id", orig.ID)
+				s.metrics.Duplicate()
 				out, err := s.withRead(ctx, chatID, []repo.Message{orig})
 				if err != nil {
 					return Message{}, false, err
@@ -298,24 +300,39 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 			}
 		}
 	}
-	res, err := s.store.InsertMessage(ctx, chatID, userID, clientMsgID, text)
+	var res repo.SendResult
+	if s.committer != nil {
+		res, err = s.committer.Insert(ctx, repo.SendRequest{ChatID: chatID, SenderID: userID, ClientMsgID: clientMsgID, Text: text})
+	} else {
+		res, err = s.store.InsertMessage(ctx, chatID, userID, clientMsgID, text)
+	}
 	if err != nil {
 		return Message{}, false, classify(err)
 	}
-	out, err := s.withRead(ctx, chatID, []repo.Message{res.Message})
-	if err != nil {
-		return Message{}, false, err
+	var m Message
+	if res.Duplicate {
+		out, err := s.withRead(ctx, chatID, []repo.Message{res.Message})
+		if err != nil {
+			return Message{}, false, err
+		}
+		m = out[0]
+	} else {
+		// The send raised the sender's own watermark; the message is read
+		// when every other member's has reached it too, which for a new
+		// message means only in a chat with no one else.
+		m = Message{Message: res.Message, Read: res.MinAfter >= res.Message.Seq}
 	}
-	m := out[0]
 	if res.Duplicate {
 		s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", chatID, "user_id", userID, "message_id", m.ID)
+		s.metrics.Duplicate()
 		return m, true, nil
 	}
 	s.log.InfoContext(ctx, "message stored", "event", "message.stored", "chat_id", chatID, "user_id", userID, "message_id", m.ID, "seq", m.Seq)
+	s.metrics.MessageStored()
 	s.events.MessageStored(ctx, m)
 	if res.MinAfter > res.MinBefore {
 		low := res.MinAfter
-		s.events.ReadMoved(ctx, chatID, userID, m.Seq, &low)
+		s.events.ReadMoved(ctx, chatID, 0, 0, &low) // chat.read only: the message.new implies the sender's watermark
 	}
 	return m, false, nil
 }

@@ -3,6 +3,7 @@ package chat
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code classifies a rule violation. REST maps each code to an HTTP status and
@@ -31,6 +32,8 @@ type Error struct {
 	Code    Code
 	Message string
 	Field   string
+	// RetryAfter tells a rate-limited caller when to try again.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }

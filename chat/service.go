@@ -8,6 +8,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/mail"
@@ -16,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/windi-chat/windi/auth"
+	"github.com/windi-chat/windi/metrics"
 	"github.com/windi-chat/windi/repo"
 )
 
@@ -34,6 +36,9 @@ const (
 // realtime delivery can fan it out. Implementations must not block for long.
 type Events interface {
 	MessageStored(ctx context.Context, m Message)
+	// ReadMoved reports that userID's watermark moved to seq (userID 0: no
+	// reader's watermark to report) and, when chatRead is not nil, that the
+	// chat's lowest watermark advanced to *chatRead.
 	ReadMoved(ctx context.Context, chatID, userID, seq int64, chatRead *int64)
 	MemberAdded(ctx context.Context, chatID, userID int64)
 	MemberRemoved(ctx context.Context, chatID, userID int64)
@@ -52,8 +57,34 @@ type DedupGuard interface {
 	Claim(ctx context.Context, key string) (bool, error)
 }
 
-// Config holds the service's dependencies. Events, Presence and Dedup may be
-// nil.
+// HitCounter counts events in fixed windows, shared by every replica (the
+// broker); rate limits are built on it.
+type HitCounter interface {
+	Hit(ctx context.Context, key string, window time.Duration) (int64, error)
+}
+
+// Limits are the service's abuse limits; zero turns one off.
+type Limits struct {
+	LoginPerEmail int // login attempts per email per minute
+	LoginPerIP    int // login attempts per client IP per minute
+	UserSendRate  int // REST sends per user per second
+}
+
+type ipKey struct{}
+
+// WithClientIP returns ctx carrying the caller's IP address, for per-IP
+// limits.
+func WithClientIP(ctx context.Context, ip string) context.Context {
+	return context.WithValue(ctx, ipKey{}, ip)
+}
+
+func clientIP(ctx context.Context) string {
+	ip, _ := ctx.Value(ipKey{}).(string)
+	return ip
+}
+
+// Config holds the service's dependencies. Events, Presence, Dedup and Hits
+// may be nil.
 type Config struct {
 	Store    *repo.Store
 	Tokens   *auth.Tokens
@@ -62,6 +93,12 @@ type Config struct {
 	Events   Events
 	Presence Presence
 	Dedup    DedupGuard
+	Hits     HitCounter
+	Limits   Limits
+	Metrics  *metrics.Metrics
+	// Committer, when set, batches concurrent sends into shared
+	// transactions (group commit); otherwise each send commits alone.
+	Committer *repo.Committer
 }
 
 // Service applies the chat rules. It is safe for concurrent use.
@@ -73,6 +110,10 @@ type Service struct {
 	events    Events
 	presence  Presence
 	dedup     DedupGuard
+	hits      HitCounter
+	limits    Limits
+	metrics   *metrics.Metrics
+	committer *repo.Committer
 	dummyHash string // compared against on unknown emails so both failures cost the same
 }
 
@@ -80,7 +121,8 @@ type Service struct {
 func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, tokens: cfg.Tokens, argon: cfg.Argon2, log: cfg.Logger,
-		events: cfg.Events, presence: cfg.Presence, dedup: cfg.Dedup,
+		events: cfg.Events, presence: cfg.Presence, dedup: cfg.Dedup, hits: cfg.Hits, limits: cfg.Limits, metrics: cfg.Metrics,
+		committer: cfg.Committer,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -170,6 +212,14 @@ type LoginResult struct {
 // password fail identically (CodeUnauthorized) and cost the same time.
 func (s *Service) Login(ctx context.Context, email, password string) (LoginResult, error) {
 	email = NormalizeEmail(email)
+	if err := s.limit(ctx, "login:email:"+email, s.limits.LoginPerEmail, time.Minute); err != nil {
+		return LoginResult{}, err
+	}
+	if ip := clientIP(ctx); ip != "" {
+		if err := s.limit(ctx, "login:ip:"+ip, s.limits.LoginPerIP, time.Minute); err != nil {
+			return LoginResult{}, err
+		}
+	}
 	u, err := s.store.UserByEmail(ctx, email)
 	if err != nil && !errors.Is(err, repo.ErrNotFound) {
 		return LoginResult{}, classify(err)
@@ -189,6 +239,34 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 	}
 	s.log.InfoContext(ctx, "login ok", "event", "login.ok", "user_id", u.ID)
 	return LoginResult{Token: tok, ExpiresIn: time.Until(exp).Round(time.Second), UserID: u.ID}, nil
+}
+
+// AllowUserSend applies the per-user send limit of REST sends
+// (CodeRateLimited); WebSocket connections have their own per-connection
+// limit.
+func (s *Service) AllowUserSend(ctx context.Context, userID int64) error {
+	return s.limit(ctx, fmt.Sprintf("send:user:%d", userID), s.limits.UserSendRate, time.Second)
+}
+
+// limit counts one hit on key and refuses once the window holds more than
+// max. A broker failure lets the request through: limits protect the
+// service, they must not take it down.
+func (s *Service) limit(ctx context.Context, key string, max int, window time.Duration) error {
+	if max <= 0 || s.hits == nil {
+		return nil
+	}
+	n, err := s.hits.Hit(ctx, key, window)
+	if err != nil {
+		s.metrics.BrokerError("hit")
+		s.log.WarnContext(ctx, "rate limit check failed; allowing", "event", "broker.error", "op", "hit", "err", err)
+		return nil
+	}
+	if n <= int64(max) {
+		return nil
+	}
+	retry := window - time.Duration(time.Now().UnixNano()%int64(window))
+	s.log.InfoContext(ctx, "rate limited", "event", "rate_limited", "limit", strings.SplitN(key, ":", 3)[0]+":"+strings.SplitN(key, ":", 3)[1])
+	return &Error{Code: CodeRateLimited, Message: "too many requests; retry later", RetryAfter: retry}
 }
 
 // Authenticate verifies a bearer token and that its user still exists.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/metrics"
 )
 
 // MaxBodyBytes is the request body limit (SPEC §5).
@@ -24,7 +25,8 @@ const MaxBodyBytes = 64 << 10
 
 // Options configures Mount.
 type Options struct {
-	Logger *slog.Logger
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 	// Unvalidated lists path prefixes served outside the spec (WebSocket,
 	// docs, metrics); the request validator skips them.
 	Unvalidated []string
@@ -48,7 +50,7 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 
 	e.HTTPErrorHandler = errorHandler(log)
 	e.Use(middleware.RequestID())
-	e.Use(requestLog(log))
+	e.Use(requestLog(log, opts.Metrics))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
 		DisableStackAll: true,
 		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
@@ -57,6 +59,15 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 		},
 	}))
 	e.Use(middleware.BodyLimit(fmt.Sprintf("%dB", MaxBodyBytes)))
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			// The client IP, for per-IP limits: X-Forwarded-For is trusted
+			// only from loopback and private addresses (the proxy).
+			r := c.Request()
+			c.SetRequest(r.WithContext(chat.WithClientIP(r.Context(), c.RealIP())))
+			return next(c)
+		}
+	})
 	e.Use(securityHeaders)
 
 	skip := func(c echo.Context) bool {
@@ -271,7 +282,7 @@ func requestID(c echo.Context) string {
 
 // requestLog logs one line per request. It logs the route template and the
 // path, never the query string, so `?token=` cannot reach the logs.
-func requestLog(log *slog.Logger) echo.MiddlewareFunc {
+func requestLog(log *slog.Logger, mx *metrics.Metrics) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			start := time.Now()
@@ -280,6 +291,7 @@ func requestLog(log *slog.Logger) echo.MiddlewareFunc {
 				c.Error(err)
 			}
 			status := c.Response().Status
+			mx.HTTPRequest(c.Request().Method, c.Path(), status, time.Since(start))
 			level := slog.LevelInfo
 			if status >= 500 {
 				level = slog.LevelError

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
@@ -61,7 +62,7 @@ func problemFor(err error) *problem {
 		p.Errors = &[]gen.FieldError{{Field: ce.Field, Message: ce.Message}}
 	}
 	if ce.Code == chat.CodeRateLimited {
-		p.retryAfter = 1
+		p.retryAfter = max(1, int((ce.RetryAfter+time.Second-1)/time.Second))
 	}
 	return p
 }

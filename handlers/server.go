@@ -182,6 +182,9 @@ func (s *Server) GetHistory(ctx context.Context, req gen.GetHistoryRequestObject
 
 // SendMessage implements POST /chats/{chat_id}/messages.
 func (s *Server) SendMessage(ctx context.Context, req gen.SendMessageRequestObject) (gen.SendMessageResponseObject, error) {
+	if err := s.svc.AllowUserSend(ctx, userID(ctx)); err != nil {
+		return fail(err)
+	}
 	m, dup, err := s.svc.Send(ctx, userID(ctx), req.ChatID, req.Body.ClientMsgID, req.Body.Text)
 	if err != nil {
 		return fail(err)

@@ -41,24 +41,22 @@ type (
 		chatID int64
 		frames []json.RawMessage
 	}
-	// evSending announces a send this connection is about to make, so the
-	// message it produces is answered with message.ack, not message.new.
-	evSending struct {
-		chatID int64
-		cmid   string
-	}
 	evAck struct {
 		chatID int64
 		it     *msgItem
 		dup    bool
 	}
-	evSendFailed struct{ frame []byte }
-	evSync       struct{ chatID, since int64 }
-	evCatchup    struct{}
-	evRefill     struct{ chatID int64 }
-	evRejoin     struct{}
-	evFrame      struct{ frame []byte }
-	evClose      struct {
+	evSendFailed struct {
+		chatID int64
+		cmid   string
+		frame  []byte
+	}
+	evSync    struct{ chatID, since int64 }
+	evCatchup struct{}
+	evRefill  struct{ chatID int64 }
+	evRejoin  struct{}
+	evFrame   struct{ frame []byte }
+	evClose   struct {
 		code   int
 		reason string
 	}
@@ -98,10 +96,40 @@ type conn struct {
 	actorDone  chan struct{} // closed when the actor has returned
 	limiter    *tokenBucket  // used by the read goroutine only
 
+	// sending holds this connection's sends between the read goroutine
+	// starting them and the actor answering them, so that a message the
+	// connection sent is answered with message.ack, never message.new, even
+	// when a database fill reads it before the ack is handled.
+	sendMu  sync.Mutex
+	sending map[sendKey]struct{}
+
 	// Owned by the actor goroutine.
-	chats    map[int64]*chatState
-	inflight *evSending
-	timer    *time.Timer
+	chats map[int64]*chatState
+	timer *time.Timer
+}
+
+type sendKey struct {
+	chatID int64
+	cmid   string
+}
+
+func (c *conn) startSend(k sendKey) {
+	c.sendMu.Lock()
+	c.sending[k] = struct{}{}
+	c.sendMu.Unlock()
+}
+
+func (c *conn) endSend(k sendKey) {
+	c.sendMu.Lock()
+	delete(c.sending, k)
+	c.sendMu.Unlock()
+}
+
+func (c *conn) isSending(k sendKey) bool {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	_, ok := c.sending[k]
+	return ok
 }
 
 func newConn(h *Hub, userID, chatID int64, starts map[int64]int64, expires time.Time) *conn {
@@ -109,7 +137,7 @@ func newConn(h *Hub, userID, chatID int64, starts map[int64]int64, expires time.
 		hub: h, id: h.connSeq.Add(1), userID: userID, chatID: chatID, expires: expires,
 		inbox: make(chan event, h.cfg.InboxSize), drained: make(chan struct{}, 1), done: make(chan struct{}),
 		actorDone: make(chan struct{}),
-		chats:     make(map[int64]*chatState, len(starts)),
+		chats:     make(map[int64]*chatState, len(starts)), sending: map[sendKey]struct{}{},
 	}
 	if h.cfg.SendRate > 0 {
 		c.limiter = newTokenBucket(h.cfg.SendRate, h.cfg.SendBurst)
@@ -199,12 +227,10 @@ func (c *conn) handle(ev event) {
 		c.join(ev.chatID, ev.frames)
 	case evRejoin:
 		c.rejoin()
-	case evSending:
-		c.inflight = &ev
 	case evAck:
 		c.acked(ev)
 	case evSendFailed:
-		c.inflight = nil
+		c.endSend(sendKey{ev.chatID, ev.cmid})
 		c.write(ev.frame)
 		c.drainAll()
 	case evSync:
@@ -244,8 +270,7 @@ func (c *conn) drain(chatID int64, cs *chatState) {
 		if !ok {
 			break
 		}
-		if !p.ack && c.inflight != nil && c.inflight.chatID == chatID &&
-			p.it.sender == c.userID && p.it.cmid == c.inflight.cmid {
+		if !p.ack && p.it.sender == c.userID && c.isSending(sendKey{chatID, p.it.cmid}) {
 			break // ours, still in flight: the ack decides how to answer
 		}
 		delete(cs.pending, p.it.seq)
@@ -273,7 +298,7 @@ func (c *conn) drainAll() {
 
 // acked answers this connection's own send.
 func (c *conn) acked(ev evAck) {
-	c.inflight = nil
+	c.endSend(sendKey{ev.chatID, ev.it.cmid})
 	cs := c.chats[ev.chatID]
 	if ev.dup || cs == nil || ev.it.seq <= cs.last {
 		// A repeat, or a chat this connection does not follow: answer now.
@@ -354,6 +379,7 @@ func (c *conn) sync(chatID, since int64) {
 // zero; the caller sets the position.
 func (c *conn) follow(chatID int64) bool {
 	if err := c.hub.acquire(c.ctx, chatChannel(chatID)); err != nil {
+		c.hub.cfg.Metrics.BrokerError("subscribe")
 		c.hub.log.Warn("subscribe failed", "event", "broker.error", "op", "subscribe", "conn_id", c.id, "chat_id", chatID, "err", err)
 		return false
 	}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/metrics"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 )
@@ -57,12 +58,17 @@ type Config struct {
 	// the limit.
 	SendRate  float64
 	SendBurst int
+	// MaxConnsPerUser caps a user's open connections on this replica;
+	// 0 is no cap.
+	MaxConnsPerUser int
 	// DedupTTL is how long the fast duplicate guard remembers a send;
 	// default 1h. The database key remembers for ever.
 	DedupTTL time.Duration
 	// MaxFrameBytes is the largest client frame; default 64 KiB. Larger
 	// frames close the connection with 1009.
 	MaxFrameBytes int64
+	// Metrics records connections, deliveries and broker errors; may be nil.
+	Metrics *metrics.Metrics
 	// WriteTimeout bounds how long a connection's queue may stay full
 	// before it is closed as a slow consumer; default 10s.
 	WriteTimeout time.Duration
@@ -213,6 +219,7 @@ const (
 func (h *Hub) publish(ctx context.Context, channel string, env envelope) {
 	payload := mustJSON(env)
 	if err := h.broker.Publish(ctx, channel, payload); err != nil {
+		h.cfg.Metrics.BrokerError("publish")
 		h.log.WarnContext(ctx, "broker publish failed; delivering locally", "event", "broker.error", "op", "publish", "chat_id", env.ChatID, "err", err)
 		h.Receive(channel, payload)
 	}
@@ -228,11 +235,17 @@ func (h *Hub) MessageStored(ctx context.Context, m chat.Message) {
 
 // ReadMoved implements chat.Events.
 func (h *Hub) ReadMoved(ctx context.Context, chatID, userID, seq int64, chatRead *int64) {
-	frames := []json.RawMessage{mustJSON(gen.MessageReadEventFrame{
-		Type: gen.MessageReadEventFrameTypeMessageRead, ChatID: chatID, UserID: userID, Seq: seq,
-	})}
+	var frames []json.RawMessage
+	if userID != 0 {
+		frames = append(frames, mustJSON(gen.MessageReadEventFrame{
+			Type: gen.MessageReadEventFrameTypeMessageRead, ChatID: chatID, UserID: userID, Seq: seq,
+		}))
+	}
 	if chatRead != nil {
 		frames = append(frames, mustJSON(gen.ChatReadFrame{Type: gen.ChatRead, ChatID: chatID, Seq: *chatRead}))
+	}
+	if len(frames) == 0 {
+		return
 	}
 	h.publish(ctx, chatChannel(chatID), envelope{Kind: kindForward, ChatID: chatID, Frames: frames})
 }
@@ -266,6 +279,7 @@ func (h *Hub) Claim(ctx context.Context, key string) (bool, error) {
 func (h *Hub) Receive(channel string, payload []byte) {
 	var env envelope
 	if err := json.Unmarshal(payload, &env); err != nil {
+		h.cfg.Metrics.BrokerError("decode")
 		h.log.Error("undecodable broker payload", "event", "broker.error", "op", "decode", "channel", channel, "err", err)
 		return
 	}
@@ -283,6 +297,7 @@ func (h *Hub) Receive(channel string, payload []byte) {
 		h.fanOut(h.connsOfUser(env.UserID, true), evJoin{chatID: env.ChatID, frames: env.Frames})
 		return
 	default:
+		h.cfg.Metrics.BrokerError("decode")
 		h.log.Error("unknown broker envelope", "event", "broker.error", "op", "decode", "kind", env.Kind)
 		return
 	}
@@ -395,6 +410,7 @@ func (h *Hub) release(channel string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := h.broker.Unsubscribe(ctx, channel); err != nil {
+			h.cfg.Metrics.BrokerError("unsubscribe")
 			h.log.Warn("broker unsubscribe failed", "event", "broker.error", "op", "unsubscribe", "channel", channel, "err", err)
 		}
 		s.subscribed = false
@@ -554,6 +570,7 @@ func (h *Hub) applyPresence(op presenceOp) {
 		changed, err = h.broker.PresenceLeave(ctx, h.cfg.Replica, op.userID)
 	}
 	if err != nil {
+		h.cfg.Metrics.BrokerError("presence")
 		h.log.Warn("presence update failed", "event", "broker.error", "op", "presence", "user_id", op.userID, "err", err)
 		return
 	}
@@ -585,6 +602,7 @@ func (h *Hub) refreshPresence() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := h.broker.PresenceRefresh(ctx, h.cfg.Replica, ids); err != nil {
+		h.cfg.Metrics.BrokerError("presence_refresh")
 		h.log.Warn("presence refresh failed", "event", "broker.error", "op", "presence_refresh", "err", err)
 	}
 }

@@ -638,7 +638,7 @@ func TestShutdownClosesWith1001(t *testing.T) {
 func TestSlowConsumerIsClosed(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.StartMain(t, func(m *app.Main) {
-			m.Realtime.QueueSize, m.Realtime.InboxSize, m.Realtime.WriteTimeout = 16, 32, time.Second
+			m.Realtime.QueueSize, m.Realtime.InboxSize, m.Realtime.WriteTimeout = 32, 256, 2*time.Second
 		})
 		alice, bob, carol := s.NewUser(t, "Alice"), s.NewUser(t, "Bob"), s.NewUser(t, "Carol")
 		chatID := groupChat(t, s, alice, bob.ID, carol.ID)
@@ -658,14 +658,28 @@ func TestSlowConsumerIsClosed(t *testing.T) {
 		settle(healthy)
 
 		text := strings.Repeat("x", 4000)
+		bobDropped := func() bool {
+			for _, line := range strings.Split(s.Logs.String(), "\n") {
+				if strings.Contains(line, `"ws.dropped"`) && strings.Contains(line, fmt.Sprintf(`"user_id":%d,`, bob.ID)) &&
+					strings.Contains(line, `"code":4008`) {
+					return true
+				}
+			}
+			return false
+		}
 		sent := 0
-		for ; sent < 4000 && !strings.Contains(s.Logs.String(), `"ws.dropped"`); sent++ {
+		for ; sent < 3000 && !bobDropped(); sent++ {
 			r, err := s.Client.SendMessageWithResponse(bg, chatID, gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("m%d", sent), Text: text}, alice.Auth())
 			if err != nil || r.StatusCode() != 201 {
 				t.Fatalf("send %d: %v", sent, err)
 			}
 		}
-		if !strings.Contains(s.Logs.String(), `"code":4008`) {
+		if !bobDropped() {
+			for _, line := range strings.Split(s.Logs.String(), "\n") {
+				if strings.Contains(line, `"ws.`) || strings.Contains(line, "broker") {
+					t.Log(line)
+				}
+			}
 			t.Fatalf("the slow connection was not dropped with 4008 after %d messages", sent)
 		}
 		// Everyone else got every message, in order, without waiting on Bob.
@@ -683,4 +697,42 @@ func TestSlowConsumerIsClosed(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestSendRateLimitAndConnectionCap(t *testing.T) {
+	env := apptest.NewEnv(t, "sqlite")
+	s := env.StartMain(t, func(m *app.Main) {
+		m.Realtime.SendRate, m.Realtime.SendBurst, m.Realtime.MaxConnsPerUser = 1, 3, 2
+	})
+	alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
+	chatID := privateChat(t, s, alice, bob.ID)
+	w := s.DialWS(t, fmt.Sprintf("/ws/%d", chatID), alice.Token)
+	settle(w)
+	for i := range 5 {
+		w.Send(t, sendFrame(chatID, fmt.Sprintf("burst-%d", i), "hi"))
+	}
+	acks, limited := 0, 0
+	for range 5 {
+		f := w.Next(t, wait)
+		switch {
+		case f.Type == "message.ack":
+			acks++
+		case f.Type == "error" && f.Code == "rate_limited":
+			limited++
+			if f.ClientMsgID == "" {
+				t.Errorf("rate_limited error without client_msg_id: %s", f.Raw)
+			}
+		default:
+			t.Errorf("unexpected frame %s", f.Raw)
+		}
+	}
+	if acks != 3 || limited != 2 {
+		t.Errorf("got %d acks and %d rate_limited, want 3 and 2 (burst 3)", acks, limited)
+	}
+	// A second connection is allowed, a third is refused before the upgrade.
+	s.DialWS(t, "/ws", alice.Token)
+	if _, resp, err := s.TryDialWS("/ws", alice.Token, nil); err == nil || resp == nil || resp.StatusCode != 429 {
+		t.Errorf("third connection: got %v, want 429", err)
+	}
+	s.DialWS(t, "/ws", bob.Token) // other users are not affected
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -99,6 +100,15 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 	if err != nil {
 		return err
 	}
+	if max := h.cfg.MaxConnsPerUser; max > 0 {
+		h.mu.RLock()
+		n := h.users[userID]
+		h.mu.RUnlock()
+		if n >= max {
+			ec.Response().Header().Set("Retry-After", "5")
+			return echo.NewHTTPError(http.StatusTooManyRequests, "too many open connections for this user")
+		}
+	}
 	var since *int64
 	if v := r.URL.Query().Get("since_seq"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -148,6 +158,7 @@ func (h *Hub) onConnect(s *melody.Session) {
 		return
 	}
 	if err := h.register(ctx, c, c.chatIDs()); err != nil {
+		h.cfg.Metrics.BrokerError("subscribe")
 		h.log.Warn("connection not registered", "event", "broker.error", "op", "subscribe", "user_id", c.userID, "err", err)
 		c.closeNow(1011, "broker unavailable; retry")
 		close(c.done)
@@ -182,6 +193,15 @@ func (h *Hub) onError(s *melody.Session, err error) {
 		c.closeNow(CloseSlowConsumer, "slow consumer: socket queue full")
 		return
 	}
+	// gorilla hides a write timeout's *net.OpError behind its own
+	// net.Error, so the operation is only in the message.
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && strings.Contains(err.Error(), "write") {
+		// The peer stopped reading and the socket stayed full for the write
+		// timeout: a slow consumer, whichever timer fired first.
+		c.closeNow(CloseSlowConsumer, "slow consumer: write timed out")
+		return
+	}
 	if errors.Is(err, websocket.ErrReadLimit) {
 		// gorilla has sent close 1009. Read off the rest of the oversized
 		// frame before melody closes the socket: closing with unread data
@@ -214,10 +234,10 @@ func (h *Hub) onMessage(s *melody.Session, data []byte) {
 			c.push(evFrame{frame: encodeError(&frameError{code: gen.ErrorFrameCodeRateLimited, msg: "too many messages; slow down", clientMsgID: f.ClientMsgID, chatID: chatID})})
 			return
 		}
-		c.push(evSending{chatID: chatID, cmid: f.ClientMsgID})
+		c.startSend(sendKey{chatID, f.ClientMsgID})
 		m, dup, err := h.svc.Send(ctx, c.userID, chatID, f.ClientMsgID, f.Text)
 		if err != nil {
-			c.push(evSendFailed{frame: encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), clientMsgID: f.ClientMsgID, chatID: chatID})})
+			c.push(evSendFailed{chatID: chatID, cmid: f.ClientMsgID, frame: encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), clientMsgID: f.ClientMsgID, chatID: chatID})})
 			if errorFrameCode(err) == gen.ErrorFrameCodeInternal {
 				h.log.Error("send failed", "event", "ws.error", "conn_id", c.id, "chat_id", chatID, "err", err)
 			}
@@ -242,8 +262,14 @@ func (h *Hub) onMessage(s *melody.Session, data []byte) {
 	}
 }
 
-// Metrics hooks; instrumented by the metrics work.
-func (h *Hub) opened()               {}
-func (h *Hub) closed()               {}
-func (h *Hub) slowClosed()           {}
-func (h *Hub) delivered(it *msgItem) {}
+func (h *Hub) opened()     { h.cfg.Metrics.ConnOpened() }
+func (h *Hub) closed()     { h.cfg.Metrics.ConnClosed() }
+func (h *Hub) slowClosed() { h.cfg.Metrics.SlowConsumer() }
+
+func (h *Hub) delivered(it *msgItem) {
+	var at time.Time
+	if it.sentAt > 0 {
+		at = time.Unix(0, it.sentAt)
+	}
+	h.cfg.Metrics.Delivered(at)
+}

@@ -58,3 +58,9 @@ func seqs(msgs []repo.Message) []int64 {
 	}
 	return out
 }
+
+// openBench opens a Postgres store for a benchmark.
+func openBench(b *testing.B) *repo.Store {
+	b.Helper()
+	return repotest.OpenPostgres(b)
+}

@@ -66,6 +66,12 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("repo: open postgres: %w", err)
 		}
+		// Enough connections for the group-commit workers and concurrent
+		// reads, kept open so bursts don't pay for new ones; two replicas
+		// stay well under Postgres's default max_connections of 100.
+		sqldb.SetMaxOpenConns(32)
+		sqldb.SetMaxIdleConns(32)
+		sqldb.SetConnMaxIdleTime(5 * time.Minute)
 		s = &Store{db: bun.NewDB(sqldb, pgdialect.New()), dialect: DialectPostgres}
 	default:
 		return nil, fmt.Errorf("repo: unsupported database URL scheme (want postgres:// or postgresql://, or empty for SQLite)")

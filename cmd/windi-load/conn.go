@@ -1,0 +1,391 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// ftype is a server frame's type, decoded without allocating.
+type ftype uint8
+
+const (
+	ftOther ftype = iota
+	ftNew
+	ftAck
+	ftError
+)
+
+func (t *ftype) UnmarshalJSON(b []byte) error {
+	switch string(b) { // no allocation: the compiler compares in place
+	case `"message.new"`:
+		*t = ftNew
+	case `"message.ack"`:
+		*t = ftAck
+	case `"error"`:
+		*t = ftError
+	default:
+		*t = ftOther
+	}
+	return nil
+}
+
+// stamp is the send time embedded at the start of a message's text
+// (nanoseconds since the run's base time), decoded without allocating.
+type stamp int64
+
+func (s *stamp) UnmarshalJSON(b []byte) error {
+	*s = 0
+	if len(b) < 2 || b[0] != '"' {
+		return nil
+	}
+	var v int64
+	for _, ch := range b[1:] {
+		if ch < '0' || ch > '9' {
+			break
+		}
+		v = v*10 + int64(ch-'0')
+	}
+	*s = stamp(v)
+	return nil
+}
+
+// cmidRef is the sending connection's index from a client_msg_id of the
+// form "<conn>-<n>" (-1 for any other form), decoded without allocating.
+type cmidRef int64
+
+func (c *cmidRef) UnmarshalJSON(b []byte) error {
+	*c = -1
+	if len(b) < 4 || b[0] != '"' {
+		return nil
+	}
+	var v int64
+	for i, ch := range b[1:] {
+		if ch == '-' && i > 0 {
+			*c = cmidRef(v)
+			return nil
+		}
+		if ch < '0' || ch > '9' {
+			return nil
+		}
+		v = v*10 + int64(ch-'0')
+	}
+	return nil
+}
+
+// frame holds the fields of a server frame the tool needs.
+type frame struct {
+	Type        ftype   `json:"type"`
+	Code        string  `json:"code"`
+	ClientMsgID cmidRef `json:"client_msg_id"`
+	Duplicate   bool    `json:"duplicate"`
+	Message     msgBody `json:"message"` // an object in acks and message.new, a string in errors
+}
+
+// msgBody is the Message of message.new and message.ack.
+type msgBody struct {
+	ChatID      int64   `json:"chat_id"`
+	Seq         int64   `json:"seq"`
+	SenderID    int64   `json:"sender_id"`
+	Text        stamp   `json:"text"`
+	ClientMsgID cmidRef `json:"client_msg_id"`
+}
+
+func (m *msgBody) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || b[0] != '{' {
+		return nil // the error frame's message text
+	}
+	type plain msgBody
+	return json.Unmarshal(b, (*plain)(m))
+}
+
+// lconn is one load connection.
+type lconn struct {
+	idx      int
+	url      string // server base URL
+	userIdx  int
+	userID   int64
+	token    string
+	chatID   int64   // /ws/{chat_id}; 0 for /ws
+	follows  []int64 // chats whose messages it must receive
+	sendChat int64   // the chat it sends to; 0 when it does not send
+
+	ws         *websocket.Conn
+	dialErr    error
+	dialStatus int
+	connectDur time.Duration
+
+	// Sender side.
+	window   chan struct{} // a token per send in flight
+	sent     atomic.Int64
+	answered atomic.Int64 // acks and send errors received
+	writeErr error        // owned by the sender goroutine
+	sendDone chan struct{}
+
+	// Owned by the reader goroutine; read by others once readerDone is
+	// closed.
+	readerDone   chan struct{}
+	tr           *tracker
+	acked        bitset // seqs of sendChat acked to this connection
+	acks         int64
+	dupAcks      int64
+	sendErrors   int64
+	deliveries   int64 // message.new frames
+	unfollowed   int64 // message.new of a chat it should not get
+	wrongFrames  int64 // its own send as message.new instead of an ack
+	badFrames    int64
+	errCodes     map[string]int64
+	ackLat       hist
+	delLat       hist
+	lastAck      time.Duration // since the run's base
+	lastDelivery time.Duration
+	unexpected   bool // closed by the server or the network, not by us
+	closeStatus  websocket.StatusCode
+	closeErr     error
+}
+
+func (c *lconn) path() string {
+	if c.chatID != 0 {
+		return "/ws/" + strconv.FormatInt(c.chatID, 10)
+	}
+	return "/ws"
+}
+
+// dial opens the connection; the token goes in the Authorization header
+// so it stays out of request logs.
+func (c *lconn) dial(ctx context.Context) {
+	u := "ws" + strings.TrimPrefix(c.url, "http") + c.path()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+c.token)
+	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h, CompressionMode: websocket.CompressionDisabled})
+	c.connectDur = time.Since(t0)
+	if err != nil {
+		c.dialErr = err
+		if resp != nil {
+			c.dialStatus = resp.StatusCode
+		}
+		return
+	}
+	ws.SetReadLimit(1 << 20)
+	c.ws = ws
+}
+
+// shared is the run state every connection's goroutines touch.
+type shared struct {
+	base    time.Time
+	closing atomic.Bool
+	// followers maps a chat to its live connections, set before any send.
+	followers   atomic.Pointer[map[int64]int64]
+	deliveries  atomic.Int64 // message.new frames, all connections
+	owed        atomic.Int64 // message.new frames owed for the acks so far
+	rateLimited atomic.Int64
+	anomalies   atomic.Int64
+	warn        func(format string, args ...any)
+}
+
+func (s *shared) now() time.Duration { return time.Since(s.base) }
+
+// maxAnomalyLogs bounds the anomalies logged one by one.
+const maxAnomalyLogs = 20
+
+// anomaly logs one of the first delivery anomalies as it happens.
+func (s *shared) anomaly(c *lconn, kind string, chatID, seq, prev int64, what string) {
+	if n := s.anomalies.Add(1); n <= maxAnomalyLogs {
+		s.warn("anomaly: conn %d (user %d, %s%s) got %s chat %d seq %d after seq %d: %s",
+			c.idx, c.userID, c.url, c.path(), kind, chatID, seq, prev, what)
+	}
+}
+
+// read is the connection's only reader: it decodes each frame, tracks
+// order and latency, and answers the sender's window.
+func (c *lconn) read(st *shared) {
+	defer close(c.readerDone)
+	var buf bytes.Buffer
+	buf.Grow(4096)
+	var f frame
+	for {
+		_, r, err := c.ws.Reader(context.Background())
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
+		if err != nil {
+			c.closeErr = err
+			c.closeStatus = websocket.CloseStatus(err)
+			if !st.closing.Load() {
+				c.unexpected = true
+				st.warn("connection %d (%s%s) closed unexpectedly: %v", c.idx, c.url, c.path(), err)
+			}
+			return
+		}
+		now := st.now()
+		f = frame{}
+		if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
+			c.badFrames++
+			continue
+		}
+		m := &f.Message
+		switch f.Type {
+		case ftNew:
+			c.deliveries++
+			st.deliveries.Add(1)
+			prev := c.tr.last(m.ChatID)
+			a := c.tr.observe(m.ChatID, m.Seq)
+			if a == unfollowed {
+				c.unfollowed++
+			}
+			if a != inOrder {
+				st.anomaly(c, "message.new", m.ChatID, m.Seq, prev, a.String())
+			}
+			if m.SenderID == c.userID && int(m.ClientMsgID) == c.idx {
+				c.wrongFrames++
+				st.anomaly(c, "message.new", m.ChatID, m.Seq, prev, "own send delivered as message.new")
+			}
+			if m.Text > 0 {
+				c.delLat.record(now - time.Duration(m.Text))
+			}
+			c.lastDelivery = now
+		case ftAck:
+			c.acks++
+			if f.Duplicate {
+				c.dupAcks++
+			} else {
+				prev := c.tr.last(m.ChatID)
+				if a := c.tr.observe(m.ChatID, m.Seq); a != inOrder {
+					st.anomaly(c, "message.ack", m.ChatID, m.Seq, prev, a.String())
+				}
+				if m.ChatID == c.sendChat {
+					c.acked.set(m.Seq)
+				}
+				if fl := st.followers.Load(); fl != nil {
+					st.owed.Add(max((*fl)[m.ChatID]-1, 0))
+				}
+			}
+			if m.Text > 0 {
+				c.ackLat.record(now - time.Duration(m.Text))
+			}
+			c.lastAck = now
+			c.release()
+		case ftError:
+			if c.errCodes == nil {
+				c.errCodes = map[string]int64{}
+			}
+			c.errCodes[f.Code]++
+			if f.Code == "rate_limited" && st.rateLimited.Add(1) == 1 {
+				st.warn("WARNING: the server answers rate_limited: it limits sends per connection (default 20/s, burst 200); " +
+					"start it with a higher send limit for throughput runs")
+			}
+			if int(f.ClientMsgID) == c.idx && c.sendChat != 0 {
+				c.sendErrors++
+				c.release()
+			}
+		}
+	}
+}
+
+// release frees a window slot on an answer to one of this connection's
+// sends.
+func (c *lconn) release() {
+	if c.window == nil {
+		return
+	}
+	c.answered.Add(1)
+	select {
+	case <-c.window:
+	default:
+	}
+}
+
+// send writes message.send frames to sendChat until end: one per interval
+// (0: as fast as the window allows), with at most cap(window) unanswered.
+// Each text starts with the send time so receivers measure latency; the
+// client_msg_id "<conn>-<n>" names the sending connection.
+func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, interval time.Duration, size int) {
+	defer close(c.sendDone)
+	prefix := `{"type":"message.send","chat_id":` + strconv.FormatInt(c.sendChat, 10) +
+		`,"client_msg_id":"` + strconv.Itoa(c.idx) + `-`
+	pad := strings.Repeat("x", size)
+	buf := make([]byte, 0, len(prefix)+size+64)
+
+	endT := time.NewTimer(time.Until(end))
+	defer endT.Stop()
+	tick := time.NewTimer(time.Hour)
+	defer tick.Stop()
+	next := start
+	for n := 0; ; n++ {
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				tick.Reset(d)
+				select {
+				case <-tick.C:
+				case <-endT.C:
+					return
+				case <-c.readerDone:
+					return
+				case <-ctx.Done():
+					return
+				}
+			}
+			next = next.Add(interval)
+			if now := time.Now(); now.Sub(next) > interval {
+				next = now // fell behind (slow acks): no catch-up burst
+			}
+		}
+		if !time.Now().Before(end) || ctx.Err() != nil {
+			return
+		}
+		select {
+		case c.window <- struct{}{}:
+		case <-endT.C:
+			return
+		case <-c.readerDone:
+			return
+		case <-ctx.Done():
+			return
+		}
+		buf = append(buf[:0], prefix...)
+		buf = strconv.AppendInt(buf, int64(n), 10)
+		buf = append(buf, `","text":"`...)
+		mark := len(buf)
+		buf = strconv.AppendInt(buf, int64(st.now()), 10)
+		buf = append(buf, ' ')
+		buf = append(buf, pad[:max(size-(len(buf)-mark), 0)]...)
+		buf = append(buf, `"}`...)
+		if err := c.ws.Write(context.Background(), websocket.MessageText, buf); err != nil {
+			if !st.closing.Load() {
+				c.writeErr = err
+				st.warn("connection %d: write: %v", c.idx, err)
+			}
+			return
+		}
+		c.sent.Add(1)
+	}
+}
+
+// close ends the connection from our side and waits for the reader.
+func (c *lconn) close() {
+	if c.ws == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = c.ws.Close(websocket.StatusNormalClosure, "load run over")
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(7 * time.Second):
+		_ = c.ws.CloseNow()
+	}
+	<-c.readerDone
+}

@@ -1,0 +1,160 @@
+package repo_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/windi-chat/windi/repo"
+)
+
+func TestInsertMessagesBatch(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
+		ab, _, _ := s.GetOrCreatePrivateChat(ctx, a.ID, b.ID)
+		g, err := s.CreateGroup(ctx, "g", a.ID, []int64{b.ID, c.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := mustSend(t, s, g.ID, c.ID, "old", "stored before") // g: seq 1, c at 1
+
+		res, err := s.InsertMessages(ctx, []repo.SendRequest{
+			{ChatID: g.ID, SenderID: a.ID, ClientMsgID: "1", Text: "g1"},
+			{ChatID: ab.ID, SenderID: b.ID, ClientMsgID: "1", Text: "ab1"},
+			{ChatID: g.ID, SenderID: c.ID, ClientMsgID: "old", Text: "repeat of stored"},
+			{ChatID: g.ID, SenderID: b.ID, ClientMsgID: "1", Text: "g2"},
+			{ChatID: g.ID, SenderID: a.ID, ClientMsgID: "1", Text: "repeat in batch"},
+			{ChatID: 99999, SenderID: a.ID, ClientMsgID: "x", Text: "no such chat"},
+			{ChatID: ab.ID, SenderID: a.ID, ClientMsgID: "2", Text: "ab2"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []struct {
+			seq  int64
+			dup  bool
+			text string
+		}{{2, false, "g1"}, {1, false, "ab1"}, {1, true, "stored before"}, {3, false, "g2"}, {2, true, "g1"}, {0, false, ""}, {2, false, "ab2"}}
+		for i, w := range want {
+			r := res[i]
+			if i == 5 {
+				if r.Err == nil {
+					t.Errorf("request 5: got no error for a missing chat")
+				}
+				continue
+			}
+			if r.Err != nil || r.Message.Seq != w.seq || r.Duplicate != w.dup || r.Message.Text != w.text || r.Message.ID == 0 {
+				t.Errorf("request %d: got %+v, want seq %d dup %v text %q", i, r, w.seq, w.dup, w.text)
+			}
+		}
+		if res[2].Message.ID != old.ID || res[4].Message.ID != res[0].Message.ID {
+			t.Error("duplicates do not point at their originals")
+		}
+		for id, want := range map[int64]int64{g.ID: 3, ab.ID: 2} {
+			ch, _ := s.ChatByID(ctx, id)
+			if ch.LastSeq != want {
+				t.Errorf("chat %d: last_seq %d, want %d", id, ch.LastSeq, want)
+			}
+		}
+		// Watermarks: a=2, b=3, c=1 in the group; the lowest moved 0 -> 1.
+		ms, _ := s.Members(ctx, g.ID)
+		got := map[int64]int64{}
+		for _, m := range ms {
+			got[m.UserID] = m.LastReadSeq
+		}
+		if got[a.ID] != 2 || got[b.ID] != 3 || got[c.ID] != 1 {
+			t.Errorf("got watermarks %v, want a:2 b:3 c:1", got)
+		}
+		if res[3].MinBefore != 0 || res[3].MinAfter != 1 {
+			t.Errorf("group: got min %d -> %d on its last new message, want 0 -> 1", res[3].MinBefore, res[3].MinAfter)
+		}
+		h, _ := s.History(ctx, g.ID, repo.HistoryQuery{Limit: 10})
+		if len(h) != 3 {
+			t.Errorf("group history has %d messages, want 3", len(h))
+		}
+	})
+}
+
+func TestCommitterConcurrentSends(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		owner := mustUser(t, s, "o")
+		g1, _ := s.CreateGroup(ctx, "g1", owner.ID, nil)
+		g2, _ := s.CreateGroup(ctx, "g2", owner.ID, nil)
+		c := s.NewCommitter(4, 64)
+		defer c.Close()
+
+		const n = 200
+		var wg sync.WaitGroup
+		results := make([]repo.SendResult, n)
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() {
+				chat := g1.ID
+				if i%2 == 1 {
+					chat = g2.ID
+				}
+				cmid := fmt.Sprintf("c%d", i)
+				if i%10 < 2 {
+					cmid = "same" // repeated ten times in each chat: one row per chat
+				}
+				results[i], errs[i] = c.Insert(ctx, repo.SendRequest{ChatID: chat, SenderID: owner.ID, ClientMsgID: cmid, Text: "hi"})
+			})
+		}
+		wg.Wait()
+		fresh := map[int64]int{}
+		sameIDs := map[int64]map[int64]bool{g1.ID: {}, g2.ID: {}}
+		for i, r := range results {
+			if errs[i] != nil {
+				t.Fatalf("send %d: %v", i, errs[i])
+			}
+			if !r.Duplicate {
+				fresh[r.Message.ChatID]++
+			}
+			if r.Message.ClientMsgID == "same" {
+				sameIDs[r.Message.ChatID][r.Message.ID] = true
+			}
+		}
+		for _, chat := range []int64{g1.ID, g2.ID} {
+			h, _ := s.History(ctx, chat, repo.HistoryQuery{Limit: 100})
+			if len(h) != fresh[chat] || len(sameIDs[chat]) != 1 {
+				t.Errorf("chat %d: %d rows, %d fresh results, %d ids for the repeated send; want equal rows and results, one id", chat, len(h), fresh[chat], len(sameIDs[chat]))
+			}
+			for i, m := range h {
+				if m.Seq != int64(i+1) {
+					t.Fatalf("chat %d: message %d has seq %d, want %d", chat, i, m.Seq, i+1)
+				}
+			}
+		}
+		if want := n - n/5 + 2; fresh[g1.ID]+fresh[g2.ID] != want {
+			t.Errorf("got %d fresh sends, want %d", fresh[g1.ID]+fresh[g2.ID], want)
+		}
+	})
+}
+
+func BenchmarkInsertMessages(b *testing.B) {
+	for _, size := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("postgres/batch=%d", size), func(b *testing.B) {
+			s := openBench(b)
+			ctx := context.Background()
+			u, _ := s.CreateUser(ctx, "b", fmt.Sprintf("b-%d@x.io", size), "h")
+			g, _ := s.CreateGroup(ctx, "g", u.ID, nil)
+			b.ReportAllocs()
+			b.ResetTimer()
+			n := 0
+			for b.Loop() {
+				reqs := make([]repo.SendRequest, size)
+				for i := range reqs {
+					n++
+					reqs[i] = repo.SendRequest{ChatID: g.ID, SenderID: u.ID, ClientMsgID: fmt.Sprint(n), Text: "benchmark message"}
+				}
+				if _, err := s.InsertMessages(ctx, reqs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
