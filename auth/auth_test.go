@@ -78,3 +78,13 @@ func TestTokens(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkHashPassword measures the production argon2id cost on this
+// machine (documented in the README).
+func BenchmarkHashPassword(b *testing.B) {
+	for b.Loop() {
+		if _, err := auth.HashPassword("correct horse battery staple", auth.DefaultArgon2); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
