@@ -17,11 +17,11 @@ type Limits struct {
 
 // limitVars document the limits for --help; they follow EnvVars there.
 var limitVars = []EnvVar{
-	{"WINDI_LOGIN_LIMIT_EMAIL", "10", "login attempts per email per minute, shared by replicas (0: off)"},
-	{"WINDI_LOGIN_LIMIT_IP", "120", "login attempts per client IP per minute, shared by replicas (0: off)"},
+	{"WINDI_LOGIN_LIMIT_EMAIL", "10", "failed login attempts per email per minute, shared by replicas (0: off)"},
+	{"WINDI_LOGIN_LIMIT_IP", "120", "failed login attempts per client IP per minute, shared by replicas (0: off)"},
 	{"WINDI_SEND_RATE", "20", "message.send frames per second per WebSocket connection (0: off)"},
 	{"WINDI_SEND_BURST", "200", "burst of message.send frames per connection"},
-	{"WINDI_USER_SEND_RATE", "50", "REST message sends per second per user, shared by replicas (0: off)"},
+	{"WINDI_USER_SEND_RATE", "200", "REST message sends per second per user, shared by replicas (0: off)"},
 	{"WINDI_MAX_CONNS_PER_USER", "64", "open WebSocket connections per user on one replica (0: off)"},
 }
 

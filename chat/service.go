@@ -61,12 +61,13 @@ type DedupGuard interface {
 // broker); rate limits are built on it.
 type HitCounter interface {
 	Hit(ctx context.Context, key string, window time.Duration) (int64, error)
+	Hits(ctx context.Context, key string, window time.Duration) (int64, error)
 }
 
 // Limits are the service's abuse limits; zero turns one off.
 type Limits struct {
-	LoginPerEmail int // login attempts per email per minute
-	LoginPerIP    int // login attempts per client IP per minute
+	LoginPerEmail int // failed login attempts per email per minute
+	LoginPerIP    int // failed login attempts per client IP per minute
 	UserSendRate  int // REST sends per user per second
 }
 
@@ -212,11 +213,20 @@ type LoginResult struct {
 // password fail identically (CodeUnauthorized) and cost the same time.
 func (s *Service) Login(ctx context.Context, email, password string) (LoginResult, error) {
 	email = NormalizeEmail(email)
-	if err := s.limit(ctx, "login:email:"+email, s.limits.LoginPerEmail, time.Minute); err != nil {
-		return LoginResult{}, err
-	}
+	// Failed attempts count; once an email or an address has used up its
+	// failures for the minute, even the right password waits.
+	keys := []struct {
+		key string
+		max int
+	}{{"login:email:" + email, s.limits.LoginPerEmail}}
 	if ip := clientIP(ctx); ip != "" {
-		if err := s.limit(ctx, "login:ip:"+ip, s.limits.LoginPerIP, time.Minute); err != nil {
+		keys = append(keys, struct {
+			key string
+			max int
+		}{"login:ip:" + ip, s.limits.LoginPerIP})
+	}
+	for _, k := range keys {
+		if err := s.blocked(ctx, k.key, k.max, time.Minute); err != nil {
 			return LoginResult{}, err
 		}
 	}
@@ -231,6 +241,11 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 	ok := auth.CheckPassword(hash, password)
 	if err != nil || !ok {
 		s.log.InfoContext(ctx, "login failed", "event", "login.failed", "user_id", u.ID)
+		for _, k := range keys {
+			if k.max > 0 {
+				_ = s.limit(ctx, k.key, k.max, time.Minute) // count the failure; the next attempt is refused
+			}
+		}
 		return LoginResult{}, errorf(CodeUnauthorized, "incorrect email or password")
 	}
 	tok, exp, err := s.tokens.Issue(u.ID)
@@ -249,8 +264,8 @@ func (s *Service) AllowUserSend(ctx context.Context, userID int64) error {
 }
 
 // limit counts one hit on key and refuses once the window holds more than
-// max. A broker failure lets the request through: limits protect the
-// service, they must not take it down.
+// max; max 0 is off. A broker failure lets the request through: limits
+// protect the service, they must not take it down.
 func (s *Service) limit(ctx context.Context, key string, max int, window time.Duration) error {
 	if max <= 0 || s.hits == nil {
 		return nil
@@ -264,8 +279,31 @@ func (s *Service) limit(ctx context.Context, key string, max int, window time.Du
 	if n <= int64(max) {
 		return nil
 	}
+	return s.limited(ctx, key, window)
+}
+
+// blocked refuses when key already holds max hits in the current window,
+// without counting.
+func (s *Service) blocked(ctx context.Context, key string, max int, window time.Duration) error {
+	if max <= 0 || s.hits == nil {
+		return nil
+	}
+	n, err := s.hits.Hits(ctx, key, window)
+	if err != nil {
+		s.metrics.BrokerError("hit")
+		s.log.WarnContext(ctx, "rate limit check failed; allowing", "event", "broker.error", "op", "hit", "err", err)
+		return nil
+	}
+	if n < int64(max) {
+		return nil
+	}
+	return s.limited(ctx, key, window)
+}
+
+func (s *Service) limited(ctx context.Context, key string, window time.Duration) error {
 	retry := window - time.Duration(time.Now().UnixNano()%int64(window))
-	s.log.InfoContext(ctx, "rate limited", "event", "rate_limited", "limit", strings.SplitN(key, ":", 3)[0]+":"+strings.SplitN(key, ":", 3)[1])
+	parts := strings.SplitN(key, ":", 3)
+	s.log.InfoContext(ctx, "rate limited", "event", "rate_limited", "limit", parts[0]+":"+parts[1])
 	return &Error{Code: CodeRateLimited, Message: "too many requests; retry later", RetryAfter: retry}
 }
 

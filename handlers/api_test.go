@@ -643,7 +643,7 @@ func TestProblemsForEverything(t *testing.T) {
 	wantProblem(t, code, hdr, body, 405, gen.ProblemCodeMethodNotAllowed)
 	big := `{"client_msg_id":"big","text":"` + strings.Repeat("x", 70<<10) + `"}`
 	code, hdr, body = s.Do(t, "POST", "/chats/1/messages", "application/json", strings.NewReader(big), alice.Token)
-	wantProblem(t, code, hdr, body, 413, gen.ProblemCodePayloadTooLarge)
+	wantProblem(t, code, hdr, body, 422, gen.ProblemCodePayloadTooLarge)
 	code, hdr, body = s.Do(t, "POST", "/register", "text/plain", strings.NewReader("hello"), "")
 	if code != 415 && code != 400 {
 		t.Errorf("wrong content type: got %d %s, want 415 or 400", code, body)

@@ -28,7 +28,8 @@ type Options struct {
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 	// Unvalidated lists path prefixes served outside the spec (WebSocket,
-	// docs, metrics); the request validator skips them.
+	// docs, metrics, the web client); the request validator skips them.
+	// "/" stands for the root path alone, not for every path.
 	Unvalidated []string
 }
 
@@ -73,7 +74,7 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 	skip := func(c echo.Context) bool {
 		p := c.Request().URL.Path
 		for _, prefix := range opts.Unvalidated {
-			if p == prefix || strings.HasPrefix(p, prefix+"/") {
+			if p == prefix || prefix != "/" && strings.HasPrefix(p, prefix+"/") {
 				return true
 			}
 		}
@@ -267,6 +268,11 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		}
 		if status == http.StatusNotFound && detail == "" {
 			detail = "no such route"
+		}
+		if status == http.StatusRequestEntityTooLarge {
+			// SPEC §5 answers every limit with 422; the code still says
+			// what happened.
+			status, detail = http.StatusUnprocessableEntity, fmt.Sprintf("request body over %d bytes", MaxBodyBytes)
 		}
 		if c.Request().Method == http.MethodHead {
 			_ = c.NoContent(status)

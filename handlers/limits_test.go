@@ -22,17 +22,27 @@ func TestRateLimitsSharedAcrossReplicas(t *testing.T) {
 		if s := time.Now().Second(); s >= 50 {
 			time.Sleep(time.Duration(61-s) * time.Second)
 		}
-		alice := a.NewUser(t, "Alice") // one login attempt spent
+		alice := a.NewUser(t, "Alice")
 
-		// Per email: wrong passwords through both replicas count together.
+		// Successful logins do not count: more of them than the limit pass.
+		for i := range 4 {
+			s := []*apptest.Server{a, b}[i%2]
+			if code, _, body := s.Do(t, "POST", "/login", "application/x-www-form-urlencoded",
+				apptest.Form("username", alice.Email, "password", alice.Password), ""); code != 200 {
+				t.Fatalf("login %d: got %d %s, want 200", i, code, body)
+			}
+		}
+		// Per email: failures through both replicas count together; once 3
+		// are used up, even the right password waits.
 		codes := []int{}
-		for i := range 3 {
-			s := a
-			if i%2 == 1 {
-				s = b
+		for i := range 4 {
+			s := []*apptest.Server{a, b}[i%2]
+			pw := "wrong password"
+			if i == 3 {
+				pw = alice.Password
 			}
 			code, hdr, body := s.Do(t, "POST", "/login", "application/x-www-form-urlencoded",
-				apptest.Form("username", alice.Email, "password", "wrong password"), "")
+				apptest.Form("username", alice.Email, "password", pw), "")
 			codes = append(codes, code)
 			if code == 429 {
 				wantProblem(t, code, hdr, body, 429, gen.ProblemCodeRateLimited)
@@ -41,10 +51,11 @@ func TestRateLimitsSharedAcrossReplicas(t *testing.T) {
 				}
 			}
 		}
-		if fmt.Sprint(codes) != "[401 401 429]" {
-			t.Errorf("got %v, want two failures then 429 (limit 3 per minute, one spent on login)", codes)
+		if fmt.Sprint(codes) != "[401 401 401 429]" {
+			t.Errorf("got %v, want three failures then 429 (3 failures per email per minute)", codes)
 		}
-		// Per IP: other emails from the same address hit the IP limit (5).
+		// Per IP: failures for other emails from the same address reach the
+		// IP limit (5; 3 used above).
 		codes = codes[:0]
 		for i := range 3 {
 			code, _, _ := b.Do(t, "POST", "/login", "application/x-www-form-urlencoded",
@@ -52,7 +63,7 @@ func TestRateLimitsSharedAcrossReplicas(t *testing.T) {
 			codes = append(codes, code)
 		}
 		if fmt.Sprint(codes) != "[401 401 429]" {
-			t.Errorf("per IP: got %v, want [401 401 429] (5 per minute, 3 spent: the attempt refused per email did not count)", codes)
+			t.Errorf("per IP: got %v, want [401 401 429] (5 failures per minute, 3 used)", codes)
 		}
 
 		// REST sends per user per second.

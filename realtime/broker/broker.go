@@ -83,6 +83,9 @@ type Broker interface {
 	// in the current window (rate limits shared across replicas). Windows
 	// are aligned to the Unix epoch.
 	Hit(ctx context.Context, key string, window time.Duration) (int64, error)
+	// Hits returns the count Hit has reached for key in the current window,
+	// without counting.
+	Hits(ctx context.Context, key string, window time.Duration) (int64, error)
 	// Ping reports whether the broker is reachable.
 	Ping(ctx context.Context) error
 	// Close stops delivery and releases the broker's resources; later calls

@@ -758,7 +758,19 @@ func runConformance(t *testing.T, newBroker newBrokerFunc) {
 		if got, err := b.Hit(ctx, "login:other", window); err != nil || got != 1 {
 			t.Errorf("other key: got %d, %v, want 1", got, err)
 		}
+		// Hits reads the count without counting, on any replica.
+		for range 2 {
+			if got, err := other.Hits(ctx, "login:a@b.c", window); err != nil || got != 5 {
+				t.Errorf("Hits: got %d, %v, want 5", got, err)
+			}
+		}
+		if got, err := b.Hits(ctx, "login:never", window); err != nil || got != 0 {
+			t.Errorf("Hits of an unused key: got %d, %v, want 0", got, err)
+		}
 		time.Sleep(window)
+		if got, err := b.Hits(ctx, "login:a@b.c", window); err != nil || got != 0 {
+			t.Errorf("Hits in the next window: got %d, %v, want 0", got, err)
+		}
 		if got, err := b.Hit(ctx, "login:a@b.c", window); err != nil || got != 1 {
 			t.Errorf("next window: got %d, %v, want 1", got, err)
 		}

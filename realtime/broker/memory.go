@@ -356,6 +356,24 @@ func (m *Memory) Hit(ctx context.Context, key string, window time.Duration) (int
 	return b.count, nil
 }
 
+// Hits implements Broker.
+func (m *Memory) Hits(ctx context.Context, key string, window time.Duration) (int64, error) {
+	if m.isClosed() {
+		return 0, ErrClosed
+	}
+	if window < time.Millisecond {
+		return 0, errBadWindow
+	}
+	h := m.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := h.hits[key]
+	if b.index != windowIndex(h.now(), window) {
+		return 0, nil
+	}
+	return b.count, nil
+}
+
 // maybeSweep drops expired state at most once per sweepEvery, so memory
 // stays bounded by what is live; called with mu held.
 func (h *memHub) maybeSweep(now time.Time) {

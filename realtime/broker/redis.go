@@ -511,6 +511,25 @@ func (r *Redis) Hit(ctx context.Context, key string, window time.Duration) (int6
 	return n, nil
 }
 
+// Hits implements Broker.
+func (r *Redis) Hits(ctx context.Context, key string, window time.Duration) (int64, error) {
+	if r.isClosed() {
+		return 0, ErrClosed
+	}
+	if window < time.Millisecond {
+		return 0, errBadWindow
+	}
+	k := r.prefix + "rl:" + key + ":" + strconv.FormatInt(windowIndex(time.Now(), window), 10)
+	n, err := r.client.Get(ctx, k).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("broker: hits: %w", err)
+	}
+	return n, nil
+}
+
 // Ping pings Redis.
 func (r *Redis) Ping(ctx context.Context) error {
 	if r.isClosed() {
