@@ -24,7 +24,8 @@ type sendKey struct {
 }
 
 // BatchResult is the outcome of one request of a batch: a SendResult, or
-// Err (ErrNotFound when its chat does not exist).
+// Err (ErrNotFound when its chat does not exist, ErrNotMember when its
+// sender is not a member).
 type BatchResult struct {
 	SendResult
 	Err error
@@ -72,6 +73,11 @@ func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest) ([]Batch
 		if err != nil {
 			return err
 		}
+		// Membership, under the same locks: a removal cannot slip in.
+		members, err := s.membersOf(ctx, tx, reqs)
+		if err != nil {
+			return err
+		}
 
 		// Allocate seqs in request order; repeats inside the batch point at
 		// their first occurrence.
@@ -87,6 +93,10 @@ func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest) ([]Batch
 			}
 			if m, ok := existing[k]; ok {
 				out[i].Message, out[i].Duplicate = m, true
+				continue
+			}
+			if !members[[2]int64{r.ChatID, r.SenderID}] {
+				out[i].Err = fmt.Errorf("repo: insert messages: user %d in chat %d: %w", r.SenderID, r.ChatID, ErrNotMember)
 				continue
 			}
 			if j, ok := first[k]; ok {
@@ -216,6 +226,30 @@ func (s *Store) existingSends(ctx context.Context, tx bun.Tx, reqs []SendRequest
 	out := make(map[sendKey]Message, len(ms))
 	for _, m := range ms {
 		out[sendKey{m.ChatID, m.SenderID, m.ClientMsgID}] = m
+	}
+	return out, nil
+}
+
+// membersOf reports which (chat, sender) pairs of reqs are memberships.
+func (s *Store) membersOf(ctx context.Context, tx bun.Tx, reqs []SendRequest) (map[[2]int64]bool, error) {
+	var sb strings.Builder
+	args := make([]any, 0, 2*len(reqs))
+	sb.WriteString("(cm.chat_id, cm.user_id) IN (")
+	for i, r := range reqs {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(?, ?)")
+		args = append(args, r.ChatID, r.SenderID)
+	}
+	sb.WriteString(")")
+	var ms []Member
+	if err := tx.NewSelect().Model(&ms).Column("cm.chat_id", "cm.user_id").Where(sb.String(), args...).Scan(ctx); err != nil {
+		return nil, err
+	}
+	out := make(map[[2]int64]bool, len(ms))
+	for _, m := range ms {
+		out[[2]int64{m.ChatID, m.UserID}] = true
 	}
 	return out, nil
 }

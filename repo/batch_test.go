@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -157,4 +158,31 @@ func BenchmarkInsertMessages(b *testing.B) {
 			b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+}
+
+func TestInsertChecksMembership(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a, b, out := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "out")
+		ab, _, _ := s.GetOrCreatePrivateChat(ctx, a.ID, b.ID)
+		if _, err := s.InsertMessage(ctx, ab.ID, out.ID, "x", "let me in"); !errors.Is(err, repo.ErrNotMember) {
+			t.Errorf("single: got %v, want ErrNotMember", err)
+		}
+		if _, err := s.InsertMessage(ctx, 99999, a.ID, "x", "nowhere"); !errors.Is(err, repo.ErrNotFound) {
+			t.Errorf("single, no chat: got %v, want ErrNotFound", err)
+		}
+		res, err := s.InsertMessages(ctx, []repo.SendRequest{
+			{ChatID: ab.ID, SenderID: out.ID, ClientMsgID: "y", Text: "let me in"},
+			{ChatID: ab.ID, SenderID: a.ID, ClientMsgID: "y", Text: "hi"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(res[0].Err, repo.ErrNotMember) || res[1].Err != nil || res[1].Message.Seq != 1 {
+			t.Errorf("batch: got %+v, want the outsider refused and the member's message at seq 1", res)
+		}
+		if ch, _ := s.ChatByID(ctx, ab.ID); ch.LastSeq != 1 {
+			t.Errorf("last_seq %d, want 1: a refused send must not use a seq", ch.LastSeq)
+		}
+	})
 }

@@ -19,6 +19,8 @@ var (
 	// ErrConflict means a unique key already holds the value, such as a
 	// registered email.
 	ErrConflict = errors.New("conflict")
+	// ErrNotMember means the user is not a member of the chat.
+	ErrNotMember = errors.New("not a member")
 	// ErrUnavailable means the database could not be reached; nothing was
 	// written.
 	ErrUnavailable = errors.New("database unavailable")
@@ -80,7 +82,7 @@ func wrap(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict):
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict), errors.Is(err, ErrNotMember):
 		return fmt.Errorf("repo: %s: %w", op, err)
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("repo: %s: %w", op, ErrNotFound)

@@ -12,15 +12,6 @@ import (
 // defaultHistoryLimit applies when History gets a limit below one.
 const defaultHistoryLimit = 50
 
-// InsertMessage stores text as the next message of chatID from senderID and
-// raises the sender's own watermark to it. The seq comes from the chat's
-// last_seq, incremented in the same transaction, whose row lock serializes
-// senders to one chat, so seqs run 1, 2, 3… without gaps.
-//
-// When the sender already sent clientMsgID to the chat, nothing changes
-// (last_seq included) and InsertMessage returns the stored message with
-// duplicate true. It returns ErrNotFound when the chat or sender does not
-// exist. Membership is the caller's rule.
 // SendResult is the outcome of InsertMessage.
 type SendResult struct {
 	Message Message
@@ -32,6 +23,16 @@ type SendResult struct {
 	MinBefore, MinAfter int64
 }
 
+// InsertMessage stores text as the next message of chatID from senderID and
+// raises the sender's own watermark to it. The seq comes from the chat's
+// last_seq, incremented in the same transaction, whose row lock serializes
+// senders to one chat, so seqs run 1, 2, 3… without gaps.
+//
+// When the sender already sent clientMsgID to the chat, nothing changes
+// (last_seq included) and InsertMessage returns the stored message with
+// duplicate true. It returns ErrNotFound when the chat does not exist and
+// ErrNotMember when the sender is not a member; both are checked under the
+// chat's lock, so a concurrent removal cannot slip in between.
 func (s *Store) InsertMessage(ctx context.Context, chatID, senderID int64, clientMsgID, text string) (SendResult, error) {
 	var (
 		msg Message
@@ -77,6 +78,9 @@ func (s *Store) InsertMessage(ctx context.Context, chatID, senderID int64, clien
 			Where("cm.chat_id = ?", chatID).Scan(ctx, &others, &own)
 		if err != nil {
 			return err
+		}
+		if !own.Valid {
+			return ErrNotMember // checked under the chat lock: a removal cannot slip in between
 		}
 		_, err = tx.NewUpdate().Model((*Member)(nil)).Set("last_read_seq = ?", seq).
 			Where("chat_id = ? AND user_id = ? AND last_read_seq < ?", chatID, senderID, seq).Exec(ctx)
