@@ -46,9 +46,10 @@ type Config struct {
 	// PingPeriod and PongWait are the heartbeat: a peer silent for PongWait
 	// is dropped. Defaults 25s and 30s.
 	PingPeriod, PongWait time.Duration
-	// QueueSize is the per-connection outbound frame queue; default 256.
+	// QueueSize is the per-connection outbound frame queue; default 128.
 	QueueSize int
-	// InboxSize is the per-connection event inbox; default 512.
+	// InboxSize is the per-connection event inbox; default 256. Both are
+	// allocated per connection, so they are what an idle connection costs.
 	InboxSize int
 	// GapHoldback is how long a connection waits for a missing seq before
 	// it reads the gap from the database; default 100ms.
@@ -90,10 +91,10 @@ func (c Config) withDefaults() Config {
 		c.PongWait = 30 * time.Second
 	}
 	if c.QueueSize <= 0 {
-		c.QueueSize = 256
+		c.QueueSize = 128
 	}
 	if c.InboxSize <= 0 {
-		c.InboxSize = 512
+		c.InboxSize = 256
 	}
 	if c.GapHoldback <= 0 {
 		c.GapHoldback = 100 * time.Millisecond

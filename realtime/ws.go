@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -28,6 +29,11 @@ func (h *Hub) newMelody() *melody.Melody {
 	m.Config.PongWait = h.cfg.PongWait
 	m.Config.WriteWait = h.cfg.WriteTimeout
 	m.Upgrader.CheckOrigin = h.checkOrigin
+	// Idle connections should cost little: a small read buffer, and write
+	// buffers shared through a pool instead of one per connection.
+	m.Upgrader.ReadBufferSize = 1024
+	m.Upgrader.WriteBufferSize = 4096
+	m.Upgrader.WriteBufferPool = &sync.Pool{}
 	m.HandleConnect(h.onConnect)
 	m.HandleDisconnect(h.onDisconnect)
 	m.HandleMessage(h.onMessage)
