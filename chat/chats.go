@@ -470,6 +470,9 @@ func (s *Service) Presence(ctx context.Context, userID, chatID int64) ([]int64, 
 	if err != nil {
 		return nil, classify(err)
 	}
+	if online == nil {
+		online = []int64{} // an empty list, never null
+	}
 	slices.Sort(online)
 	return online, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/olahol/melody"
 
+	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
 )
 
@@ -104,6 +105,11 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 	ctx := r.Context()
 	userID, exp, err := h.svc.Authenticate(ctx, tok)
 	if err != nil {
+		if chat.CodeOf(err) == chat.CodeUnauthorized {
+			// The same answer as REST: a bad token is "unauthorized", not a
+			// failed login.
+			return echo.NewHTTPError(http.StatusUnauthorized, "invalid or expired token")
+		}
 		return err
 	}
 	if max := h.cfg.MaxConnsPerUser; max > 0 {
