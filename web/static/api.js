@@ -1,0 +1,108 @@
+// REST client for the WinDI Chat API (api/openapi.yaml): JSON in and out,
+// RFC 9457 problems turned into ApiError.
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = problem?.code ?? "";
+    this.errors = problem?.errors ?? [];
+  }
+}
+
+export class Api {
+  // getToken returns the bearer token or ""; onUnauthorized runs when an
+  // authenticated call answers 401 (expired or revoked token).
+  constructor({ getToken, onUnauthorized }) {
+    this.getToken = getToken;
+    this.onUnauthorized = onUnauthorized;
+  }
+
+  async request(method, path, { body, form, auth = true } = {}) {
+    const headers = { Accept: "application/json" };
+    let payload;
+    if (form) {
+      payload = new URLSearchParams(form);
+    } else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(body);
+    }
+    const token = auth ? this.getToken() : "";
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const res = await fetch(path, { method, headers, body: payload, cache: "no-store" });
+    if (res.status === 204) return null;
+    const type = res.headers.get("Content-Type") ?? "";
+    const data = type.includes("json") ? await res.json().catch(() => null) : null;
+    if (!res.ok) {
+      if (res.status === 401 && token) this.onUnauthorized?.();
+      throw new ApiError(res.status, data);
+    }
+    return data;
+  }
+
+  register(name, email, password) {
+    return this.request("POST", "/register", { body: { name, email, password }, auth: false });
+  }
+
+  // OAuth2 password flow: the email is the username.
+  login(email, password) {
+    return this.request("POST", "/login", { form: { grant_type: "password", username: email, password }, auth: false });
+  }
+
+  me() {
+    return this.request("GET", "/users/me");
+  }
+
+  searchUsers(q, limit = 20) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (q) params.set("q", q);
+    return this.request("GET", `/users?${params}`);
+  }
+
+  chats() {
+    return this.request("GET", "/chats");
+  }
+
+  chat(id) {
+    return this.request("GET", `/chats/${id}`);
+  }
+
+  openPrivate(userId) {
+    return this.request("POST", "/chats", { body: { type: "private", user_id: userId } });
+  }
+
+  createGroup(name, memberIds) {
+    return this.request("POST", "/chats", { body: { type: "group", name, member_ids: memberIds } });
+  }
+
+  // history returns up to limit messages, oldest first; with beforeSeq, the
+  // newest ones below it.
+  history(chatId, { limit = 50, beforeSeq } = {}) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (beforeSeq) params.set("before_seq", String(beforeSeq));
+    return this.request("GET", `/history/${chatId}?${params}`);
+  }
+
+  presence(chatId) {
+    return this.request("GET", `/chats/${chatId}/presence`);
+  }
+
+  addMember(groupId, userId) {
+    return this.request("POST", `/groups/${groupId}/add_user/${userId}`);
+  }
+
+  removeMember(groupId, userId) {
+    return this.request("POST", `/groups/${groupId}/remove_user/${userId}`);
+  }
+}
+
+// Field-level problems as one readable line.
+export function describeError(err) {
+  if (err instanceof ApiError) {
+    if (err.errors.length) return err.errors.map((e) => e.message).join("; ");
+    if (err.status === 0 || err.status >= 500) return "The server is unavailable. Try again in a moment.";
+    return err.message;
+  }
+  return "Cannot reach the server. Check your connection and try again.";
+}

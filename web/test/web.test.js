@@ -1,0 +1,406 @@
+// The web client (GET /) in headless Chromium, two users on two replicas:
+// Alice's browser talks to the first server of WINDI_WEB_URLS, Bob's (a
+// 390×844 phone viewport) to the second; Redis carries everything between
+// them. Both register and log in through the UI, Alice creates a group with
+// Bob, they talk both ways, read ticks turn ✓✓, Bob's network drops and
+// comes back (nothing lost or repeated), Alice adds and removes a member,
+// opens a private chat and pages back through its history, reloads, and
+// sees Bob go offline when he closes his page. No console errors anywhere.
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
+
+import { chromium } from "playwright-core";
+
+const URLS = (process.env.WINDI_WEB_URLS ?? process.env.WINDI_URL ?? "").split(",").filter(Boolean);
+if (!URLS.length) throw new Error("set WINDI_WEB_URLS (two servers, comma separated) or WINDI_URL");
+const [URL_A, URL_B = URL_A] = URLS;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const SHOTS = resolve(process.env.WINDI_SCREENSHOT_DIR ?? "../../.ci/out");
+mkdirSync(SHOTS, { recursive: true });
+
+const run = randomUUID().slice(0, 8);
+const user = (name) => ({
+  name: `${name} ${run}`,
+  email: `${name.toLowerCase()}-${run}@example.com`,
+  password: `pw-${name.toLowerCase()}-${randomUUID()}`,
+});
+const alice = user("Alice");
+const bob = user("Bob");
+const carol = user("Carol");
+const groupName = `Weekend plans ${run}`;
+
+let browser;
+const problems = [];
+let A; // Alice: { context, page }
+let B; // Bob
+
+function watch(page, who, origin) {
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`${who}: console error: ${msg.text()} (${msg.location().url})`);
+  });
+  page.on("pageerror", (err) => problems.push(`${who}: page error: ${err.message}`));
+  page.on("request", (req) => {
+    const u = new URL(req.url());
+    if (u.protocol === "data:" || u.protocol === "blob:") return;
+    if (u.origin !== origin && u.origin !== origin.replace(/^http/, "ws")) problems.push(`${who}: request to another host: ${req.url()}`);
+  });
+  page.on("requestfailed", (req) => {
+    const why = req.failure()?.errorText ?? "";
+    if (why !== "net::ERR_ABORTED") problems.push(`${who}: request failed: ${req.url()}: ${why}`);
+  });
+  page.on("response", (res) => {
+    if (res.status() >= 400) problems.push(`${who}: HTTP ${res.status()} for ${res.url()}`);
+  });
+}
+
+async function openBrowser(base, viewport, who) {
+  const context = await browser.newContext({ baseURL: base, viewport, deviceScaleFactor: 1, locale: "en-GB", timezoneId: "UTC" });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  watch(page, who, new URL(base).origin);
+  return { context, page, base, who };
+}
+
+async function shot(page, name) {
+  await page.evaluate(() => document.activeElement?.blur()); // no focus ring in the picture
+  await page.screenshot({ path: join(SHOTS, `web-${name}.png`) });
+}
+
+// step is test() that saves both pages' screenshots when it fails.
+function step(name, fn) {
+  test(name, async () => {
+    try {
+      await fn();
+    } catch (err) {
+      for (const [who, p] of [["alice", A?.page], ["bob", B?.page]]) {
+        if (p && !p.isClosed()) await p.screenshot({ path: join(SHOTS, `web-failed-${who}.png`) }).catch(() => {});
+      }
+      throw err;
+    }
+  });
+}
+
+// overview puts Alice's desktop and Bob's phone side by side (the README
+// screenshot), from the two screenshots just taken.
+async function overview() {
+  const context = await browser.newContext({ viewport: { width: 1742, height: 900 }, deviceScaleFactor: 1 });
+  const page = await context.newPage();
+  const img = (f) => `data:image/png;base64,${readFileSync(join(SHOTS, f)).toString("base64")}`;
+  const fig = (src, caption) =>
+    `<figure style="margin:0"><img src="${src}" style="display:block;border-radius:8px;box-shadow:0 4px 20px rgb(0 0 0 / .18)">` +
+    `<figcaption style="margin-top:8px;text-align:center">${caption}</figcaption></figure>`;
+  await page.setContent(
+    `<body style="margin:0;padding:24px;background:#e3e8f0;display:flex;gap:24px;align-items:flex-start;font:15px system-ui,sans-serif;color:#334">` +
+      fig(img("web-alice-group.png"), "Alice, 1280&times;800, on replica 1") +
+      fig(img("web-bob-mobile-chat.png"), "Bob, 390&times;844, on replica 2") +
+      `</body>`,
+  );
+  await page.screenshot({ path: join(SHOTS, "web-overview.png"), fullPage: true });
+  await context.close();
+}
+
+function noProblems() {
+  assert.deepEqual(problems, [], problems.join("\n"));
+}
+
+async function rest(base, method, path, { token, body, form } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let payload;
+  if (form) payload = new URLSearchParams(form);
+  else if (body) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  const res = await fetch(new URL(path, base), { method, headers, body: payload });
+  const text = await res.text();
+  assert.ok(res.ok, `${method} ${path}: ${res.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+async function registerAndLogin({ page }, u) {
+  await page.goto("/");
+  await page.getByRole("heading", { name: "Log in" }).waitFor();
+  await page.getByRole("button", { name: "Create an account" }).click();
+  const form = page.locator("#register-form");
+  await form.getByLabel("Name").fill(u.name);
+  await form.getByLabel("Email").fill(u.email);
+  await form.getByLabel("Password").fill(u.password);
+  await form.getByRole("button", { name: "Create account" }).click();
+  await page.getByText(`Account created for ${u.email}`).waitFor();
+
+  const login = page.locator("#login-form");
+  assert.equal(await login.getByLabel("Email").inputValue(), u.email, "the login form has the new email");
+  await login.getByLabel("Password").fill(u.password);
+  await login.getByLabel("Password").press("Enter"); // Enter submits
+  await page.locator("#workspace").waitFor();
+  await page.locator('#conn-status[data-state="open"]').waitFor();
+  assert.equal(await page.locator("#me-name").textContent(), u.name);
+  assert.ok(await page.evaluate(() => sessionStorage.getItem("windi.token")), "the token is in sessionStorage");
+}
+
+// msg finds a message bubble by its exact text.
+const escape = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const msg = (page, text) => page.locator(".msg", { has: page.locator(".msg-text", { hasText: new RegExp(`^${escape(text)}$`) }) });
+
+async function send(page, text) {
+  const box = page.getByRole("textbox", { name: "Message" });
+  await box.fill(text);
+  await box.press("Enter");
+  assert.equal(await box.inputValue(), "", "the box is cleared after sending");
+}
+
+async function seqsOnScreen(page) {
+  return page.locator(".msg[data-seq]").evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+}
+
+function assertContiguous(seqs, what) {
+  for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `${what}: seqs ${seqs.join(",")}`);
+}
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  A = await openBrowser(URL_A, { width: 1280, height: 800 }, "alice");
+  B = await openBrowser(URL_B, { width: 390, height: 844 }, "bob");
+  console.log(`alice on ${URL_A}, bob on ${URL_B} (390×844)`);
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+step("both register and log in through the UI, each on a replica of its own", async () => {
+  await Promise.all([registerAndLogin(A, alice), registerAndLogin(B, bob)]);
+  const [ra, rb] = await Promise.all([fetch(new URL("/readyz", URL_A)), fetch(new URL("/readyz", URL_B))]);
+  if (URL_A !== URL_B) assert.notEqual(ra.headers.get("x-windi-replica"), rb.headers.get("x-windi-replica"), "two different replicas");
+  noProblems();
+});
+
+step("Alice creates a group with Bob; it appears in Bob's list live", async () => {
+  const a = A.page;
+  await a.getByRole("button", { name: "New group" }).click();
+  const dlg = a.getByRole("dialog", { name: "New group" });
+  await dlg.getByLabel("Group name").fill(groupName);
+  await dlg.getByLabel("Add people").fill(bob.name);
+  await dlg.getByRole("checkbox", { name: bob.name }).check();
+  await dlg.getByText(`Members: you, ${bob.name}`).waitFor();
+  await dlg.getByRole("button", { name: "Create group" }).click();
+  await dlg.waitFor({ state: "hidden" });
+  await a.locator("#chat-title", { hasText: groupName }).waitFor();
+  await a.getByText("2 members").waitFor();
+
+  // Bob's list gets it through member.added on his WebSocket.
+  await B.page.locator(".chat-item", { hasText: groupName }).waitFor();
+  noProblems();
+});
+
+step("messages go both ways live; ticks turn ✓✓ when the other reads", async () => {
+  const a = A.page;
+  const b = B.page;
+  await send(a, "Hello Bob!");
+  const hello = msg(a, "Hello Bob!");
+  await hello.and(a.locator('[data-state="sent"]')).waitFor(); // acked, not read yet
+  assert.equal(await hello.locator(".tick").getAttribute("aria-label"), "Sent");
+  assert.equal((await hello.locator(".tick").textContent()).trim(), "\u2713");
+
+  // Bob is on his chat list (phone layout): unread badge and last message.
+  const item = b.locator(".chat-item", { hasText: groupName });
+  await item.locator(".badge", { hasText: "1" }).waitFor();
+  await item.getByText(`${alice.name}: Hello Bob!`).waitFor();
+  await shot(b, "bob-mobile-list");
+
+  await item.click();
+  await b.locator("#chat-title", { hasText: groupName }).waitFor();
+  assert.equal(await b.locator("#chat-list").isVisible(), false, "the chat list collapses on a phone");
+  await msg(b, "Hello Bob!").and(b.locator(".msg.theirs")).waitFor();
+
+  // Bob saw it: Alice's tick becomes ✓✓.
+  await hello.and(a.locator('[data-state="read"]')).waitFor();
+  assert.equal(await hello.locator(".tick").getAttribute("aria-label"), "Read by everyone");
+
+  await send(b, "Hi Alice, count me in.");
+  await msg(a, "Hi Alice, count me in.").and(a.locator(".msg.theirs")).waitFor();
+  await a.locator("#live", { hasText: "Hi Alice, count me in." }).waitFor({ state: "attached" });
+  // Alice has the chat open: Bob's message is read at once.
+  await msg(b, "Hi Alice, count me in.").and(b.locator('[data-state="read"]')).waitFor();
+
+  await send(a, "Saturday at 9?");
+  await msg(b, "Saturday at 9?").waitFor();
+  await send(b, "Perfect");
+  await msg(a, "Perfect").waitFor();
+  await msg(a, "Saturday at 9?").and(a.locator('[data-state="read"]')).waitFor();
+
+  // Presence: each sees the other online in the member strip.
+  await a.locator('#member-strip li[data-online="true"]', { hasText: bob.name }).waitFor();
+  await b.locator('#member-strip li[data-online="true"]', { hasText: alice.name }).waitFor();
+
+  assertContiguous(await seqsOnScreen(a), "alice");
+  assertContiguous(await seqsOnScreen(b), "bob");
+  const width = await b.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `no horizontal scrolling at 390 px (scrollWidth ${width})`);
+  await shot(a, "alice-group");
+  await shot(b, "bob-mobile-chat");
+  await overview();
+  noProblems();
+});
+
+step("keyboard only: Tab order, Enter sends, Shift+Enter starts a new line", async () => {
+  const a = A.page;
+  const describe = () =>
+    a.evaluate(() => {
+      const el = document.activeElement;
+      return el?.id || el?.getAttribute("aria-label") || el?.textContent.trim().slice(0, 40) || el?.tagName;
+    });
+  await a.getByRole("button", { name: "Log out" }).focus();
+  const order = [];
+  for (let i = 0; i < 8; i++) {
+    await a.keyboard.press("Tab");
+    order.push(await describe());
+    if (order.at(-1) === "composer-text") break;
+  }
+  const want = ["new-private", "new-group", groupName, "show-members", "messages-scroll", "composer-text"];
+  let at = -1;
+  for (const w of want) {
+    const i = order.findIndex((o, j) => j > at && o.includes(w));
+    assert.ok(i > at, `Tab order ${order.join(" > ")} lacks ${w} after position ${at}`);
+    at = i;
+  }
+  await a.keyboard.type("Line one");
+  await a.keyboard.press("Shift+Enter");
+  await a.keyboard.type("line two");
+  await a.keyboard.press("Enter");
+  const sent = a.locator(".msg.mine .msg-text", { hasText: "Line one" });
+  await sent.waitFor();
+  assert.equal(await sent.innerText(), "Line one\nline two");
+  assert.equal(await a.evaluate(() => document.activeElement?.id), "composer-text", "focus stays in the box");
+  await B.page.locator(".msg.theirs .msg-text", { hasText: "Line one" }).waitFor();
+  noProblems();
+});
+
+step("Bob's network drops; he reconnects and resyncs without losing or repeating anything", async () => {
+  const a = A.page;
+  const b = B.page;
+  await B.context.setOffline(true);
+  await b.locator('#conn-status[data-state="offline"]').waitFor();
+  // His only connection closed: Alice sees him go offline.
+  await a.locator('#member-strip li[data-online="false"]', { hasText: bob.name }).waitFor();
+
+  for (const t of ["While you were away 1", "While you were away 2", "While you were away 3"]) await send(a, t);
+  await msg(a, "While you were away 3").and(a.locator('[data-state="sent"]')).waitFor();
+
+  await B.context.setOffline(false);
+  await b.locator('#conn-status[data-state="open"]').waitFor();
+  for (const t of ["While you were away 1", "While you were away 2", "While you were away 3"]) await msg(b, t).waitFor();
+  await a.locator('#member-strip li[data-online="true"]', { hasText: bob.name }).waitFor();
+  await msg(a, "While you were away 3").and(a.locator('[data-state="read"]')).waitFor();
+
+  // A moment for any duplicate to show up, then: each message once, in order.
+  await b.waitForTimeout(500);
+  const seqs = await seqsOnScreen(b);
+  assert.equal(new Set(seqs).size, seqs.length, `duplicates in ${seqs}`);
+  assertContiguous(seqs, "bob after the reconnect");
+  assert.deepEqual(seqs, await seqsOnScreen(a), "both see the same messages");
+  assert.equal(await b.locator(".msg").count(), seqs.length, "no pending leftovers");
+  noProblems();
+});
+
+step("the owner adds and removes a member; everyone sees it", async () => {
+  const a = A.page;
+  const b = B.page;
+  await rest(URL_A, "POST", "/register", { body: carol });
+
+  await a.getByRole("button", { name: "Members" }).click();
+  const dlg = a.getByRole("dialog", { name: `Members of ${groupName}` });
+  await dlg.getByLabel("Add a member").fill(carol.name);
+  await dlg.getByRole("button", { name: `Add ${carol.name}` }).click();
+  await dlg.locator(".member-row", { hasText: carol.name }).waitFor();
+  await b.locator("#member-strip li", { hasText: carol.name }).waitFor(); // Bob, on the other replica
+  await b.getByText("3 members").waitFor();
+
+  await dlg.getByRole("button", { name: `Remove ${carol.name}` }).click();
+  await dlg.locator(".member-row", { hasText: carol.name }).waitFor({ state: "detached" });
+  await b.locator("#member-strip li", { hasText: carol.name }).waitFor({ state: "detached" });
+  await b.getByText("2 members").waitFor();
+  // Bob is no owner: he may only leave, not remove Alice.
+  await dlg.getByRole("button", { name: "Close" }).click();
+  await b.getByRole("button", { name: "Members" }).click();
+  const bdlg = b.getByRole("dialog", { name: `Members of ${groupName}` });
+  assert.equal(await bdlg.getByRole("button", { name: /^Remove/ }).count(), 0);
+  await bdlg.getByRole("button", { name: "Leave group" }).waitFor();
+  await b.keyboard.press("Escape");
+  await bdlg.waitFor({ state: "hidden" });
+  noProblems();
+});
+
+step("a private chat from user search, with older history paged in", async () => {
+  const a = A.page;
+  // Bob has written 55 messages to Alice from another device (REST).
+  const { access_token: token } = await rest(URL_B, "POST", "/login", { form: { username: bob.email, password: bob.password } });
+  const [found] = await rest(URL_B, "GET", `/users?q=${encodeURIComponent(alice.email)}`, { token });
+  const chat = await rest(URL_B, "POST", "/chats", { token, body: { type: "private", user_id: found.id } });
+  for (let i = 1; i <= 55; i++) {
+    await rest(URL_B, "POST", `/chats/${chat.id}/messages`, { token, body: { client_msg_id: `older-${i}`, text: `Older ${i}` } });
+  }
+  const item = a.locator(".chat-item", { hasText: bob.name });
+  await item.locator(".badge", { hasText: "55" }).waitFor();
+
+  await a.getByRole("button", { name: "New chat" }).click();
+  const dlg = a.getByRole("dialog", { name: "New chat" });
+  await dlg.getByLabel("Find a person by name or email").fill(bob.name.slice(0, 5));
+  await dlg.getByRole("button", { name: new RegExp(bob.email) }).click();
+  await dlg.waitFor({ state: "hidden" });
+  await a.locator("#chat-title", { hasText: bob.name }).waitFor();
+  await msg(a, "Older 55").waitFor();
+  assert.equal(await a.locator(".msg").count(), 50, "the newest 50 first");
+  await a.getByRole("button", { name: "Load older messages" }).click();
+  await msg(a, "Older 1").waitFor();
+  assert.equal(await a.locator(".msg").count(), 55);
+  assertContiguous(await seqsOnScreen(a), "private chat");
+  await a.getByRole("button", { name: "Load older messages" }).waitFor({ state: "hidden" });
+  await item.locator(".badge").waitFor({ state: "detached" }); // read
+  await send(a, "Got them all");
+  await msg(a, "Got them all").and(a.locator('[data-state="sent"], [data-state="read"]')).waitFor();
+
+  // Back to the group for the rest.
+  await a.locator(".chat-item", { hasText: groupName }).click();
+  await a.locator("#chat-title", { hasText: groupName }).waitFor();
+  noProblems();
+});
+
+step("Alice reloads: still logged in, the open chat and its history are back", async () => {
+  const a = A.page;
+  await a.reload();
+  await a.locator('#conn-status[data-state="open"]').waitFor();
+  await a.locator("#chat-title", { hasText: groupName }).waitFor();
+  for (const t of ["Hello Bob!", "Hi Alice, count me in.", "Saturday at 9?", "Perfect", "While you were away 3"]) await msg(a, t).waitFor();
+  await msg(a, "Hello Bob!").and(a.locator('[data-state="read"]')).waitFor();
+  assertContiguous(await seqsOnScreen(a), "alice after the reload");
+  await a.locator('#member-strip li[data-online="true"]', { hasText: bob.name }).waitFor();
+  await shot(a, "alice-reloaded");
+  noProblems();
+});
+
+step("Bob closes his page: Alice's presence dot for him turns off", async () => {
+  const a = A.page;
+  await B.page.close();
+  await a.locator('#member-strip li[data-online="false"]', { hasText: bob.name }).waitFor();
+  await a.getByText("2 members, 1 online").waitFor();
+  await shot(a, "alice-bob-offline");
+  noProblems();
+});
