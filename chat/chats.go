@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/windi-chat/windi/gen"
@@ -156,6 +157,9 @@ func (s *Service) CreateGroup(ctx context.Context, userID int64, name string, me
 	if n := utf8.RuneCountInString(name); n < 1 || n > MaxNameChars {
 		return View{}, invalid("name", "name must be 1..%d characters", MaxNameChars)
 	}
+	if hasNUL(name) {
+		return View{}, invalid("name", "name must not contain NUL characters")
+	}
 	ids := dedupIDs(memberIDs, userID)
 	if len(ids)+1 > MaxGroupMembers {
 		return View{}, invalid("member_ids", "a group has at most %d members", MaxGroupMembers)
@@ -256,6 +260,9 @@ func ValidateSend(clientMsgID, text string) (string, error) {
 	if !utf8.ValidString(text) {
 		return "", invalid("text", "text must be valid UTF-8")
 	}
+	if hasNUL(text) {
+		return "", invalid("text", "text must not contain NUL characters")
+	}
 	n := utf8.RuneCountInString(text)
 	if n < 1 {
 		return "", invalid("text", "text must not be empty")
@@ -334,12 +341,25 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 	}
 	s.log.InfoContext(ctx, "message stored", "event", "message.stored", "chat_id", chatID, "user_id", userID, "message_id", m.ID, "seq", m.Seq)
 	s.metrics.MessageStored()
-	s.events.MessageStored(ctx, m)
-	if res.MinAfter > res.MinBefore {
-		low := res.MinAfter
-		s.events.ReadMoved(ctx, chatID, 0, 0, &low) // chat.read only: the message.new implies the sender's watermark
+	if s.committer == nil {
+		s.published([]repo.SendResult{res}) // with group commit the committer already did, in order
 	}
 	return m, false, nil
+}
+
+// published announces committed messages: message.new for each, and
+// chat.read where a send raised the chat's lowest watermark (the message
+// itself implies the sender's own, so no message.read goes out).
+func (s *Service) published(res []repo.SendResult) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, r := range res {
+		s.events.MessageStored(ctx, Message{Message: r.Message, Read: r.MinAfter >= r.Message.Seq})
+		if r.MinAfter > r.MinBefore {
+			low := r.MinAfter
+			s.events.ReadMoved(ctx, r.Message.ChatID, 0, 0, &low)
+		}
+	}
 }
 
 // MarkRead moves userID's watermark in chatID forward to seq (capped at the

@@ -128,6 +128,9 @@ func New(cfg Config) (*Service, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if s.committer != nil {
+		s.committer.OnCommit(s.published)
+	}
 	s.log = s.log.With("component", "chat")
 	if s.events == nil {
 		s.events = nopEvents{}
@@ -163,11 +166,20 @@ func (nopEvents) MemberRemoved(context.Context, int64, int64)            {}
 // NormalizeEmail trims and lowercases an email address.
 func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
 
+// hasNUL reports whether s holds a NUL byte, which no stored string may:
+// the storage layer refuses such strings (a query fails, which would be a
+// 500) and PostgreSQL text cannot hold one. Free text is checked here so
+// that it is refused as invalid, or, in lookups, matches nothing.
+func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+
 // Register creates an account. Errors: CodeInvalid, CodeEmailTaken.
 func (s *Service) Register(ctx context.Context, name, email, password string) (repo.User, error) {
 	name = strings.TrimSpace(name)
 	if n := utf8.RuneCountInString(name); n < 1 || n > MaxNameChars {
 		return repo.User{}, invalid("name", "name must be 1..%d characters", MaxNameChars)
+	}
+	if hasNUL(name) {
+		return repo.User{}, invalid("name", "name must not contain NUL characters")
 	}
 	email = NormalizeEmail(email)
 	if err := validEmail(email); err != nil {
@@ -230,7 +242,10 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 			return LoginResult{}, err
 		}
 	}
-	u, err := s.store.UserByEmail(ctx, email)
+	u, err := repo.User{}, repo.ErrNotFound // no registered address has a NUL byte (validEmail)
+	if !hasNUL(email) {
+		u, err = s.store.UserByEmail(ctx, email)
+	}
 	if err != nil && !errors.Is(err, repo.ErrNotFound) {
 		return LoginResult{}, classify(err)
 	}
@@ -333,6 +348,9 @@ func (s *Service) Me(ctx context.Context, userID int64) (repo.User, error) {
 
 // SearchUsers finds users by a prefix of name or email.
 func (s *Service) SearchUsers(ctx context.Context, q string, limit int) ([]repo.User, error) {
+	if hasNUL(q) {
+		return nil, nil // no name or email holds one
+	}
 	us, err := s.store.SearchUsers(ctx, strings.TrimSpace(q), limit)
 	return us, classify(err)
 }

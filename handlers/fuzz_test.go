@@ -1,12 +1,14 @@
 package handlers_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/windi-chat/windi/app/apptest"
+	"github.com/windi-chat/windi/gen"
 )
 
 // FuzzRequests sends arbitrary requests (register and login bodies, query
@@ -16,6 +18,15 @@ func FuzzRequests(f *testing.F) {
 	env := apptest.NewEnv(f, "sqlite")
 	s := env.Start(f)
 	u := s.NewUser(f, "Fuzz")
+	// A group of u's (chat 1, the id the seeds use), so that requests on
+	// /chats/1/…, /history/1 and /groups/1/… reach the message and
+	// membership code, not only the 404 for a chat that does not exist.
+	peer := s.NewUser(f, "Peer")
+	var group gen.CreateChatRequest
+	_ = group.FromCreateGroupChat(gen.CreateGroupChat{Type: gen.CreateGroupChatTypeGroup, Name: "fuzz", MemberIds: &[]int64{peer.ID}})
+	if r, err := s.Client.CreateChatWithResponse(context.Background(), group, u.Auth()); err != nil || r.JSON201 == nil || r.JSON201.ID != 1 {
+		f.Fatalf("create the group: %v %v", err, r)
+	}
 	seeds := []struct{ method, target, ctype, body string }{
 		{"POST", "/register", "application/json", `{"name":"a","email":"a@b.io","password":"12345678"}`},
 		{"POST", "/register", "application/json", `{"name":"","email":"x","password":""}`},

@@ -56,6 +56,9 @@ func decodeFrame(data []byte, defaultChat int64) (any, *frameError) {
 		return nil, badRequest("one JSON object per frame")
 	}
 	chatID := defaultChat
+	if chatID < 0 {
+		chatID = 0 // not a chat id (callers pass 0 or a positive id); never accept a frame for it
+	}
 	if f.ChatID != nil {
 		if *f.ChatID < 1 {
 			return nil, badRequest("chat_id must be a positive integer")

@@ -279,6 +279,7 @@ type Committer struct {
 	maxBatch int
 	done     chan struct{}
 	stopped  chan struct{}
+	onCommit func([]SendResult) // set before use; runs on the worker
 }
 
 type pendingSend struct {
@@ -396,6 +397,7 @@ func (c *Committer) commit(batch []*pendingSend) {
 			reqs[i] = p.req
 		}
 		if res, err := c.s.InsertMessages(ctx, reqs); err == nil {
+			c.committed(res)
 			for i, p := range live {
 				p.reply <- res[i]
 			}
@@ -404,6 +406,31 @@ func (c *Committer) commit(batch []*pendingSend) {
 	}
 	for _, p := range live {
 		r, err := c.s.InsertMessage(ctx, p.req.ChatID, p.req.SenderID, p.req.ClientMsgID, p.req.Text)
-		p.reply <- BatchResult{SendResult: r, Err: err}
+		res := BatchResult{SendResult: r, Err: err}
+		c.committed([]BatchResult{res})
+		p.reply <- res
 	}
 }
+
+// committed hands the new messages of a commit to the OnCommit callback, in
+// commit order: per chat that is seq order.
+func (c *Committer) committed(res []BatchResult) {
+	if c.onCommit == nil {
+		return
+	}
+	fresh := make([]SendResult, 0, len(res))
+	for _, r := range res {
+		if r.Err == nil && !r.Duplicate {
+			fresh = append(fresh, r.SendResult)
+		}
+	}
+	if len(fresh) > 0 {
+		c.onCommit(fresh)
+	}
+}
+
+// OnCommit sets fn to run after each commit, before the senders hear of
+// it, with the new (not duplicate) messages in seq order per chat. Publish
+// from fn, and each chat's messages leave this replica in order even though
+// their senders wake in any order. Call it before the first Insert.
+func (c *Committer) OnCommit(fn func([]SendResult)) { c.onCommit = fn }

@@ -102,6 +102,12 @@ func wrap(op string, err error) error {
 func isUnavailable(err error) bool {
 	var ne net.Error
 	var ce *pgconn.ConnectError
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// Class 08: connection exceptions; class 57: operator intervention,
+		// such as 57P01 admin_shutdown when Postgres stops mid-statement.
+		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57")
+	}
 	return errors.As(err, &ne) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || pgconn.SafeToRetry(err)
 }

@@ -12,6 +12,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,7 +63,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		}
 		s = &Store{db: db, dialect: DialectSQLite}
 	case strings.HasPrefix(databaseURL, "postgres://"), strings.HasPrefix(databaseURL, "postgresql://"):
-		sqldb, err := sql.Open("pgx", databaseURL)
+		sqldb, err := sql.Open("pgx", withExecMode(databaseURL))
 		if err != nil {
 			return nil, fmt.Errorf("repo: open postgres: %w", err)
 		}
@@ -254,4 +255,21 @@ func (s *Store) DB() *bun.DB { return s.db }
 // microseconds so that it reads back equal from either dialect.
 func now() time.Time {
 	return time.Now().UTC().Truncate(time.Microsecond)
+}
+
+// withExecMode asks pgx to run statements without preparing and caching
+// them, unless the URL says otherwise: Bun writes values into the SQL, so
+// nearly every statement text is new, and the default statement cache
+// would prepare (a round trip more) and keep each one.
+func withExecMode(databaseURL string) string {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return databaseURL
+	}
+	q := u.Query()
+	if q.Get("default_query_exec_mode") == "" {
+		q.Set("default_query_exec_mode", "exec")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }

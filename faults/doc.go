@@ -1,0 +1,26 @@
+// Package faults holds WinDI Chat's fault-injection and soak tests. They
+// drive real processes, the way a deployment fails: the windi binary built
+// from ./cmd/windi, two or three replicas on Postgres and Redis behind the
+// nginx proxy of deploy/nginx, and Go clients that keep sending and
+// receiving while a replica is killed (SIGKILL), Redis is restarted,
+// Postgres is stopped for a few seconds, or the replicas are restarted one
+// after the other (SIGTERM). Each scenario ends by checking that every
+// acknowledged message is in history exactly once, and reached every
+// member connection exactly once and in order, across the clients'
+// reconnects with since_seq. TestSoak churns connections against one
+// replica and checks that goroutines, open files and memory come back.
+//
+// The tests stop and restart the Postgres cluster and the Redis server on
+// this machine (127.0.0.1:5432 and 127.0.0.1:6379), so they skip unless
+// WINDI_FAULTS=1; `bash .ci/run faults` sets it. See RELIABILITY.md for
+// what each test promises and the figures of the latest run.
+//
+// Environment:
+//
+//	WINDI_FAULTS=1             run the tests (they skip otherwise)
+//	WINDI_TEST_DATABASE_URL    admin URL of the Postgres to use (default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable); each test creates and drops its own database
+//	WINDI_TEST_REDIS_URL       the Redis (default redis://127.0.0.1:6379/0); each test uses its own key prefix
+//	WINDI_FAULTS_BIN           a prebuilt windi binary (default: go build ./cmd/windi once per run)
+//	WINDI_FAULTS_LOGS          a directory to keep the servers' and nginx's logs in
+//	WINDI_SOAK_SECONDS         how long TestSoak churns connections (default 20)
+package faults
