@@ -20,7 +20,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable} # loopback: no TLS
 REDIS_BASE=${REDIS_BASE:-redis://127.0.0.1:6379}
 DURATION=${DURATION:-20}
 IDLE_DURATION=${IDLE_DURATION:-10}
