@@ -168,15 +168,13 @@ func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest) ([]Batch
 			sb.WriteString(" WHEN chat_id = ? AND user_id = ? AND last_read_seq < ? THEN ?")
 			args = append(args, k.chat, k.user, top[k], top[k])
 		}
-		sb.WriteString(" ELSE last_read_seq END WHERE (chat_id, user_id) IN (")
+		pairs := make([][]any, len(keys))
 		for i, k := range keys {
-			if i > 0 {
-				sb.WriteString(", ")
-			}
-			sb.WriteString("(?, ?)")
-			args = append(args, k.chat, k.user)
+			pairs[i] = []any{k.chat, k.user}
 		}
-		sb.WriteString(")")
+		in, inArgs := tuplesIn("(chat_id, user_id)", pairs)
+		sb.WriteString(" ELSE last_read_seq END WHERE " + in)
+		args = append(args, inArgs...)
 		if _, err := tx.NewRaw(sb.String(), args...).Exec(ctx); err != nil {
 			return err
 		}
@@ -208,19 +206,13 @@ func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest) ([]Batch
 
 // existingSends returns the stored messages that reqs repeat.
 func (s *Store) existingSends(ctx context.Context, tx bun.Tx, reqs []SendRequest) (map[sendKey]Message, error) {
-	var sb strings.Builder
-	args := make([]any, 0, 3*len(reqs))
-	sb.WriteString("(m.chat_id, m.sender_id, m.client_msg_id) IN (")
+	rows := make([][]any, len(reqs))
 	for i, r := range reqs {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		sb.WriteString("(?, ?, ?)")
-		args = append(args, r.ChatID, r.SenderID, r.ClientMsgID)
+		rows[i] = []any{r.ChatID, r.SenderID, r.ClientMsgID}
 	}
-	sb.WriteString(")")
+	where, args := tuplesIn("(m.chat_id, m.sender_id, m.client_msg_id)", rows)
 	var ms []Message
-	if err := tx.NewSelect().Model(&ms).Where(sb.String(), args...).Scan(ctx); err != nil {
+	if err := tx.NewSelect().Model(&ms).Where(where, args...).Scan(ctx); err != nil {
 		return nil, err
 	}
 	out := make(map[sendKey]Message, len(ms))
@@ -232,19 +224,13 @@ func (s *Store) existingSends(ctx context.Context, tx bun.Tx, reqs []SendRequest
 
 // membersOf reports which (chat, sender) pairs of reqs are memberships.
 func (s *Store) membersOf(ctx context.Context, tx bun.Tx, reqs []SendRequest) (map[[2]int64]bool, error) {
-	var sb strings.Builder
-	args := make([]any, 0, 2*len(reqs))
-	sb.WriteString("(cm.chat_id, cm.user_id) IN (")
+	rows := make([][]any, len(reqs))
 	for i, r := range reqs {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		sb.WriteString("(?, ?)")
-		args = append(args, r.ChatID, r.SenderID)
+		rows[i] = []any{r.ChatID, r.SenderID}
 	}
-	sb.WriteString(")")
+	where, args := tuplesIn("(cm.chat_id, cm.user_id)", rows)
 	var ms []Member
-	if err := tx.NewSelect().Model(&ms).Column("cm.chat_id", "cm.user_id").Where(sb.String(), args...).Scan(ctx); err != nil {
+	if err := tx.NewSelect().Model(&ms).Column("cm.chat_id", "cm.user_id").Where(where, args...).Scan(ctx); err != nil {
 		return nil, err
 	}
 	out := make(map[[2]int64]bool, len(ms))
@@ -252,6 +238,23 @@ func (s *Store) membersOf(ctx context.Context, tx bun.Tx, reqs []SendRequest) (m
 		out[[2]int64{m.ChatID, m.UserID}] = true
 	}
 	return out, nil
+}
+
+// tuplesIn renders "cols IN ((?, ?), …)" for rows of equal length, with
+// the arguments in order.
+func tuplesIn(cols string, rows [][]any) (string, []any) {
+	var sb strings.Builder
+	args := make([]any, 0, len(rows)*len(rows[0]))
+	sb.WriteString(cols + " IN (")
+	for i, row := range rows {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(?" + strings.Repeat(", ?", len(row)-1) + ")")
+		args = append(args, row...)
+	}
+	sb.WriteString(")")
+	return sb.String(), args
 }
 
 func minWatermarks(ctx context.Context, db bun.IDB, chatIDs []int64) (map[int64]int64, error) {
