@@ -12,6 +12,7 @@
 # on stdout, then one JSON line (the last line of stdout):
 #   {"pgbench_tps":2550.1,"clients":32,"threads":2,"seconds":20,"chats":100}
 set -euo pipefail
+cd "$(dirname "$0")/.." # the migration it applies is read from the repository
 
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 CLIENTS=${CLIENTS:-32}
@@ -58,37 +59,11 @@ trap 'exit 130' INT TERM
 psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
 psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
 
-# The tables as the real schema has them (migrations/postgres), keys,
-# constraints and foreign keys included, so each transaction does the work
-# a send does.
+# The real schema (the server's own migration, not a copy), so each
+# transaction does the work a send does: same keys, constraints and
+# foreign keys.
+psql "$SCRATCH" -qX -v ON_ERROR_STOP=1 -f migrations/postgres/00001_init.tx.up.sql >/dev/null
 psql "$SCRATCH" -qX -v ON_ERROR_STOP=1 >/dev/null <<SQL
-CREATE TABLE users (
-    id            bigserial PRIMARY KEY,
-    name          text NOT NULL,
-    email         text NOT NULL,
-    password_hash text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
-CREATE UNIQUE INDEX users_email_key ON users (email);
-CREATE TABLE chats (
-    id          bigserial PRIMARY KEY,
-    name        text NULL,
-    type        text NOT NULL CHECK (type IN ('private', 'group')),
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    last_seq    bigint NOT NULL DEFAULT 0,
-    private_key text NULL UNIQUE
-);
-CREATE TABLE messages (
-    id            bigserial PRIMARY KEY,
-    chat_id       bigint NOT NULL REFERENCES chats (id) ON DELETE CASCADE,
-    seq           bigint NOT NULL,
-    sender_id     bigint NOT NULL REFERENCES users (id),
-    text          text NOT NULL,
-    client_msg_id text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT messages_chat_id_seq_key UNIQUE (chat_id, seq),
-    CONSTRAINT messages_chat_id_sender_id_client_msg_id_key UNIQUE (chat_id, sender_id, client_msg_id)
-);
 INSERT INTO users (name, email, password_hash)
     SELECT 'u' || i, 'u' || i || '@example.com', 'x' FROM generate_series(1, 1000) i;
 INSERT INTO chats (name, type) SELECT 'c' || i, 'group' FROM generate_series(1, $CHATS) i;
