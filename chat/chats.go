@@ -297,13 +297,7 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 			// the write path. Otherwise it is still in flight or failed, and the
 			// insert below settles it through the unique key.
 			if orig, err := s.store.MessageByClientID(ctx, chatID, userID, clientMsgID); err == nil {
-				s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", chatID, "user_id", userID, "message_id", orig.ID)
-				s.metrics.Duplicate()
-				out, err := s.withRead(ctx, chatID, []repo.Message{orig})
-				if err != nil {
-					return Message{}, false, err
-				}
-				return out[0], true, nil
+				return s.duplicate(ctx, userID, orig)
 			}
 		}
 	}
@@ -321,30 +315,31 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 	case err != nil:
 		return Message{}, false, classify(err)
 	}
-	var m Message
 	if res.Duplicate {
-		out, err := s.withRead(ctx, chatID, []repo.Message{res.Message})
-		if err != nil {
-			return Message{}, false, err
-		}
-		m = out[0]
-	} else {
-		// The send raised the sender's own watermark; the message is read
-		// when every other member's has reached it too, which for a new
-		// message means only in a chat with no one else.
-		m = Message{Message: res.Message, Read: res.MinAfter >= res.Message.Seq}
+		return s.duplicate(ctx, userID, res.Message)
 	}
-	if res.Duplicate {
-		s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", chatID, "user_id", userID, "message_id", m.ID)
-		s.metrics.Duplicate()
-		return m, true, nil
-	}
+	// The send raised the sender's own watermark; the message is read when
+	// every other member's has reached it too, which for a new message means
+	// only in a chat with no one else.
+	m := Message{Message: res.Message, Read: res.MinAfter >= res.Message.Seq}
 	s.log.InfoContext(ctx, "message stored", "event", "message.stored", "chat_id", chatID, "user_id", userID, "message_id", m.ID, "seq", m.Seq)
 	s.metrics.MessageStored()
 	if s.committer == nil {
 		s.published([]repo.SendResult{res}) // with group commit the committer already did, in order
 	}
 	return m, false, nil
+}
+
+// duplicate answers a repeated send with the original message (both the
+// fast guard and the database key end here).
+func (s *Service) duplicate(ctx context.Context, userID int64, orig repo.Message) (Message, bool, error) {
+	s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", orig.ChatID, "user_id", userID, "message_id", orig.ID)
+	s.metrics.Duplicate()
+	out, err := s.withRead(ctx, orig.ChatID, []repo.Message{orig})
+	if err != nil {
+		return Message{}, false, err
+	}
+	return out[0], true, nil
 }
 
 // published announces committed messages: message.new for each, and

@@ -282,34 +282,33 @@ func (s *Service) AllowUserSend(ctx context.Context, userID int64) error {
 // max; max 0 is off. A broker failure lets the request through: limits
 // protect the service, they must not take it down.
 func (s *Service) limit(ctx context.Context, key string, max int, window time.Duration) error {
-	if max <= 0 || s.hits == nil {
-		return nil
-	}
-	n, err := s.hits.Hit(ctx, key, window)
-	if err != nil {
-		s.metrics.BrokerError("hit")
-		s.log.WarnContext(ctx, "rate limit check failed; allowing", "event", "broker.error", "op", "hit", "err", err)
-		return nil
-	}
-	if n <= int64(max) {
-		return nil
-	}
-	return s.limited(ctx, key, window)
+	return s.rate(ctx, key, max, window, true)
 }
 
 // blocked refuses when key already holds max hits in the current window,
 // without counting.
 func (s *Service) blocked(ctx context.Context, key string, max int, window time.Duration) error {
+	return s.rate(ctx, key, max, window, false)
+}
+
+// rate implements limit (count: hit, then compare) and blocked (peek).
+func (s *Service) rate(ctx context.Context, key string, max int, window time.Duration, count bool) error {
 	if max <= 0 || s.hits == nil {
 		return nil
 	}
-	n, err := s.hits.Hits(ctx, key, window)
+	hits := s.hits.Hits
+	if count {
+		hits = s.hits.Hit
+	}
+	n, err := hits(ctx, key, window)
 	if err != nil {
 		s.metrics.BrokerError("hit")
 		s.log.WarnContext(ctx, "rate limit check failed; allowing", "event", "broker.error", "op", "hit", "err", err)
 		return nil
 	}
-	if n < int64(max) {
+	// After counting, the window may hold max (this hit included); before,
+	// it must leave room for one more.
+	if count && n <= int64(max) || !count && n < int64(max) {
 		return nil
 	}
 	return s.limited(ctx, key, window)
