@@ -220,9 +220,7 @@ func (c *conn) handle(ev event) {
 			c.closeGracefully(CloseRemoved, "removed from the chat")
 			return
 		}
-		delete(c.chats, ev.chatID)
-		c.hub.unindex(c, ev.chatID)
-		c.hub.release(chatChannel(ev.chatID))
+		c.unfollow(ev.chatID)
 	case evJoin:
 		c.join(ev.chatID, ev.frames)
 	case evRejoin:
@@ -236,7 +234,9 @@ func (c *conn) handle(ev event) {
 	case evSync:
 		c.sync(ev.chatID, ev.since)
 	case evCatchup:
-		c.fillGaps(true)
+		if c.revalidate() {
+			c.fillGaps(true)
+		}
 	case evRefill:
 		if cs := c.chats[ev.chatID]; cs != nil {
 			c.fill(ev.chatID, cs)
@@ -388,14 +388,54 @@ func (c *conn) follow(chatID int64) bool {
 	return true
 }
 
+// revalidate re-checks the connection's memberships once its
+// subscriptions have taken effect. The upgrade checked them before the
+// connection was registered, so a removal that committed in between was
+// published to nobody who knew of this connection; from here on every
+// removal reaches it through the broker. A per-chat connection that is no
+// longer a member closes with 4403; /ws drops such chats. It reports
+// whether the connection stays open.
+func (c *conn) revalidate() bool {
+	heads, err := c.hub.store.MemberChatHeads(c.ctx, c.userID)
+	if err != nil {
+		c.hub.log.Warn("membership re-check failed; closing", "event", "delivery.error", "conn_id", c.id, "err", err)
+		c.closeGracefully(1011, "membership check failed; retry")
+		return false
+	}
+	for id := range c.chats {
+		if _, ok := heads[id]; ok {
+			continue
+		}
+		if c.chatID == id {
+			c.closeGracefully(CloseRemoved, "removed from the chat")
+			return false
+		}
+		c.unfollow(id)
+	}
+	return true
+}
+
+// unfollow stops delivering chatID to the connection.
+func (c *conn) unfollow(chatID int64) {
+	delete(c.chats, chatID)
+	c.hub.unindex(c, chatID)
+	c.hub.release(chatChannel(chatID))
+}
+
 // join starts delivering a chat the user was just added to (on /ws only),
-// from the chat's current last seq.
+// from the chat's current last seq. Membership is checked again once the
+// chat's subscription has taken effect: a removal that committed while the
+// join waited in the inbox would otherwise be missed for good.
 func (c *conn) join(chatID int64, frames []json.RawMessage) {
 	if c.chatID != 0 {
 		return
 	}
 	if c.chats[chatID] == nil {
 		if !c.follow(chatID) {
+			return
+		}
+		if _, err := c.hub.store.Member(c.ctx, chatID, c.userID); err != nil {
+			c.unfollow(chatID) // removed meanwhile (or unknown): do not follow
 			return
 		}
 		if ch, err := c.hub.store.ChatByID(c.ctx, chatID); err == nil {

@@ -259,10 +259,16 @@ func (h *Hub) MemberAdded(ctx context.Context, chatID, userID int64) {
 	h.publish(ctx, userChannel(userID), envelope{Kind: kindJoin, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}})
 }
 
-// MemberRemoved implements chat.Events.
+// MemberRemoved implements chat.Events. The removal goes to the chat's
+// channel (every member hears of it) and to the removed user's own channel,
+// so that each of the user's sockets hears it whichever chats it has
+// indexed yet: one registered while the removal committed, or one whose
+// join of the chat is still queued.
 func (h *Hub) MemberRemoved(ctx context.Context, chatID, userID int64) {
 	frame := mustJSON(gen.MemberRemovedFrame{Type: gen.MemberRemoved, ChatID: chatID, UserID: userID})
-	h.publish(ctx, chatChannel(chatID), envelope{Kind: kindRemoved, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}})
+	env := envelope{Kind: kindRemoved, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}}
+	h.publish(ctx, chatChannel(chatID), env)
+	h.publish(ctx, userChannel(userID), env)
 }
 
 // Online implements chat.Presence.
@@ -294,6 +300,10 @@ func (h *Hub) Receive(channel string, payload []byte) {
 		ev = evForward{chatID: env.ChatID, frames: env.Frames}
 	case kindRemoved:
 		ev = evRemoved{chatID: env.ChatID, userID: env.UserID, frames: env.Frames}
+		if channel == userChannel(env.UserID) {
+			h.fanOut(h.connsOfUser(env.UserID, false), ev)
+			return
+		}
 	case kindJoin:
 		h.fanOut(h.connsOfUser(env.UserID, true), evJoin{chatID: env.ChatID, frames: env.Frames})
 		return
@@ -452,12 +462,12 @@ func (h *Hub) register(ctx context.Context, c *conn, chats []int64) error {
 		}
 		return err
 	}
-	if c.chatID == 0 {
-		if err := h.acquire(ctx, userChannel(c.userID)); err != nil {
-			return fail(err)
-		}
-		acquired = append(acquired, userChannel(c.userID))
+	// Every connection follows its user's channel: removals reach it there
+	// even for a chat it has not indexed yet, and /ws learns of joins.
+	if err := h.acquire(ctx, userChannel(c.userID)); err != nil {
+		return fail(err)
 	}
+	acquired = append(acquired, userChannel(c.userID))
 	for _, id := range chats {
 		if err := h.acquire(ctx, chatChannel(id)); err != nil {
 			return fail(err)
@@ -516,9 +526,7 @@ func (h *Hub) unregister(c *conn, chats []int64) {
 	for _, id := range chats {
 		h.release(chatChannel(id))
 	}
-	if c.chatID == 0 {
-		h.release(userChannel(c.userID))
-	}
+	h.release(userChannel(c.userID))
 	if last {
 		h.setPresence(presenceOp{userID: c.userID, online: false})
 	}
