@@ -55,9 +55,8 @@ type Main struct {
 	Hub     *realtime.Hub
 	Echo    *echo.Echo
 
-	ln        net.Listener
-	http      *http.Server
-	committer *repo.Committer
+	ln   net.Listener
+	http *http.Server
 }
 
 // New returns a Main for cfg that logs to logger.
@@ -84,23 +83,15 @@ func (m *Main) Open(ctx context.Context) error {
 		m.BrokerOptions.Prefix = m.Config.RedisPrefix
 	}
 	if m.Broker == nil {
-		if m.Config.RedisURL != "" {
-			m.Broker, err = broker.NewRedis(ctx, m.Config.RedisURL, m.BrokerOptions)
-			if err != nil {
-				return fmt.Errorf("connect to redis: %w", err)
-			}
-		} else {
-			m.Broker = broker.NewMemory(m.BrokerOptions)
+		if m.Broker, err = NewBroker(ctx, m.Config, m.BrokerOptions); err != nil {
+			return err
 		}
 	}
 	lim := m.Config.Limits
 	m.Metrics = metrics.New()
-	m.committer = store.NewCommitter(4, 256)
 	svc, err := chat.New(chat.Config{
-		Metrics:   m.Metrics,
-		Committer: m.committer,
-		Store:     store, Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2, Logger: m.Logger,
-		Hits:   m.Broker,
+		Store: store, Broker: m.Broker, Metrics: m.Metrics, Logger: m.Logger,
+		Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2,
 		Limits: chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, UserSendRate: lim.UserSendRate},
 	})
 	if err != nil {
@@ -127,9 +118,6 @@ func (m *Main) Open(ctx context.Context) error {
 		rc.AllowedOrigins = m.Config.AllowedOrigins
 	}
 	m.Hub = realtime.New(rc, svc, store, m.Broker)
-	svc.SetEvents(m.Hub)
-	svc.SetPresence(m.Hub)
-	svc.SetDedup(m.Hub)
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -210,11 +198,11 @@ func (m *Main) Close() error {
 		m.Hub.Shutdown(ctx)
 		cancel()
 	}
+	if m.Service != nil {
+		m.Service.Close() // sends already queued are committed and published
+	}
 	if m.Broker != nil {
 		errs = append(errs, m.Broker.Close())
-	}
-	if m.committer != nil {
-		m.committer.Close()
 	}
 	if m.Store != nil {
 		errs = append(errs, m.Store.Close())
@@ -268,6 +256,22 @@ func (m *Main) jwtSecret() ([]byte, error) {
 	}
 	m.Logger.Info("generated a JWT secret", "event", "config.secret_generated", "path", path)
 	return []byte(secret), nil
+}
+
+// NewBroker returns the broker cfg names: Redis at REDIS_URL, or the
+// in-process broker when it is unset.
+func NewBroker(ctx context.Context, cfg Config, opts broker.Options) (broker.Broker, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = cfg.RedisPrefix
+	}
+	if cfg.RedisURL == "" {
+		return broker.NewMemory(opts), nil
+	}
+	b, err := broker.NewRedis(ctx, cfg.RedisURL, opts)
+	if err != nil {
+		return nil, fmt.Errorf("connect to redis: %w", err)
+	}
+	return b, nil
 }
 
 type brokerCheck struct{ b broker.Broker }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/windi-chat/windi/gen"
@@ -142,8 +141,8 @@ func (s *Service) OpenPrivate(ctx context.Context, userID, otherID int64) (View,
 	}
 	if created {
 		s.log.InfoContext(ctx, "chat created", "event", "chat.created", "chat_id", c.ID, "user_id", userID, "type", "private")
-		s.events.MemberAdded(ctx, c.ID, userID)
-		s.events.MemberAdded(ctx, c.ID, otherID)
+		s.memberAdded(ctx, c.ID, userID)
+		s.memberAdded(ctx, c.ID, otherID)
 	}
 	v, err := s.view(ctx, userID, c)
 	return v, created, err
@@ -176,9 +175,9 @@ func (s *Service) CreateGroup(ctx context.Context, userID int64, name string, me
 		return View{}, classify(err)
 	}
 	s.log.InfoContext(ctx, "group created", "event", "group.created", "chat_id", c.ID, "user_id", userID, "members", len(ids)+1)
-	s.events.MemberAdded(ctx, c.ID, userID)
+	s.memberAdded(ctx, c.ID, userID)
 	for _, id := range ids {
-		s.events.MemberAdded(ctx, c.ID, id)
+		s.memberAdded(ctx, c.ID, id)
 	}
 	return s.view(ctx, userID, c)
 }
@@ -273,88 +272,46 @@ func ValidateSend(clientMsgID, text string) (string, error) {
 	return text, nil
 }
 
-// Send stores a message from userID in chatID, or finds the original when
-// (chat, sender, client_msg_id) was sent before (duplicate=true). The message
-// is committed before Send returns and before any event goes out. Errors:
-// CodeInvalid, CodeTooLarge, CodeNotFound, CodeForbidden, CodeUnavailable.
+// Send stores a message from userID in chatID and publishes it, or finds
+// the original when (chat, sender, client_msg_id) was sent before
+// (duplicate=true). It returns once the message is committed and published
+// (see sequencer: claim, one transaction per batch, publish in seq order).
+// Errors: CodeInvalid, CodeTooLarge, CodeNotFound, CodeForbidden,
+// CodeUnavailable.
 func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, text string) (Message, bool, error) {
+	reply := make(chan SendOutcome, 1)
+	if err := s.SendAsync(ctx, userID, chatID, clientMsgID, text, func(o SendOutcome) { reply <- o }); err != nil {
+		return Message{}, false, err
+	}
+	select {
+	case o := <-reply:
+		return o.Message, o.Duplicate, o.Err
+	case <-ctx.Done():
+		// The send may still commit; a retry with the same client_msg_id
+		// finds it.
+		return Message{}, false, classify(ctx.Err())
+	}
+}
+
+// SendAsync is Send for callers that must not wait, such as a WebSocket
+// that keeps reading while its sends commit: it validates the send, queues
+// it on its chat's sequencer shard (waiting only while the shard's queue
+// is full) and returns; done is called exactly once with the outcome, on
+// the sequencer's goroutine, after the message is published, so it must
+// not block. One caller's sends to one chat are stored in the order
+// submitted. An invalid send returns its error and done is not called.
+func (s *Service) SendAsync(ctx context.Context, userID, chatID int64, clientMsgID, text string, done func(SendOutcome)) error {
 	text, err := ValidateSend(clientMsgID, text)
 	if err != nil {
-		return Message{}, false, err
+		return err
 	}
-	// Membership is checked inside the transaction that stores the message
-	// (under the chat's lock), which saves two queries a send and lets no
-	// removal slip in between check and insert.
-	if s.dedup != nil {
-		key := fmt.Sprintf("dedup:%d:%d:%s", chatID, userID, clientMsgID)
-		fresh, err := s.dedup.Claim(ctx, key)
-		if err != nil {
-			s.metrics.BrokerError("claim")
-			s.log.WarnContext(ctx, "dedup guard failed; relying on the database key", "event", "dedup.error", "chat_id", chatID, "err", err)
-		}
-		if err == nil && !fresh {
-			// A repeat: when the original has committed, answer with it and skip
-			// the write path. Otherwise it is still in flight or failed, and the
-			// insert below settles it through the unique key.
-			if orig, err := s.store.MessageByClientID(ctx, chatID, userID, clientMsgID); err == nil {
-				return s.duplicate(ctx, userID, orig)
-			}
-		}
+	// Membership is checked inside the transaction that stores the message,
+	// under the chat's lock, so no removal slips in between check and insert.
+	p := &pending{ctx: ctx, req: repo.SendRequest{ChatID: chatID, SenderID: userID, ClientMsgID: clientMsgID, Text: text}, done: done}
+	if err := s.seq.submit(p); err != nil {
+		return classify(err)
 	}
-	var res repo.SendResult
-	if s.committer != nil {
-		res, err = s.committer.Insert(ctx, repo.SendRequest{ChatID: chatID, SenderID: userID, ClientMsgID: clientMsgID, Text: text})
-	} else {
-		res, err = s.store.InsertMessage(ctx, chatID, userID, clientMsgID, text)
-	}
-	switch {
-	case errors.Is(err, repo.ErrNotMember):
-		return Message{}, false, errorf(CodeForbidden, "not a member of chat %d", chatID)
-	case errors.Is(err, repo.ErrNotFound):
-		return Message{}, false, errorf(CodeNotFound, "chat %d not found", chatID)
-	case err != nil:
-		return Message{}, false, classify(err)
-	}
-	if res.Duplicate {
-		return s.duplicate(ctx, userID, res.Message)
-	}
-	// The send raised the sender's own watermark; the message is read when
-	// every other member's has reached it too, which for a new message means
-	// only in a chat with no one else.
-	m := Message{Message: res.Message, Read: res.MinAfter >= res.Message.Seq}
-	s.log.InfoContext(ctx, "message stored", "event", "message.stored", "chat_id", chatID, "user_id", userID, "message_id", m.ID, "seq", m.Seq)
-	s.metrics.MessageStored()
-	if s.committer == nil {
-		s.published([]repo.SendResult{res}) // with group commit the committer already did, in order
-	}
-	return m, false, nil
-}
-
-// duplicate answers a repeated send with the original message (both the
-// fast guard and the database key end here).
-func (s *Service) duplicate(ctx context.Context, userID int64, orig repo.Message) (Message, bool, error) {
-	s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", orig.ChatID, "user_id", userID, "message_id", orig.ID)
-	s.metrics.Duplicate()
-	out, err := s.withRead(ctx, orig.ChatID, []repo.Message{orig})
-	if err != nil {
-		return Message{}, false, err
-	}
-	return out[0], true, nil
-}
-
-// published announces committed messages: message.new for each, and
-// chat.read where a send raised the chat's lowest watermark (the message
-// itself implies the sender's own, so no message.read goes out).
-func (s *Service) published(res []repo.SendResult) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, r := range res {
-		s.events.MessageStored(ctx, Message{Message: r.Message, Read: r.MinAfter >= r.Message.Seq})
-		if r.MinAfter > r.MinBefore {
-			low := r.MinAfter
-			s.events.ReadMoved(ctx, r.Message.ChatID, 0, 0, &low)
-		}
-	}
+	return nil
 }
 
 // MarkRead moves userID's watermark in chatID forward to seq (capped at the
@@ -376,7 +333,7 @@ func (s *Service) MarkRead(ctx context.Context, userID, chatID, seq int64) (int6
 			low := r.MinAfter
 			chatRead = &low
 		}
-		s.events.ReadMoved(ctx, chatID, userID, r.Seq, chatRead)
+		s.readMoved(ctx, chatID, userID, r.Seq, chatRead)
 	}
 	return r.Seq, nil
 }
@@ -427,7 +384,7 @@ func (s *Service) AddMember(ctx context.Context, actorID, groupID, targetID int6
 	}
 	if added {
 		s.log.InfoContext(ctx, "member added", "event", "member.added", "chat_id", groupID, "user_id", targetID, "by", actorID)
-		s.events.MemberAdded(ctx, groupID, targetID)
+		s.memberAdded(ctx, groupID, targetID)
 	}
 	return added, nil
 }
@@ -460,7 +417,7 @@ func (s *Service) RemoveMember(ctx context.Context, actorID, groupID, targetID i
 	}
 	if removed {
 		s.log.InfoContext(ctx, "member removed", "event", "member.removed", "chat_id", groupID, "user_id", targetID, "by", actorID)
-		s.events.MemberRemoved(ctx, groupID, targetID)
+		s.memberRemoved(ctx, groupID, targetID)
 	}
 	return removed, nil
 }
@@ -474,14 +431,11 @@ func (s *Service) Presence(ctx context.Context, userID, chatID int64) ([]int64, 
 	if err != nil {
 		return nil, classify(err)
 	}
-	if s.presence == nil {
-		return []int64{}, nil
-	}
 	ids := make([]int64, len(members))
 	for i, m := range members {
 		ids[i] = m.UserID
 	}
-	online, err := s.presence.Online(ctx, ids)
+	online, err := s.broker.Online(ctx, ids)
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -32,31 +32,6 @@ const (
 	MaxGroupMembers  = 1000
 )
 
-// Events receives what the service changed, after it is committed, so that
-// realtime delivery can fan it out. Implementations must not block for long.
-type Events interface {
-	MessageStored(ctx context.Context, m Message)
-	// ReadMoved reports that userID's watermark moved to seq (userID 0: no
-	// reader's watermark to report) and, when chatRead is not nil, that the
-	// chat's lowest watermark advanced to *chatRead.
-	ReadMoved(ctx context.Context, chatID, userID, seq int64, chatRead *int64)
-	MemberAdded(ctx context.Context, chatID, userID int64)
-	MemberRemoved(ctx context.Context, chatID, userID int64)
-}
-
-// Presence says which users hold a live connection on any replica.
-type Presence interface {
-	Online(ctx context.Context, userIDs []int64) ([]int64, error)
-}
-
-// DedupGuard is the fast cross-replica guard against repeated sends (Redis
-// SET NX in scaled mode). The database unique key stays the durable truth:
-// the guard only lets a repeat skip the write path.
-type DedupGuard interface {
-	// Claim reports whether key was unclaimed and is now claimed.
-	Claim(ctx context.Context, key string) (bool, error)
-}
-
 // HitCounter counts events in fixed windows, shared by every replica (the
 // broker); rate limits are built on it.
 type HitCounter interface {
@@ -84,22 +59,17 @@ func clientIP(ctx context.Context) string {
 	return ip
 }
 
-// Config holds the service's dependencies. Events, Presence, Dedup and Hits
-// may be nil.
+// Config holds the service's dependencies; Store, Tokens and Broker are
+// required.
 type Config struct {
-	Store    *repo.Store
-	Tokens   *auth.Tokens
-	Argon2   auth.Argon2Params
-	Logger   *slog.Logger
-	Events   Events
-	Presence Presence
-	Dedup    DedupGuard
-	Hits     HitCounter
-	Limits   Limits
-	Metrics  *metrics.Metrics
-	// Committer, when set, batches concurrent sends into shared
-	// transactions (group commit); otherwise each send commits alone.
-	Committer *repo.Committer
+	Store     *repo.Store
+	Tokens    *auth.Tokens
+	Argon2    auth.Argon2Params
+	Logger    *slog.Logger
+	Broker    Broker
+	Limits    Limits
+	Metrics   *metrics.Metrics
+	Sequencer SequencerConfig
 }
 
 // Service applies the chat rules. It is safe for concurrent use.
@@ -108,60 +78,42 @@ type Service struct {
 	tokens    *auth.Tokens
 	argon     auth.Argon2Params
 	log       *slog.Logger
-	events    Events
-	presence  Presence
-	dedup     DedupGuard
+	broker    Broker
 	hits      HitCounter
 	limits    Limits
 	metrics   *metrics.Metrics
-	committer *repo.Committer
+	seq       *sequencer
 	dummyHash string // compared against on unknown emails so both failures cost the same
 }
 
-// New returns a Service.
+// New returns a Service and starts its sequencer; Close stops it.
 func New(cfg Config) (*Service, error) {
 	s := &Service{
 		store: cfg.Store, tokens: cfg.Tokens, argon: cfg.Argon2, log: cfg.Logger,
-		events: cfg.Events, presence: cfg.Presence, dedup: cfg.Dedup, hits: cfg.Hits, limits: cfg.Limits, metrics: cfg.Metrics,
-		committer: cfg.Committer,
+		broker: cfg.Broker, hits: cfg.Broker, limits: cfg.Limits, metrics: cfg.Metrics,
+	}
+	if s.store == nil || s.tokens == nil || s.broker == nil {
+		return nil, fmt.Errorf("chat: Store, Tokens and Broker are required")
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	if s.committer != nil {
-		s.committer.OnCommit(s.published)
-	}
 	s.log = s.log.With("component", "chat")
-	if s.events == nil {
-		s.events = nopEvents{}
-	}
 	h, err := auth.HashPassword("not a real password", s.argon)
 	if err != nil {
 		return nil, err
 	}
 	s.dummyHash = h
+	s.seq = newSequencer(s, cfg.Sequencer.withDefaults(s.store.Dialect()))
 	return s, nil
 }
 
-// SetEvents replaces the event sink; realtime wires itself in after both are
-// built. Call it before serving.
-func (s *Service) SetEvents(e Events) { s.events = e }
-
-// SetPresence replaces the presence source. Call it before serving.
-func (s *Service) SetPresence(p Presence) { s.presence = p }
-
-// SetDedup replaces the fast dedup guard. Call it before serving.
-func (s *Service) SetDedup(d DedupGuard) { s.dedup = d }
+// Close stops accepting sends and waits until those already queued are
+// committed and published.
+func (s *Service) Close() { s.seq.close() }
 
 // Tokens returns the token issuer and verifier.
 func (s *Service) Tokens() *auth.Tokens { return s.tokens }
-
-type nopEvents struct{}
-
-func (nopEvents) MessageStored(context.Context, Message)                 {}
-func (nopEvents) ReadMoved(context.Context, int64, int64, int64, *int64) {}
-func (nopEvents) MemberAdded(context.Context, int64, int64)              {}
-func (nopEvents) MemberRemoved(context.Context, int64, int64)            {}
 
 // NormalizeEmail trims and lowercases an email address.
 func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
@@ -293,7 +245,7 @@ func (s *Service) blocked(ctx context.Context, key string, max int, window time.
 
 // rate implements limit (count: hit, then compare) and blocked (peek).
 func (s *Service) rate(ctx context.Context, key string, max int, window time.Duration, count bool) error {
-	if max <= 0 || s.hits == nil {
+	if max <= 0 {
 		return nil
 	}
 	hits := s.hits.Hits
@@ -371,6 +323,9 @@ func classify(err error) error {
 	}
 	return err
 }
+
+// errorIs is errors.Is for a nil-able err.
+func errorIs(err, target error) bool { return err != nil && errors.Is(err, target) }
 
 func isUnavailable(err error) bool {
 	var ne net.Error

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/event"
 	"github.com/windi-chat/windi/gen"
 	"github.com/windi-chat/windi/repo"
 )
@@ -61,10 +62,11 @@ func BenchmarkEncodeFrames(b *testing.B) {
 		Text: strings.Repeat("x", 100), CreatedAt: time.Date(2025, 1, 2, 3, 4, 5, 678900000, time.UTC),
 	}}
 	raw := json.RawMessage(mustJSON(m.API()))
-	env := mustJSON(envelope{
-		Kind: kindMessage, ChatID: m.ChatID, Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID,
-		Msg: raw, SentAt: time.Now().UnixNano(),
-	})
+	envelope := func(msg json.RawMessage) event.Envelope {
+		return event.Envelope{Kind: event.Messages, ChatID: m.ChatID, SentAt: time.Now().UnixNano(),
+			Items: []event.Item{{Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: msg}}}
+	}
+	env := envelope(raw).Encode()
 
 	b.Run("message_api", func(b *testing.B) {
 		b.ReportAllocs()
@@ -72,36 +74,33 @@ func BenchmarkEncodeFrames(b *testing.B) {
 			sinkAny = mustJSON(m.API())
 		}
 	})
-	b.Run("envelope", func(b *testing.B) { // what MessageStored encodes
+	b.Run("envelope", func(b *testing.B) { // what the sequencer encodes per message
 		b.ReportAllocs()
 		for b.Loop() {
-			sinkAny = mustJSON(envelope{
-				Kind: kindMessage, ChatID: m.ChatID, Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID,
-				Msg: mustJSON(m.API()), SentAt: time.Now().UnixNano(),
-			})
+			sinkAny = envelope(mustJSON(m.API())).Encode()
 		}
 	})
 	b.Run("receive", func(b *testing.B) { // what Receive does once per envelope
 		b.ReportAllocs()
 		b.SetBytes(int64(len(env)))
 		for b.Loop() {
-			var e envelope
-			if err := json.Unmarshal(env, &e); err != nil {
+			e, err := event.Decode(env)
+			if err != nil {
 				b.Fatal(err)
 			}
-			sinkAny = newFrame(e.Msg)
+			sinkAny = event.NewFrame(e.Items[0].Msg)
 		}
 	})
 	b.Run("newFrame", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			sinkAny = newFrame(raw)
+			sinkAny = event.NewFrame(raw)
 		}
 	})
 	b.Run("ackFrame", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			sinkAny = ackFrame(m.ClientMsgID, false, raw)
+			sinkAny = event.AckFrame(m.ClientMsgID, false, raw)
 		}
 	})
 	b.Run("encodeError", func(b *testing.B) {

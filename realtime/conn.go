@@ -1,111 +1,82 @@
 package realtime
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"golang.org/x/time/rate"
+
+	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/event"
+	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/repo"
 )
 
-// msgItem is one message on its way to connections. Items from the broker
-// are shared by every connection of the chat and never modified.
-type msgItem struct {
-	seq    int64
-	sender int64
-	cmid   string
-	msg    json.RawMessage // the encoded gen.Message
-	frame  []byte          // the message.new frame, encoded once
-	sentAt int64           // unix nanoseconds when stored; 0 when unknown
-}
-
-// The events a connection's actor handles, in inbox order.
-type (
-	event     any
-	evMessage struct {
-		chatID int64
-		it     *msgItem
-	}
-	evForward struct {
-		chatID int64
-		frames []json.RawMessage
-	}
-	evRemoved struct {
-		chatID, userID int64
-		frames         []json.RawMessage
-	}
-	evJoin struct {
-		chatID int64
-		frames []json.RawMessage
-	}
-	evAck struct {
-		chatID int64
-		it     *msgItem
-		dup    bool
-	}
-	evSendFailed struct {
-		chatID int64
-		cmid   string
-		frame  []byte
-	}
-	evSync    struct{ chatID, since int64 }
-	evCatchup struct{}
-	evRefill  struct{ chatID int64 }
-	evRejoin  struct{}
-	evFrame   struct{ frame []byte }
-	evClose   struct {
-		code   int
-		reason string
-	}
-)
-
-// chatState is one chat's delivery position on one connection.
-type chatState struct {
-	last     int64                // highest seq delivered (or acked) here
-	pending  map[int64]pendingMsg // arrived above last+1, waiting for the gap
-	gapSince time.Time            // when the oldest unfilled gap was seen
-}
-
-type pendingMsg struct {
-	it  *msgItem
-	ack bool // answer with message.ack: this connection sent it
-}
-
-// conn is one WebSocket connection. Its actor goroutine owns the chat
-// states and is the only writer to the session, so frames leave in the
-// order the actor decides. Other goroutines talk to it through push.
+// conn is one WebSocket connection.
+//
+// Goroutines: one reads the socket for the connection's whole life
+// (readLoop) and ends it (finish); a writer runs only while frames are
+// queued (writeLoop) and drains everything queued into one buffered write;
+// a task goroutine runs only while database or broker work is queued
+// (fills, syncs, joins, membership checks), one task at a time, in order.
+// An idle connection costs one parked goroutine, its socket and this
+// struct. Deliveries from the broker run the ordering state machine
+// inline, under mu, and queue frames without blocking: the writer is the
+// one hand-off on the in-order path.
 type conn struct {
-	hub     *Hub
-	id      int64
-	userID  int64
-	chatID  int64 // the chat of /ws/{chat_id}; 0 on /ws
-	sess    *melody.Session
-	ctx     context.Context // the request's; ends with the connection
-	expires time.Time
+	hub    *Hub
+	id     int64
+	userID int64
+	chatID int64 // the chat of /ws/{chat_id}; 0 on /ws
+	nc     net.Conn
+	br     *bufio.Reader
+	ctx    context.Context // ends when the connection does
+	cancel context.CancelFunc
 
-	inbox   chan event
-	queued  atomic.Int64  // frames handed to the session, not yet written
-	drained chan struct{} // signalled when the session writes a frame
-	done    chan struct{} // closed when the connection has ended
-	closing atomic.Bool
+	// Rate limits of client frames; used by the read goroutine only.
+	sendLimit, syncLimit, readLimit *rate.Limiter
 
-	registered bool          // set by onConnect before the actor starts
-	actorDone  chan struct{} // closed when the actor has returned
-	limiter    *tokenBucket  // used by the read goroutine only
+	space chan struct{} // capacity 1: the writer drained the queue
 
-	// sending holds this connection's sends between the read goroutine
-	// starting them and the actor answering them, so that a message the
-	// connection sent is answered with message.ack, never message.new, even
-	// when a database fill reads it before the ack is handled.
-	sendMu  sync.Mutex
-	sending map[sendKey]struct{}
+	mu         sync.Mutex // guards everything below
+	state      connState
+	streams    map[int64]*stream
+	sending    map[sendKey]int // sends in flight, by chat and client_msg_id
+	out        []outFrame      // queued for the socket
+	spare      []outFrame      // the writer's other buffer
+	writing    bool            // a writer goroutine runs
+	closeMsg   []byte          // payload of the close frame to send after out
+	dropped    bool            // closing without the queue: the peer is not reading
+	peerClosed bool            // the peer sent its close frame
+	finished   bool            // readLoop has ended
+	tasks      []func(ctx context.Context)
+	working    bool            // a task goroutine runs
+	syncs      map[int64]int64 // queued syncs by chat: the latest since wins
+	fillTimer  *time.Timer
+	pingTimer  *time.Timer
+	expiry     *time.Timer
+	scratch    []entry
+}
 
-	// Owned by the actor goroutine.
-	chats map[int64]*chatState
-	timer *time.Timer
+type connState uint8
+
+const (
+	stateOpen    connState = iota
+	stateClosing           // a close frame is queued: no more data frames
+	stateClosed            // the read loop has ended
+)
+
+type outFrame struct {
+	op ws.OpCode
+	p  []byte
 }
 
 type sendKey struct {
@@ -113,433 +84,879 @@ type sendKey struct {
 	cmid   string
 }
 
-func (c *conn) startSend(k sendKey) {
-	c.sendMu.Lock()
-	c.sending[k] = struct{}{}
-	c.sendMu.Unlock()
-}
+const (
+	// fillPage is how many messages a fill reads per query.
+	fillPage = 200
+	// taskTimeout bounds each task's database and broker work.
+	taskTimeout = 15 * time.Second
+	// closeWait is how long a closing connection waits for the peer's close
+	// frame before dropping the TCP connection.
+	closeWait = time.Second
+)
 
-func (c *conn) endSend(k sendKey) {
-	c.sendMu.Lock()
-	delete(c.sending, k)
-	c.sendMu.Unlock()
-}
+// writers are shared by every connection's writer goroutine; a connection
+// holds one only while it writes.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 
-func (c *conn) isSending(k sendKey) bool {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	_, ok := c.sending[k]
-	return ok
-}
-
-func newConn(h *Hub, userID, chatID int64, starts map[int64]int64, expires time.Time) *conn {
+func newConn(h *Hub, userID, chatID int64, nc net.Conn, br *bufio.Reader, starts map[int64]int64) *conn {
 	c := &conn{
-		hub: h, id: h.connSeq.Add(1), userID: userID, chatID: chatID, expires: expires,
-		inbox: make(chan event, h.cfg.InboxSize), drained: make(chan struct{}, 1), done: make(chan struct{}),
-		actorDone: make(chan struct{}),
-		chats:     make(map[int64]*chatState, len(starts)), sending: map[sendKey]struct{}{},
+		hub: h, id: h.connSeq.Add(1), userID: userID, chatID: chatID, nc: nc, br: br,
+		space: make(chan struct{}, 1), streams: make(map[int64]*stream, len(starts)),
 	}
+	c.ctx, c.cancel = context.WithCancel(h.ctx)
 	if h.cfg.SendRate > 0 {
-		c.limiter = newTokenBucket(h.cfg.SendRate, h.cfg.SendBurst)
+		c.sendLimit = rate.NewLimiter(rate.Limit(h.cfg.SendRate), h.cfg.SendBurst)
 	}
+	c.syncLimit = rate.NewLimiter(rate.Limit(h.cfg.SyncRate), h.cfg.SyncBurst)
+	c.readLimit = rate.NewLimiter(rate.Limit(h.cfg.ReadRate), h.cfg.ReadBurst)
 	for id, last := range starts {
-		c.chats[id] = &chatState{last: last}
+		c.streams[id] = &stream{last: last}
 	}
 	return c
 }
 
+// start runs the connection once the hub has registered it.
+func (c *conn) start(expires time.Time) {
+	c.mu.Lock()
+	c.pingTimer = time.AfterFunc(c.hub.cfg.PingPeriod, c.ping)
+	if !expires.IsZero() {
+		c.expiry = time.AfterFunc(time.Until(expires), func() { c.close(CloseTokenExpired, "token expired") })
+	}
+	// Messages committed between the handshake and the subscriptions did
+	// not come through the broker, and a removal committed in between was
+	// published before anyone knew of this connection: re-check, then read
+	// what was missed.
+	c.addTaskLocked(c.catchUp)
+	c.mu.Unlock()
+	go c.readLoop()
+}
+
+// chatIDs lists the chats the connection follows.
 func (c *conn) chatIDs() []int64 {
-	ids := make([]int64, 0, len(c.chats))
-	for id := range c.chats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]int64, 0, len(c.streams))
+	for id := range c.streams {
 		ids = append(ids, id)
 	}
 	return ids
 }
 
-// push hands ev to the actor without blocking. A connection whose inbox is
-// full cannot keep up: it is closed (4008) so it resyncs, instead of
-// holding up anyone else.
-func (c *conn) push(ev event) {
-	select {
-	case <-c.done:
-	case c.inbox <- ev:
-	default:
-		c.closeNow(CloseSlowConsumer, "slow consumer: event queue full")
-	}
-}
+// --- delivery (called from the hub, inline) ---
 
-// run is the actor loop; it ends with the connection.
-func (c *conn) run() {
-	defer close(c.actorDone)
-	c.timer = time.NewTimer(time.Hour)
-	c.timer.Stop()
-	var expiry <-chan time.Time
-	if !c.expires.IsZero() {
-		t := time.NewTimer(time.Until(c.expires))
-		defer t.Stop()
-		expiry = t.C
-	}
-	for {
-		select {
-		case <-c.done:
-			return
-		case ev := <-c.inbox:
-			c.handle(ev)
-		case <-c.timer.C:
-			c.fillGaps(false)
-		case <-expiry:
-			c.closeGracefully(CloseTokenExpired, "token expired")
-		}
-		c.armTimer()
-	}
-}
-
-func (c *conn) handle(ev event) {
-	switch ev := ev.(type) {
-	case evMessage:
-		if cs := c.chats[ev.chatID]; cs != nil {
-			c.offer(ev.chatID, cs, pendingMsg{it: ev.it})
-		}
-	case evForward:
-		if c.chats[ev.chatID] != nil {
-			for _, f := range ev.frames {
-				c.write(f)
-			}
-		}
-	case evRemoved:
-		if c.chats[ev.chatID] == nil {
-			return
-		}
-		for _, f := range ev.frames {
-			c.write(f)
-		}
-		if ev.userID != c.userID {
-			return
-		}
-		if c.chatID == ev.chatID {
-			c.closeGracefully(CloseRemoved, "removed from the chat")
-			return
-		}
-		c.unfollow(ev.chatID)
-	case evJoin:
-		c.join(ev.chatID, ev.frames)
-	case evRejoin:
-		c.rejoin()
-	case evAck:
-		c.acked(ev)
-	case evSendFailed:
-		c.endSend(sendKey{ev.chatID, ev.cmid})
-		c.write(ev.frame)
-		c.drainAll()
-	case evSync:
-		c.sync(ev.chatID, ev.since)
-	case evCatchup:
-		if c.revalidate() {
-			c.fillGaps(true)
-		}
-	case evRefill:
-		if cs := c.chats[ev.chatID]; cs != nil {
-			c.fill(ev.chatID, cs)
-		}
-	case evFrame:
-		c.write(ev.frame)
-	case evClose:
-		c.closeGracefully(ev.code, ev.reason)
-	}
-}
-
-// offer takes a message for chatID and delivers whatever is now in order.
-func (c *conn) offer(chatID int64, cs *chatState, p pendingMsg) {
-	if p.it.seq <= cs.last {
-		return // already delivered: a repeat from another path
-	}
-	if cs.pending == nil {
-		cs.pending = map[int64]pendingMsg{}
-	}
-	if old, ok := cs.pending[p.it.seq]; !ok || p.ack && !old.ack {
-		cs.pending[p.it.seq] = p
-	}
-	c.drain(chatID, cs)
-}
-
-// drain delivers consecutive pending messages. It stops at a gap, and at a
-// message this connection is sending until the send's outcome is known.
-func (c *conn) drain(chatID int64, cs *chatState) {
-	for {
-		p, ok := cs.pending[cs.last+1]
-		if !ok {
-			break
-		}
-		if !p.ack && p.it.sender == c.userID && c.isSending(sendKey{chatID, p.it.cmid}) {
-			break // ours, still in flight: the ack decides how to answer
-		}
-		delete(cs.pending, p.it.seq)
-		if p.ack {
-			c.write(ackFrame(p.it.cmid, false, p.it.msg))
-		} else {
-			c.write(p.it.frame)
-			c.hub.delivered(p.it)
-		}
-		cs.last = p.it.seq
-	}
-	switch {
-	case len(cs.pending) == 0:
-		cs.gapSince = time.Time{}
-	case cs.gapSince.IsZero():
-		cs.gapSince = time.Now()
-	}
-}
-
-func (c *conn) drainAll() {
-	for id, cs := range c.chats {
-		c.drain(id, cs)
-	}
-}
-
-// acked answers this connection's own send.
-func (c *conn) acked(ev evAck) {
-	c.endSend(sendKey{ev.chatID, ev.it.cmid})
-	cs := c.chats[ev.chatID]
-	if ev.dup || cs == nil || ev.it.seq <= cs.last {
-		// A repeat, or a chat this connection does not follow: answer now.
-		c.write(ackFrame(ev.it.cmid, ev.dup, ev.it.msg))
-		c.drainAll()
+// deliver offers a chat's new messages, then frames that follow them.
+func (c *conn) deliver(chatID int64, items []*item, frames []json.RawMessage, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[chatID]
+	if st == nil || c.state != stateOpen {
 		return
 	}
-	c.offer(ev.chatID, cs, pendingMsg{it: ev.it, ack: true})
-	c.drainAll()
-}
-
-// armTimer sets the gap timer to the earliest hold-back deadline.
-func (c *conn) armTimer() {
-	var next time.Time
-	for _, cs := range c.chats {
-		if !cs.gapSince.IsZero() && (next.IsZero() || cs.gapSince.Before(next)) {
-			next = cs.gapSince
-		}
+	before := st.fillAt
+	out := c.scratch[:0]
+	for _, it := range items {
+		out = st.offer(entry{it: it}, now, c.hub.cfg.GapHoldback, c.hold, out)
 	}
-	c.timer.Stop()
-	if !next.IsZero() {
-		c.timer.Reset(max(0, time.Until(next.Add(c.hub.cfg.GapHoldback))))
+	c.emitLocked(out)
+	c.scratch = out[:0]
+	for _, f := range frames {
+		c.enqueueLocked(ws.OpText, f)
+	}
+	if st.fillAt != before {
+		c.armFillLocked()
 	}
 }
 
-// fillGaps reads from the database what the broker did not bring: for
-// chats whose gap outlived the hold-back, or for every chat (all=true)
-// right after the connection's subscriptions took effect.
-func (c *conn) fillGaps(all bool) {
-	now := time.Now()
-	for id, cs := range c.chats {
-		if all || !cs.gapSince.IsZero() && now.Sub(cs.gapSince) >= c.hub.cfg.GapHoldback {
-			c.fill(id, cs)
-		}
-	}
-}
-
-// fill delivers every stored message of chatID above the connection's
-// position, page by page.
-func (c *conn) fill(chatID int64, cs *chatState) {
-	const page = 500
-	for {
-		ms, err := c.hub.svc.MessagesAfter(c.ctx, chatID, cs.last, page)
-		if err != nil {
-			c.hub.log.Warn("refill from the database failed", "event", "delivery.error", "conn_id", c.id, "chat_id", chatID, "err", err)
-			if cs.gapSince.IsZero() {
-				cs.gapSince = time.Now() // try again after the hold-back
-			}
-			return
-		}
-		before := cs.last
-		for _, m := range ms {
-			raw := mustJSON(m.API())
-			c.offer(chatID, cs, pendingMsg{it: &msgItem{seq: m.Seq, sender: m.SenderID, cmid: m.ClientMsgID, msg: raw, frame: newFrame(raw)}})
-		}
-		if len(ms) < page || cs.last == before || c.closing.Load() {
-			return
-		}
-	}
-}
-
-// sync replays every message above since, then continues live.
-func (c *conn) sync(chatID, since int64) {
-	cs := c.chats[chatID]
-	if cs == nil {
-		// On /ws, a chat the connection does not follow yet (the caller
-		// checked membership): follow it from since.
-		if !c.follow(chatID) {
-			return
-		}
-		cs = c.chats[chatID]
-	}
-	cs.last, cs.pending, cs.gapSince = since, nil, time.Time{}
-	c.fill(chatID, cs)
-}
-
-// follow subscribes the connection to chatID, starting at its position
-// zero; the caller sets the position.
-func (c *conn) follow(chatID int64) bool {
-	if err := c.hub.acquire(c.ctx, chatChannel(chatID)); err != nil {
-		c.hub.cfg.Metrics.BrokerError("subscribe")
-		c.hub.log.Warn("subscribe failed", "event", "broker.error", "op", "subscribe", "conn_id", c.id, "chat_id", chatID, "err", err)
-		return false
-	}
-	c.chats[chatID] = &chatState{}
-	c.hub.index(c, chatID)
-	return true
-}
-
-// revalidate re-checks the connection's memberships once its
-// subscriptions have taken effect. The upgrade checked them before the
-// connection was registered, so a removal that committed in between was
-// published to nobody who knew of this connection; from here on every
-// removal reaches it through the broker. A per-chat connection that is no
-// longer a member closes with 4403; /ws drops such chats. It reports
-// whether the connection stays open.
-func (c *conn) revalidate() bool {
-	heads, err := c.hub.store.MemberChatHeads(c.ctx, c.userID)
-	if err != nil {
-		c.hub.log.Warn("membership re-check failed; closing", "event", "delivery.error", "conn_id", c.id, "err", err)
-		c.closeGracefully(1011, "membership check failed; retry")
-		return false
-	}
-	for id := range c.chats {
-		if _, ok := heads[id]; ok {
-			continue
-		}
-		if c.chatID == id {
-			c.closeGracefully(CloseRemoved, "removed from the chat")
-			return false
-		}
-		c.unfollow(id)
-	}
-	return true
-}
-
-// unfollow stops delivering chatID to the connection.
-func (c *conn) unfollow(chatID int64) {
-	delete(c.chats, chatID)
-	c.hub.unindex(c, chatID)
-	c.hub.release(chatChannel(chatID))
-}
-
-// join starts delivering a chat the user was just added to (on /ws only),
-// from the chat's current last seq. Membership is checked again once the
-// chat's subscription has taken effect: a removal that committed while the
-// join waited in the inbox would otherwise be missed for good.
-func (c *conn) join(chatID int64, frames []json.RawMessage) {
-	if c.chatID != 0 {
+// forward queues frames of a chat the connection follows, unless they are
+// about the connection's own user and meant for others (except).
+func (c *conn) forward(chatID, except int64, frames []json.RawMessage) {
+	if except != 0 && except == c.userID {
 		return
 	}
-	if c.chats[chatID] == nil {
-		if !c.follow(chatID) {
-			return
-		}
-		if _, err := c.hub.store.Member(c.ctx, chatID, c.userID); err != nil {
-			c.unfollow(chatID) // removed meanwhile (or unknown): do not follow
-			return
-		}
-		if ch, err := c.hub.store.ChatByID(c.ctx, chatID); err == nil {
-			c.chats[chatID].last = ch.LastSeq
-		}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.streams[chatID] == nil || c.state != stateOpen {
+		return
 	}
 	for _, f := range frames {
-		c.write(f)
+		c.enqueueLocked(ws.OpText, f)
 	}
 }
 
-// rejoin follows chats the user joined while the broker was away.
-func (c *conn) rejoin() {
-	heads, err := c.hub.store.MemberChatHeads(c.ctx, c.userID)
-	if err != nil {
+// removed handles userID leaving chatID: everyone following the chat gets
+// the frames; the removed user's per-chat connection closes with 4403 and
+// its /ws stops following the chat.
+func (c *conn) removed(chatID, userID int64, frames []json.RawMessage) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.streams[chatID] == nil || c.state != stateOpen {
 		return
 	}
-	for id, last := range heads {
-		if c.chats[id] == nil && c.follow(id) {
-			c.chats[id].last = last
+	for _, f := range frames {
+		c.enqueueLocked(ws.OpText, f)
+	}
+	if userID == c.userID {
+		c.cutLocked(chatID)
+	}
+}
+
+// cutLocked ends the connection's delivery of a chat its user is no longer
+// a member of.
+func (c *conn) cutLocked(chatID int64) {
+	if c.chatID == chatID {
+		c.closeLocked(CloseRemoved, "removed from the chat")
+		return
+	}
+	c.unfollowLocked(chatID)
+}
+
+// hold reports whether e is this connection's own message still waiting
+// for its ack.
+func (c *conn) hold(e entry) bool {
+	return e.it.sender == c.userID && c.sending[sendKey{e.it.chatID, e.it.cmid}] > 0
+}
+
+// emitLocked queues the frames of delivered entries.
+func (c *conn) emitLocked(es []entry) {
+	for _, e := range es {
+		if e.ack {
+			c.enqueueLocked(ws.OpText, event.AckFrame(e.it.cmid, false, e.it.msg))
+			continue
 		}
+		c.enqueueLocked(ws.OpText, e.it.frame)
+		c.hub.delivered(e.it)
 	}
 }
 
-// write queues frame on the session. It waits while the session's queue is
-// full; a peer that does not drain it within the write timeout is closed.
-func (c *conn) write(frame []byte) {
-	if c.closing.Load() {
+// --- sends and their acks ---
+
+func (c *conn) startSend(k sendKey) {
+	c.mu.Lock()
+	if c.sending == nil {
+		c.sending = map[sendKey]int{}
+	}
+	c.sending[k]++
+	c.mu.Unlock()
+}
+
+func (c *conn) endSendLocked(k sendKey) {
+	if n := c.sending[k]; n > 1 {
+		c.sending[k] = n - 1
+	} else {
+		delete(c.sending, k)
+	}
+}
+
+// acked answers one of the connection's sends; the sequencer calls it
+// after the batch was published. A message the broker brought before its
+// ack waited in its stream (hold); the ack takes its place in seq order.
+func (c *conn) acked(chatID int64, cmid string, o chat.SendOutcome) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.endSendLocked(sendKey{chatID, cmid})
+	if c.state != stateOpen {
 		return
 	}
-	limit := int64(c.hub.cfg.QueueSize) - 2 // room for the close frame
-	if c.queued.Load() >= limit {
-		deadline := time.NewTimer(c.hub.cfg.WriteTimeout)
-		defer deadline.Stop()
-		for c.queued.Load() >= limit {
-			select {
-			case <-c.drained:
-			case <-c.done:
-				return
-			case <-deadline.C:
-				c.closeNow(CloseSlowConsumer, "slow consumer: socket not drained")
-				return
+	if o.Err != nil {
+		c.enqueueLocked(ws.OpText, encodeError(&frameError{code: errorFrameCode(o.Err), msg: errorMessage(o.Err), clientMsgID: cmid, chatID: chatID}))
+		if errorFrameCode(o.Err) == gen.ErrorFrameCodeInternal {
+			c.hub.log.Error("send failed", "event", "ws.error", "conn_id", c.id, "chat_id", chatID, "err", o.Err)
+		}
+		return
+	}
+	m := o.Message
+	raw := mustJSON(m.API())
+	st := c.streams[chatID]
+	if o.Duplicate || st == nil || m.Seq <= st.last {
+		// A repeat, or a chat this connection does not follow: answer now.
+		c.enqueueLocked(ws.OpText, event.AckFrame(cmid, o.Duplicate, raw))
+		if st != nil {
+			c.emitLocked(st.drain(time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
+		}
+		return
+	}
+	it := &item{chatID: chatID, seq: m.Seq, sender: m.SenderID, cmid: cmid, msg: raw}
+	before := st.fillAt
+	c.emitLocked(st.offer(entry{it: it, ack: true}, time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
+	if st.fillAt != before {
+		c.armFillLocked()
+	}
+}
+
+// --- the outbound queue and the writer ---
+
+// frame queues one frame from outside the delivery path (errors, pongs).
+func (c *conn) frame(p []byte) {
+	c.mu.Lock()
+	if c.state == stateOpen {
+		c.enqueueLocked(ws.OpText, p)
+	}
+	c.mu.Unlock()
+}
+
+// enqueueLocked queues a frame without blocking. A connection whose queue
+// is full cannot keep up: it is dropped (4008, reconnect and resume)
+// instead of holding up the goroutine that delivers to everyone else.
+func (c *conn) enqueueLocked(op ws.OpCode, p []byte) {
+	if c.state != stateOpen && op != ws.OpPong {
+		return
+	}
+	if len(c.out) >= c.hub.cfg.QueueSize {
+		c.dropLocked(CloseSlowConsumer, "slow consumer: queue full")
+		return
+	}
+	c.out = append(c.out, outFrame{op: op, p: p})
+	c.startWriterLocked()
+}
+
+func (c *conn) startWriterLocked() {
+	if !c.writing {
+		c.writing = true
+		go c.writeLoop()
+	}
+}
+
+// writeLoop writes everything queued in one buffered write per round,
+// until the queue is empty; it then exits, so an idle connection has no
+// writer. It writes the close frame last, and closes the socket after it.
+func (c *conn) writeLoop() {
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c.nc)
+	defer func() {
+		bw.Reset(nil)
+		writers.Put(bw)
+	}()
+	for {
+		c.mu.Lock()
+		batch := c.out
+		c.out = c.spare[:0]
+		c.spare = nil
+		var closeMsg []byte
+		if len(batch) == 0 && c.closeMsg != nil {
+			closeMsg, c.closeMsg = c.closeMsg, nil
+		}
+		if len(batch) == 0 && closeMsg == nil {
+			c.writing = false
+			c.spare = batch
+			closeNow := c.finished
+			c.mu.Unlock()
+			if closeNow {
+				_ = c.nc.Close()
+			}
+			return
+		}
+		deadline := c.hub.cfg.WriteTimeout
+		if c.dropped {
+			deadline = closeWait
+		}
+		c.mu.Unlock()
+
+		_ = c.nc.SetWriteDeadline(time.Now().Add(deadline))
+		var err error
+		for i := range batch {
+			if err == nil {
+				err = writeFrame(bw, batch[i].op, batch[i].p)
+			}
+			batch[i] = outFrame{} // let the frame go
+		}
+		if err == nil && closeMsg != nil {
+			err = writeFrame(bw, ws.OpClose, closeMsg)
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		select {
+		case c.space <- struct{}{}:
+		default:
+		}
+		c.mu.Lock()
+		if c.spare == nil {
+			c.spare = batch[:0]
+		}
+		peerClosed, finished := c.peerClosed, c.finished
+		if err != nil {
+			c.writing = false
+			c.out, c.closeMsg = nil, nil
+			if c.state == stateOpen {
+				c.state = stateClosing
 			}
 		}
-	}
-	c.queued.Add(1)
-	if err := c.sess.Write(frame); err != nil {
-		c.queued.Add(-1)
+		c.mu.Unlock()
+		switch {
+		case err != nil:
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !c.wasDropped() {
+				c.hub.slowClosed()
+				c.hub.log.Warn("dropping connection", "event", "ws.dropped", "conn_id", c.id, "user_id", c.userID, "code", CloseSlowConsumer, "reason", "slow consumer: write timed out")
+			}
+			_ = c.nc.Close()
+			return
+		case closeMsg != nil && (peerClosed || finished):
+			_ = c.nc.Close()
+		case closeMsg != nil:
+			// Wait for the peer's close frame (readLoop ends on it, or on
+			// the socket closing), but not for ever.
+			time.AfterFunc(closeWait, func() { _ = c.nc.Close() })
+		}
 	}
 }
 
-// sent is called by the session after it wrote a text frame.
-func (c *conn) sent() {
-	c.queued.Add(-1)
-	select {
-	case c.drained <- struct{}{}:
-	default:
+func (c *conn) wasDropped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dropped
+}
+
+func writeFrame(w io.Writer, op ws.OpCode, p []byte) error {
+	if err := ws.WriteHeader(w, ws.Header{Fin: true, OpCode: op, Length: int64(len(p))}); err != nil {
+		return err
+	}
+	_, err := w.Write(p)
+	return err
+}
+
+// waitSpace waits until the queue is at most half full: fills and replays
+// (on the task goroutine) keep pace with the socket, where live deliveries
+// never wait. It reports false when the connection is closing or the
+// socket stayed full for the write timeout (then it is dropped).
+func (c *conn) waitSpace(ctx context.Context) bool {
+	var timeout <-chan time.Time
+	for {
+		c.mu.Lock()
+		n, st := len(c.out), c.state
+		c.mu.Unlock()
+		if st != stateOpen {
+			return false
+		}
+		if n <= c.hub.cfg.QueueSize/2 {
+			return true
+		}
+		if timeout == nil {
+			t := time.NewTimer(c.hub.cfg.WriteTimeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-c.space:
+		case <-ctx.Done():
+			return false
+		case <-timeout:
+			c.drop(CloseSlowConsumer, "slow consumer: socket not drained")
+			return false
+		}
 	}
 }
 
-// closeGracefully queues a close frame after what is already queued.
-func (c *conn) closeGracefully(code int, reason string) {
-	if c.closing.Swap(true) {
+// --- closing ---
+
+// close queues a close frame after what is already queued.
+func (c *conn) close(code int, reason string) {
+	c.mu.Lock()
+	c.closeLocked(code, reason)
+	c.mu.Unlock()
+}
+
+func (c *conn) closeLocked(code int, reason string) {
+	if c.state != stateOpen {
 		return
 	}
 	c.hub.log.Info("closing connection", "event", "ws.closing", "conn_id", c.id, "user_id", c.userID, "code", code, "reason", reason)
-	_ = c.sess.CloseWithMsg(melody.FormatCloseMessage(code, reason))
+	c.state = stateClosing
+	c.closeMsg = ws.NewCloseFrameBody(ws.StatusCode(code), reason)
+	c.startWriterLocked()
 }
 
-// closeNow sends a close frame ahead of anything queued and drops the
-// connection: for peers that are not reading.
-func (c *conn) closeNow(code int, reason string) {
-	if c.closing.Swap(true) {
+// drop closes a connection whose peer is not reading: queued frames are
+// dropped and the close frame goes first. It never waits for the socket:
+// a writer blocked on it is woken by an expired deadline.
+func (c *conn) drop(code int, reason string) {
+	c.mu.Lock()
+	c.dropLocked(code, reason)
+	c.mu.Unlock()
+}
+
+func (c *conn) dropLocked(code int, reason string) {
+	if c.state == stateClosed || c.dropped {
 		return
 	}
 	c.hub.log.Warn("dropping connection", "event", "ws.dropped", "conn_id", c.id, "user_id", c.userID, "code", code, "reason", reason)
 	c.hub.slowClosed()
-	ws := c.sess.WebsocketConnection()
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
-	_ = ws.Close()
+	c.state, c.dropped = stateClosing, true
+	c.out = nil
+	c.closeMsg = ws.NewCloseFrameBody(ws.StatusCode(code), reason)
+	if c.writing {
+		_ = c.nc.SetWriteDeadline(time.Now()) // wake a writer stuck on a full socket
+	} else {
+		c.startWriterLocked()
+	}
 }
 
-// tokenBucket is a small token-bucket rate limiter.
-type tokenBucket struct {
-	mu     sync.Mutex
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
+// finish ends the connection once its read loop has: it is unregistered
+// and the socket closed (after the close frame, when one is being written).
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.state, c.finished = stateClosed, true
+	for _, t := range []*time.Timer{c.pingTimer, c.expiry, c.fillTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	var indexed, subscribed []int64
+	for id, st := range c.streams {
+		indexed = append(indexed, id)
+		if st.subscribed {
+			subscribed = append(subscribed, id)
+		}
+	}
+	closeNow := !c.writing
+	c.mu.Unlock()
+	c.cancel()
+	if closeNow {
+		_ = c.nc.Close()
+	} else {
+		time.AfterFunc(closeWait, func() { _ = c.nc.Close() })
+	}
+	c.hub.unregister(c, indexed, subscribed)
 }
 
-func newTokenBucket(rate float64, burst int) *tokenBucket {
-	return &tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: time.Now()}
+// --- heartbeat ---
+
+// ping sends a ping frame every PingPeriod; the read deadline (PongWait
+// after the last frame read) drops a peer that stopped answering.
+func (c *conn) ping() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	c.out = append(c.out, outFrame{op: ws.OpPing, p: nil})
+	c.startWriterLocked()
+	c.pingTimer.Reset(c.hub.cfg.PingPeriod)
 }
 
-func (b *tokenBucket) allow() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := time.Now()
-	b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	b.last = now
-	if b.tokens < 1 {
+// --- reading ---
+
+var errPeerClosed = errors.New("realtime: peer closed")
+
+// readLoop reads client frames until the connection ends. Frames are
+// handled in order, on this goroutine; sends do not wait for their commit.
+func (c *conn) readLoop() {
+	defer c.finish()
+	rd := &wsutil.Reader{
+		Source: c.br, State: ws.StateServerSide, CheckUTF8: true,
+		MaxFrameSize: c.hub.cfg.MaxFrameBytes, OnIntermediate: c.control,
+	}
+	for {
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.hub.cfg.PongWait))
+		hdr, err := rd.NextFrame()
+		if err != nil {
+			c.readFailed(err, hdr)
+			return
+		}
+		if hdr.OpCode.IsControl() {
+			if err := c.control(hdr, rd); err != nil {
+				return
+			}
+			continue
+		}
+		data, err := readMessage(rd, c.hub.cfg.MaxFrameBytes)
+		if err != nil {
+			c.readFailed(err, ws.Header{})
+			return
+		}
+		if hdr.OpCode == ws.OpBinary {
+			c.frame(encodeError(badRequest("binary frames are not supported; send JSON text frames")))
+			continue
+		}
+		c.hub.onFrame(c, data)
+	}
+}
+
+// readMessage reads one (possibly fragmented) message of at most limit
+// bytes.
+func readMessage(rd *wsutil.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, wsutil.ErrFrameTooLarge
+	}
+	return data, nil
+}
+
+// control answers a control frame: ping with pong, close with close.
+func (c *conn) control(hdr ws.Header, r io.Reader) error {
+	payload, err := io.ReadAll(io.LimitReader(r, 125))
+	if err != nil {
+		return err
+	}
+	switch hdr.OpCode {
+	case ws.OpPing:
+		c.mu.Lock()
+		c.enqueueLocked(ws.OpPong, payload)
+		c.mu.Unlock()
+	case ws.OpClose:
+		code, _ := ws.ParseCloseFrameData(payload)
+		if code == 0 || code == ws.StatusNoStatusRcvd {
+			code = ws.StatusNormalClosure
+		}
+		c.mu.Lock()
+		c.peerClosed = true
+		c.closeLocked(int(code), "")
+		c.mu.Unlock()
+		return errPeerClosed
+	}
+	return nil
+}
+
+// readFailed closes the connection with the code its read error calls
+// for: 1009 for a frame over the limit, 1007 for invalid UTF-8, 1002 for a
+// protocol violation; a socket error or timeout just ends it.
+func (c *conn) readFailed(err error, hdr ws.Header) {
+	switch {
+	case errors.Is(err, wsutil.ErrFrameTooLarge):
+		c.hub.log.Info("frame over the size limit", "event", "ws.too_large", "conn_id", c.id, "user_id", c.userID)
+		c.close(int(ws.StatusMessageTooBig), "frame too large")
+		// Read off the rest of the frame before the socket closes: closing
+		// with unread data sends a TCP reset, which can destroy the close
+		// frame in flight.
+		_ = c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if hdr.Length > 0 {
+			_, _ = io.CopyN(io.Discard, c.br, hdr.Length)
+		} else {
+			_, _ = io.Copy(io.Discard, c.br)
+		}
+	case errors.Is(err, wsutil.ErrInvalidUTF8):
+		c.close(int(ws.StatusInvalidFramePayloadData), "text frame is not valid UTF-8")
+	case isProtocolError(err):
+		c.close(int(ws.StatusProtocolError), err.Error())
+	default:
+		c.hub.log.Debug("websocket read ended", "event", "ws.read_end", "conn_id", c.id, "err", err)
+	}
+}
+
+func isProtocolError(err error) bool {
+	var pe ws.ProtocolError
+	return errors.As(err, &pe)
+}
+
+// --- tasks: database and broker work off the delivery path ---
+
+// addTaskLocked queues fn for the task goroutine, starting it if needed.
+func (c *conn) addTaskLocked(fn func(ctx context.Context)) {
+	if c.state != stateOpen {
+		return
+	}
+	c.tasks = append(c.tasks, fn)
+	if !c.working {
+		c.working = true
+		go c.taskLoop()
+	}
+}
+
+func (c *conn) taskLoop() {
+	for {
+		c.mu.Lock()
+		if len(c.tasks) == 0 || c.state != stateOpen {
+			c.working, c.tasks = false, nil
+			c.mu.Unlock()
+			return
+		}
+		fn := c.tasks[0]
+		c.tasks[0] = nil
+		c.tasks = c.tasks[1:]
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(c.ctx, taskTimeout)
+		fn(ctx)
+		cancel()
+	}
+}
+
+// catchUp runs once the connection is registered: membership re-checked,
+// then every chat filled from its start.
+func (c *conn) catchUp(ctx context.Context) {
+	heads, err := c.hub.store.MemberChatHeads(ctx, c.userID)
+	if err != nil {
+		c.hub.log.Warn("membership check failed; closing", "event", "delivery.error", "conn_id", c.id, "err", err)
+		c.close(1011, "membership check failed; retry")
+		return
+	}
+	if !c.reconcile(ctx, heads, false) {
+		return
+	}
+	for _, id := range c.chatIDs() {
+		c.fill(ctx, id, false)
+	}
+}
+
+// reconcile brings the connection's chats in line with the user's
+// memberships (chat id to last seq): chats it is no longer in are cut off
+// (their removal event was lost, or came before the connection existed);
+// on /ws, chats joined meanwhile are followed (when follow is set). It
+// also fills a chat whose stream stayed below what the previous periodic
+// check saw (a publication was lost). It reports whether the connection
+// stays open.
+func (c *conn) reconcile(ctx context.Context, heads map[int64]int64, follow bool) bool {
+	var behind []int64
+	c.mu.Lock()
+	for id, st := range c.streams {
+		last, ok := heads[id]
+		if !ok {
+			if c.state == stateOpen {
+				c.enqueueLocked(ws.OpText, mustJSON(gen.MemberRemovedFrame{Type: gen.MemberRemoved, ChatID: id, UserID: c.userID}))
+			}
+			c.cutLocked(id)
+			continue
+		}
+		if st.behind > st.last && st.fillAt.IsZero() {
+			behind = append(behind, id)
+		}
+		st.behind = last
+	}
+	open := c.state == stateOpen
+	var missing []int64
+	if open && follow && c.chatID == 0 {
+		for id := range heads {
+			if c.streams[id] == nil {
+				missing = append(missing, id)
+			}
+		}
+	}
+	c.mu.Unlock()
+	if !open {
 		return false
 	}
-	b.tokens--
+	for _, id := range missing {
+		if c.follow(ctx, id, heads[id]) {
+			c.fill(ctx, id, true)
+		}
+	}
+	for _, id := range behind {
+		c.fill(ctx, id, true)
+	}
 	return true
+}
+
+// follow starts delivering chatID on /ws from seq start: the stream is
+// installed and indexed first, then the chat's subscription acquired, so
+// nothing published after start is missed (the caller fills from start).
+// It reports false when the subscription failed or the stream was cut
+// meanwhile.
+func (c *conn) follow(ctx context.Context, chatID, start int64) bool {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return false
+	}
+	if c.streams[chatID] != nil {
+		c.mu.Unlock()
+		return true
+	}
+	st := &stream{last: start}
+	c.streams[chatID] = st
+	c.hub.index(c, chatID)
+	c.mu.Unlock()
+	channel := event.ChatChannel(chatID)
+	err := c.hub.acquire(ctx, channel)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.hub.cfg.Metrics.BrokerError("subscribe")
+		c.hub.log.Warn("subscribe failed", "event", "broker.error", "op", "subscribe", "conn_id", c.id, "chat_id", chatID, "err", err)
+		if c.streams[chatID] == st {
+			delete(c.streams, chatID)
+			c.hub.unindex(c, chatID)
+		}
+		return false
+	}
+	if c.streams[chatID] != st || c.state == stateClosed {
+		go c.hub.release(channel) // cut, or closed, while subscribing
+		return false
+	}
+	st.subscribed = true
+	return true
+}
+
+// unfollowLocked stops delivering chatID.
+func (c *conn) unfollowLocked(chatID int64) {
+	st := c.streams[chatID]
+	if st == nil {
+		return
+	}
+	delete(c.streams, chatID)
+	delete(c.syncs, chatID)
+	c.hub.unindex(c, chatID)
+	if st.subscribed {
+		go c.hub.release(event.ChatChannel(chatID)) // network I/O: not under mu
+	}
+}
+
+// join follows a chat the user was just added to (on /ws only). The join
+// reached the connection through the user's channel; membership is checked
+// again once the subscription has taken effect, since a removal that
+// committed meanwhile may have been published before the connection
+// followed the chat. The member.added frames go out only for a chat the
+// connection then follows.
+func (c *conn) join(ctx context.Context, chatID int64, frames []json.RawMessage) {
+	if c.chatID != 0 {
+		return
+	}
+	ch, err := c.hub.store.ChatByID(ctx, chatID)
+	if err != nil {
+		return
+	}
+	if !c.follow(ctx, chatID, ch.LastSeq) {
+		return
+	}
+	if _, err := c.hub.store.Member(ctx, chatID, c.userID); err != nil {
+		c.mu.Lock()
+		c.unfollowLocked(chatID)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Lock()
+	if c.streams[chatID] != nil && c.state == stateOpen {
+		for _, f := range frames {
+			c.enqueueLocked(ws.OpText, f)
+		}
+	}
+	c.mu.Unlock()
+	c.fill(ctx, chatID, false)
+}
+
+// requestSync queues a sync of chatID from since; syncs of one chat that
+// wait in the queue collapse into the latest, so a burst of sync frames
+// replays the chat once.
+func (c *conn) requestSync(chatID, since int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.syncs == nil {
+		c.syncs = map[int64]int64{}
+	}
+	_, queued := c.syncs[chatID]
+	c.syncs[chatID] = since
+	if !queued {
+		c.addTaskLocked(func(ctx context.Context) { c.sync(ctx, chatID) })
+	}
+}
+
+// sync replays every message of chatID above the requested seq, then
+// continues live.
+func (c *conn) sync(ctx context.Context, chatID int64) {
+	c.mu.Lock()
+	since, ok := c.syncs[chatID]
+	delete(c.syncs, chatID)
+	st := c.streams[chatID]
+	if ok && st != nil {
+		st.reset(since)
+		c.armFillLocked()
+	}
+	c.mu.Unlock()
+	if !ok {
+		return
+	}
+	if st == nil && !c.follow(ctx, chatID, since) {
+		return
+	}
+	c.fill(ctx, chatID, false)
+}
+
+// fill delivers every stored message of chatID above the stream's
+// position, page by page, keeping pace with the socket. With checkMember
+// it first makes sure the user is still a member: a fill that repairs a
+// gap or a lost publication must not deliver a chat whose removal event
+// was lost.
+func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
+	if checkMember {
+		if _, err := c.hub.store.Member(ctx, chatID, c.userID); errors.Is(err, repo.ErrNotFound) {
+			c.mu.Lock()
+			if c.streams[chatID] != nil && c.state == stateOpen {
+				c.enqueueLocked(ws.OpText, mustJSON(gen.MemberRemovedFrame{Type: gen.MemberRemoved, ChatID: chatID, UserID: c.userID}))
+				c.cutLocked(chatID)
+			}
+			c.mu.Unlock()
+			return
+		}
+	}
+	hb := c.hub.cfg.GapHoldback
+	for {
+		c.mu.Lock()
+		st := c.streams[chatID]
+		if st == nil || c.state != stateOpen {
+			c.mu.Unlock()
+			return
+		}
+		from := st.last
+		c.mu.Unlock()
+
+		ms, err := c.hub.svc.MessagesAfter(ctx, chatID, from, fillPage)
+		now := time.Now()
+		c.mu.Lock()
+		if c.streams[chatID] != st {
+			c.mu.Unlock()
+			return
+		}
+		if err != nil {
+			c.hub.log.Warn("fill from the database failed", "event", "delivery.error", "conn_id", c.id, "chat_id", chatID, "err", err)
+			st.filled(now, hb)
+			c.armFillLocked()
+			c.mu.Unlock()
+			return
+		}
+		out := c.scratch[:0]
+		for _, m := range ms {
+			raw := mustJSON(m.API())
+			out = st.offer(entry{it: newItem(chatID, m.Seq, m.SenderID, m.ClientMsgID, raw, 0)}, now, hb, c.hold, out)
+		}
+		c.emitLocked(out)
+		c.scratch = out[:0]
+		done := len(ms) < fillPage || st.last == from
+		if done {
+			st.filled(now, hb)
+			c.armFillLocked()
+		}
+		c.mu.Unlock()
+		if done || !c.waitSpace(ctx) {
+			return
+		}
+	}
+}
+
+// armFillLocked sets the fill timer to the earliest due fill.
+func (c *conn) armFillLocked() {
+	var next time.Time
+	for _, st := range c.streams {
+		if !st.fillAt.IsZero() && (next.IsZero() || st.fillAt.Before(next)) {
+			next = st.fillAt
+		}
+	}
+	if next.IsZero() {
+		if c.fillTimer != nil {
+			c.fillTimer.Stop()
+		}
+		return
+	}
+	d := max(0, time.Until(next))
+	if c.fillTimer == nil {
+		c.fillTimer = time.AfterFunc(d, c.fillsDue)
+	} else {
+		c.fillTimer.Reset(d)
+	}
+}
+
+// fillsDue queues a fill for every stream whose hold-back has passed.
+func (c *conn) fillsDue() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for id, st := range c.streams {
+		if st.fillDue(now) {
+			// Until the fill runs, push the schedule out so the timer does
+			// not fire again for the same gap.
+			st.fillAt = now.Add(taskTimeout)
+			c.addTaskLocked(func(ctx context.Context) { c.fill(ctx, id, true) })
+		}
+	}
+	c.armFillLocked()
 }

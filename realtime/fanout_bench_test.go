@@ -3,6 +3,7 @@ package realtime_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/event"
 	"github.com/windi-chat/windi/repo"
 )
 
@@ -26,12 +28,12 @@ import (
 // (embedded SQLite, in-process broker) over loopback. One op is one message
 // delivered to all 1,000 connections, in seq order, exactly once (checked):
 //
-//   - publish: Hub.MessageStored of an already stored message, so the
-//     broker, the hub's fan-out, the connection actors, the sockets and
-//     the clients; no database on the way.
+//   - publish: the envelope of an already stored message published on the
+//     broker, so the hub's fan-out, the connections' state machines and
+//     writers, the sockets and the clients; no database on the way.
 //   - send/senders=N: message.send frames from N of the members'
-//     connections (round-robin) through the chat rules and the group
-//     commit, then the same fan-out; the sending connection gets
+//     connections (round-robin) through the chat rules and the per-chat
+//     sequencer, then the same fan-out; the sending connection gets
 //     message.ack, the 999 others message.new. With several senders,
 //     messages can reach the broker out of seq order; a connection that
 //     sees a gap for longer than the hold-back reads it from the database,
@@ -53,7 +55,11 @@ func BenchmarkFanOut1000(b *testing.B) {
 		b.ResetTimer()
 		for i, m := range msgs {
 			f.await(b, run, i+1-fanOutWindow)
-			f.srv.Hub.MessageStored(f.ctx, m)
+			env := event.Envelope{Kind: event.Messages, ChatID: m.ChatID, SentAt: time.Now().UnixNano(),
+				Items: []event.Item{{Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(m.API())}}}
+			if err := f.srv.Broker.Publish(f.ctx, event.ChatChannel(m.ChatID), env.Encode()); err != nil {
+				b.Fatal(err)
+			}
 		}
 		f.await(b, run, len(msgs))
 		b.StopTimer()
@@ -225,7 +231,7 @@ func (f *fanOut) store(b *testing.B, n int) []chat.Message {
 		for i := range reqs {
 			reqs[i] = repo.SendRequest{ChatID: f.chatID, SenderID: f.owner, ClientMsgID: fmt.Sprintf("p%d-%d", f.runs, len(out)+i), Text: text}
 		}
-		res, err := f.srv.Store.InsertMessages(f.ctx, reqs)
+		res, err := f.srv.Store.InsertMessages(f.ctx, reqs, repo.InsertOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -363,4 +369,12 @@ func fanOutParallel(n, workers int, fn func(i int) error) error {
 		return *err
 	}
 	return nil
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

@@ -158,21 +158,3 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
-
-// newFrame returns the message.new frame around an encoded message.
-func newFrame(msg json.RawMessage) []byte {
-	return mustJSON(struct {
-		Type    gen.MessageNewFrameType `json:"type"`
-		Message json.RawMessage         `json:"message"`
-	}{gen.MessageNew, msg})
-}
-
-// ackFrame returns the message.ack frame around an encoded message.
-func ackFrame(clientMsgID string, duplicate bool, msg json.RawMessage) []byte {
-	return mustJSON(struct {
-		Type        gen.MessageAckFrameType `json:"type"`
-		ClientMsgID string                  `json:"client_msg_id"`
-		Duplicate   bool                    `json:"duplicate"`
-		Message     json.RawMessage         `json:"message"`
-	}{gen.MessageAck, clientMsgID, duplicate, msg})
-}

@@ -1,42 +1,41 @@
 // Package realtime delivers WinDI Chat's live events over WebSocket: a hub
 // that indexes this replica's connections by chat and by user, subscribes
 // to a chat's broker channel while it has local connections, and fans every
-// event out to them; and per-connection actors that keep each chat's
-// messages exactly once, in seq order and without gaps, filling from the
-// database what the broker did not bring.
+// envelope (package event) out to them; and connections that keep each
+// chat's messages exactly once, in seq order and without gaps, filling
+// from the database what the broker did not bring.
 //
-// Delivery path: chat.Service commits a message, then calls the hub's
-// MessageStored, which publishes one envelope on the chat's channel. Every
-// replica with connections in that chat receives it once, encodes the
-// message.new frame once, and hands it to each connection's inbox. A
-// connection's actor orders it by seq, holds back briefly on a gap and
-// fills the gap from the database, and writes the frame to the socket
-// queue; a connection that cannot keep up is closed (4008) instead of
-// slowing anyone else.
+// Delivery path: chat.Service commits a batch and publishes one envelope
+// per chat on the chat's channel. Every replica with connections in that
+// chat receives it once (Hub.Receive, on the broker's goroutine), builds
+// each message.new frame once, and offers the messages to each
+// connection's ordering state machine inline; what is in order is queued
+// on the connection, whose writer goroutine writes everything queued in
+// one system call. A connection that cannot keep up is dropped (4008)
+// instead of slowing anyone else.
 package realtime
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/olahol/melody"
-
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/event"
 	"github.com/windi-chat/windi/gen"
 	"github.com/windi-chat/windi/metrics"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 )
 
-// Config tunes the hub. Zero values take the defaults noted.
+// Config tunes the hub. Zero values take the defaults noted; a negative
+// rate turns that limit off.
 type Config struct {
 	// Replica names this process in presence entries; default host-pid.
 	Replica string
@@ -46,37 +45,45 @@ type Config struct {
 	// PingPeriod and PongWait are the heartbeat: a peer silent for PongWait
 	// is dropped. Defaults 25s and 30s.
 	PingPeriod, PongWait time.Duration
-	// QueueSize is the per-connection outbound frame queue; default 128.
+	// QueueSize is how many frames may wait for a connection's socket; a
+	// connection whose queue overflows is dropped as a slow consumer
+	// (4008). Frames are shared between connections, so a queued frame
+	// costs a slice header. Default 1024.
 	QueueSize int
-	// InboxSize is the per-connection event inbox; default 256. Both are
-	// allocated per connection, so they are what an idle connection costs.
-	InboxSize int
 	// GapHoldback is how long a connection waits for a missing seq before
 	// it reads the gap from the database; default 100ms.
 	GapHoldback time.Duration
-	// SendRate and SendBurst limit message.send frames per connection
-	// (token bucket); defaults 20/s and 200. A negative SendRate disables
-	// the limit.
+	// SendRate and SendBurst limit message.send frames per connection;
+	// defaults 20/s and 200.
 	SendRate  float64
 	SendBurst int
-	// MaxConnsPerUser caps a user's open connections on this replica;
-	// 0 is no cap.
+	// SyncRate/SyncBurst and ReadRate/ReadBurst limit sync and message.read
+	// frames per connection; defaults 2/s burst 10 and 20/s burst 100.
+	SyncRate  float64
+	SyncBurst int
+	ReadRate  float64
+	ReadBurst int
+	// MaxConnsPerUser caps a user's open connections on this replica, and
+	// MaxConns all of them; 0 is no cap.
 	MaxConnsPerUser int
-	// DedupTTL is how long the fast duplicate guard remembers a send;
-	// default 1h. The database key remembers for ever.
-	DedupTTL time.Duration
-	// MaxFrameBytes is the largest client frame; default 64 KiB. Larger
-	// frames close the connection with 1009.
+	MaxConns        int
+	// MaxFrameBytes is the largest client message; default 64 KiB. Larger
+	// ones close the connection with 1009.
 	MaxFrameBytes int64
 	// Metrics records connections, deliveries and broker errors; may be nil.
 	Metrics *metrics.Metrics
-	// WriteTimeout bounds how long a connection's queue may stay full
-	// before it is closed as a slow consumer; default 10s.
+	// WriteTimeout bounds one write to a socket (and how long a replay
+	// waits for the socket to drain); a peer that does not read within it
+	// is dropped. Default 10s.
 	WriteTimeout time.Duration
 	// PresenceTTL must match the broker's; this replica refreshes its
 	// presence entries every third of it. Default 45s.
 	PresenceTTL time.Duration
-	Logger      *slog.Logger
+	// CheckEvery is how often every connection's memberships are checked
+	// against the database (a removal whose event was lost cuts the member
+	// off within it) and lost publications repaired; default PresenceTTL/3.
+	CheckEvery time.Duration
+	Logger     *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -91,10 +98,7 @@ func (c Config) withDefaults() Config {
 		c.PongWait = 30 * time.Second
 	}
 	if c.QueueSize <= 0 {
-		c.QueueSize = 128
-	}
-	if c.InboxSize <= 0 {
-		c.InboxSize = 256
+		c.QueueSize = 1024
 	}
 	if c.GapHoldback <= 0 {
 		c.GapHoldback = 100 * time.Millisecond
@@ -105,8 +109,17 @@ func (c Config) withDefaults() Config {
 	if c.SendBurst <= 0 {
 		c.SendBurst = 200
 	}
-	if c.DedupTTL <= 0 {
-		c.DedupTTL = time.Hour
+	if c.SyncRate == 0 {
+		c.SyncRate, c.SyncBurst = 2, 10
+	}
+	if c.ReadRate == 0 {
+		c.ReadRate, c.ReadBurst = 20, 100
+	}
+	if c.SyncRate < 0 {
+		c.SyncRate, c.SyncBurst = float64(1<<30), 1<<30
+	}
+	if c.ReadRate < 0 {
+		c.ReadRate, c.ReadBurst = float64(1<<30), 1<<30
 	}
 	if c.MaxFrameBytes <= 0 {
 		c.MaxFrameBytes = 64 << 10
@@ -117,35 +130,41 @@ func (c Config) withDefaults() Config {
 	if c.PresenceTTL <= 0 {
 		c.PresenceTTL = 45 * time.Second
 	}
+	if c.CheckEvery <= 0 {
+		c.CheckEvery = c.PresenceTTL / 3
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
 
-// Hub is this replica's side of realtime delivery. It implements
-// chat.Events (publishing what the service committed), chat.Presence,
-// chat.DedupGuard and broker.Handler.
+// Hub is this replica's side of realtime delivery: the index of its
+// connections by chat and by user, the broker subscriptions they need,
+// and the handler of what the broker delivers.
 type Hub struct {
 	cfg    Config
 	svc    *chat.Service
 	store  *repo.Store
 	broker broker.Broker
-	mel    *melody.Melody
 	log    *slog.Logger
+	ctx    context.Context // parent of every connection's; ends at Shutdown
+	cancel context.CancelFunc
 
-	// mu guards byChat, byUser, users and subs. It is never held while
-	// writing to a socket or calling the broker.
-	mu     sync.RWMutex
-	byChat map[int64]map[*conn]struct{}
-	byUser map[int64]map[*conn]struct{}
-	users  map[int64]int // live local connections per user
-	subs   map[string]*subscription
-
+	// mu guards the maps and counters below. It is never held while
+	// writing to a socket or calling the broker, and never taken before a
+	// connection's mutex (a connection may take mu while holding its own).
+	mu       sync.RWMutex
+	byChat   map[int64]map[*conn]struct{}
+	byUser   map[int64]map[*conn]struct{}
+	users    map[int64]int // live and reserved connections per user
+	total    int           // live and reserved connections
+	subs     map[string]*subscription
+	closing  bool
+	slices   sync.Pool // []*conn snapshots for fan-out
 	connSeq  atomic.Int64
 	live     sync.WaitGroup // one per registered connection, done after unregister
-	closing  atomic.Bool
-	presence chan presenceOp // processed in order by presenceLoop
+	presence chan presenceOp
 	stop     chan struct{}
 	loopDone chan struct{}
 }
@@ -163,15 +182,11 @@ type presenceOp struct {
 	online bool
 }
 
-var (
-	_ chat.Events     = (*Hub)(nil)
-	_ chat.Presence   = (*Hub)(nil)
-	_ chat.DedupGuard = (*Hub)(nil)
-	_ broker.Handler  = (*Hub)(nil)
-)
+var _ broker.Handler = (*Hub)(nil)
 
 // New returns a hub delivering through b. It starts b with itself as the
-// handler and runs the presence heartbeat until Shutdown.
+// handler and runs the presence heartbeat and the periodic checks until
+// Shutdown.
 func New(cfg Config, svc *chat.Service, store *repo.Store, b broker.Broker) *Hub {
 	cfg = cfg.withDefaults()
 	h := &Hub{
@@ -181,186 +196,121 @@ func New(cfg Config, svc *chat.Service, store *repo.Store, b broker.Broker) *Hub
 		users: map[int64]int{}, subs: map[string]*subscription{},
 		presence: make(chan presenceOp, 4096), stop: make(chan struct{}), loopDone: make(chan struct{}),
 	}
-	h.mel = h.newMelody()
+	h.ctx, h.cancel = context.WithCancel(context.Background())
 	b.Start(h)
-	go h.presenceLoop()
+	go h.loop()
 	return h
 }
 
 // Replica is this hub's replica name.
 func (h *Hub) Replica() string { return h.cfg.Replica }
 
-func chatChannel(id int64) string { return "chat:" + strconv.FormatInt(id, 10) }
-func userChannel(id int64) string { return "user:" + strconv.FormatInt(id, 10) }
-
-// envelope is what travels on the broker. Message envelopes carry the
-// encoded message once; receivers build frames from it.
-type envelope struct {
-	Kind   string            `json:"k"` // msg, fwd, removed, join
-	ChatID int64             `json:"c"`
-	UserID int64             `json:"u,omitempty"`
-	Seq    int64             `json:"s,omitempty"`
-	Sender int64             `json:"sid,omitempty"`
-	CMID   string            `json:"cm,omitempty"`
-	Msg    json.RawMessage   `json:"m,omitempty"`
-	Frames []json.RawMessage `json:"f,omitempty"`
-	SentAt int64             `json:"t,omitempty"` // unix nanoseconds when stored
-}
-
-const (
-	kindMessage = "msg"
-	kindForward = "fwd"
-	kindRemoved = "removed"
-	kindJoin    = "join"
-)
-
-// publish sends env on channel. When the broker fails, this replica's own
-// connections still get it; other replicas fill the gap from the database
-// at their next message or resubscription.
-func (h *Hub) publish(ctx context.Context, channel string, env envelope) {
-	payload := mustJSON(env)
-	if err := h.broker.Publish(ctx, channel, payload); err != nil {
-		h.cfg.Metrics.BrokerError("publish")
-		h.log.WarnContext(ctx, "broker publish failed; delivering locally", "event", "broker.error", "op", "publish", "chat_id", env.ChatID, "err", err)
-		h.Receive(channel, payload)
-	}
-}
-
-// MessageStored implements chat.Events.
-func (h *Hub) MessageStored(ctx context.Context, m chat.Message) {
-	h.publish(ctx, chatChannel(m.ChatID), envelope{
-		Kind: kindMessage, ChatID: m.ChatID, Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID,
-		Msg: mustJSON(m.API()), SentAt: time.Now().UnixNano(),
-	})
-}
-
-// ReadMoved implements chat.Events.
-func (h *Hub) ReadMoved(ctx context.Context, chatID, userID, seq int64, chatRead *int64) {
-	var frames []json.RawMessage
-	if userID != 0 {
-		frames = append(frames, mustJSON(gen.MessageReadEventFrame{
-			Type: gen.MessageReadEventFrameTypeMessageRead, ChatID: chatID, UserID: userID, Seq: seq,
-		}))
-	}
-	if chatRead != nil {
-		frames = append(frames, mustJSON(gen.ChatReadFrame{Type: gen.ChatRead, ChatID: chatID, Seq: *chatRead}))
-	}
-	if len(frames) == 0 {
-		return
-	}
-	h.publish(ctx, chatChannel(chatID), envelope{Kind: kindForward, ChatID: chatID, Frames: frames})
-}
-
-// MemberAdded implements chat.Events: the chat's connections hear of it,
-// and the new member's all-chats connections start receiving the chat.
-func (h *Hub) MemberAdded(ctx context.Context, chatID, userID int64) {
-	frame := mustJSON(gen.MemberAddedFrame{Type: gen.MemberAdded, ChatID: chatID, UserID: userID})
-	h.publish(ctx, chatChannel(chatID), envelope{Kind: kindForward, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}})
-	h.publish(ctx, userChannel(userID), envelope{Kind: kindJoin, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}})
-}
-
-// MemberRemoved implements chat.Events. The removal goes to the chat's
-// channel (every member hears of it) and to the removed user's own channel,
-// so that each of the user's sockets hears it whichever chats it has
-// indexed yet: one registered while the removal committed, or one whose
-// join of the chat is still queued.
-func (h *Hub) MemberRemoved(ctx context.Context, chatID, userID int64) {
-	frame := mustJSON(gen.MemberRemovedFrame{Type: gen.MemberRemoved, ChatID: chatID, UserID: userID})
-	env := envelope{Kind: kindRemoved, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}}
-	h.publish(ctx, chatChannel(chatID), env)
-	h.publish(ctx, userChannel(userID), env)
-}
-
-// Online implements chat.Presence.
-func (h *Hub) Online(ctx context.Context, userIDs []int64) ([]int64, error) {
-	return h.broker.Online(ctx, userIDs)
-}
-
-// Claim implements chat.DedupGuard.
-func (h *Hub) Claim(ctx context.Context, key string) (bool, error) {
-	return h.broker.Claim(ctx, key, h.cfg.DedupTTL)
-}
-
 // Receive implements broker.Handler: one decode per envelope, one frame
-// encode per message, then a non-blocking hand-off to each connection.
+// per message, then each connection's state machine, inline.
 func (h *Hub) Receive(channel string, payload []byte) {
-	var env envelope
-	if err := json.Unmarshal(payload, &env); err != nil {
+	env, err := event.Decode(payload)
+	if err != nil {
 		h.cfg.Metrics.BrokerError("decode")
 		h.log.Error("undecodable broker payload", "event", "broker.error", "op", "decode", "channel", channel, "err", err)
 		return
 	}
-	var ev event
+	kind, _, _ := event.ParseChannel(channel)
 	switch env.Kind {
-	case kindMessage:
-		ev = evMessage{chatID: env.ChatID, it: &msgItem{
-			seq: env.Seq, sender: env.Sender, cmid: env.CMID, msg: env.Msg, frame: newFrame(env.Msg), sentAt: env.SentAt,
-		}}
-	case kindForward:
-		ev = evForward{chatID: env.ChatID, frames: env.Frames}
-	case kindRemoved:
-		ev = evRemoved{chatID: env.ChatID, userID: env.UserID, frames: env.Frames}
-		if channel == userChannel(env.UserID) {
-			h.fanOut(h.connsOfUser(env.UserID, false), ev)
-			return
+	case event.Messages:
+		items := make([]*item, len(env.Items))
+		for i, it := range env.Items {
+			items[i] = newItem(env.ChatID, it.Seq, it.Sender, it.CMID, it.Msg, env.SentAt)
 		}
-	case kindJoin:
-		h.fanOut(h.connsOfUser(env.UserID, true), evJoin{chatID: env.ChatID, frames: env.Frames})
-		return
+		now := time.Now()
+		h.each(h.connsOfChat(env.ChatID), func(c *conn) { c.deliver(env.ChatID, items, env.Frames, now) })
+	case event.Forward:
+		h.each(h.connsOfChat(env.ChatID), func(c *conn) { c.forward(env.ChatID, env.UserID, env.Frames) })
+	case event.Removed:
+		conns := h.connsOfChat(env.ChatID)
+		if kind == "user" {
+			conns = h.connsOfUser(env.UserID, false)
+		}
+		h.each(conns, func(c *conn) { c.removed(env.ChatID, env.UserID, env.Frames) })
+	case event.Join:
+		h.each(h.connsOfUser(env.UserID, true), func(c *conn) {
+			c.mu.Lock()
+			c.addTaskLocked(func(ctx context.Context) { c.join(ctx, env.ChatID, env.Frames) })
+			c.mu.Unlock()
+		})
 	default:
 		h.cfg.Metrics.BrokerError("decode")
 		h.log.Error("unknown broker envelope", "event", "broker.error", "op", "decode", "kind", env.Kind)
-		return
 	}
-	h.fanOut(h.connsOfChat(env.ChatID), ev)
 }
 
 // Resubscribed implements broker.Handler: the broker lost its connection,
-// so messages may have been missed; every affected connection refills
-// from the database.
+// so messages may have been missed; every affected connection refills from
+// the database, and all-chats connections reconcile their chats.
 func (h *Hub) Resubscribed(channels []string) {
 	h.log.Warn("broker resubscribed; refilling from the database", "event", "broker.resubscribed", "channels", len(channels))
 	for _, ch := range channels {
+		kind, id, ok := event.ParseChannel(ch)
 		switch {
-		case strings.HasPrefix(ch, "chat:"):
-			id, _ := strconv.ParseInt(strings.TrimPrefix(ch, "chat:"), 10, 64)
-			h.fanOut(h.connsOfChat(id), evRefill{chatID: id})
-		case strings.HasPrefix(ch, "user:"):
-			id, _ := strconv.ParseInt(strings.TrimPrefix(ch, "user:"), 10, 64)
-			h.fanOut(h.connsOfUser(id, true), evRejoin{})
+		case !ok:
+		case kind == "chat":
+			h.each(h.connsOfChat(id), func(c *conn) {
+				c.mu.Lock()
+				c.addTaskLocked(func(ctx context.Context) { c.fill(ctx, id, true) })
+				c.mu.Unlock()
+			})
+		case kind == "user":
+			h.each(h.connsOfUser(id, false), func(c *conn) {
+				c.mu.Lock()
+				c.addTaskLocked(func(ctx context.Context) {
+					if heads, err := h.store.MemberChatHeads(ctx, c.userID); err == nil {
+						c.reconcile(ctx, heads, true)
+					}
+				})
+				c.mu.Unlock()
+			})
 		}
 	}
 }
 
-func (h *Hub) fanOut(conns []*conn, ev event) {
-	for _, c := range conns {
-		c.push(ev)
+// each calls fn for every connection of a snapshot and recycles it.
+func (h *Hub) each(conns *[]*conn, fn func(*conn)) {
+	for _, c := range *conns {
+		fn(c)
 	}
+	clear(*conns)
+	*conns = (*conns)[:0]
+	h.slices.Put(conns)
 }
 
-func (h *Hub) connsOfChat(chatID int64) []*conn {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	set := h.byChat[chatID]
-	out := make([]*conn, 0, len(set))
-	for c := range set {
-		out = append(out, c)
+func (h *Hub) snapshot() *[]*conn {
+	if p, ok := h.slices.Get().(*[]*conn); ok {
+		return p
 	}
+	s := make([]*conn, 0, 64)
+	return &s
+}
+
+func (h *Hub) connsOfChat(chatID int64) *[]*conn {
+	out := h.snapshot()
+	h.mu.RLock()
+	for c := range h.byChat[chatID] {
+		*out = append(*out, c)
+	}
+	h.mu.RUnlock()
 	return out
 }
 
 // connsOfUser lists the user's connections; allOnly keeps the all-chats
 // ones.
-func (h *Hub) connsOfUser(userID int64, allOnly bool) []*conn {
+func (h *Hub) connsOfUser(userID int64, allOnly bool) *[]*conn {
+	out := h.snapshot()
 	h.mu.RLock()
-	defer h.mu.RUnlock()
-	set := h.byUser[userID]
-	out := make([]*conn, 0, len(set))
-	for c := range set {
+	for c := range h.byUser[userID] {
 		if !allOnly || c.chatID == 0 {
-			out = append(out, c)
+			*out = append(*out, c)
 		}
 	}
+	h.mu.RUnlock()
 	return out
 }
 
@@ -444,6 +394,10 @@ func (h *Hub) index(c *conn, chatID int64) {
 func (h *Hub) unindex(c *conn, chatID int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.unindexLocked(c, chatID)
+}
+
+func (h *Hub) unindexLocked(c *conn, chatID int64) {
 	if set := h.byChat[chatID]; set != nil {
 		delete(set, c)
 		if len(set) == 0 {
@@ -452,31 +406,78 @@ func (h *Hub) unindex(c *conn, chatID int64) {
 	}
 }
 
-// register makes c live: indexed by user and chats, subscribed, counted for
-// presence. On error nothing of c remains registered.
-func (h *Hub) register(ctx context.Context, c *conn, chats []int64) error {
+// Refusals of reserve.
+var (
+	errTooManyForUser = errors.New("too many open connections for this user")
+	errTooMany        = errors.New("this server holds as many connections as it may; retry on another")
+	errShuttingDown   = errors.New("server shutting down")
+)
+
+// reserve counts a connection of userID against the caps before its
+// upgrade, so concurrent dials cannot exceed them; release the slot with
+// unreserve when the connection does not get registered.
+func (h *Hub) reserve(userID int64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case h.closing:
+		return errShuttingDown
+	case h.cfg.MaxConns > 0 && h.total >= h.cfg.MaxConns:
+		return errTooMany
+	case h.cfg.MaxConnsPerUser > 0 && h.users[userID] >= h.cfg.MaxConnsPerUser:
+		return errTooManyForUser
+	}
+	h.total++
+	h.users[userID]++
+	return nil
+}
+
+func (h *Hub) unreserve(userID int64) (last bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.total--
+	h.users[userID]--
+	if h.users[userID] <= 0 {
+		delete(h.users, userID)
+		return true
+	}
+	return false
+}
+
+// register makes c live: subscribed to its user's channel and its chats,
+// indexed, counted for presence. Its slot is reserved already. On error
+// nothing of c remains registered and the slot is released.
+func (h *Hub) register(ctx context.Context, c *conn) error {
 	var acquired []string
 	fail := func(err error) error {
 		for _, ch := range acquired {
 			h.release(ch)
 		}
+		h.unreserve(c.userID)
 		return err
 	}
 	// Every connection follows its user's channel: removals reach it there
 	// even for a chat it has not indexed yet, and /ws learns of joins.
-	if err := h.acquire(ctx, userChannel(c.userID)); err != nil {
-		return fail(err)
-	}
-	acquired = append(acquired, userChannel(c.userID))
+	channels := []string{event.UserChannel(c.userID)}
+	chats := c.chatIDs()
 	for _, id := range chats {
-		if err := h.acquire(ctx, chatChannel(id)); err != nil {
+		channels = append(channels, event.ChatChannel(id))
+	}
+	for _, ch := range channels {
+		if err := h.acquire(ctx, ch); err != nil {
 			return fail(err)
 		}
-		acquired = append(acquired, chatChannel(id))
+		acquired = append(acquired, ch)
 	}
+	c.mu.Lock()
+	for _, st := range c.streams {
+		st.subscribed = true
+	}
+	c.mu.Unlock()
 	h.mu.Lock()
 	set := h.byUser[c.userID]
-	if set == nil {
+	first := set == nil
+	if first {
 		set = map[*conn]struct{}{}
 		h.byUser[c.userID] = set
 	}
@@ -489,52 +490,44 @@ func (h *Hub) register(ctx context.Context, c *conn, chats []int64) error {
 		}
 		cs[c] = struct{}{}
 	}
-	h.users[c.userID]++
-	first := h.users[c.userID] == 1
 	h.live.Add(1)
 	h.mu.Unlock()
 	if first {
 		h.setPresence(presenceOp{userID: c.userID, online: true})
 	}
+	h.cfg.Metrics.ConnOpened()
 	return nil
 }
 
-// unregister undoes register for a closed connection; chats is what the
-// connection was in when it closed.
-func (h *Hub) unregister(c *conn, chats []int64) {
+// unregister undoes register for a closed connection: indexed is every
+// chat it was indexed under, subscribed those it held a subscription of.
+func (h *Hub) unregister(c *conn, indexed, subscribed []int64) {
 	h.mu.Lock()
-	if set := h.byUser[c.userID]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(h.byUser, c.userID)
-		}
-	}
-	for _, id := range chats {
-		if set := h.byChat[id]; set != nil {
-			delete(set, c)
-			if len(set) == 0 {
-				delete(h.byChat, id)
-			}
-		}
-	}
-	h.users[c.userID]--
-	last := h.users[c.userID] == 0
+	set := h.byUser[c.userID]
+	delete(set, c)
+	last := len(set) == 0
 	if last {
-		delete(h.users, c.userID)
+		delete(h.byUser, c.userID)
+	}
+	for _, id := range indexed {
+		h.unindexLocked(c, id)
 	}
 	h.mu.Unlock()
-	for _, id := range chats {
-		h.release(chatChannel(id))
+	h.unreserve(c.userID)
+	for _, id := range subscribed {
+		h.release(event.ChatChannel(id))
 	}
-	h.release(userChannel(c.userID))
+	h.release(event.UserChannel(c.userID))
 	if last {
 		h.setPresence(presenceOp{userID: c.userID, online: false})
 	}
+	h.cfg.Metrics.ConnClosed()
+	h.log.Info("connection closed", "event", "ws.closed", "conn_id", c.id, "user_id", c.userID, "chat_id", c.chatID)
 	h.live.Done()
 }
 
-// setPresence queues a presence change for presenceLoop, or applies it
-// here once the loop has stopped.
+// setPresence queues a presence change for the loop, or applies it here
+// once the loop has stopped.
 func (h *Hub) setPresence(op presenceOp) {
 	select {
 	case h.presence <- op:
@@ -543,18 +536,23 @@ func (h *Hub) setPresence(op presenceOp) {
 	}
 }
 
-// presenceLoop applies presence changes in order and refreshes this
-// replica's entries every third of the TTL. It runs until Shutdown.
-func (h *Hub) presenceLoop() {
+// loop applies presence changes in order, refreshes this replica's
+// presence entries every third of the TTL, and checks every connection's
+// memberships every CheckEvery. It runs until Shutdown.
+func (h *Hub) loop() {
 	defer close(h.loopDone)
-	tick := time.NewTicker(h.cfg.PresenceTTL / 3)
-	defer tick.Stop()
+	refresh := time.NewTicker(h.cfg.PresenceTTL / 3)
+	defer refresh.Stop()
+	check := time.NewTicker(h.cfg.CheckEvery)
+	defer check.Stop()
 	for {
 		select {
 		case op := <-h.presence:
 			h.applyPresence(op)
-		case <-tick.C:
+		case <-refresh.C:
 			h.refreshPresence()
+		case <-check.C:
+			h.check()
 		case <-h.stop:
 			for {
 				select {
@@ -592,19 +590,30 @@ func (h *Hub) applyPresence(op presenceOp) {
 		return
 	}
 	h.log.Info("presence changed", "event", "presence", "user_id", op.userID, "online", op.online)
-	for _, id := range chats {
+	pubs := make([]broker.Publication, len(chats))
+	for i, id := range chats {
 		frame := mustJSON(gen.PresenceFrame{Type: gen.Presence, ChatID: id, UserID: op.userID, Online: op.online})
-		h.publish(ctx, chatChannel(id), envelope{Kind: kindForward, ChatID: id, Frames: []json.RawMessage{frame}})
+		env := event.Envelope{Kind: event.Forward, ChatID: id, Frames: []json.RawMessage{frame}}
+		pubs[i] = broker.Publication{Channel: event.ChatChannel(id), Payload: env.Encode()}
+	}
+	if err := h.broker.PublishMany(ctx, pubs); err != nil {
+		h.cfg.Metrics.BrokerError("publish")
+		h.log.Warn("presence publish failed", "event", "broker.error", "op", "publish", "user_id", op.userID, "err", err)
 	}
 }
 
-func (h *Hub) refreshPresence() {
+func (h *Hub) localUsers() []int64 {
 	h.mu.RLock()
-	ids := make([]int64, 0, len(h.users))
-	for id := range h.users {
+	defer h.mu.RUnlock()
+	ids := make([]int64, 0, len(h.byUser))
+	for id := range h.byUser {
 		ids = append(ids, id)
 	}
-	h.mu.RUnlock()
+	return ids
+}
+
+func (h *Hub) refreshPresence() {
+	ids := h.localUsers()
 	if len(ids) == 0 {
 		return
 	}
@@ -616,39 +625,92 @@ func (h *Hub) refreshPresence() {
 	}
 }
 
+// checkChunk is how many users' memberships one query of check reads.
+const checkChunk = 500
+
+// check reads the memberships of every local user and lets each
+// connection reconcile with them: chats the user left are cut off even
+// when their removal event was lost, and a stream still below what the
+// previous check saw is refilled (a lost publication).
+func (h *Hub) check() {
+	ids := h.localUsers()
+	for len(ids) > 0 {
+		chunk := ids[:min(checkChunk, len(ids))]
+		ids = ids[len(chunk):]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		heads, err := h.store.MemberHeadsOf(ctx, chunk)
+		cancel()
+		if err != nil {
+			h.log.Warn("membership check failed", "event", "delivery.error", "err", err)
+			return
+		}
+		for _, uid := range chunk {
+			mine := heads[uid]
+			if mine == nil {
+				mine = map[int64]int64{}
+			}
+			h.each(h.connsOfUser(uid, false), func(c *conn) {
+				c.mu.Lock()
+				c.addTaskLocked(func(ctx context.Context) { c.reconcile(ctx, mine, true) })
+				c.mu.Unlock()
+			})
+		}
+	}
+}
+
 // Shutdown closes every connection with 1001 so clients move to another
-// replica, waits for them to go (until ctx is done), and stops the
-// presence loop, taking this replica's users offline.
+// replica, waits for them to go (until ctx is done), and stops the loop,
+// taking this replica's users offline.
 func (h *Hub) Shutdown(ctx context.Context) {
-	if h.closing.Swap(true) {
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
 		return
 	}
-	h.mu.RLock()
+	h.closing = true
 	var all []*conn
 	for _, set := range h.byUser {
 		for c := range set {
 			all = append(all, c)
 		}
 	}
-	h.mu.RUnlock()
+	h.mu.Unlock()
 	for _, c := range all {
-		c.push(evClose{code: 1001, reason: "server shutting down"})
+		c.close(1001, "server shutting down")
 	}
 	drained := make(chan struct{})
 	go func() { h.live.Wait(); close(drained) }()
 	select {
 	case <-drained:
 	case <-ctx.Done():
-		h.log.Warn("shutdown: connections still open; closing them", "event", "server.stop", "open", h.mel.Len())
-		_ = h.mel.Close()
+		h.log.Warn("shutdown: connections still open; closing them", "event", "server.stop", "open", h.Connections())
+		for _, c := range all {
+			_ = c.nc.Close()
+		}
+		<-drained
 	}
-	h.stopLoop()
-}
-
-func (h *Hub) stopLoop() {
+	h.cancel()
 	close(h.stop)
 	<-h.loopDone
 }
 
 // Connections is the number of open WebSocket connections on this replica.
-func (h *Hub) Connections() int { return h.mel.Len() }
+func (h *Hub) Connections() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	n := 0
+	for _, set := range h.byUser {
+		n += len(set)
+	}
+	return n
+}
+
+func (h *Hub) slowClosed() { h.cfg.Metrics.SlowConsumer() }
+
+func (h *Hub) delivered(it *item) {
+	var at time.Time
+	if it.sentAt > 0 {
+		at = time.Unix(0, it.sentAt)
+	}
+	h.cfg.Metrics.Delivered(at)
+}

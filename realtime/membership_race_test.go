@@ -202,7 +202,7 @@ func TestAddThenRemoveWhileBusy(t *testing.T) {
 			for i := range reqs {
 				reqs[i] = repo.SendRequest{ChatID: big, SenderID: friend.ID, ClientMsgID: fmt.Sprintf("big-%d", i), Text: strings.Repeat("y", 4000)}
 			}
-			if _, err := a.Store.InsertMessages(bg, reqs); err != nil {
+			if _, err := a.Store.InsertMessages(bg, reqs, repo.InsertOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			g := groupChat(t, a, owner)

@@ -638,7 +638,7 @@ func TestShutdownClosesWith1001(t *testing.T) {
 func TestSlowConsumerIsClosed(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.StartMain(t, func(m *app.Main) {
-			m.Realtime.QueueSize, m.Realtime.InboxSize, m.Realtime.WriteTimeout = 32, 256, 2*time.Second
+			m.Realtime.QueueSize, m.Realtime.WriteTimeout = 32, 2*time.Second
 		})
 		alice, bob, carol := s.NewUser(t, "Alice"), s.NewUser(t, "Bob"), s.NewUser(t, "Carol")
 		chatID := groupChat(t, s, alice, bob.ID, carol.ID)

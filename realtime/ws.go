@@ -1,71 +1,29 @@
 package realtime
 
 import (
+	"bufio"
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
+	"github.com/gobwas/ws"
 	"github.com/labstack/echo/v4"
-	"github.com/olahol/melody"
 
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
 )
 
-const connKey = "conn"
-
-func (h *Hub) newMelody() *melody.Melody {
-	m := melody.New()
-	m.Config.MaxMessageSize = h.cfg.MaxFrameBytes
-	m.Config.MessageBufferSize = h.cfg.QueueSize
-	m.Config.PingPeriod = h.cfg.PingPeriod
-	m.Config.PongWait = h.cfg.PongWait
-	m.Config.WriteWait = h.cfg.WriteTimeout
-	m.Upgrader.CheckOrigin = h.checkOrigin
-	// Idle connections should cost little: a small read buffer, and write
-	// buffers shared through a pool instead of one per connection.
-	m.Upgrader.ReadBufferSize = 1024
-	m.Upgrader.WriteBufferSize = 4096
-	m.Upgrader.WriteBufferPool = &sync.Pool{}
-	m.HandleConnect(h.onConnect)
-	m.HandleDisconnect(h.onDisconnect)
-	m.HandleMessage(h.onMessage)
-	m.HandleMessageBinary(func(s *melody.Session, _ []byte) {
-		connOf(s).push(evFrame{frame: encodeError(badRequest("binary frames are not supported; send JSON text frames"))})
-	})
-	m.HandleSentMessage(func(s *melody.Session, _ []byte) { connOf(s).sent() })
-	m.HandleError(h.onError)
-	return m
-}
-
-func connOf(s *melody.Session) *conn {
-	c, _ := s.MustGet(connKey).(*conn)
-	return c
-}
-
-// checkOrigin lets non-browser clients (no Origin), same-host pages and
-// the configured origins open WebSockets.
-func (h *Hub) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	for _, o := range h.cfg.AllowedOrigins {
-		if o == "*" || strings.EqualFold(o, origin) {
-			return true
-		}
-	}
-	u, err := url.Parse(origin)
-	return err == nil && strings.EqualFold(u.Host, r.Host)
-}
+// Why gobwas/ws and not melody (the stack's first choice): melody gives
+// every session a read and a write goroutine, a buffered channel and the
+// retained *http.Request, and writes one frame per system call. Delivery
+// here needs a writer that exists only while frames wait and drains them
+// all in one buffered write, and an idle connection that costs one parked
+// goroutine; gobwas/ws exposes the frame codec and the upgrade, so the
+// connection (conn.go) can be shaped that way.
 
 // Mount adds GET /ws and GET /ws/{chat_id} to e.
 func (h *Hub) Mount(e *echo.Echo) {
@@ -91,13 +49,62 @@ func token(r *http.Request) string {
 	return ""
 }
 
-// serve authenticates and authorizes before the upgrade (401, 403, 404 as
-// problems), fixes where each chat's delivery starts, and upgrades.
-func (h *Hub) serve(ec echo.Context, chatID int64) error {
-	if h.closing.Load() {
-		return echo.NewHTTPError(http.StatusServiceUnavailable, "server shutting down")
+// checkOrigin lets non-browser clients (no Origin), same-host pages and
+// the configured origins open WebSockets.
+func (h *Hub) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
 	}
+	for _, o := range h.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// checkUpgrade refuses a request that is not a WebSocket handshake before
+// anything is hijacked, so the refusal is an ordinary problem response.
+func checkUpgrade(r *http.Request) error {
+	hasToken := func(header, token string) bool {
+		for _, v := range r.Header.Values(header) {
+			for _, part := range strings.Split(v, ",") {
+				if strings.EqualFold(strings.TrimSpace(part), token) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	switch {
+	case !hasToken("Connection", "upgrade") || !hasToken("Upgrade", "websocket"):
+		return echo.NewHTTPError(http.StatusBadRequest, "a WebSocket handshake is expected (Connection: Upgrade, Upgrade: websocket)")
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		return echo.NewHTTPError(http.StatusUpgradeRequired, "Sec-WebSocket-Version 13 is required")
+	case len(r.Header.Get("Sec-WebSocket-Key")) != 24:
+		return echo.NewHTTPError(http.StatusBadRequest, "Sec-WebSocket-Key is missing or malformed")
+	}
+	return nil
+}
+
+// serve authenticates and authorizes before the upgrade (401, 403, 404,
+// 429, 503 as problems), reserves the connection's slot, fixes where each
+// chat's delivery starts, upgrades, registers and starts the connection.
+// The request is not retained: the handler returns once the connection
+// runs, and the connection lives on its own context.
+func (h *Hub) serve(ec echo.Context, chatID int64) error {
 	r := ec.Request()
+	if err := checkUpgrade(r); err != nil {
+		if he := (*echo.HTTPError)(nil); errors.As(err, &he) && he.Code == http.StatusUpgradeRequired {
+			ec.Response().Header().Set("Sec-WebSocket-Version", "13")
+		}
+		return err
+	}
+	if !h.checkOrigin(r) {
+		return echo.NewHTTPError(http.StatusForbidden, "origin not allowed")
+	}
 	tok := token(r)
 	if tok == "" {
 		return echo.NewHTTPError(http.StatusUnauthorized, "missing token")
@@ -111,15 +118,6 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 			return echo.NewHTTPError(http.StatusUnauthorized, "invalid or expired token")
 		}
 		return err
-	}
-	if max := h.cfg.MaxConnsPerUser; max > 0 {
-		h.mu.RLock()
-		n := h.users[userID]
-		h.mu.RUnlock()
-		if n >= max {
-			ec.Response().Header().Set("Retry-After", "5")
-			return echo.NewHTTPError(http.StatusTooManyRequests, "too many open connections for this user")
-		}
 	}
 	var since *int64
 	if v := r.URL.Query().Get("since_seq"); v != "" {
@@ -137,7 +135,9 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 		}
 		starts[chatID] = ch.LastSeq
 		if since != nil {
-			starts[chatID] = *since
+			// A position past the end is clamped: live messages from the
+			// chat's end on still arrive.
+			starts[chatID] = min(*since, ch.LastSeq)
 		}
 	} else {
 		if since != nil {
@@ -147,141 +147,110 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 			return err
 		}
 	}
-	c := newConn(h, userID, chatID, starts, exp)
-	c.ctx = ctx
-	if err := h.mel.HandleRequestWithKeys(ec.Response(), r, map[string]any{connKey: c}); err != nil {
-		if !ec.Response().Committed {
-			return err
+	if err := h.reserve(userID); err != nil {
+		status := http.StatusServiceUnavailable
+		if errors.Is(err, errTooManyForUser) {
+			status = http.StatusTooManyRequests
+		}
+		ec.Response().Header().Set("Retry-After", "5")
+		return echo.NewHTTPError(status, err.Error())
+	}
+
+	// The 101 carries the headers set so far (X-Windi-Replica, the request
+	// id): the upgrader writes the response itself.
+	up := ws.HTTPUpgrader{Timeout: 10 * time.Second, Header: ec.Response().Header()}
+	nc, rw, _, err := up.Upgrade(r, ec.Response())
+	if err != nil {
+		h.unreserve(userID)
+		if nc != nil {
+			_ = nc.Close()
 		}
 		h.log.Debug("websocket upgrade failed", "event", "ws.upgrade_failed", "user_id", userID, "err", err)
+		return nil
 	}
+	ec.Response().Status = http.StatusSwitchingProtocols // for the request log
+	// The hijacked reader is net/http's (4 KiB); a client does not send
+	// before the handshake's answer, so a small reader of our own does.
+	br := rw.Reader
+	if br.Buffered() == 0 {
+		br = bufio.NewReaderSize(nc, 512)
+	}
+	c := newConn(h, userID, chatID, nc, br, starts)
+	rctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
+	if err := h.register(rctx, c); err != nil {
+		h.cfg.Metrics.BrokerError("subscribe")
+		h.log.Warn("connection not registered", "event", "broker.error", "op", "subscribe", "user_id", userID, "err", err)
+		_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = writeFrame(nc, ws.OpClose, ws.NewCloseFrameBody(1011, "broker unavailable; retry"))
+		_ = nc.Close()
+		c.cancel()
+		return nil
+	}
+	h.log.Info("connection opened", "event", "ws.opened", "conn_id", c.id, "user_id", userID, "chat_id", chatID, "chats", len(starts))
+	c.start(exp)
 	return nil
 }
 
-// onConnect registers the connection and starts its actor. Until it
-// returns, melody reads no frame from the connection.
-func (h *Hub) onConnect(s *melody.Session) {
-	c := connOf(s)
-	c.sess = s
-	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
-	defer cancel()
-	if h.closing.Load() {
-		c.closeNow(1001, "server shutting down")
-		return
-	}
-	if err := h.register(ctx, c, c.chatIDs()); err != nil {
-		h.cfg.Metrics.BrokerError("subscribe")
-		h.log.Warn("connection not registered", "event", "broker.error", "op", "subscribe", "user_id", c.userID, "err", err)
-		c.closeNow(1011, "broker unavailable; retry")
-		close(c.done)
-		return
-	}
-	c.registered = true
-	h.log.Info("connection opened", "event", "ws.opened", "conn_id", c.id, "user_id", c.userID, "chat_id", c.chatID, "chats", len(c.chats))
-	h.opened()
-	go c.run()
-	// Messages committed between the handshake and the subscription did
-	// not come through the broker: read them from the database.
-	c.push(evCatchup{})
-}
-
-func (h *Hub) onDisconnect(s *melody.Session) {
-	c := connOf(s)
-	if !c.registered {
-		return
-	}
-	close(c.done)
-	// The actor has stopped touching c.chats once done is closed and it
-	// returns; wait for that through actorDone.
-	<-c.actorDone
-	h.unregister(c, c.chatIDs())
-	h.closed()
-	h.log.Info("connection closed", "event", "ws.closed", "conn_id", c.id, "user_id", c.userID, "chat_id", c.chatID)
-}
-
-func (h *Hub) onError(s *melody.Session, err error) {
-	c := connOf(s)
-	if errors.Is(err, melody.ErrMessageBufferFull) {
-		c.closeNow(CloseSlowConsumer, "slow consumer: socket queue full")
-		return
-	}
-	// gorilla hides a write timeout's *net.OpError behind its own
-	// net.Error, so the operation is only in the message.
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() && strings.Contains(err.Error(), "write") {
-		// The peer stopped reading and the socket stayed full for the write
-		// timeout: a slow consumer, whichever timer fired first.
-		c.closeNow(CloseSlowConsumer, "slow consumer: write timed out")
-		return
-	}
-	if errors.Is(err, websocket.ErrReadLimit) {
-		// gorilla has sent close 1009. Read off the rest of the oversized
-		// frame before melody closes the socket: closing with unread data
-		// sends a TCP reset, which can destroy the close frame in flight.
-		h.log.Info("frame over the size limit", "event", "ws.too_large", "conn_id", c.id, "user_id", c.userID)
-		nc := s.WebsocketConnection().UnderlyingConn()
-		_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, _ = io.Copy(io.Discard, nc)
-		return
-	}
-	h.log.Debug("websocket error", "event", "ws.error", "conn_id", c.id, "err", err)
-}
-
-// onMessage handles one client frame on the connection's read goroutine.
-// Sends and reads go through the chat rules synchronously, so one
-// connection's frames take effect in the order it sent them.
-func (h *Hub) onMessage(s *melody.Session, data []byte) {
-	c := connOf(s)
+// onFrame handles one client frame on the connection's read goroutine, in
+// the order the client sent them. Sends do not wait for their commit: the
+// sequencer answers them (acked) once published, and one connection's sends
+// to one chat are stored in the order sent.
+func (h *Hub) onFrame(c *conn, data []byte) {
 	f, ferr := decodeFrame(data, c.chatID)
 	if ferr != nil {
-		c.push(evFrame{frame: encodeError(ferr)})
+		c.frame(encodeError(ferr))
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
-	defer cancel()
+	fail := func(err error, chatID int64, cmid string) {
+		c.frame(encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), clientMsgID: cmid, chatID: chatID}))
+	}
+	limited := func(what string, chatID int64, cmid string) {
+		c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeRateLimited, msg: "too many " + what + "; slow down", clientMsgID: cmid, chatID: chatID}))
+	}
 	switch f := f.(type) {
 	case gen.MessageSendFrame:
-		chatID := *f.ChatID
-		if c.limiter != nil && !c.limiter.allow() {
-			c.push(evFrame{frame: encodeError(&frameError{code: gen.ErrorFrameCodeRateLimited, msg: "too many messages; slow down", clientMsgID: f.ClientMsgID, chatID: chatID})})
+		chatID, cmid := *f.ChatID, f.ClientMsgID
+		if c.sendLimit != nil && !c.sendLimit.Allow() {
+			limited("messages", chatID, cmid)
 			return
 		}
-		c.startSend(sendKey{chatID, f.ClientMsgID})
-		m, dup, err := h.svc.Send(ctx, c.userID, chatID, f.ClientMsgID, f.Text)
+		k := sendKey{chatID, cmid}
+		c.startSend(k)
+		err := h.svc.SendAsync(c.ctx, c.userID, chatID, cmid, f.Text, func(o chat.SendOutcome) { c.acked(chatID, cmid, o) })
 		if err != nil {
-			c.push(evSendFailed{chatID: chatID, cmid: f.ClientMsgID, frame: encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), clientMsgID: f.ClientMsgID, chatID: chatID})})
-			if errorFrameCode(err) == gen.ErrorFrameCodeInternal {
-				h.log.Error("send failed", "event", "ws.error", "conn_id", c.id, "chat_id", chatID, "err", err)
-			}
+			c.mu.Lock()
+			c.endSendLocked(k)
+			c.mu.Unlock()
+			fail(err, chatID, cmid)
+		}
+	case gen.MessageReadFrame:
+		if !c.readLimit.Allow() {
+			limited("read receipts", *f.ChatID, "")
 			return
 		}
-		raw := mustJSON(m.API())
-		c.push(evAck{chatID: chatID, dup: dup, it: &msgItem{seq: m.Seq, sender: m.SenderID, cmid: m.ClientMsgID, msg: raw}})
-	case gen.MessageReadFrame:
+		ctx, cancel := context.WithTimeout(c.ctx, taskTimeout)
+		defer cancel()
 		if _, err := h.svc.MarkRead(ctx, c.userID, *f.ChatID, f.Seq); err != nil {
-			c.push(evFrame{frame: encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), chatID: *f.ChatID})})
+			fail(err, *f.ChatID, "")
 		}
 	case gen.SyncFrame:
-		if _, err := h.svc.Authorize(ctx, c.userID, *f.ChatID); err != nil {
-			c.push(evFrame{frame: encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), chatID: *f.ChatID})})
+		chatID := *f.ChatID
+		if !c.syncLimit.Allow() {
+			limited("sync frames", chatID, "")
 			return
 		}
-		if c.chatID != 0 && *f.ChatID != c.chatID {
-			c.push(evFrame{frame: encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: *f.ChatID})})
+		ctx, cancel := context.WithTimeout(c.ctx, taskTimeout)
+		defer cancel()
+		ch, err := h.svc.Authorize(ctx, c.userID, chatID)
+		if err != nil {
+			fail(err, chatID, "")
 			return
 		}
-		c.push(evSync{chatID: *f.ChatID, since: f.SinceSeq})
+		if c.chatID != 0 && chatID != c.chatID {
+			c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: chatID}))
+			return
+		}
+		c.requestSync(chatID, min(f.SinceSeq, ch.LastSeq))
 	}
-}
-
-func (h *Hub) opened()     { h.cfg.Metrics.ConnOpened() }
-func (h *Hub) closed()     { h.cfg.Metrics.ConnClosed() }
-func (h *Hub) slowClosed() { h.cfg.Metrics.SlowConsumer() }
-
-func (h *Hub) delivered(it *msgItem) {
-	var at time.Time
-	if it.sentAt > 0 {
-		at = time.Unix(0, it.sentAt)
-	}
-	h.cfg.Metrics.Delivered(at)
 }

@@ -202,16 +202,28 @@ func (s *Store) AddMember(ctx context.Context, chatID, userID int64) (added bool
 // RemoveMember removes userID from chatID; removed is false, without error,
 // when the user was not a member.
 func (s *Store) RemoveMember(ctx context.Context, chatID, userID int64) (removed bool, err error) {
-	res, err := s.db.NewDelete().Model((*Member)(nil)).
-		Where("chat_id = ? AND user_id = ?", chatID, userID).Exec(ctx)
+	// Under the chat's lock, like sends: a send of the removed member either
+	// committed before the removal or finds it no longer a member.
+	err = s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		if _, err := s.lockChat(ctx, tx, chatID); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil
+			}
+			return err
+		}
+		res, err := tx.NewDelete().Model((*Member)(nil)).
+			Where("chat_id = ? AND user_id = ?", chatID, userID).Exec(ctx)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		removed = n == 1
+		return err
+	})
 	if err != nil {
 		return false, wrap("remove member", err)
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, wrap("remove member", err)
-	}
-	return n == 1, nil
+	return removed, nil
 }
 
 // ChatSummary is one entry of a user's chat list.
@@ -356,7 +368,7 @@ func (s *Store) MarkRead(ctx context.Context, chatID, userID, seq int64) (ReadRe
 func (s *Store) lockChat(ctx context.Context, tx bun.Tx, chatID int64) (int64, error) {
 	q := tx.NewSelect().Model((*Chat)(nil)).Column("c.last_seq").Where("c.id = ?", chatID)
 	if s.dialect == DialectPostgres {
-		// NO KEY UPDATE conflicts with InsertMessage's UPDATE of last_seq but
+		// NO KEY UPDATE conflicts with InsertMessages' lock and UPDATE of last_seq but
 		// not with the KEY SHARE locks that foreign keys take.
 		q = q.For("NO KEY UPDATE")
 	}
@@ -404,6 +416,37 @@ func (s *Store) MemberChatHeads(ctx context.Context, userID int64) (map[int64]in
 	out := make(map[int64]int64, len(rows))
 	for _, r := range rows {
 		out[r.ChatID] = r.LastSeq
+	}
+	return out, nil
+}
+
+// MemberHeadsOf returns, for each of userIDs, the last_seq of every chat
+// it belongs to (user id to chat id to last seq); users without chats are
+// missing. The realtime hub checks its connections with it.
+func (s *Store) MemberHeadsOf(ctx context.Context, userIDs []int64) (map[int64]map[int64]int64, error) {
+	if len(userIDs) == 0 {
+		return map[int64]map[int64]int64{}, nil
+	}
+	var rows []struct {
+		UserID  int64 `bun:"user_id"`
+		ChatID  int64 `bun:"chat_id"`
+		LastSeq int64 `bun:"last_seq"`
+	}
+	err := s.db.NewSelect().Model((*Member)(nil)).
+		ColumnExpr("cm.user_id AS user_id, cm.chat_id AS chat_id, c.last_seq AS last_seq").
+		Join("JOIN chats AS c ON c.id = cm.chat_id").
+		Where("cm.user_id IN (?)", bun.List(userIDs)).Scan(ctx, &rows)
+	if err != nil {
+		return nil, wrap("member heads", err)
+	}
+	out := make(map[int64]map[int64]int64)
+	for _, r := range rows {
+		m := out[r.UserID]
+		if m == nil {
+			m = map[int64]int64{}
+			out[r.UserID] = m
+		}
+		m[r.ChatID] = r.LastSeq
 	}
 	return out, nil
 }

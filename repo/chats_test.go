@@ -197,7 +197,7 @@ func TestLookupsNotFound(t *testing.T) {
 				t.Errorf("%s: got %v, want ErrNotFound", c.name, c.err)
 			}
 		}
-		_, err = s.InsertMessage(ctx, 777, a.ID, "x", "hi")
+		_, err = insertOne(ctx, s, 777, a.ID, "x", "hi")
 		if !errors.Is(err, repo.ErrNotFound) {
 			t.Errorf("insert into missing chat: got %v, want ErrNotFound", err)
 		}
@@ -375,18 +375,18 @@ func TestInsertMessageReportsLowestWatermark(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := s.InsertMessage(ctx, g.ID, a.ID, "1", "x") // a:1 b:0 c:0
+		r, err := insertOne(ctx, s, g.ID, a.ID, "1", "x") // a:1 b:0 c:0
 		if err != nil || r.MinBefore != 0 || r.MinAfter != 0 {
 			t.Fatalf("got %+v %v, want min 0 -> 0", r, err)
 		}
 		if _, err := s.MarkRead(ctx, g.ID, b.ID, 1); err != nil { // a:1 b:1 c:0
 			t.Fatal(err)
 		}
-		r, err = s.InsertMessage(ctx, g.ID, c.ID, "2", "y") // c was lowest: a:1 b:1 c:2
+		r, err = insertOne(ctx, s, g.ID, c.ID, "2", "y") // c was lowest: a:1 b:1 c:2
 		if err != nil || r.MinBefore != 0 || r.MinAfter != 1 {
 			t.Errorf("got %+v %v, want min 0 -> 1", r, err)
 		}
-		r, err = s.InsertMessage(ctx, g.ID, c.ID, "2", "again")
+		r, err = insertOne(ctx, s, g.ID, c.ID, "2", "again")
 		if err != nil || !r.Duplicate || r.MinBefore != 0 || r.MinAfter != 0 {
 			t.Errorf("duplicate: got %+v %v, want no watermark report", r, err)
 		}

@@ -38,7 +38,7 @@ func mustGroup(t *testing.T, s *repo.Store, name string, creator int64, members 
 // mustSend inserts a message that must not be a duplicate.
 func mustSend(t *testing.T, s *repo.Store, chatID, senderID int64, clientMsgID, text string) repo.Message {
 	t.Helper()
-	r, err := s.InsertMessage(context.Background(), chatID, senderID, clientMsgID, text)
+	r, err := insertOne(context.Background(), s, chatID, senderID, clientMsgID, text)
 	if err != nil {
 		t.Fatalf("insert message %s: %v", clientMsgID, err)
 	}
@@ -63,4 +63,14 @@ func seqs(msgs []repo.Message) []int64 {
 func openBench(b *testing.B) *repo.Store {
 	b.Helper()
 	return repotest.OpenPostgres(b)
+}
+
+// insertOne stores one message through the batch transaction and returns
+// its result, with the request's own error as the error.
+func insertOne(ctx context.Context, s *repo.Store, chatID, senderID int64, clientMsgID, text string) (repo.SendResult, error) {
+	res, err := s.InsertMessages(ctx, []repo.SendRequest{{ChatID: chatID, SenderID: senderID, ClientMsgID: clientMsgID, Text: text}}, repo.InsertOptions{})
+	if err != nil {
+		return repo.SendResult{}, err
+	}
+	return res[0], res[0].Err
 }

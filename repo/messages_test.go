@@ -32,7 +32,7 @@ func TestInsertMessage(t *testing.T) {
 		}
 
 		// A repeat returns the original and consumes no seq.
-		r, err := s.InsertMessage(ctx, chat.ID, a.ID, "c1", "one again")
+		r, err := insertOne(ctx, s, chat.ID, a.ID, "c1", "one again")
 		dup, isDup := r.Message, r.Duplicate
 		if err != nil || !isDup || dup != m1 {
 			t.Errorf("repeat: got %+v dup=%v err=%v, want %+v dup=true", dup, isDup, err, m1)
@@ -79,7 +79,7 @@ func TestInsertMessageConcurrentSeq(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r, err := s.InsertMessage(ctx, g.ID, owner.ID, fmt.Sprintf("c%d", i), "hi")
+				r, err := insertOne(ctx, s, g.ID, owner.ID, fmt.Sprintf("c%d", i), "hi")
 				m, dup := r.Message, r.Duplicate
 				if err == nil && dup {
 					err = fmt.Errorf("got duplicate for unique client id c%d", i)
@@ -134,7 +134,7 @@ func TestInsertMessageConcurrentDuplicate(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				var r repo.SendResult
-				r, errs[i] = s.InsertMessage(ctx, g.ID, owner.ID, "same", fmt.Sprintf("try %d", i))
+				r, errs[i] = insertOne(ctx, s, g.ID, owner.ID, "same", fmt.Sprintf("try %d", i))
 				msgs[i], dups[i] = r.Message, r.Duplicate
 			}()
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 )
 
@@ -105,12 +106,21 @@ func seed(ctx context.Context, cfg app.Config, log *slog.Logger, stdout io.Write
 	}
 	// Seeding issues no tokens, but the service wants an issuer: give it one
 	// with a throw-away secret.
+	// The service publishes what it stores through the deployment's broker,
+	// so connected clients of a scaled deployment see the seeded messages
+	// live; in embedded mode nobody listens to a fresh in-process broker.
+	b, err := app.NewBroker(ctx, cfg, broker.Options{})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
 	svc, err := chat.New(chat.Config{
-		Store: store, Tokens: auth.NewTokens([]byte(rand.Text()+rand.Text()), cfg.JWTTTL), Argon2: seedArgon2, Logger: log,
+		Store: store, Broker: b, Tokens: auth.NewTokens([]byte(rand.Text()+rand.Text()), cfg.JWTTTL), Argon2: seedArgon2, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	defer svc.Close()
 	res, err := seedDemo(ctx, svc, store)
 	if err != nil {
 		return err

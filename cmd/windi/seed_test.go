@@ -15,6 +15,7 @@ import (
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 	"github.com/windi-chat/windi/repo/repotest"
 )
@@ -119,7 +120,7 @@ func TestSeedIsIdempotent(t *testing.T) {
 			}
 
 			// The printed passwords log in.
-			svc, err := chat.New(chat.Config{Store: store, Tokens: auth.NewTokens([]byte("test-secret-0123456789abcdef-0123"), time.Hour),
+			svc, err := chat.New(chat.Config{Store: store, Broker: broker.NewMemory(broker.Options{}), Tokens: auth.NewTokens([]byte("test-secret-0123456789abcdef-0123"), time.Hour),
 				Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1}, // hashes only its dummy
 			})
 			if err != nil {
@@ -296,7 +297,7 @@ func TestSeedReusesAndRepairs(t *testing.T) {
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := chat.New(chat.Config{Store: store, Tokens: auth.NewTokens([]byte("test-secret-0123456789abcdef-0123"), time.Hour), Argon2: seedArgon2})
+	svc, err := chat.New(chat.Config{Store: store, Broker: broker.NewMemory(broker.Options{}), Tokens: auth.NewTokens([]byte("test-secret-0123456789abcdef-0123"), time.Hour), Argon2: seedArgon2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,12 @@ type Broker interface {
 	// that moment, at most once, in publish order per publisher. It never
 	// calls a handler synchronously, so callers may hold locks.
 	Publish(ctx context.Context, channel string, payload []byte) error
+	// PublishMany publishes pubs in order, in one round trip where the
+	// implementation can (Redis: one pipeline), with Publish's guarantees
+	// for each: per channel, in order. On error some of them may have been
+	// published; the caller counts them as lost, which receivers repair
+	// from the database.
+	PublishMany(ctx context.Context, pubs []Publication) error
 	// Subscribe returns once the subscription is confirmed: everything
 	// published after it returns reaches the handler (barring a connection
 	// loss, reported through Resubscribed). Subscribing twice is a no-op.
@@ -60,6 +66,9 @@ type Broker interface {
 	// set it. It is the fast cross-replica dedup guard; the database keeps
 	// the durable one, since keys expire and Redis may restart.
 	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+	// ClaimMany is Claim for every key, in one round trip where the
+	// implementation can: out[i] reports that this call set keys[i].
+	ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error)
 	// PresenceJoin records that replica holds at least one connection of
 	// user; first reports that no replica held one before (atomically
 	// across replicas: of concurrent joins exactly one sees first=true when
@@ -91,6 +100,12 @@ type Broker interface {
 	// Close stops delivery and releases the broker's resources; later calls
 	// fail with ErrClosed. Closing twice is a no-op.
 	Close() error
+}
+
+// Publication is one message of PublishMany.
+type Publication struct {
+	Channel string
+	Payload []byte
 }
 
 // Options configures both implementations.

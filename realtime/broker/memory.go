@@ -157,6 +157,17 @@ func (m *Memory) Publish(ctx context.Context, channel string, payload []byte) er
 	return nil
 }
 
+// PublishMany publishes each in order; in one process there is no round
+// trip to save.
+func (m *Memory) PublishMany(ctx context.Context, pubs []Publication) error {
+	for _, p := range pubs {
+		if err := m.Publish(ctx, p.Channel, p.Payload); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // enqueue is called with hub.mu held.
 func (m *Memory) enqueue(d memDelivery) {
 	m.mu.Lock()
@@ -234,6 +245,19 @@ func (m *Memory) Claim(ctx context.Context, key string, ttl time.Duration) (bool
 	}
 	h.claims[key] = exp
 	return true, nil
+}
+
+// ClaimMany claims each key in order.
+func (m *Memory) ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	out := make([]bool, len(keys))
+	for i, k := range keys {
+		ok, err := m.Claim(ctx, k, ttl)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = ok
+	}
+	return out, nil
 }
 
 // livePresence drops userID's expired entries and returns how many were

@@ -233,6 +233,24 @@ func (r *Redis) Publish(ctx context.Context, channel string, payload []byte) err
 	return nil
 }
 
+// PublishMany sends every publication in one pipeline.
+func (r *Redis) PublishMany(ctx context.Context, pubs []Publication) error {
+	if r.isClosed() {
+		return ErrClosed
+	}
+	if len(pubs) == 0 {
+		return nil
+	}
+	pipe := r.client.Pipeline()
+	for _, p := range pubs {
+		pipe.Publish(ctx, r.prefix+p.Channel, p.Payload)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("broker: publish: %w", err)
+	}
+	return nil
+}
+
 func (r *Redis) isClosed() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -360,6 +378,32 @@ func (r *Redis) Claim(ctx context.Context, key string, ttl time.Duration) (bool,
 		return false, fmt.Errorf("broker: claim: %w", err)
 	}
 	return ok, nil
+}
+
+// ClaimMany sets every key with SET NX PX in one pipeline.
+func (r *Redis) ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	if r.isClosed() {
+		return nil, ErrClosed
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	if ttl < 0 {
+		ttl = 0
+	}
+	pipe := r.client.Pipeline()
+	cmds := make([]*redis.BoolCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.SetNX(ctx, r.prefix+k, 1, ttl)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("broker: claim: %w", err)
+	}
+	out := make([]bool, len(keys))
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out, nil
 }
 
 // The presence scripts keep one sorted set per user, member = replica,

@@ -29,7 +29,7 @@ func TestInsertMessagesBatch(t *testing.T) {
 			{ChatID: g.ID, SenderID: a.ID, ClientMsgID: "1", Text: "repeat in batch"},
 			{ChatID: 99999, SenderID: a.ID, ClientMsgID: "x", Text: "no such chat"},
 			{ChatID: ab.ID, SenderID: a.ID, ClientMsgID: "2", Text: "ab2"},
-		})
+		}, repo.InsertOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,44 +78,56 @@ func TestInsertMessagesBatch(t *testing.T) {
 	})
 }
 
-func TestCommitterConcurrentSends(t *testing.T) {
+// TestInsertMessagesConcurrentBatches runs many batches at once over two
+// chats, with repeats inside and across batches: per chat, seqs stay
+// gapless and every repeated send is stored once, whatever the
+// interleaving (the chat row lock serializes batches).
+func TestInsertMessagesConcurrentBatches(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, s *repo.Store) {
 		ctx := context.Background()
 		owner := mustUser(t, s, "o")
 		g1, _ := s.CreateGroup(ctx, "g1", owner.ID, nil)
 		g2, _ := s.CreateGroup(ctx, "g2", owner.ID, nil)
-		c := s.NewCommitter(4, 64)
-		defer c.Close()
 
-		const n = 200
+		const batches, size = 40, 5
 		var wg sync.WaitGroup
-		results := make([]repo.SendResult, n)
-		errs := make([]error, n)
-		for i := range n {
+		results := make([][]repo.SendResult, batches)
+		errs := make([]error, batches)
+		for b := range batches {
 			wg.Go(func() {
-				chat := g1.ID
-				if i%2 == 1 {
-					chat = g2.ID
+				reqs := make([]repo.SendRequest, size)
+				for i := range reqs {
+					n := b*size + i
+					chat := g1.ID
+					if n%2 == 1 {
+						chat = g2.ID
+					}
+					cmid := fmt.Sprintf("c%d", n)
+					if n%10 < 2 {
+						cmid = "same" // repeated in each chat: one row per chat
+					}
+					reqs[i] = repo.SendRequest{ChatID: chat, SenderID: owner.ID, ClientMsgID: cmid, Text: "hi"}
 				}
-				cmid := fmt.Sprintf("c%d", i)
-				if i%10 < 2 {
-					cmid = "same" // repeated ten times in each chat: one row per chat
-				}
-				results[i], errs[i] = c.Insert(ctx, repo.SendRequest{ChatID: chat, SenderID: owner.ID, ClientMsgID: cmid, Text: "hi"})
+				results[b], errs[b] = s.InsertMessages(ctx, reqs, repo.InsertOptions{AssumeNew: b%2 == 0})
 			})
 		}
 		wg.Wait()
 		fresh := map[int64]int{}
 		sameIDs := map[int64]map[int64]bool{g1.ID: {}, g2.ID: {}}
-		for i, r := range results {
-			if errs[i] != nil {
-				t.Fatalf("send %d: %v", i, errs[i])
+		for b, rs := range results {
+			if errs[b] != nil {
+				t.Fatalf("batch %d: %v", b, errs[b])
 			}
-			if !r.Duplicate {
-				fresh[r.Message.ChatID]++
-			}
-			if r.Message.ClientMsgID == "same" {
-				sameIDs[r.Message.ChatID][r.Message.ID] = true
+			for _, r := range rs {
+				if r.Err != nil {
+					t.Fatalf("batch %d: %v", b, r.Err)
+				}
+				if !r.Duplicate {
+					fresh[r.Message.ChatID]++
+				}
+				if r.Message.ClientMsgID == "same" {
+					sameIDs[r.Message.ChatID][r.Message.ID] = true
+				}
 			}
 		}
 		for _, chat := range []int64{g1.ID, g2.ID} {
@@ -129,8 +141,59 @@ func TestCommitterConcurrentSends(t *testing.T) {
 				}
 			}
 		}
-		if want := n - n/5 + 2; fresh[g1.ID]+fresh[g2.ID] != want {
+		if want := batches*size - batches*size/5 + 2; fresh[g1.ID]+fresh[g2.ID] != want {
 			t.Errorf("got %d fresh sends, want %d", fresh[g1.ID]+fresh[g2.ID], want)
+		}
+	})
+}
+
+// TestInsertMessagesAssumeNewStillDeduplicates: when the caller's fast
+// guard wrongly says every send is new (its key expired, Redis restarted),
+// the unique key catches the repeat and the batch is stored as if the
+// look-up had run: the repeat answers with the original, no seq is used.
+func TestInsertMessagesAssumeNewStillDeduplicates(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a := mustUser(t, s, "a")
+		g, _ := s.CreateGroup(ctx, "g", a.ID, nil)
+		orig := mustSend(t, s, g.ID, a.ID, "k1", "first")
+		res, err := s.InsertMessages(ctx, []repo.SendRequest{
+			{ChatID: g.ID, SenderID: a.ID, ClientMsgID: "k2", Text: "second"},
+			{ChatID: g.ID, SenderID: a.ID, ClientMsgID: "k1", Text: "first, again"},
+		}, repo.InsertOptions{AssumeNew: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Duplicate || res[0].Message.Seq != 2 || !res[1].Duplicate || res[1].Message.ID != orig.ID {
+			t.Fatalf("got %+v, want k2 new at seq 2 and k1 the original", res)
+		}
+		if ch, _ := s.ChatByID(ctx, g.ID); ch.LastSeq != 2 {
+			t.Errorf("last_seq %d, want 2", ch.LastSeq)
+		}
+	})
+}
+
+// TestRemovedMemberRepeatIsRefused: a user that left the chat repeating a
+// client_msg_id it sent while a member gets ErrNotMember, not its old
+// message, from the transaction and from the fast path's look-up.
+func TestRemovedMemberRepeatIsRefused(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+		g, _ := s.CreateGroup(ctx, "g", a.ID, []int64{b.ID})
+		mustSend(t, s, g.ID, b.ID, "old", "while a member")
+		req := repo.SendRequest{ChatID: g.ID, SenderID: b.ID, ClientMsgID: "old", Text: "while a member"}
+		if got, err := s.StoredSends(ctx, []repo.SendRequest{req}); err != nil || len(got) != 1 {
+			t.Fatalf("stored sends of a member: %v %v, want the original", got, err)
+		}
+		if _, err := s.RemoveMember(ctx, g.ID, b.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.StoredSends(ctx, []repo.SendRequest{req}); err != nil || len(got) != 0 {
+			t.Errorf("stored sends after removal: %v %v, want none", got, err)
+		}
+		if _, err := insertOne(ctx, s, g.ID, b.ID, "old", "while a member"); !errors.Is(err, repo.ErrNotMember) {
+			t.Errorf("repeat after removal: got %v, want ErrNotMember", err)
 		}
 	})
 }
@@ -151,7 +214,7 @@ func BenchmarkInsertMessages(b *testing.B) {
 					n++
 					reqs[i] = repo.SendRequest{ChatID: g.ID, SenderID: u.ID, ClientMsgID: fmt.Sprint(n), Text: "benchmark message"}
 				}
-				if _, err := s.InsertMessages(ctx, reqs); err != nil {
+				if _, err := s.InsertMessages(ctx, reqs, repo.InsertOptions{}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -165,16 +228,16 @@ func TestInsertChecksMembership(t *testing.T) {
 		ctx := context.Background()
 		a, b, out := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "out")
 		ab, _, _ := s.GetOrCreatePrivateChat(ctx, a.ID, b.ID)
-		if _, err := s.InsertMessage(ctx, ab.ID, out.ID, "x", "let me in"); !errors.Is(err, repo.ErrNotMember) {
+		if _, err := insertOne(ctx, s, ab.ID, out.ID, "x", "let me in"); !errors.Is(err, repo.ErrNotMember) {
 			t.Errorf("single: got %v, want ErrNotMember", err)
 		}
-		if _, err := s.InsertMessage(ctx, 99999, a.ID, "x", "nowhere"); !errors.Is(err, repo.ErrNotFound) {
+		if _, err := insertOne(ctx, s, 99999, a.ID, "x", "nowhere"); !errors.Is(err, repo.ErrNotFound) {
 			t.Errorf("single, no chat: got %v, want ErrNotFound", err)
 		}
 		res, err := s.InsertMessages(ctx, []repo.SendRequest{
 			{ChatID: ab.ID, SenderID: out.ID, ClientMsgID: "y", Text: "let me in"},
 			{ChatID: ab.ID, SenderID: a.ID, ClientMsgID: "y", Text: "hi"},
-		})
+		}, repo.InsertOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

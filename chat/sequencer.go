@@ -1,0 +1,334 @@
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/windi-chat/windi/event"
+	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/realtime/broker"
+	"github.com/windi-chat/windi/repo"
+)
+
+// SendOutcome is the result of a send: the stored message, or the original
+// when the send repeated one (Duplicate), or an error (CodeForbidden,
+// CodeNotFound, CodeUnavailable, …).
+type SendOutcome struct {
+	Message   Message
+	Duplicate bool
+	Err       error
+}
+
+// SequencerConfig tunes the per-chat sequencer. Zero values take the
+// defaults noted.
+type SequencerConfig struct {
+	// Shards is how many workers commit sends on this replica; a chat
+	// always goes to the same one (by id), so one chat's sends are
+	// committed and published by one goroutine, in order. Default 8 on
+	// Postgres and 1 on SQLite, which has one writer anyway.
+	Shards int
+	// MaxBatch caps the sends of one transaction; default 256.
+	MaxBatch int
+	// QueueSize is each shard's queue; a full queue makes senders wait
+	// (backpressure on their sockets). Default 1024.
+	QueueSize int
+	// DedupTTL is how long the broker's fast duplicate guard remembers a
+	// send; default 1h. The database's unique key remembers for ever.
+	DedupTTL time.Duration
+}
+
+func (c SequencerConfig) withDefaults(dialect string) SequencerConfig {
+	if c.Shards <= 0 {
+		c.Shards = 8
+		if dialect == repo.DialectSQLite {
+			c.Shards = 1
+		}
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 256
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 1024
+	}
+	if c.DedupTTL <= 0 {
+		c.DedupTTL = time.Hour
+	}
+	return c
+}
+
+// sequencer commits sends and publishes them, each chat's in seq order.
+//
+// On each replica a chat belongs to one shard (chat id modulo the number
+// of shards) and each shard has one worker goroutine, so one chat's sends
+// are committed and published by one goroutine at a time. The worker takes
+// everything queued on its shard (up to MaxBatch) and, for that batch:
+//
+//  1. claims the sends' dedup keys in the broker (one round trip); sends
+//     seen before whose original is stored answer as duplicates at once;
+//  2. stores the rest in one transaction (repo.InsertMessages), which
+//     takes the chats' row locks: across replicas, that lock orders
+//     batches of one chat;
+//  3. publishes each chat's new messages in seq order, one envelope per
+//     chat, all in one broker round trip;
+//  4. answers every send (message.ack follows the publish).
+//
+// A replica never publishes a chat out of order. Two replicas' batches of
+// one chat may reach a third replica in either order; its connections
+// hold the later one back until the earlier arrives, or read the gap from
+// the database.
+type sequencer struct {
+	svc    *Service
+	cfg    SequencerConfig
+	shards []chan *pending
+	wg     sync.WaitGroup
+	mu     sync.RWMutex // guards closed against submits racing close
+	closed bool
+}
+
+// pending is one send waiting for its turn.
+type pending struct {
+	ctx  context.Context
+	req  repo.SendRequest
+	done func(SendOutcome) // called exactly once, on the shard's worker
+}
+
+func newSequencer(svc *Service, cfg SequencerConfig) *sequencer {
+	q := &sequencer{svc: svc, cfg: cfg, shards: make([]chan *pending, cfg.Shards)}
+	for i := range q.shards {
+		q.shards[i] = make(chan *pending, cfg.QueueSize)
+		q.wg.Add(1)
+		go q.work(q.shards[i])
+	}
+	return q
+}
+
+// submit queues p on its chat's shard, waiting while the shard is full.
+func (q *sequencer) submit(p *pending) error {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return &Error{Code: CodeUnavailable, Message: "server shutting down; nothing was stored, retry"}
+	}
+	shard := q.shards[uint64(p.req.ChatID)%uint64(len(q.shards))]
+	select {
+	case shard <- p:
+		return nil
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
+}
+
+// close stops accepting sends, lets the workers finish what is queued, and
+// waits for them.
+func (q *sequencer) close() {
+	q.mu.Lock()
+	if !q.closed {
+		q.closed = true
+		for _, s := range q.shards {
+			close(s)
+		}
+	}
+	q.mu.Unlock()
+	q.wg.Wait()
+}
+
+// work is one shard's worker; it lives until close.
+func (q *sequencer) work(shard chan *pending) {
+	defer q.wg.Done()
+	batch := make([]*pending, 0, q.cfg.MaxBatch)
+	for p := range shard {
+		batch = append(batch[:0], p)
+	fill:
+		for len(batch) < q.cfg.MaxBatch {
+			select {
+			case p, ok := <-shard:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, p)
+			default:
+				break fill
+			}
+		}
+		q.commit(batch)
+	}
+}
+
+// commit runs one batch through claim, store, publish and answer.
+func (q *sequencer) commit(batch []*pending) {
+	s := q.svc
+	live := batch[:0:0]
+	for _, p := range batch {
+		if err := p.ctx.Err(); err != nil {
+			p.done(SendOutcome{Err: err}) // the sender gave up before its turn: nothing stored
+			continue
+		}
+		live = append(live, p)
+	}
+	if len(live) == 0 {
+		return
+	}
+	// The batch's work outlives any one sender's request: a sender that
+	// gives up must not fail the others.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	live, assumeNew := q.answerRepeats(ctx, live)
+	if len(live) == 0 {
+		return
+	}
+	reqs := make([]repo.SendRequest, len(live))
+	for i, p := range live {
+		reqs[i] = p.req
+	}
+	res, err := s.store.InsertMessages(ctx, reqs, repo.InsertOptions{AssumeNew: assumeNew})
+	if err != nil {
+		err = classify(err)
+		s.log.Warn("send batch failed", "event", "message.error", "sends", len(live), "err", err)
+		for _, p := range live {
+			p.done(SendOutcome{Err: err})
+		}
+		return
+	}
+	q.publish(ctx, res)
+	for i, p := range live {
+		p.done(s.outcome(ctx, p.req, res[i]))
+	}
+}
+
+// answerRepeats claims the batch's dedup keys in the broker, the fast
+// guard shared by replicas, in one round trip. A send whose key was
+// claimed before and whose original is stored (and whose sender is still a
+// member) is answered as a duplicate here, without a write. It returns the
+// sends left to store, and whether every key was fresh, in which case the
+// transaction need not look for stored repeats.
+func (q *sequencer) answerRepeats(ctx context.Context, batch []*pending) ([]*pending, bool) {
+	s := q.svc
+	keys := make([]string, len(batch))
+	for i, p := range batch {
+		keys[i] = dedupKey(p.req)
+	}
+	fresh, err := s.broker.ClaimMany(ctx, keys, q.cfg.DedupTTL)
+	if err != nil {
+		s.metrics.BrokerError("claim")
+		s.log.Warn("dedup guard failed; relying on the database key", "event", "dedup.error", "sends", len(batch), "err", err)
+		return batch, false
+	}
+	var seen []repo.SendRequest
+	var seenAt []int
+	for i, ok := range fresh {
+		if !ok {
+			seen = append(seen, batch[i].req)
+			seenAt = append(seenAt, i)
+		}
+	}
+	if len(seen) == 0 {
+		return batch, true
+	}
+	stored, err := s.store.StoredSends(ctx, seen)
+	if err != nil {
+		return batch, false // the transaction settles them
+	}
+	answered := make(map[int]bool, len(stored))
+	for j, m := range stored {
+		i := seenAt[j]
+		answered[i] = true
+		p := batch[i]
+		out, err := s.withRead(ctx, m.ChatID, []repo.Message{m})
+		if err != nil {
+			p.done(SendOutcome{Err: err})
+			continue
+		}
+		s.logDuplicate(ctx, p.req.SenderID, m)
+		p.done(SendOutcome{Message: out[0], Duplicate: true})
+	}
+	rest := batch[:0:0]
+	for i, p := range batch {
+		if !answered[i] {
+			rest = append(rest, p)
+		}
+	}
+	return rest, false
+}
+
+// dedupKey is a send's key in the broker's fast guard.
+func dedupKey(r repo.SendRequest) string {
+	return fmt.Sprintf("dedup:%d:%d:%s", r.ChatID, r.SenderID, r.ClientMsgID)
+}
+
+// publish announces a committed batch: per chat, one envelope with its new
+// messages in seq order and, when the batch raised the chat's lowest
+// watermark, the chat.read frame after them; every chat's envelope goes
+// out in one broker round trip. Receivers drop what they have already
+// delivered, so a retry after a failed round trip repeats nothing.
+func (q *sequencer) publish(ctx context.Context, res []repo.SendResult) {
+	s := q.svc
+	byChat := map[int64]*event.Envelope{}
+	var order []int64
+	sentAt := time.Now().UnixNano()
+	for _, r := range res {
+		if r.Err != nil || r.Duplicate {
+			continue
+		}
+		m := r.Message
+		env := byChat[m.ChatID]
+		if env == nil {
+			env = &event.Envelope{Kind: event.Messages, ChatID: m.ChatID, SentAt: sentAt}
+			byChat[m.ChatID] = env
+			order = append(order, m.ChatID)
+		}
+		msg := Message{Message: m, Read: r.MinAfter >= m.Seq}
+		env.Items = append(env.Items, event.Item{Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(msg.API())})
+		if r.MinAfter > r.MinBefore {
+			env.Frames = append(env.Frames, mustJSON(gen.ChatReadFrame{Type: gen.ChatRead, ChatID: m.ChatID, Seq: r.MinAfter}))
+		}
+		s.log.Info("message stored", "event", "message.stored", "chat_id", m.ChatID, "user_id", m.SenderID, "message_id", m.ID, "seq", m.Seq)
+		s.metrics.MessageStored()
+	}
+	if len(order) == 0 {
+		return
+	}
+	pubs := make([]broker.Publication, len(order))
+	for i, id := range order {
+		pubs[i] = broker.Publication{Channel: event.ChatChannel(id), Payload: byChat[id].Encode()}
+	}
+	s.publishMany(ctx, pubs)
+}
+
+// outcome turns one request's stored result into its answer.
+func (s *Service) outcome(ctx context.Context, req repo.SendRequest, r repo.SendResult) SendOutcome {
+	switch {
+	case errorIs(r.Err, repo.ErrNotMember):
+		return SendOutcome{Err: errorf(CodeForbidden, "not a member of chat %d", req.ChatID)}
+	case errorIs(r.Err, repo.ErrNotFound):
+		return SendOutcome{Err: errorf(CodeNotFound, "chat %d not found", req.ChatID)}
+	case r.Err != nil:
+		return SendOutcome{Err: classify(r.Err)}
+	case r.Duplicate:
+		out, err := s.withRead(ctx, r.Message.ChatID, []repo.Message{r.Message})
+		if err != nil {
+			return SendOutcome{Err: err}
+		}
+		s.logDuplicate(ctx, req.SenderID, r.Message)
+		return SendOutcome{Message: out[0], Duplicate: true}
+	}
+	// The send raised the sender's own watermark; the message is read when
+	// every other member's has reached it too.
+	return SendOutcome{Message: Message{Message: r.Message, Read: r.MinAfter >= r.Message.Seq}}
+}
+
+func (s *Service) logDuplicate(ctx context.Context, userID int64, orig repo.Message) {
+	s.log.InfoContext(ctx, "duplicate dropped", "event", "message.duplicate", "chat_id", orig.ChatID, "user_id", userID, "message_id", orig.ID)
+	s.metrics.Duplicate()
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("chat: encode %T: %v", v, err)) // only the generated wire types get here
+	}
+	return b
+}

@@ -1,0 +1,142 @@
+package realtime
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/windi-chat/windi/event"
+)
+
+// item is one message on its way to sockets. Items that came through the
+// broker are shared by every socket of the chat on this replica and never
+// modified.
+type item struct {
+	chatID int64
+	seq    int64
+	sender int64
+	cmid   string
+	msg    json.RawMessage // the encoded gen.Message
+	frame  []byte          // its message.new frame, encoded once
+	sentAt int64           // Unix nanoseconds when committed; 0 when unknown
+}
+
+func newItem(chatID, seq, sender int64, cmid string, msg json.RawMessage, sentAt int64) *item {
+	return &item{chatID: chatID, seq: seq, sender: sender, cmid: cmid, msg: msg, frame: event.NewFrame(msg), sentAt: sentAt}
+}
+
+// entry is an item waiting in a stream, and how to answer it.
+type entry struct {
+	it  *item
+	ack bool // the socket sent it: answer with message.ack
+}
+
+// stream is one chat's delivery position on one socket: the ordering state
+// machine. It delivers each seq once, in order, without gaps: an item above
+// the next expected seq waits until the gap closes, either because the
+// missing items arrive (from the broker, a fill or the socket's own ack) or
+// because a fill from the database brings them.
+//
+// A stream does no I/O and reads no clock: callers pass the time, so its
+// hold-back and retry schedule is tested with a fake clock. It is guarded
+// by its socket's mutex.
+type stream struct {
+	last    int64           // highest seq delivered here
+	pending map[int64]entry // above last, waiting for the gap to close
+	// fillAt is when a fill from the database is due: the gap's hold-back
+	// after it opened, then a growing backoff while fills do not close it.
+	// Zero when no gap is open.
+	fillAt time.Time
+	fails  int // fills since the gap opened that did not close it
+	// subscribed reports that the socket holds a reference on the chat's
+	// broker subscription (released when the stream goes).
+	subscribed bool
+	// behind is the chat's last seq as the previous periodic check saw it;
+	// a stream still below it at the next check missed a publication.
+	behind int64
+}
+
+// Hold-back schedule: the first fill waits the hold-back; each fill that
+// does not close the gap doubles the wait, up to maxFillBackoff.
+const maxFillBackoff = 10 * time.Second
+
+// held reports whether the stream must not deliver e yet: a message the
+// socket itself sent, still waiting for its ack.
+type held func(e entry) bool
+
+// offer takes e and appends to out whatever is now deliverable, in order.
+func (s *stream) offer(e entry, now time.Time, holdback time.Duration, hold held, out []entry) []entry {
+	if e.it.seq <= s.last {
+		return out // delivered already: a repeat from another path
+	}
+	if s.pending == nil {
+		s.pending = map[int64]entry{}
+	}
+	if old, ok := s.pending[e.it.seq]; !ok || e.ack && !old.ack {
+		s.pending[e.it.seq] = e
+	}
+	return s.drain(now, holdback, hold, out)
+}
+
+// drain appends consecutive pending entries to out. It stops at a gap, and
+// at a message the socket is sending until its outcome is known.
+func (s *stream) drain(now time.Time, holdback time.Duration, hold held, out []entry) []entry {
+	for {
+		e, ok := s.pending[s.last+1]
+		if !ok {
+			break
+		}
+		if !e.ack && hold != nil && hold(e) {
+			break // ours, in flight: the ack decides how to answer
+		}
+		delete(s.pending, e.it.seq)
+		out = append(out, e)
+		s.last = e.it.seq
+	}
+	s.schedule(now, holdback)
+	return out
+}
+
+// gap reports whether the stream waits for a seq it has not seen: pending
+// items exist and the next expected one is missing. Waiting for the
+// socket's own ack is not a gap: the ack always comes.
+func (s *stream) gap() bool {
+	if len(s.pending) == 0 {
+		return false
+	}
+	_, next := s.pending[s.last+1]
+	return !next
+}
+
+// schedule opens or closes the fill schedule after the pending set changed.
+func (s *stream) schedule(now time.Time, holdback time.Duration) {
+	switch {
+	case !s.gap():
+		s.fillAt, s.fails = time.Time{}, 0
+	case s.fillAt.IsZero():
+		s.fillAt = now.Add(holdback)
+	}
+}
+
+// fillDue reports whether a fill is due at now.
+func (s *stream) fillDue(now time.Time) bool {
+	return !s.fillAt.IsZero() && !now.Before(s.fillAt)
+}
+
+// filled records that a fill ran at now (ok: it read the database, even if
+// that brought nothing new). While the gap stays open the next fill waits
+// twice as long as the one before, so a gap that the database cannot close
+// yet (or a database that is down) is never polled in a loop.
+func (s *stream) filled(now time.Time, holdback time.Duration) {
+	if !s.gap() {
+		s.fillAt, s.fails = time.Time{}, 0
+		return
+	}
+	s.fails++
+	wait := holdback << min(s.fails, 16)
+	s.fillAt = now.Add(min(wait, maxFillBackoff))
+}
+
+// reset moves the stream to since (a sync), forgetting what waits.
+func (s *stream) reset(since int64) {
+	s.last, s.pending, s.fillAt, s.fails = since, nil, time.Time{}, 0
+}

@@ -1,0 +1,125 @@
+package realtime
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+const hb = 100 * time.Millisecond
+
+func it(seq int64) *item { return &item{seq: seq, sender: 1, cmid: fmt.Sprint(seq)} }
+
+func seqsOf(es []entry) []int64 {
+	out := make([]int64, len(es))
+	for i, e := range es {
+		out[i] = e.it.seq
+	}
+	return out
+}
+
+func wantDelivered(t *testing.T, got []entry, want ...int64) {
+	t.Helper()
+	g := seqsOf(got)
+	if fmt.Sprint(g) != fmt.Sprint(want) && !(len(g) == 0 && len(want) == 0) {
+		t.Fatalf("delivered %v, want %v", g, want)
+	}
+}
+
+func TestStreamDeliversInOrderOnce(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := &stream{last: 10}
+	wantDelivered(t, s.offer(entry{it: it(11)}, t0, hb, nil, nil), 11)
+	wantDelivered(t, s.offer(entry{it: it(11)}, t0, hb, nil, nil)) // a repeat
+	wantDelivered(t, s.offer(entry{it: it(9)}, t0, hb, nil, nil))  // before the start
+	wantDelivered(t, s.offer(entry{it: it(13)}, t0, hb, nil, nil)) // held: 12 is missing
+	if !s.gap() || s.fillAt != t0.Add(hb) {
+		t.Fatalf("gap %v fillAt %v, want a gap with a fill due after the hold-back", s.gap(), s.fillAt)
+	}
+	wantDelivered(t, s.offer(entry{it: it(12)}, t0.Add(time.Millisecond), hb, nil, nil), 12, 13)
+	if s.gap() || !s.fillAt.IsZero() || s.last != 13 {
+		t.Fatalf("after the gap closed: gap %v fillAt %v last %d", s.gap(), s.fillAt, s.last)
+	}
+}
+
+func TestStreamFillScheduleBacksOffWithoutSpinning(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := &stream{last: 0}
+	s.offer(entry{it: it(2)}, t0, hb, nil, nil)
+	if s.fillDue(t0.Add(hb - time.Nanosecond)) {
+		t.Fatal("fill due before the hold-back passed")
+	}
+	now := t0.Add(hb)
+	if !s.fillDue(now) {
+		t.Fatal("fill not due after the hold-back")
+	}
+	// Fills that do not close the gap (the database is down, or does not
+	// have the message yet) push the next one further out each time: the
+	// fill is never due again at the same instant.
+	var waits []time.Duration
+	for range 8 {
+		s.filled(now, hb)
+		if s.fillDue(now) {
+			t.Fatalf("fill due again at once after a fill that did not close the gap (fails=%d)", s.fails)
+		}
+		waits = append(waits, s.fillAt.Sub(now))
+		now = s.fillAt
+	}
+	for i := 1; i < len(waits); i++ {
+		if waits[i] < waits[i-1] {
+			t.Fatalf("backoff shrank: %v", waits)
+		}
+	}
+	if waits[len(waits)-1] != maxFillBackoff {
+		t.Fatalf("backoff %v, want capped at %v", waits, maxFillBackoff)
+	}
+	// The missing message arrives: the schedule closes.
+	wantDelivered(t, s.offer(entry{it: it(1)}, now, hb, nil, nil), 1, 2)
+	if !s.fillAt.IsZero() || s.fails != 0 {
+		t.Fatalf("schedule still open: fillAt %v fails %d", s.fillAt, s.fails)
+	}
+}
+
+func TestStreamWaitsForOwnAckWithoutAFill(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := &stream{last: 4}
+	inFlight := map[int64]bool{5: true}
+	hold := func(e entry) bool { return inFlight[e.it.seq] }
+	// The socket's own message 5 arrives through the broker before its ack,
+	// and others' 6 after it: both wait, and since the next seq is there,
+	// no fill is scheduled however long the ack takes.
+	wantDelivered(t, s.offer(entry{it: it(5)}, t0, hb, hold, nil))
+	wantDelivered(t, s.offer(entry{it: it(6)}, t0, hb, hold, nil))
+	if s.gap() || !s.fillAt.IsZero() {
+		t.Fatalf("waiting for our own ack counted as a gap: fillAt %v", s.fillAt)
+	}
+	delete(inFlight, 5)
+	got := s.offer(entry{it: it(5), ack: true}, t0.Add(time.Second), hb, hold, nil)
+	wantDelivered(t, got, 5, 6)
+	if !got[0].ack || got[1].ack {
+		t.Fatalf("want message.ack for 5 and message.new for 6, got ack=%v,%v", got[0].ack, got[1].ack)
+	}
+}
+
+func TestStreamAckReplacesPendingNew(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := &stream{last: 0}
+	s.offer(entry{it: it(2)}, t0, hb, nil, nil)
+	s.offer(entry{it: it(2), ack: true}, t0, hb, nil, nil)
+	got := s.offer(entry{it: it(1)}, t0, hb, nil, nil)
+	wantDelivered(t, got, 1, 2)
+	if !got[1].ack {
+		t.Fatal("the socket's own message was answered with message.new, not its ack")
+	}
+}
+
+func TestStreamReset(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := &stream{last: 7}
+	s.offer(entry{it: it(9)}, t0, hb, nil, nil)
+	s.reset(3)
+	if s.last != 3 || s.gap() || !s.fillAt.IsZero() {
+		t.Fatalf("after reset: last %d gap %v fillAt %v", s.last, s.gap(), s.fillAt)
+	}
+	wantDelivered(t, s.offer(entry{it: it(4)}, t0, hb, nil, nil), 4)
+}
