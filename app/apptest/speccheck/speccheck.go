@@ -14,8 +14,8 @@
 //   - A response the spec gives no content must have an empty body.
 //
 // Requests to paths outside the spec (the WebSocket endpoints, docs,
-// metrics, the spec files and the web client, see NonSpecPaths) are
-// skipped, each with its reason. Requests to a path or method the spec
+// metrics, the spec files and the web client, see NonSpecPaths) and HEAD
+// requests are skipped, each with its reason, and counted (Stats). Requests to a path or method the spec
 // does not have get no operation to check against, but the server answers
 // them with a problem document, and that is checked.
 //
@@ -354,10 +354,15 @@ func nonSpec(path string) (string, bool) {
 	return "", false
 }
 
-// Skip reports whether a request to path is outside the spec, and why.
-func Skip(path string) (reason string, skip bool) {
-	if p, ok := nonSpec(path); ok {
+// Skip reports whether a request is outside the check, and why: its path
+// is outside the spec, or it is a HEAD request (whose answer has no body,
+// and the spec declares no HEAD operation).
+func Skip(req *http.Request) (reason string, skip bool) {
+	if p, ok := nonSpec(req.URL.Path); ok {
 		return "outside the spec: " + p, true
+	}
+	if req.Method == http.MethodHead {
+		return "HEAD: no body", true
 	}
 	return "", false
 }
@@ -366,7 +371,7 @@ func Skip(path string) (reason string, skip bool) {
 // the reason when the exchange is outside the spec and was not checked,
 // and an error describing every mismatch otherwise.
 func (c *Checker) CheckResponse(req *http.Request, status int, header http.Header, body []byte) (skipped string, err error) {
-	if reason, ok := Skip(req.URL.Path); ok {
+	if reason, ok := Skip(req); ok {
 		c.skip(reason)
 		return reason, nil
 	}
@@ -511,7 +516,7 @@ func (fs frameSchemas) types() []string {
 // sees the response.
 func (c *Checker) Middleware(r Reporter, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if reason, ok := Skip(req.URL.Path); ok {
+		if reason, ok := Skip(req); ok {
 			c.skip(reason)
 			next.ServeHTTP(w, req)
 			return

@@ -108,6 +108,7 @@ func TestCheckResponse(t *testing.T) {
 		{name: "web client page", method: "GET", path: "/", status: 200, ctype: "text/html", body: "<html>", wantSkipped: "outside the spec: /"},
 		{name: "web client asset", method: "GET", path: "/app/app.js", status: 200, ctype: "text/javascript", body: "x", wantSkipped: "outside the spec: /app"},
 		{name: "metrics", method: "GET", path: "/metrics", status: 200, ctype: "text/plain", body: "x", wantSkipped: "outside the spec: /metrics"},
+		{name: "HEAD", method: "HEAD", path: "/chats", status: 405, wantSkipped: "HEAD"},
 		{name: "the spec itself", method: "GET", path: "/openapi.json", status: 200, ctype: jsonCT, body: "{}", wantSkipped: "outside the spec: /openapi.json"},
 	}
 	for _, tc := range tests {
