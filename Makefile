@@ -2,7 +2,7 @@
 
 REDOCLY := npx --yes @redocly/cli@2.77.0
 
-.PHONY: run build test generate lint fmt-check vet staticcheck spec-lint ci bench load fuzz faults soak
+.PHONY: run build test generate lint fmt-check vet staticcheck spec-lint spec-proxy ci bench load fuzz faults soak
 
 run:
 	go run ./cmd/windi
@@ -30,6 +30,11 @@ staticcheck:
 
 spec-lint:
 	REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true $(REDOCLY) lint --config redocly.yaml api/openapi.yaml
+
+# The README's curl tour through Stoplight Prism's validating proxy in
+# front of the real binary (.ci/prism pins Prism); fails on any violation.
+spec-proxy:
+	bash .ci/run spec_proxy
 
 ci:
 	bash .ci/run

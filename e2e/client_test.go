@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/windi-chat/windi/app/apptest/speccheck"
 )
 
 // replicaHeader names the replica that answered a request (every response,
@@ -28,8 +30,31 @@ type api struct {
 	hc   *http.Client
 }
 
-func newAPI(base string) *api {
-	return &api{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second}}
+// newAPI returns a client of base whose every response is checked against
+// api/openapi.yaml; a mismatch fails t.
+func newAPI(t testing.TB, base string) *api {
+	t.Helper()
+	tr := &speccheck.Transport{Checker: spec(t), R: speccheck.ForTest(t), Skip: notFromReplica}
+	return &api{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second, Transport: tr}}
+}
+
+// spec returns the checker of api/openapi.yaml.
+func spec(t testing.TB) *speccheck.Checker {
+	t.Helper()
+	c, err := speccheck.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// notFromReplica leaves out what nginx answered itself (a 502 while no
+// replica is up, say): the spec describes the server, not the proxy.
+func notFromReplica(resp *http.Response) string {
+	if resp.Header.Get(replicaHeader) == "" {
+		return "answered by the proxy, not a replica"
+	}
+	return ""
 }
 
 // do sends a request and decodes a JSON answer into out (unless nil). It
@@ -151,13 +176,17 @@ func decodeFrame(data []byte) frame {
 	return f
 }
 
-// wsConn is a WebSocket client that queues every frame it receives.
+// wsConn is a WebSocket client that queues every frame it receives. Each
+// frame it receives is checked against ServerFrame in api/openapi.yaml,
+// each one it sends against ClientFrame.
 type wsConn struct {
 	Name    string // for messages: "u2/ws" and the like
 	Path    string
 	Replica string // X-Windi-Replica of the 101 response
 
 	conn   *websocket.Conn
+	spec   *speccheck.Checker
+	rep    speccheck.Reporter
 	frames chan frame
 	done   chan struct{} // closed when the read loop ends
 	mu     sync.Mutex    // guards err
@@ -179,8 +208,11 @@ func wsURL(base, path, token string) string {
 }
 
 // dialWS opens path through base; on failure it returns the handshake
-// response (nil when there was none).
-func dialWS(base, name, path, token string) (*wsConn, *http.Response, error) {
+// response (nil when there was none). A frame that does not match the spec
+// fails t.
+func dialWS(t testing.TB, base, name, path, token string) (*wsConn, *http.Response, error) {
+	t.Helper()
+	checker := spec(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, resp, err := websocket.Dial(ctx, wsURL(base, path, token), nil)
@@ -190,7 +222,7 @@ func dialWS(base, name, path, token string) (*wsConn, *http.Response, error) {
 	c.SetReadLimit(1 << 20)
 	w := &wsConn{
 		Name: name, Path: path, Replica: resp.Header.Get(replicaHeader),
-		conn: c, frames: make(chan frame, 4096), done: make(chan struct{}),
+		conn: c, spec: checker, rep: speccheck.ForTest(t), frames: make(chan frame, 4096), done: make(chan struct{}),
 	}
 	go w.read()
 	return w, resp, nil
@@ -208,6 +240,9 @@ func (w *wsConn) read() {
 			w.mu.Unlock()
 			return
 		}
+		if err := w.spec.CheckServerFrame(data); err != nil {
+			w.rep.Errorf("%s: %v", w.Name, err)
+		}
 		select {
 		case w.frames <- decodeFrame(data):
 		default:
@@ -220,11 +255,14 @@ func (w *wsConn) read() {
 	}
 }
 
-// send writes v as a JSON text frame.
+// send writes v as a JSON text frame; v must be a ClientFrame of the spec.
 func (w *wsConn) send(v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
+	}
+	if err := w.spec.CheckClientFrame(b); err != nil {
+		return fmt.Errorf("%s: not sent: %w", w.Name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -31,7 +31,7 @@ func TestThroughProxy(t *testing.T) {
 		late         = 5  // messages sent while one connection is away
 	)
 	start := time.Now()
-	a := newAPI(base)
+	a := newAPI(t, base)
 	known := replicaNames(t, os.Getenv("WINDI_E2E_REPLICAS"))
 	checkProxyHeaders(t, a)
 
@@ -53,7 +53,7 @@ func TestThroughProxy(t *testing.T) {
 	chatPath := fmt.Sprintf("/ws/%d", chat.ID)
 
 	// No token: refused before the upgrade, through the proxy too.
-	if _, resp, err := dialWS(base, "anonymous", "/ws", ""); err == nil {
+	if _, resp, err := dialWS(t, base, "anonymous", "/ws", ""); err == nil {
 		t.Fatal("dial /ws without a token: got a connection, want 401")
 	} else if resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("dial /ws without a token: got %v (%s), want status 401", statusOf(resp), err)
@@ -70,7 +70,7 @@ func TestThroughProxy(t *testing.T) {
 	dial := func(i int, path string) *wsConn {
 		t.Helper()
 		name := fmt.Sprintf("u%d%s", i, path)
-		c, resp, err := dialWS(base, name, path, users[i].Token)
+		c, resp, err := dialWS(t, base, name, path, users[i].Token)
 		if err != nil {
 			t.Fatalf("dial %s: %v (status %v)", name, err, statusOf(resp))
 		}
@@ -259,6 +259,8 @@ func TestThroughProxy(t *testing.T) {
 	fmt.Printf("e2e summary: %d connections on %d replicas (%s), %d messages, %d deliveries (the first %d delivered everywhere in %s), reconnect with since_seq replayed %d missed, total %s\n",
 		len(conns), len(names), strings.Join(names, ", "), total+late, deliveries, total,
 		deliveredIn.Round(time.Millisecond), late, time.Since(start).Round(time.Millisecond))
+	st := spec(t).Stats()
+	fmt.Printf("e2e spec check: %d responses and %d frames checked against api/openapi.yaml, skipped %v\n", st.Checked, st.Frames, st.Skipped)
 }
 
 // replicaNames asks each replica in list (comma-separated base URLs) for
@@ -270,7 +272,7 @@ func replicaNames(t *testing.T, list string) map[string]bool {
 	}
 	names := map[string]bool{}
 	for _, u := range strings.Split(list, ",") {
-		resp := newAPI(strings.TrimSpace(u)).do(t, http.MethodGet, "/readyz", "", nil, "", http.StatusOK, nil)
+		resp := newAPI(t, strings.TrimSpace(u)).do(t, http.MethodGet, "/readyz", "", nil, "", http.StatusOK, nil)
 		name := resp.Header.Get(replicaHeader)
 		if name == "" || names[name] {
 			t.Fatalf("replica %s: %s is %q (want a name unique per process)", u, replicaHeader, name)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/windi-chat/windi/app/apptest/speccheck"
 )
 
 // api is a REST client for one base URL (the proxy, or one replica).
@@ -19,8 +21,29 @@ type api struct {
 	hc   *http.Client
 }
 
-func newAPI(base string) *api {
-	return &api{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second}}
+// newAPI returns a client of base whose every answer from a replica is
+// checked against api/openapi.yaml; a mismatch fails t. What nginx answers
+// itself (a 502 while a replica is down) is not the server's and is left
+// out.
+func newAPI(t testing.TB, base string) *api {
+	t.Helper()
+	tr := &speccheck.Transport{Checker: spec(t), R: speccheck.ForTest(t), Skip: func(resp *http.Response) string {
+		if resp.Header.Get("X-Windi-Replica") == "" {
+			return "answered by the proxy, not a replica"
+		}
+		return ""
+	}}
+	return &api{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second, Transport: tr}}
+}
+
+// spec returns the checker of api/openapi.yaml.
+func spec(t testing.TB) *speccheck.Checker {
+	t.Helper()
+	c, err := speccheck.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // call sends a request and returns the status and body; no test helpers,

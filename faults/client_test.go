@@ -236,15 +236,23 @@ func sendFrame(r *sendRec) map[string]any {
 }
 
 // write sends one frame; a failure shows up as the connection ending.
+// The frame must be a ClientFrame of api/openapi.yaml.
 func (d *device) write(conn *websocket.Conn, v any) {
 	b, _ := json.Marshal(v)
+	if err := d.l.spec.CheckClientFrame(b); err != nil {
+		d.l.problem("%s: sending %v", d.name, err)
+	}
 	ctx, cancel := context.WithTimeout(d.l.ctx, 5*time.Second)
 	defer cancel()
 	_ = conn.Write(ctx, websocket.MessageText, b)
 }
 
-// handle takes one frame off the connection.
+// handle takes one frame off the connection. Every frame must be a
+// ServerFrame of api/openapi.yaml, faults or not.
 func (d *device) handle(conn *websocket.Conn, data []byte) {
+	if err := d.l.spec.CheckServerFrame(data); err != nil {
+		d.l.problem("%s: %v", d.name, err)
+	}
 	if !d.track {
 		return
 	}

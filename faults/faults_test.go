@@ -42,7 +42,7 @@ func TestKill9(t *testing.T) {
 	l.spread(t, 2)
 	l.pinObservers(t, victim)
 
-	survivor := newAPI(c.replicas[1].url)
+	survivor := newAPI(t, c.replicas[1].url)
 	token := l.users[0].Token
 	online := func(on map[int64]bool, us []*user) int {
 		n := 0
@@ -177,7 +177,7 @@ func TestRedisRestart(t *testing.T) {
 	// Presence right after the restart, then until every user is back,
 	// on every replica.
 	presenceRight := -1
-	if on, err := newAPI(c.replicas[0].url).presence(context.Background(), l.users[0].Token, l.group); err == nil {
+	if on, err := newAPI(t, c.replicas[0].url).presence(context.Background(), l.users[0].Token, l.group); err == nil {
 		presenceRight = len(on)
 	}
 	ready, err := c.waitReady(http.StatusOK, 20*time.Second)
@@ -202,7 +202,7 @@ func TestRedisRestart(t *testing.T) {
 	var presenceBack time.Duration
 	err = waitFor(30*time.Second, func() bool {
 		for _, r := range c.replicas {
-			on, err := newAPI(r.url).presence(context.Background(), l.users[0].Token, l.group)
+			on, err := newAPI(t, r.url).presence(context.Background(), l.users[0].Token, l.group)
 			if err != nil {
 				return false
 			}

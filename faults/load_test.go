@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/windi-chat/windi/app/apptest/speccheck"
 )
 
 type loadOptions struct {
@@ -36,6 +38,7 @@ type load struct {
 	t       *testing.T
 	c       *cluster
 	a       *api // through the proxy
+	spec    *speccheck.Checker
 	run     string
 	users   []*user
 	group   int64
@@ -82,7 +85,7 @@ func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
 		o.window = 4
 	}
 	l := &load{
-		t: t, c: c, a: newAPI(c.base), run: randomHex(4), interval: o.interval, window: o.window,
+		t: t, c: c, a: newAPI(t, c.base), spec: spec(t), run: randomHex(4), interval: o.interval, window: o.window,
 		sent: map[string]*sendRec{}, acked: map[string]ackRec{}, failed: map[string]ackRec{},
 		errCodes: map[string]int{}, dialFails: map[string]int{}, waiters: map[string]chan ackRec{},
 		knownIssues: map[string]int{}, offline: map[int64][]time.Time{},

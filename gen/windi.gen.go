@@ -622,6 +622,9 @@ type MessageSendFrameType string
 // MessageText 1..4096 characters after trimming.
 type MessageText = string
 
+// NullValue The JSON value null and nothing else (a nullable reference is `anyOf` of it and the referenced schema).
+type NullValue = map[string]interface{}
+
 // PresenceFrame defines model for PresenceFrame.
 type PresenceFrame struct {
 	ChatID int64             `json:"chat_id"`
@@ -746,6 +749,9 @@ type Unavailable = Problem
 
 // Unprocessable An RFC 9457 problem document.
 type Unprocessable = Problem
+
+// UnsupportedMediaType An RFC 9457 problem document.
+type UnsupportedMediaType = Problem
 
 // GetHistoryParams defines parameters for GetHistory.
 type GetHistoryParams struct {
@@ -2759,6 +2765,8 @@ type CreateChatResponse struct {
 	ApplicationProblemJSON401 *Unauthorized
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
@@ -2788,6 +2796,11 @@ func (r CreateChatResponse) GetApplicationProblemJSON401() *Unauthorized {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r CreateChatResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r CreateChatResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -2842,6 +2855,8 @@ type GetChatResponse struct {
 	ApplicationProblemJSON403 *Forbidden
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -2869,6 +2884,11 @@ func (r GetChatResponse) GetApplicationProblemJSON403() *Forbidden {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r GetChatResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetChatResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -2925,6 +2945,8 @@ type SendMessageResponse struct {
 	ApplicationProblemJSON403 *Forbidden
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
@@ -2965,6 +2987,11 @@ func (r SendMessageResponse) GetApplicationProblemJSON403() *Forbidden {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r SendMessageResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r SendMessageResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -3029,6 +3056,8 @@ type GetPresenceResponse struct {
 	ApplicationProblemJSON403 *Forbidden
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -3056,6 +3085,11 @@ func (r GetPresenceResponse) GetApplicationProblemJSON403() *Forbidden {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r GetPresenceResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetPresenceResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -3103,6 +3137,8 @@ type MarkReadResponse struct {
 	ApplicationProblemJSON403 *Forbidden
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
@@ -3127,6 +3163,11 @@ func (r MarkReadResponse) GetApplicationProblemJSON403() *Forbidden {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r MarkReadResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r MarkReadResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -3183,6 +3224,8 @@ type AddGroupMemberResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -3215,6 +3258,11 @@ func (r AddGroupMemberResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
 func (r AddGroupMemberResponse) GetApplicationProblemJSON409() *Conflict {
 	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r AddGroupMemberResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -3266,6 +3314,8 @@ type RemoveGroupMemberResponse struct {
 	ApplicationProblemJSON404 *NotFound
 	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -3298,6 +3348,11 @@ func (r RemoveGroupMemberResponse) GetApplicationProblemJSON404() *NotFound {
 // GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
 func (r RemoveGroupMemberResponse) GetApplicationProblemJSON409() *Conflict {
 	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RemoveGroupMemberResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -3395,6 +3450,8 @@ type GetHistoryResponse struct {
 	ApplicationProblemJSON403 *Forbidden
 	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
 	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -3422,6 +3479,11 @@ func (r GetHistoryResponse) GetApplicationProblemJSON403() *Forbidden {
 // GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
 func (r GetHistoryResponse) GetApplicationProblemJSON404() *NotFound {
 	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetHistoryResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -3472,6 +3534,8 @@ type LoginResponse struct {
 	ApplicationProblemJSON400 *BadRequest
 	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
 	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
@@ -3495,6 +3559,11 @@ func (r LoginResponse) GetApplicationProblemJSON400() *BadRequest {
 // GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
 func (r LoginResponse) GetApplicationProblemJSON401() *Unauthorized {
 	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r LoginResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -3610,6 +3679,8 @@ type RegisterResponse struct {
 	ApplicationProblemJSON400 *BadRequest
 	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
 	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
 	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
@@ -3633,6 +3704,11 @@ func (r RegisterResponse) GetApplicationProblemJSON400() *BadRequest {
 // GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
 func (r RegisterResponse) GetApplicationProblemJSON409() *Conflict {
 	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r RegisterResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
 }
 
 // GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
@@ -3688,6 +3764,8 @@ type SearchUsersResponse struct {
 	ApplicationProblemJSON400 *BadRequest
 	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
 	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 }
@@ -3705,6 +3783,11 @@ func (r SearchUsersResponse) GetApplicationProblemJSON400() *BadRequest {
 // GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
 func (r SearchUsersResponse) GetApplicationProblemJSON401() *Unauthorized {
 	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r SearchUsersResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -4150,6 +4233,13 @@ func ParseCreateChatResponse(rsp *http.Response) (*CreateChatResponse, error) {
 		}
 		response.ApplicationProblemJSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Unprocessable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4218,6 +4308,13 @@ func ParseGetChatResponse(rsp *http.Response) (*GetChatResponse, error) {
 		}
 		response.ApplicationProblemJSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4285,6 +4382,13 @@ func ParseSendMessageResponse(rsp *http.Response) (*SendMessageResponse, error) 
 			return nil, err
 		}
 		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Unprocessable
@@ -4381,6 +4485,13 @@ func ParseGetPresenceResponse(rsp *http.Response) (*GetPresenceResponse, error) 
 		}
 		response.ApplicationProblemJSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4437,6 +4548,13 @@ func ParseMarkReadResponse(rsp *http.Response) (*MarkReadResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Unprocessable
@@ -4513,6 +4631,13 @@ func ParseAddGroupMemberResponse(rsp *http.Response) (*AddGroupMemberResponse, e
 		}
 		response.ApplicationProblemJSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4580,6 +4705,13 @@ func ParseRemoveGroupMemberResponse(rsp *http.Response) (*RemoveGroupMemberRespo
 			return nil, err
 		}
 		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -4675,6 +4807,13 @@ func ParseGetHistoryResponse(rsp *http.Response) (*GetHistoryResponse, error) {
 		}
 		response.ApplicationProblemJSON404 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4721,6 +4860,13 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 			return nil, err
 		}
 		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Unprocessable
@@ -4836,6 +4982,13 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 		}
 		response.ApplicationProblemJSON409 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
 		var dest Unprocessable
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4909,6 +5062,13 @@ func ParseSearchUsersResponse(rsp *http.Response) (*SearchUsersResponse, error) 
 			return nil, err
 		}
 		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
@@ -5352,6 +5512,8 @@ type UnavailableApplicationProblemPlusJSONResponse Problem
 
 type UnprocessableApplicationProblemPlusJSONResponse Problem
 
+type UnsupportedMediaTypeApplicationProblemPlusJSONResponse Problem
+
 type ListChatsRequestObject struct {
 }
 
@@ -5490,6 +5652,22 @@ func (response CreateChat404ApplicationProblemPlusJSONResponse) VisitCreateChatR
 	return err
 }
 
+type CreateChat415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response CreateChat415ApplicationProblemPlusJSONResponse) VisitCreateChatResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type CreateChat422ApplicationProblemPlusJSONResponse struct {
 	UnprocessableApplicationProblemPlusJSONResponse
 }
@@ -5609,6 +5787,22 @@ func (response GetChat404ApplicationProblemPlusJSONResponse) VisitGetChatRespons
 	return err
 }
 
+type GetChat422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response GetChat422ApplicationProblemPlusJSONResponse) VisitGetChatResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetChatdefaultApplicationProblemPlusJSONResponse struct {
 	Body       Problem
 	StatusCode int
@@ -5723,6 +5917,22 @@ func (response SendMessage404ApplicationProblemPlusJSONResponse) VisitSendMessag
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SendMessage415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response SendMessage415ApplicationProblemPlusJSONResponse) VisitSendMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -5881,6 +6091,22 @@ func (response GetPresence404ApplicationProblemPlusJSONResponse) VisitGetPresenc
 	return err
 }
 
+type GetPresence422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response GetPresence422ApplicationProblemPlusJSONResponse) VisitGetPresenceResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetPresencedefaultApplicationProblemPlusJSONResponse struct {
 	Body       Problem
 	StatusCode int
@@ -5975,6 +6201,22 @@ func (response MarkRead404ApplicationProblemPlusJSONResponse) VisitMarkReadRespo
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MarkRead415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response MarkRead415ApplicationProblemPlusJSONResponse) VisitMarkReadResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6115,6 +6357,22 @@ func (response AddGroupMember409ApplicationProblemPlusJSONResponse) VisitAddGrou
 	return err
 }
 
+type AddGroupMember422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response AddGroupMember422ApplicationProblemPlusJSONResponse) VisitAddGroupMemberResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type AddGroupMemberdefaultApplicationProblemPlusJSONResponse struct {
 	Body       Problem
 	StatusCode int
@@ -6231,6 +6489,22 @@ func (response RemoveGroupMember409ApplicationProblemPlusJSONResponse) VisitRemo
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveGroupMember422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveGroupMember422ApplicationProblemPlusJSONResponse) VisitRemoveGroupMemberResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6377,6 +6651,22 @@ func (response GetHistory404ApplicationProblemPlusJSONResponse) VisitGetHistoryR
 	return err
 }
 
+type GetHistory422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response GetHistory422ApplicationProblemPlusJSONResponse) VisitGetHistoryResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type GetHistorydefaultApplicationProblemPlusJSONResponse struct {
 	Body       Problem
 	StatusCode int
@@ -6444,6 +6734,22 @@ func (response Login401ApplicationProblemPlusJSONResponse) VisitLoginResponse(w 
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Login415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response Login415ApplicationProblemPlusJSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6606,6 +6912,22 @@ func (response Register409ApplicationProblemPlusJSONResponse) VisitRegisterRespo
 	return err
 }
 
+type Register415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response Register415ApplicationProblemPlusJSONResponse) VisitRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type Register422ApplicationProblemPlusJSONResponse struct {
 	UnprocessableApplicationProblemPlusJSONResponse
 }
@@ -6708,6 +7030,22 @@ func (response SearchUsers401ApplicationProblemPlusJSONResponse) VisitSearchUser
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchUsers422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response SearchUsers422ApplicationProblemPlusJSONResponse) VisitSearchUsersResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -7315,82 +7653,84 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7Fzrc+M2kv9XULytil1HWx7HyW3sT15vJvFe5lG2p/JhPCdBZEvCmgRoALSsndL97VfdAB+iSIl+Tm4r",
-	"32yRABrdjX78uomvQaTSTEmQ1gTHX4OMa56CBU3/nc24PY/xrxhMpEVmhZLBcXA1AxbNuP3OMBHvB2Eg",
-	"8NeM21kQBpKnEBwH+Hwo4iAMNNzmQkMcHFudQxiYaAYpx1knSqfcBseBkPbHoyAMUiFFmqfB8ZswsIsM",
-	"3COYgg6WyzD4Ras86yJoig+JIrZjZ8AMT4HJPB2DZtwwYU1F824H0TTHc1P9yYDuIjo3oDdxEZ8/Lz1L",
-	"nMpkShogGf+Nxxdwm4Ox+F+kpAVJf/IsS0TEkdhBptU4gfQ//2mQ8q+1xf+iYRIcB/8xqPRo4J6awUc3",
-	"yi26vnftlmXCsJQnuAuIg2UYnCk5SUT0zeiJ/PqGzYWdMdSlKNcapGXGcgtI489aK/2aBJ5Klku4zyCy",
-	"EDOg5Zdh8FbpsYhjkK9Jy3tlGU8SNYeY7Uj8h6WA5yxk+B8yTM0l6F2k8L2yb1Uu49clkJk8mjENRuU6",
-	"IoldKfWOy4XXdfOa5FxwCywRqbAQnzADwEYXYPVi73RiQY+CMJgBj73NrT1ZNxmXECkZG2YVm3Nhg7oZ",
-	"WD/paHskz+1MafEveFUJvBPGCDkNmZB3PBExU5rBfYYGjEUaYpBW8MQEjsQ7LhI+TuC1T3zMLR9zA0gd",
-	"au1YqxvQaJDyiqgTVOqZkFM254YZqzTEIdMoJkd+plUExrz2Bk7ZREASk/l03MZteH6T4/GTFJ6c/LtW",
-	"GWgrnO2PNHAL8dA9K/1IzC3sWZFCUPoPY7WQU9yviFt9TlP7wiDhxg5TZMyU+MKT5MMkOP68ecPv/IDl",
-	"lzaBSZijhfazMjVx1nnG7QmTeZKw+QwkE5bNuGFSSUC3ig+ccJzn9KSq8T8hsiWlBm43BjrFmpHKpQXN",
-	"dgzcIgEYV6ySRcFFDwY5m0mCEBZSs00XUIbvaAyO9vNxrTnpoQsYNgVG+IZn00Rplmlxh4YJ92c28KkS",
-	"vfthO5FX+N4yDHKpgbcEPl7GhnG0ck6EPEkoEsIRbM4t6JTrm/2gNaKqYqHPAQVH9I7nQVhX64rLDYUs",
-	"qfvSohA1Tq+dGZoFRxYa00PSWiVbGefWu8A3kXU+7uszf4MhtZARJwsbFHft9wJ4/FZ7JWqYCR/K99ts",
-	"f7YU+gQSg9XPtM5+QyiF9jU26QVeJRmbtnbVWMdrfhC6eL9ltTA4SwRIWzKkaXp/h/Glim7Asgm+wiZa",
-	"pSyiMeicDeg7tBH/uPzwnlm496+RZYgFTpUKya0LIVOeZbgq/um00zFhs4Ws5BWWwwzIbcMuQZbDzEJG",
-	"Xa9fLmTk3luGhTos3rukxPrzrST0t+jVwsuw14Bqg9sG1Gj9UorunZl2JV3IJp92kSW0M2HoR7bzZn//",
-	"xyM0jdKiKWSnl2fn57snTEMG3BrGNXqAJOGZAcrZUn7/G8ipnQXHPx5R6lX8+ybEXM6CxmX/5zPb+98v",
-	"X9+EPx4t/9LmVs/IZrmDWGZjm1TFqW6XFabZKF0mzx+WOr9xwEf3Eg15qtjbZuwzoiLaCbPx45pxcvZ9",
-	"KOJVR/qgpJjEeO6Gvjk4OOj2rjVxv8H3VuXd6TELy9Nlb9qtGy3aatTWeLvGFtth89ps3SZnswXbaKG6",
-	"mK2NcEqbn8XLOFs7TM3Uj1nbVaTirU63oucM316WprR1xiZPXRbe21fhCtUCm9lz5okvlhrzeOjxCRdc",
-	"+qw/DKSywwkl2GFglRomXFN4o7mFoU86KdqpsqyQGKklT1rV4S2mFSXAsSokSjlamdPNuAY73BSbGfEr",
-	"8ATP1LqOQHRDf/E4FmjSefKxRe/XhFab21huc1NnrrppMGirSP0cbaT/pqZCvlU6baHe6WyXvrqnBiIN",
-	"tvWNqebSDtdONjdmrnTcKsvyYf1UlT+uuK83h39tmcBEKms/DXjOu5MOSLlIGI9jDcY0HOXhD0fbGFxO",
-	"Hrbtr+K2i5pP4xieJ3htMtd5l32OCzzYdvazl1UMu8ly+vQAUnX3slvVbok/wmZ91lQe07kEXWZ0rQS6",
-	"gWYmMFiQ03YeySm0BIZveWLA4QdFQsrIrtK/aTkx4wlG5wvGDePmxkWBnpCxUglwSaf5QbJIy2Rzlajf",
-	"Z2BnPkVGhjFhSrC1kT23k/EEia2LqqQzLNnYLr3SE7ywh39J+Koduvj5DvSCKRJKURRwTPnOVLAFwU8a",
-	"eDSDuMgubtsF5HKRF8mu4d5u98Yk1tU0uk6Un6YpjQbG0gmkeFU4jW66TNZWIce5w1DrTqjGv1rY0QtW",
-	"bLN7Lnnm0U3/WK7BjYrIzXGNJ+M9zDv48XzbkTDvvZ0eJGM2/vNdHRL5NhjRCkLyWj6qG15awyrWwU51",
-	"B2SkV5HNE6YkGw3mZvDVr7cclWD2UMQs5Qs2BqZSYa1zMv0ZvjnX7WJ+OergGQTRztotbKwwopbKl4zJ",
-	"9dGL35B7axZrI6RRg6JqJrnH0b7CVzewnaC+x5oromODHK48nasieLO/f3Tw04/IY80jC7oE8LVIUyGn",
-	"jTAfX96KkHzUYEBG8CxmRclEyA5HsQ6IuIVf0Yh48toYX9T51qFmyS7enrGfjn74L+ZLiCxWUZ6CtC1q",
-	"3QPz8EsVgEcMlouk1fUSvmFaQmXM4PcSuIOEUbWRKpxswkWSa6Bsr1dBqwY0tBS0hDSWo4DaSKuS+BZL",
-	"JWyyGcBpovmfLs6ZhgloVAgmOSozmZOC4zgQtwX3PM0SInOscns8Tri8CXqeQkdXSbtHhDZoQwECNck1",
-	"DptOeTQTEvbQAtMPJC+GsxKtrdBRJa8hyqvAhqomAWQ8vTSs1+m7MacU7EzFQ/zJ94TQznwLTxgQEDC0",
-	"/KYcyYcOBg1dRjeMuMSfxzAsck9fmBlO8iQhBGCRKB4P6/BWLk2eZUpjDJpCLPjQc/nxuBc68Rr4vnqy",
-	"HuM0m6BRh/O7gKkwFpP7jrWJheuKcDaD6AZiTER/Ud8ZJsEOCHXJuDZgCvAFzInvWmAoHh1xX7oo9+Lm",
-	"3wbRhMH93lTtrbHtkdD4Q5Gp2nR/3XbgPHJU7GsjgoSBRRnFdQjgVX1+Mw3v67svqeb4sIqlr1NaVdQu",
-	"H1yxrGq2GxoC6rVKB5pvxeNLsMFjbxur5jX8L2ziWJvL7XU8LVxJBTeLqsxow5WEa/OgMu0LH1rorWVe",
-	"YRW5dDr4ekj1TOXbcsM9q7flXh9Q7a3tcmutcEWrtr3d5EifToyaTvUbsKJL24bUFJ3KnFUJe+3oXkCW",
-	"8AUDQp6KLiTqTOVsSiiMZgZuQwxYJIuUtELmwBJxB8+aNQoZwfB5ckdqPOidM5YLt1m9K3Xjml9X98mj",
-	"CIwZ2uLpemxLzYhmKGR3l2UurUgoDqR5fAOj2W8HKvCVteLMGLiGHjXCFXpXJlshtY0Dn0xbm9JjsNEy",
-	"zng8aloEAz1Ax4aTrhG8vktCLaJcC7u4xBPk9uiYe5q7SqH7721B4z9+vyraYykTdIIoZ55Zm5ERxND3",
-	"8GMtGFnVhQ84/SErQgg2SdT8pMTjcQ9MGPqfNkJxVaLm/mOKalaqo+Gvhap80klwHAwSNRWSNlhsmQhy",
-	"DZ9CTlRLUUDIv58ztICuHECxMlkGkFMyBujU99nFz5dXLFJ3lKhH1LdoQtfuF15LGmUYlzGbCYwPFye1",
-	"GGFnNJibUdjEWHZZxLUWYMi8XEtvjkzo0C0NEYjMulkLN7XPrmbQDD9cJ43b1xjiazkDDRjJlraSeVPJ",
-	"dka1XiwkqRbojHaZUcwiK6YgAWP/+Fpe/v2/HQn0GYgLccwMF7QzEJqyObN/La+lg/Nd3oS8rCXbo67m",
-	"3VGZf3srfC19QjbC1Gu0f40nOBERSENnwX/K8e4cFTInsaP2mePBQGUgXYv6vtLTgR9kBvhulcnWJX76",
-	"8RyzONCmAGUO9g9IkTOQPBPBcfD9/sH+9xT22hnp4YBkTk1DrrKMhoI2do7Bx2/C2DN6o/FpyOHBwYaG",
-	"5vVG5t5drOvp/np7M1HkOOyLbyFLeK35FwXsejhdT25YtOHyyIo7YRdsIrShtY4O3nSRVW54sNIqT+RM",
-	"eJ7Y7QM9goE2Kk9Trhe1xmFT9Cjj3JhMR6iiZDvQFvGpKUptJsA4IFOmRUJVc5j/EAiM/ZuKFw+SzvbW",
-	"q3r32XLVZludw/KJ6rFdK9q79OFeGCvkdKVj2fFVGJZxQZ7n0Mn4xamRMCcCnF4dbFeP2gdWj1XFo4Oj",
-	"7YPKD21wwOFhn1XqXy48VeM/ZCAZb8hIM+fWCy/VovPL0Nunys10WqpfwJaH4Bso4uuL/fvtg6ovwB6j",
-	"KE8Tuayfxf42rvaNaUfyWb0y8N+gUpbUVJRBEX80P119wLRdNreGC72Q0W1Bnl7Z6pZl5Lavi8qaNrVG",
-	"u5hXaTEVkieFE35uw7uBIGrcdjBmbfF/o6P4OJt9dPjT9lHNbx+XYfBDnw3VP817qrFYLeCyHfo8O4Y4",
-	"zyiSiwEzCk1tVZiyVAnDbj+nMahgsW7vUQBBzxbp9u5g6A50P1BVsGjqErEJGTcRyNjn3n96G6dA57Gp",
-	"f/BHn+RRXsBcXZVJNQ+ZkozLBdNA4ntp/1M0iT2z73nH9c0FTv0yjqde6OrlcY7ae3yrfjfMnS1LAPMz",
-	"FNBU3IFkBm7Zjv+01ouMMjgDt7t/Gu+nnoeOxiI2UXrOdcx2UiWVVVJEIYt4lkGMMmqVRbuBdQjR4Gtx",
-	"KcZywON4iGHd4Ktvalg+XPmLOzy6EPLaq/7ijO5zchrHNN27oi31BSOlRmNxR4TSbNL9d1Pzgx7RRnl/",
-	"x1M1/DTGiIFYalUJdO5Q1wAa/cUJEzGkmUL51rXYaW6nGrvS4B9Kk13x6A+qzPUrPsi7pkrDn5r9BM12",
-	"4i6Um0rxpXqX16cwp6cGWa4ksHFumbAGkslJJY7iHfeg8xDM6IOqf3XGxr/65y+odf6brg5d856RbCdm",
-	"Ao9lsa8SBcefv9QZ/hsGJGBMjT9mYSykBX9cCaQVg1oldqQmEwN25EBn44RHMktiugSC24huCylK/GxE",
-	"XZJDA7cjTHWu5WgME6XB/6KBwX2U5Ebc0UVDRmmzz34XdsZWX0xQCagrDRMoYa4l/jOiXqdR4w4Kw8aQ",
-	"qDkTlu04govy8ArR19IPAxnvhsxYkSRMg821hLjYEcHorqqxllD96vgWrEXV6xJOVZ08q/w65cVXtznQ",
-	"RL5cQttaueCmVIcfDqg9yBerfa/Rhq9U11qyGyIiasyNyEJ/u0e8JtWd8gfPsHm7fHa7tuOE0L6fg21t",
-	"ZF/XU8ZFRfx6LwDbaWpUJ12lbgb9rhR7PH0mpTs+HkhfxeHg8XeefXmNwtbaNxndKX91AUqR6LPxAhnz",
-	"Z75fy28KJqkJ45SzhCsW6blze1eJxyiwNUKj73p7J+T3e/P5fA+1dC/XCchIxRD395XVR8SvjAi7dpr2",
-	"++dcj4rrhXlVRX1VYPQ5gw41ZUJWtwi29ZKwndY+knogh9zwYQp9edodxV24x98kiKO10ZFafgPMaj6Z",
-	"iKiGNL/w8u+VJSBkccJG7paAETN8Ydh8JqIZiyEDGYOMFsy3vT+vqHH3AgNMtlNeKsdlXNwoR9+Combu",
-	"dgWg2jeBdxugok38xUDB1S70Xobn+So/1MW2oeRO1cTHGp0Hpnb/bw3OmS+2y6Lfq92KIC+724Eugeto",
-	"9sm4S9M2hvVn3MCekAakERaDuUzDRNwXMD1ZNY//klU7YZBmdsESYaxxHa3+jr620G814tt6f0RnzkHb",
-	"fVLCcfiwhONVws1Ppl95qUx2iA0hBprS94W/lgN/Uhj4VsjYi3C8oAaTmooJXSpZ0Uda6LtT8prCD9KN",
-	"pcF38JJ+c5N5a2mb+GY9axtbOEqWrpqg1Ubcz1/wKDbbaj9/wVPhejG7AILiY5QZt+5v4zq8inbLsnty",
-	"QECqp2q9XR79mJMtueDEB+5FwotUrlsLFBCLhYbI4xm1C7hNy/sf67dn0joObwuLblr6rexPWbkWvW2+",
-	"X3wTb4HMNu4kbxvigiFaRxfhRzXMRxfLL8v/CwAA//8=",
+	"7F3/V+M4kv9X9Hz73sCdIcAwczvwE8tOz7A39PQD+uaHhksUu5JosSUjyYRsv9zffq9K8pc4dhJoSM/t",
+	"zm9NbEmlqlJ9+VTJ/TmIVJopCdKa4ORzkHHNU7Cg6a/zCbcXMf4rBhNpkVmhZHAS3EyARRNuvzFMxPtB",
+	"GAj8NeN2EoSB5CkEJwE+74s4CAMND7nQEAcnVucQBiaaQMpx1pHSKbfBSSCk/f44CINUSJHmaXByGAZ2",
+	"loF7BGPQwXweBj9plWddBI3xIVHEduwEmOEpMJmnQ9CMGyasqWje7SCa5nhtqj8a0F1E5wb0Ki7i89el",
+	"Z45TmUxJAyTjv/D4Ch5yMBb/ipS0IOmfPMsSEXEktpdpNUwg/Y+/G6T8c23xP2kYBSfBv/UqPeq5p6b3",
+	"wY1yiy7vXbtlmTAs5QnuAuJgHgbnSo4SEX01eiK/vmFTYScMdSnKtQZpmbHcAtL4o9ZKb5PAM8lyCU8Z",
+	"RBZiBrT8PAzeKT0UcQxym7S8V5bxJFFTiNmOxD9YCnjOQoZ/IcPUVILeRQrfK/tO5TLeLoHM5NGEaTAq",
+	"1xFJ7EapSy5nXtfNNsm54hZYIlJhIT5lBoANrsDq2d7ZyIIeBGEwAR57m1t7smwyriFSMjbMKjblwgZ1",
+	"M7B80tH2SJ7bidLiH7BVCVwKY4Qch0zIR56ImCnN4ClDA8YiDTFIK3hiAkfiIxcJHyaw7RMfc8uH3ABS",
+	"h1o71OoeNBqkvCLqFJV6IuSYTblhxioNccg0ismRn2kVgTHb3sAZGwlIYjKfjtu4Dc9vR5nJs0xpC/El",
+	"xILfkIJsl8NDFc+QQrQLauRsqVueob46W5GBJhKY5fdgyGf66YsghEITjS9a4dxWpIFbiPvuWekCY25h",
+	"z4oUgtL1GauFHCNDRNzqLpsHJwwSbmw/RZmOiWNczn4dBSefVrPi0g+Yh6vfe58nyX/zJIdgftfGMwlT",
+	"dEN+/ZJtE25PmcyThE0nIJmwbMKRsRIwdnjaG6s9v5N/ryhxWzHwsDKIK5aKVC4taLZj4AHXxZhpkRoK",
+	"nDbgoPMHJClhITXr1AiFfEljcLSfj2vN6Yy5YGhV0IdveO6MlGaZFo9odHF/BknGJ+6AuuhpSTesPxzr",
+	"iKRDNA+DXGrgLUGdZ71hHC24kxxPEorycASbcgs65fp+P2iNFqs471NAgR+943kQ1vW+4nJDY0vq7soV",
+	"1PDvEFmKripOLx0qmgVHFhqzgaS1StYyzq13hW8i63xMu8n8DYbUwmGcLGxQ3LXfK+DxO+2VqGFHfJqy",
+	"2WY3Z0uhTyAxEP9E6+w3hFJoX2OTXuBVArVqazeNdbzmB6HLZVpWC4PzRIC0JUOabuU3GF6r6B4sG+Er",
+	"bKRVyiIag4GHAf2INuJv17++Zxae/GtkGWKBU6VCcuvC45RnGa6K/3Ta6Ziw2oRW8grLYQbkumHXIMth",
+	"ZiajrtevZzJy783DQh1m713CZf35VhI2N/nVwuts/9IG1w2o0XpXiu7SjLsSSmSTTynJEtqJMPQj2znc",
+	"3//+GE2jtGgK2dn1+cXF7inTkAG3hnGNHiBJeGaA8tGUP/0Ccmwnwcn3x5RWFn8ehpinWtC47P98Ynv/",
+	"e/f5MPz+eP6nNr97TjbLHcQy01ylKk51u6wwzUZQAIUGYanzKwd8cC/RkC8Ve9uMm4yoiHbCbPy4ZJyc",
+	"fe+LeNGRPivhJzFeuKGHBwcH3d61Ju5DfG9R3p0es7A8Xfam3brRoq1GbYm3S2yxHTavzdatcjZrcJsW",
+	"qovZ2ggnSOBVvIyztf3UjP2YpV1FKl7rdCt6zvHteWlKW2ds8tQhDBv7KlyhWmA1e8498cVSQx73Pfbi",
+	"gkuPaISBVLY/IvAgDKxS/YRrCm80t9D3CTVFO1UGGRIjteRJqzq8w5SpBG8WhUTpVCtzuhnXYIebYjUj",
+	"fgae4Jla1hGI7ulfPI4FmnSefGjR+yWh1eY2ltvc1Jmr7hsMWitSP0cb6b+osZDvlE5bqHc626Wv7qmB",
+	"SINtfWOsubT9pZPNjZkqHbfKsnxYP1Xljwvu6/Dozy0TmEhl7acBz3l30gEpFwnjcazBmIajPPrueB2D",
+	"y8nDtv1V3HZR81kcw+sEr03mOu+yz3GBZ9vOzexlFcOuspw+PYBUPb7tVrVb4vewWZ81lcd0KkGXGV0r",
+	"gW6gmQgMFuS4nUdyDC2B4TueGHCwQZGQMrKr9GdaTsx4gtH5jHHDuLl3UaAnZKhUAlzSaX6WLNIy2Vwk",
+	"6rcJ2IlPkZFhTJgSSG5kz+1kfIHElkVV0hmWbGyXXukJ3tjDvyW+1Q5d/PgIesYUCaUoeDimfGMq2IJQ",
+	"Jw08mkBcZBcP7QJyucibZNfwZNd7YxLrYhpdJ8pP05RGA2PpBFK8KpxF910ma62Q49zBr3UnVONfLezY",
+	"DHdssXsueebR/eaxXIMbFZGr4xpPxnuYdvDj9bYjYbrxdjYgGbPxHx/rkMjXwYgWEJJt+ahueGkJq1gG",
+	"O9Wjg/AXkc1TpiQb9Kam99mvNx+UGHZfxCzlMzYEplJhrXMymzN8da7bxfxy1MErCKKdtWvYWGFELVU9",
+	"GZProxe/IveWLNZKSKMGRdVM8gZH+wZfXcF2gvpeaq6IjhVyuPF0LorgcH//+OCH75HHmkcWdAnga5Gm",
+	"Qo4bYT6+vBYhqQo9rWkEAaiP+NwVLriMy1IjYMC2w1lRt2AaRqBBRoBh0oAKUgNXoqFx7hD6V2LmGE6Q",
+	"rGcuTnTXWQepuPRBg8E5XsUUKpkI2eHclkEct/AWDZ8n766VDa6suQyPS3b17pz9cPzdfzJfMWWxivIU",
+	"pG05ihvgNH6pAqSJwXKRtIYLhMmYlvBeQBLvJfAICaPqr6umjrhIcg2UoW5UhKuBIy1FOCGN5SigNtIq",
+	"4KHFugqbrAadmhWIj1cXNYWXHA8gqXjBcRxIyv3E0ywhMocqtyfDhMv7YEPL4egqafco1gptKICrJrnG",
+	"4ekpjyZCwh56DfqB5MVw1tpBbMBdlbz6KK8Cz6qaNpDx9FK/3jfRjZOlYCcq7uNPvkeHduZbqsKAwIu+",
+	"5fflSN530G3ostB+xCX+PIR+kS/7YlJ/lCcJoRazRPG4X4fk8qrZoJ9CLHjfc/nlWB0GHrWCweLJeomj",
+	"bwJdHQ77CsbCWNCdaxMLlxXhfALRPcSYPP+kvjFMgu0RUpRxbcAUgBGYU99FwlA8OuK+3FLuxc2/DlZa",
+	"rPlXbHshnP9cNK023Z/XHTiPdhX7Wol6YTBURp4dAthqnNKEDjaNN66pTvq8KquvrVpV1FufXWWt6swr",
+	"mhjq9VUH9K+tIZQAiccLV1b6a5hl2MTeVrcI1DHAcCF9XS2qMgsPF5LE1YPKVDV8bnG6li2GVeTS6eDr",
+	"IdUrlZzLDW9YcS73+owKdW2Xa+ubC1q17u0mRzbpHqnp1GYDFnRp3ZCaolNptiq7Lx3dK8gSPmNAaFnR",
+	"OUWdwpyNCTnSzMBDiAGLpG43IXNgiXiEV810hYyg/zr5LjVLbJznlgu3Wb0bde+akRf3yaMIjOnb4uly",
+	"bEvNoaYvZHfXay6tSCgOpHl8Q6nZbwdX8JWlgtIQuIYN6poL9C5MtkBqGwc+mrbWqpfguWWc8XKktwgG",
+	"NgBKG066RvDyLglpiXIt7OwaT5Dbo2PuWe6qm+6vdwWNf/vtpmhXpkzQCaKceWJtRkYQQ9+jD7VgZFEX",
+	"fsXpj1gRQrBRoqanZQ0B94AJsi2qdBRXJWrqL7dUs1LtD38tVOWjToKToJeosZC0wWLLRJDrbxVypFoK",
+	"GUL+9YKhBXQlDIqVyTKAHJMxQKe+z65+vL5hkXokcCGiXksTuhbF8FbSKEPJ/ERgfDg7rcUIO4Pe1AzC",
+	"Ji60yyKutQBD5uVWenNkQofIaYhAZNbNWripfXYzgWb44bp/3L6GEN/KCWjASLa0lR5TMGxnUOsfQ5Jq",
+	"gc5glxnFLLJiDBIw9o9v5fVf/8uUKIUPccwEF7QTEJqyObN/K2+lK0G4vAl5WUu2B129yoMy//ZW+Fb6",
+	"hGyAqddg/xZPcCIikIbOgr9ac3mBCpmT2FH7zEmvpzKQ7srAvtLjnh9kevhulcnWJX724QKzONCmAJIO",
+	"9g9IkTOQPBPBSfDt/sH+txT22gnpYY9kTo1OrhpedkBfYPDxizD2nN5oXNU5OjhY0b+93Le9ceftcrq/",
+	"3M1NFDkO+4JhyBJe61NGAbu+U9dHHBatwzyy4lHYGRsJbWit44PDLrLKDfcWri4QOSOeJ3b9QI9goI3K",
+	"05TrWa3Z2RTt1Dg3JtMRqijZDrRFfGyK8qAJMA7IlGmRUNXQ5i9mgbF/UfHsWdJZ3y5W75ibL9psq3OY",
+	"f6F6rNeK9p5+eBLGCjle6LJ2fBWGZVyQ5zlyMn5zaiRMiQCnVwfr1aN24e2lqnh8cLx+UHnxCQccfrfJ",
+	"Ki33NXDw0dEmg+vXUL70uPyagWS8IWDNXExQuLiWAzMPvXGrfFSnmfsJbHmCvoIWb19nvl0/qLrO9yIt",
+	"+wqKIuvHf3OzWrtm3JHvVq/0/DVkSsya6tUrQp7m7eVnTNtl5mtQ1BvZ+Rawa8uGvqy2t10wK0v/1EHu",
+	"wmylxVhInhR+/7Vt/QqCqL/dIae1xf+ZDvD23cTx0Q/rRzXvzs7D4LtNuFG/2vmllmaxSM526Hp/DHGe",
+	"UeQZA2ZAmlrXMMWqEpzdzfxUr4Lxuh1WAVy9WmS+cZdId2D+K1Uxi8Y5EZuQcROBjD1W8IeD+xK1u4hN",
+	"/QYmXZak7Ie56jGTahoyJRmXM6aBhP7WLq9o33tld3fJ9f0VTv02vq5eztvIyR23t01UnYjCMG5ZApiF",
+	"ooDG4hEkM/DAdvyFbi8yylMNPOz+4S++alrR0S/GRkpPuY7ZTqqkskqKKGQRzzKIUcCtgmy36Q5E630u",
+	"vuMy7/E47mMY2vvs+z7mzz85xWdnuooItVf9t166D9lZHNN0l0W38RtGdo1+8Y6Iqtl7/c92Rg42CHDK",
+	"T858nXNxFmNoQ4KwqkSQd6gdA/3M7JSJGNJMoVbUdd/pe6fyu5rr70r/XVXud3oE6t+yIYeeKg1/nIet",
+	"nwenJMWRoM6I8lCUXxdiTrsNCkpJYMPcMmENJKPTSojFO+5B59GZ0J28f3SG/j/752+oq/5aYIeGeu6S",
+	"ncZE56Us9kW74OTTXZ3hv2DkBMbU+GNmxkJa8MdVpFpRvUViB2o0MmAHrgZgnPBIZklM3xHhNqIO16Lj",
+	"gg2o0bZv4GGAmdytHAxhpDT4XzQweIqS3IhH+g6XUdrss9+EnbDFFxNUAmoSxPxQmFuJfwyo9WzQ+IyJ",
+	"YUNI1JQJy3YcwUW1foHoW+mHgYx3Q2asSBKmweZaQlzsiKoarsi0lC/+7PgWLIX/yxJOVZ08q/w65Xfh",
+	"HnKgiXz1ira18P2nUh2+O6BuLd874Fu/Vlx0Xurqb4iIqDH3Igv9B2LiJanulD94hk3b5bPbtR0nhPb9",
+	"HKzr6vu8nBHPKuKXWzPYTlOjOukqdTPY7It7L6fPpPSZmGfSV3E4ePknAe+2UWdcutbTjWhU39ApcAw2",
+	"nCFj/oAzvjgDK1irRoxTVhUu2LHXhi5cOwVGnK3RIF0o3xhveNqbTqd7qNt7uU5ARiqGeHMPW91e3zLG",
+	"7nqi2j/q6BqNXEPTVtX7/w/U/JpxjhozIavverZ1E7Gd1k6ieuyIrPSREd2X7g4cr9zjrxI30trouy2/",
+	"B2Y1H41EVMPu33j598oSzjM7ZQP3bYsBM3xm2HQiogmLIQMZg4xmzF98eF1R4+4FxrRsp/zMI5dx8Y1H",
+	"usGMmrnbFfNqfw2g23oVFwXeDDBdvIewkdV6vUIc9TGuaLqg4u5LLdZzc9B/SWt17tstZNEu2G6CUBDd",
+	"3WTXwHU0+WjcdwJXpiHn3MCekAakERaDz0zDSDwV9Q8yiR5YJ5N4yiDN7IwlwljjGqL91yjbQtXFCHXt",
+	"J1M6cyTa7hclSEfPS5C2Eh5/NJtV+8rkjNgQYmAs/bWCrYUO2w9b3wkZe8EPZ9SYVFNMoUvVLJqXi1Pi",
+	"jkbtmPTSlfXdS3hLV73KorY0zny1RsmVTTwlSxcN12L396c7PMDNXu5Pd3iWXANwFwxS3ICacOv+bVxb",
+	"YdHjW7bs9ghk9lQt39FA1+m/KoxeP/GJRpHWI5XLNgYFxGKhIfKoTe0r/Kbl/Q/1z8zSOg5VDIsWbvqt",
+	"7FBa+L8R2ub7yXeOF6h14z8maBvi4i9aRxcRTzXMBzTzu/n/BQAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -13,7 +13,8 @@ import (
 
 // FuzzRequests sends arbitrary requests (register and login bodies, query
 // parameters, paths) through the whole HTTP stack of a real server: no
-// input may cause a 500, and every error must be an RFC 9457 problem.
+// input may cause a 500, every error must be an RFC 9457 problem, and
+// every answer must match api/openapi.yaml.
 func FuzzRequests(f *testing.F) {
 	env := apptest.NewEnv(f, "sqlite")
 	s := env.Start(f)
@@ -71,6 +72,10 @@ func FuzzRequests(f *testing.F) {
 		}
 		if rec.Code >= 400 && !strings.HasPrefix(rec.Header().Get("Content-Type"), "application/problem+json") {
 			t.Fatalf("%s %s: error %d without a problem body: %q", method, target, rec.Code, rec.Body)
+		}
+		// The handler is called directly, past the server's own check.
+		if _, err := s.Spec.CheckResponse(req, rec.Code, rec.Header(), rec.Body.Bytes()); err != nil {
+			t.Fatalf("%s (%s) %q: %v", method, ctype, body, err)
 		}
 	})
 }

@@ -1,6 +1,11 @@
 // Package apptest runs real WinDI Chat servers for tests: app.Main on
 // 127.0.0.1:0 over embedded SQLite or a fresh Postgres database, with a
 // generated client and helpers to register and log in users.
+//
+// Every response such a server sends on a path of the spec, whoever the
+// client, and every frame the WS client sends (Send) or receives, is
+// checked against api/openapi.yaml (package speccheck); a mismatch fails
+// the test that started the server.
 package apptest
 
 import (
@@ -21,6 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/windi-chat/windi/app"
+	"github.com/windi-chat/windi/app/apptest/speccheck"
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/gen"
 	"github.com/windi-chat/windi/realtime/broker"
@@ -40,7 +46,11 @@ type Server struct {
 	Client *gen.ClientWithResponses
 	// Logs holds everything the server logged, as JSON lines.
 	Logs *SyncBuffer
+	// Spec checks the server's responses and frames against
+	// api/openapi.yaml; its Stats say how many it checked.
+	Spec *speccheck.Checker
 	stop func()
+	rep  speccheck.Reporter
 }
 
 // Stop shuts the server down as SIGTERM does (WebSockets close with 1001)
@@ -162,6 +172,14 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 	m.Argon2 = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1}
 	m.BrokerOptions = broker.Options{Prefix: e.Prefix, PresenceTTL: e.PresenceTTL}
 	m.Realtime.GapHoldback = 50 * time.Millisecond
+	spec, err := speccheck.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Made before the server's own cleanup is registered, so that it
+	// reports until the server has stopped.
+	rep := speccheck.ForTest(t)
+	m.WrapHandler = func(h http.Handler) http.Handler { return spec.Middleware(rep, h) }
 	tune(m)
 	if m.Config.RedisURL == "" {
 		if e.memory == nil {
@@ -196,7 +214,7 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs, stop: stop}
+	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs, Spec: spec, stop: stop, rep: rep}
 }
 
 // User is a registered, logged-in user.

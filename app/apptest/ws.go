@@ -46,7 +46,13 @@ func (f Frame) Msg() Msg {
 }
 
 // WS is a test WebSocket client that collects every frame it receives.
+// Every frame it receives is checked against ServerFrame in
+// api/openapi.yaml, and every frame Send writes against ClientFrame; a
+// mismatch fails the test that started the server. SendRaw and TrySendRaw
+// write bytes unchecked, for tests that send malformed frames on purpose.
 type WS struct {
+	path   string
+	server *Server
 	conn   *websocket.Conn
 	frames chan Frame
 	closed chan struct{}
@@ -88,7 +94,7 @@ func (s *Server) TryDialWS(path, token string, header http.Header) (*WS, *http.R
 		return nil, resp, err
 	}
 	c.SetReadLimit(1 << 20)
-	w := &WS{conn: c, frames: make(chan Frame, 100000), closed: make(chan struct{})}
+	w := &WS{path: path, server: s, conn: c, frames: make(chan Frame, 100000), closed: make(chan struct{})}
 	go w.read()
 	return w, resp, nil
 }
@@ -103,6 +109,9 @@ func (w *WS) read() {
 			w.mu.Unlock()
 			return
 		}
+		if err := w.server.Spec.CheckServerFrame(data); err != nil {
+			w.server.rep.Errorf("ws %s: %v", w.path, err)
+		}
 		var f Frame
 		_ = json.Unmarshal(data, &f)
 		f.Raw = data
@@ -110,17 +119,23 @@ func (w *WS) read() {
 	}
 }
 
-// Send writes v as a JSON text frame.
+// Send writes v as a JSON text frame; v must be a ClientFrame of
+// api/openapi.yaml (the test fails otherwise, and the frame is sent all
+// the same).
 func (w *WS) Send(t testing.TB, v any) {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := w.server.Spec.CheckClientFrame(b); err != nil {
+		t.Errorf("ws %s: sending %v", w.path, err)
+	}
 	w.SendRaw(t, b)
 }
 
-// SendRaw writes data as a text frame.
+// SendRaw writes data as a text frame, unchecked: tests of malformed
+// frames use it.
 func (w *WS) SendRaw(t testing.TB, data []byte) {
 	t.Helper()
 	if err := w.TrySendRaw(data); err != nil {
@@ -128,7 +143,8 @@ func (w *WS) SendRaw(t testing.TB, data []byte) {
 	}
 }
 
-// TrySendRaw writes data as a text frame and returns the write error.
+// TrySendRaw writes data as a text frame, unchecked, and returns the
+// write error.
 func (w *WS) TrySendRaw(data []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 import createClient from "openapi-fetch";
 import WebSocket from "ws";
 
-import { formBody, parseServerFrame, wsURL, type ServerFrame, type ServerFrameOf } from "../src/index.js";
+import { formBody, parseServerFrame, wsURL, type Chat, type ServerFrame, type ServerFrameOf } from "../src/index.js";
 import type { components, paths } from "../src/schema.js";
 
 type Schemas = components["schemas"];
@@ -193,6 +193,10 @@ describe("WinDI Chat TypeScript SDK against " + BASE, () => {
     assert.equal(chat.name, "SDK test");
     const roles = Object.fromEntries(chat.members.map((m) => [m.user_id, m.role]));
     assert.deepEqual(roles, { [alice.user.id]: "owner", [bob.user.id]: "member" });
+    // A chat without messages has last_message null, and the type says so
+    // (this line stops compiling if the spec stops admitting null).
+    const none: Chat["last_message"] = null;
+    assert.equal(chat.last_message, none);
   });
 
   test("a message sent over REST is in the history, once", async () => {
