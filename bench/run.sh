@@ -14,7 +14,15 @@
 #   IDLE_DURATION  seconds the idle scenario holds [10]
 #   PGBENCH_T      pgbench seconds [20]; PGBENCH_C clients [32]; PGBENCH_J threads [2]
 #   PORTS          the two replicas' ports ["18081 18082"]
-#   SCENARIOS      which to run ["private group10 group100 idle"]
+#   SCENARIOS      which to run ["private group10 group100 idle"]; also
+#                  fanout100 (one sender, 100 members online, open loop at
+#                  each of RATES msg/s) and fanout999 (999 members, open
+#                  loop at RATE999 msg/s)
+#   RATES          fanout100's rates ["200 500 1000 1500 2000 3000"]
+#   RATE999        fanout999's rate [100]
+#   MODE           scaled (two replicas on Postgres + Redis) or embedded
+#                  (one server, SQLite, in-process broker) [scaled]
+#   PGBENCH=0      skip the pgbench reference
 #   LOAD_ARGS      extra windi-load flags for every scenario [""]
 #   KEEP_LOGS=1    keep the work directory (server logs) after the run
 set -euo pipefail
@@ -28,6 +36,11 @@ PGBENCH_T=${PGBENCH_T:-20}
 PGBENCH_C=${PGBENCH_C:-32}
 PGBENCH_J=${PGBENCH_J:-2}
 PORTS=${PORTS:-"18081 18082"}
+MODE=${MODE:-scaled}
+RATES=${RATES:-"200 500 1000 1500 2000 3000"}
+RATE999=${RATE999:-100}
+PGBENCH=${PGBENCH:-1}
+[ "$MODE" = embedded ] && PORTS=${PORTS%% *}
 SCENARIOS=${SCENARIOS:-"private group10 group100 idle"}
 LOAD_ARGS=${LOAD_ARGS:-}
 DB=windi_bench
@@ -66,19 +79,26 @@ log "building windi and windi-load"
 go build -o "$work/windi" ./cmd/windi
 go build -o "$work/windi-load" ./cmd/windi-load
 
-log "pgbench reference (-c $PGBENCH_C -j $PGBENCH_J -T $PGBENCH_T)"
-pg_line=$(bash bench/pgbench.sh -c "$PGBENCH_C" -j "$PGBENCH_J" -T "$PGBENCH_T" | tail -n 1)
-echo "$pg_line"
-tps=$(grep -o '"pgbench_tps":[0-9.]*' <<<"$pg_line" | cut -d: -f2)
+tps=
+if [ "$PGBENCH" = 1 ]; then
+	log "pgbench reference (-c $PGBENCH_C -j $PGBENCH_J -T $PGBENCH_T)"
+	pg_line=$(bash bench/pgbench.sh -c "$PGBENCH_C" -j "$PGBENCH_J" -T "$PGBENCH_T" | tail -n 1)
+	echo "$pg_line"
+	tps=$(grep -o '"pgbench_tps":[0-9.]*' <<<"$pg_line" | cut -d: -f2)
+fi
 
-log "fresh database $DB, Redis db 14 flushed"
-psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
-redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
-
-export DATABASE_URL REDIS_URL
 JWT_SECRET=$(openssl rand -hex 32)
 export JWT_SECRET
+if [ "$MODE" = scaled ]; then
+	log "fresh database $DB, Redis db 14 flushed"
+	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+	psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
+	redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+	export DATABASE_URL REDIS_URL
+else
+	log "embedded mode: one server, SQLite in $work, in-process broker"
+	unset DATABASE_URL REDIS_URL
+fi
 # Limits off for throughput: sends per connection and per user, logins per
 # IP and email (the tool registers and logs in hundreds of users from one IP).
 export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0
@@ -102,20 +122,49 @@ for port in $PORTS; do
 done
 url_list=$(IFS=,; echo "${urls[*]}")
 
+# cpu_ticks: user+system clock ticks of the servers (and, in scaled mode,
+# of Postgres and Redis), from /proc.
+cpu_ticks() {
+	local total=0 p f
+	for p in "$@"; do
+		[ -r "/proc/$p/stat" ] || continue
+		f=$(sed 's/^.*) //' "/proc/$p/stat")
+		total=$((total + $(awk '{print $12 + $13}' <<<"$f")))
+	done
+	echo "$total"
+}
+service_pids() {
+	[ "$MODE" = scaled ] || return 0
+	pgrep -x postgres || true
+	pgrep -x redis-server || true
+}
+HZ=$(getconf CLK_TCK)
+
 summary=()
 failed=0
 run_load() {
 	local name=$1
 	shift
 	log "windi-load $name: $*"
-	local out rc=0
+	local out rc=0 c0 s0 c1 s1 svc
+	svc=$(service_pids | tr '\n' ' ')
+	# shellcheck disable=SC2086 # pid lists
+	c0=$(cpu_ticks "${pids[@]}") s0=$(cpu_ticks $svc)
 	# shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
 	out=$("$work/windi-load" -url "$url_list" "$@" $LOAD_ARGS 2> >(sed "s/^/[$name] /" >&2)) || rc=$?
+	# shellcheck disable=SC2086 # pid lists
+	c1=$(cpu_ticks "${pids[@]}") s1=$(cpu_ticks $svc)
 	# The table, then the JSON line.
 	echo "$out" | sed '$d' >&2
 	local line
 	line=$(tail -n 1 <<<"$out")
 	echo "$line"
+	local acked deliveries
+	acked=$(grep -o '"acked":[0-9]*' <<<"$line" | head -n 1 | cut -d: -f2 || true)
+	deliveries=$(grep -o '"deliveries":[0-9]*' <<<"$line" | head -n 1 | cut -d: -f2 || true)
+	awk -v n="$name" -v c=$((c1 - c0)) -v s=$((s1 - s0)) -v hz="$HZ" -v a="${acked:-0}" -v d="${deliveries:-0}" 'BEGIN {
+		printf "cpu %s: windi %.2f s, postgres+redis %.2f s; windi per stored message %.1f us, per delivery %.2f us\n",
+			n, c / hz, s / hz, (a > 0 ? c / hz / a * 1e6 : 0), (d > 0 ? c / hz / d * 1e6 : 0) }' >&2
 	if [ "$rc" != 0 ]; then
 		failed=1
 	fi
@@ -141,6 +190,12 @@ for s in $SCENARIOS; do
 	group10) run_load group10 -scenario group -members 10 -senders 10 -rate 0 -window 1 -duration "${DURATION}s" ;;
 	group100) run_load group100 -scenario group -members 100 -senders 20 -rate 0 -window 1 -duration "${DURATION}s" ;;
 	idle) run_load idle -scenario idle -conns 1000 -users 100 -duration "${IDLE_DURATION}s" ;;
+	fanout100)
+		for r in $RATES; do
+			run_load "fanout100@$r" -scenario group -members 100 -devices 1 -senders 1 -open -rate "$r" -duration "${DURATION}s"
+		done
+		;;
+	fanout999) run_load "fanout999@$RATE999" -scenario group -members 999 -devices 1 -senders 1 -open -rate "$RATE999" -duration "${DURATION}s" ;;
 	*) echo "unknown scenario $s" >&2; failed=1 ;;
 	esac
 done

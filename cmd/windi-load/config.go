@@ -23,6 +23,7 @@ type Config struct {
 	AllChatsRatio float64 // share of connections on /ws (the rest on /ws/{chat_id})
 
 	Rate     float64       // messages/s in total; 0 = as fast as acks allow
+	Open     bool          // open loop: sends on a fixed schedule, latency from the scheduled time
 	Window   int           // sends in flight per sender
 	Duration time.Duration // send (or hold) phase
 	Size     int           // message text bytes
@@ -46,8 +47,9 @@ func DefaultConfig() Config {
 	}
 }
 
-// minSize fits the send timestamp (nanoseconds, up to 19 digits) and a space.
-const minSize = 20
+// minSize fits the two send timestamps (nanoseconds, up to 19 digits
+// each) and their spaces.
+const minSize = 40
 
 // normalize checks cfg and fills scenario defaults.
 func (c *Config) normalize() error {
@@ -104,6 +106,9 @@ func (c *Config) normalize() error {
 	if c.Rate < 0 {
 		return errors.New("-rate: not negative")
 	}
+	if c.Open && c.Rate <= 0 {
+		return errors.New("-open: needs -rate (the schedule's messages/s)")
+	}
 	if c.Window < 1 {
 		return errors.New("-window: at least 1")
 	}
@@ -152,6 +157,7 @@ type reportConfig struct {
 	Senders          int      `json:"senders"`
 	AllChatsRatio    float64  `json:"ws_all"`
 	Rate             float64  `json:"rate"`
+	Open             bool     `json:"open_loop"`
 	Window           int      `json:"window"`
 	DurationS        float64  `json:"duration_s"`
 	Size             int      `json:"size"`
@@ -164,7 +170,7 @@ type reportConfig struct {
 func (c *Config) report() reportConfig {
 	r := reportConfig{
 		URLs: c.URLs, Scenario: c.Scenario, Users: c.users(), Conns: c.conns(), Senders: c.Senders,
-		AllChatsRatio: c.AllChatsRatio, Rate: c.Rate, Window: c.Window, DurationS: c.Duration.Seconds(),
+		AllChatsRatio: c.AllChatsRatio, Rate: c.Rate, Open: c.Open, Window: c.Window, DurationS: c.Duration.Seconds(),
 		Size: c.Size, GraceS: c.Grace.Seconds(), SetupConcurrency: c.SetupConcurrency,
 		DialConcurrency: c.DialConcurrency, AllowErrors: c.AllowErrors,
 	}

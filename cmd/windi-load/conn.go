@@ -37,24 +37,43 @@ func (t *ftype) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// stamp is the send time embedded at the start of a message's text
-// (nanoseconds since the run's base time), decoded without allocating.
-type stamp int64
+// stamp is the pair of times embedded at the start of a message's text,
+// "<scheduled> <sent> …", in nanoseconds since the run's base time,
+// decoded without allocating. In closed-loop runs the two are equal; in
+// open-loop runs the scheduled time is when the message was due, so a
+// sender held up by a slow server cannot hide the wait (coordinated
+// omission).
+type stamp struct{ sched, sent int64 }
 
 func (s *stamp) UnmarshalJSON(b []byte) error {
-	*s = 0
+	*s = stamp{}
 	if len(b) < 2 || b[0] != '"' {
 		return nil
 	}
-	var v int64
-	for _, ch := range b[1:] {
+	*s = parseStamp(b[1:])
+	return nil
+}
+
+// parseStamp reads "<scheduled> <sent>" (or one number) from the start of
+// a text's raw bytes.
+func parseStamp(b []byte) stamp {
+	var v [2]int64
+	k := 0
+	for _, ch := range b {
+		if ch == ' ' && k == 0 {
+			k = 1
+			continue
+		}
 		if ch < '0' || ch > '9' {
 			break
 		}
-		v = v*10 + int64(ch-'0')
+		v[k] = v[k]*10 + int64(ch-'0')
 	}
-	*s = stamp(v)
-	return nil
+	s := stamp{v[0], v[1]}
+	if k == 0 || s.sent == 0 {
+		s.sent = s.sched
+	}
+	return s
 }
 
 // cmidRef is the sending connection's index from a client_msg_id of the
@@ -66,18 +85,23 @@ func (c *cmidRef) UnmarshalJSON(b []byte) error {
 	if len(b) < 4 || b[0] != '"' {
 		return nil
 	}
+	*c = parseCMID(b[1:])
+	return nil
+}
+
+// parseCMID reads "<conn>-" from the start of a client_msg_id's raw bytes.
+func parseCMID(b []byte) cmidRef {
 	var v int64
-	for i, ch := range b[1:] {
+	for i, ch := range b {
 		if ch == '-' && i > 0 {
-			*c = cmidRef(v)
-			return nil
+			return cmidRef(v)
 		}
 		if ch < '0' || ch > '9' {
-			return nil
+			return -1
 		}
 		v = v*10 + int64(ch-'0')
 	}
-	return nil
+	return -1
 }
 
 // frame holds the fields of a server frame the tool needs.
@@ -142,8 +166,10 @@ type lconn struct {
 	wrongFrames  int64 // its own send as message.new instead of an ack
 	badFrames    int64
 	errCodes     map[string]int64
-	ackLat       hist
+	ackLat       hist // from the scheduled send time
 	delLat       hist
+	ackLatSent   hist // from the actual send time
+	delLatSent   hist
 	lastAck      time.Duration // since the run's base
 	lastDelivery time.Duration
 	unexpected   bool // closed by the server or the network, not by us
@@ -230,9 +256,12 @@ func (c *lconn) read(st *shared) {
 		}
 		now := st.now()
 		f = frame{}
-		if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
-			c.badFrames++
-			continue
+		if !scanFrame(buf.Bytes(), &f) {
+			f = frame{}
+			if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
+				c.badFrames++
+				continue
+			}
 		}
 		m := &f.Message
 		switch f.Type {
@@ -251,8 +280,9 @@ func (c *lconn) read(st *shared) {
 				c.wrongFrames++
 				st.anomaly(c, "message.new", m.ChatID, m.Seq, prev, "own send delivered as message.new")
 			}
-			if m.Text > 0 {
-				c.delLat.record(now - time.Duration(m.Text))
+			if m.Text.sched > 0 {
+				c.delLat.record(now - time.Duration(m.Text.sched))
+				c.delLatSent.record(now - time.Duration(m.Text.sent))
 			}
 			c.lastDelivery = now
 		case ftAck:
@@ -271,8 +301,9 @@ func (c *lconn) read(st *shared) {
 					st.owed.Add(max((*fl)[m.ChatID]-1, 0))
 				}
 			}
-			if m.Text > 0 {
-				c.ackLat.record(now - time.Duration(m.Text))
+			if m.Text.sched > 0 {
+				c.ackLat.record(now - time.Duration(m.Text.sched))
+				c.ackLatSent.record(now - time.Duration(m.Text.sent))
 			}
 			c.lastAck = now
 			c.release()
@@ -308,9 +339,13 @@ func (c *lconn) release() {
 
 // send writes message.send frames to sendChat until end: one per interval
 // (0: as fast as the window allows), with at most cap(window) unanswered.
-// Each text starts with the send time so receivers measure latency; the
-// client_msg_id "<conn>-<n>" names the sending connection.
-func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, interval time.Duration, size int) {
+// With open set, sends follow the schedule whatever the answers: message n
+// is due at start+n*interval and goes out then, or at once when the
+// sender is behind (no send is skipped, none waits for a window).
+// Each text starts with the scheduled and the actual send time, so
+// receivers measure latency from both; the client_msg_id "<conn>-<n>"
+// names the sending connection.
+func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, interval time.Duration, size int, open bool) {
 	defer close(c.sendDone)
 	prefix := `{"type":"message.send","chat_id":` + strconv.FormatInt(c.sendChat, 10) +
 		`,"client_msg_id":"` + strconv.Itoa(c.idx) + `-`
@@ -323,6 +358,7 @@ func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, inte
 	defer tick.Stop()
 	next := start
 	for n := 0; ; n++ {
+		due := next
 		if interval > 0 {
 			if d := time.Until(next); d > 0 {
 				tick.Reset(d)
@@ -337,27 +373,36 @@ func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, inte
 				}
 			}
 			next = next.Add(interval)
-			if now := time.Now(); now.Sub(next) > interval {
-				next = now // fell behind (slow acks): no catch-up burst
+			if now := time.Now(); !open && now.Sub(next) > interval {
+				next = now // closed loop fell behind (slow acks): no catch-up burst
 			}
 		}
-		if !time.Now().Before(end) || ctx.Err() != nil {
+		if !due.Before(end) || ctx.Err() != nil {
 			return
 		}
-		select {
-		case c.window <- struct{}{}:
-		case <-endT.C:
-			return
-		case <-c.readerDone:
-			return
-		case <-ctx.Done():
-			return
+		if !open {
+			select {
+			case c.window <- struct{}{}:
+			case <-endT.C:
+				return
+			case <-c.readerDone:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+		sent := st.now()
+		sched := sent
+		if open {
+			sched = due.Sub(st.base)
 		}
 		buf = append(buf[:0], prefix...)
 		buf = strconv.AppendInt(buf, int64(n), 10)
 		buf = append(buf, `","text":"`...)
 		mark := len(buf)
-		buf = strconv.AppendInt(buf, int64(st.now()), 10)
+		buf = strconv.AppendInt(buf, int64(sched), 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendInt(buf, int64(sent), 10)
 		buf = append(buf, ' ')
 		buf = append(buf, pad[:max(size-(len(buf)-mark), 0)]...)
 		buf = append(buf, `"}`...)

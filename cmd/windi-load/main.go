@@ -113,7 +113,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.Devices, "devices", cfg.Devices, "private, group: connections per user")
 	fs.Float64Var(&cfg.AllChatsRatio, "ws-all", cfg.AllChatsRatio, "share of connections on /ws (all chats); the rest use /ws/{chat_id}")
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "messages/s over all senders; 0 = as fast as acks allow")
-	fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged sends allowed per sender")
+	fs.BoolVar(&cfg.Open, "open", false, "open loop: send on -rate's fixed schedule whatever the acks, and measure latency from each message's scheduled time (and from its actual send)")
+	fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged sends allowed per sender (closed loop)")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "send phase (idle: hold time)")
 	fs.IntVar(&cfg.Size, "size", cfg.Size, fmt.Sprintf("message text bytes (%d..4096)", minSize))
 	fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "longest wait after the send phase for outstanding acks and deliveries")
@@ -161,12 +162,23 @@ func printTable(w io.Writer, r Report) {
 	}
 	row("connect time", "%s", lat(r.Connect))
 	if c.Scenario != "idle" {
-		row("load", "%d senders, rate %s, window %d, %gs, %d-byte texts", c.Senders, rateString(c.Rate), c.Window, c.DurationS, c.Size)
+		if c.Open {
+			row("load", "%d senders, open loop at %s, %gs, %d-byte texts", c.Senders, rateString(c.Rate), c.DurationS, c.Size)
+		} else {
+			row("load", "%d senders, rate %s, window %d, %gs, %d-byte texts", c.Senders, rateString(c.Rate), c.Window, c.DurationS, c.Size)
+		}
 		row("sent / acked", "%d / %d (%d unanswered)", r.Sent, r.Acked, r.Unanswered)
 		row("persisted msgs/s", "%.1f over %.2fs", r.PersistedMsgsPerS, r.ElapsedS)
 		row("deliveries", "%d of %d expected, %.1f/s", r.Deliveries, r.ExpectedDeliveries, r.DeliveriesPerS)
-		row("ack latency", "%s", lat(r.AckLatency))
-		row("delivery latency", "%s", lat(r.DeliveryLatency))
+		if c.Open {
+			row("ack latency", "%s  from the schedule", lat(r.AckLatency))
+			row("", "%s  from the send", lat(r.AckLatencySent))
+			row("delivery latency", "%s  from the schedule", lat(r.DeliveryLatency))
+			row("", "%s  from the send", lat(r.DeliveryLatencySent))
+		} else {
+			row("ack latency", "%s", lat(r.AckLatency))
+			row("delivery latency", "%s", lat(r.DeliveryLatency))
+		}
 		row("verify", "lost %d  repeated %d  out-of-order %d  gaps %d  unacked-seen %d",
 			r.Verify.Lost, r.Verify.Repeated, r.Verify.OutOfOrder, r.Verify.Gaps, r.Verify.UnackedSeen)
 	} else {

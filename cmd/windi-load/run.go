@@ -40,8 +40,13 @@ type Report struct {
 	Deliveries         int64       `json:"deliveries"`
 	ExpectedDeliveries int64       `json:"expected_deliveries"`
 	DeliveriesPerS     float64     `json:"deliveries_per_s"`
-	AckLatency         Percentiles `json:"ack_latency"`
-	DeliveryLatency    Percentiles `json:"delivery_latency"`
+	// AckLatency and DeliveryLatency run from each message's scheduled
+	// send time (the actual send time in closed-loop runs); the *Sent ones
+	// from its actual send.
+	AckLatency          Percentiles `json:"ack_latency"`
+	DeliveryLatency     Percentiles `json:"delivery_latency"`
+	AckLatencySent      Percentiles `json:"ack_latency_from_send"`
+	DeliveryLatencySent Percentiles `json:"delivery_latency_from_send"`
 
 	Verify Verdict `json:"verify"`
 
@@ -186,7 +191,11 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		if cfg.Rate > 0 {
 			interval = time.Duration(float64(len(live)) / cfg.Rate * float64(time.Second))
 		}
-		logf("send: %d senders, rate %s, window %d, %v, %d-byte texts", len(live), rateString(cfg.Rate), cfg.Window, cfg.Duration, cfg.Size)
+		if cfg.Open {
+			logf("send: %d senders, open loop at %s, %v, %d-byte texts", len(live), rateString(cfg.Rate), cfg.Duration, cfg.Size)
+		} else {
+			logf("send: %d senders, rate %s, window %d, %v, %d-byte texts", len(live), rateString(cfg.Rate), cfg.Window, cfg.Duration, cfg.Size)
+		}
 		for i, c := range live {
 			// Stagger the senders over one interval so sends do not
 			// arrive in bursts.
@@ -194,7 +203,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 			if interval > 0 {
 				off = interval * time.Duration(i) / time.Duration(len(live))
 			}
-			go c.send(ctx, st, start.Add(off), end, interval, cfg.Size)
+			go c.send(ctx, st, start.Add(off), end, interval, cfg.Size, cfg.Open)
 		}
 		for _, c := range live {
 			<-c.sendDone
@@ -231,7 +240,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 
 	// Aggregate and verify.
 	acked := map[int64]bitset{}
-	var ackH, delH hist
+	var ackH, delH, ackSH, delSH hist
 	var lastAck, lastDel time.Duration
 	rep.ErrorFrames = map[string]int64{}
 	rep.DialStatuses = map[string]int64{}
@@ -272,11 +281,14 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		ackH.merge(&c.ackLat)
 		delH.merge(&c.delLat)
+		ackSH.merge(&c.ackLatSent)
+		delSH.merge(&c.delLatSent)
 		lastAck = max(lastAck, c.lastAck)
 		lastDel = max(lastDel, c.lastDelivery)
 	}
 	rep.ExpectedDeliveries = rep.Verify.Expected - rep.Acked
 	rep.AckLatency, rep.DeliveryLatency = ackH.percentiles(), delH.percentiles()
+	rep.AckLatencySent, rep.DeliveryLatencySent = ackSH.percentiles(), delSH.percentiles()
 	startOff := start.Sub(st.base)
 	switch {
 	case rep.Acked > 0:

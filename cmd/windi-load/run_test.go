@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
 )
 
@@ -83,6 +84,29 @@ func TestRunGroup(t *testing.T) {
 				t.Errorf("acked %d, want about 60", rep.Acked)
 			}
 		})
+	}
+}
+
+// TestRunOpenLoop: an open-loop run sends exactly its schedule (rate ×
+// duration), whatever the acks, and measures latency from each message's
+// scheduled time as well as from its actual send; the first is never the
+// smaller.
+func TestRunOpenLoop(t *testing.T) {
+	env := apptest.NewEnv(t, "sqlite")
+	s := env.Start(t, func(c *app.Config) { c.Limits.SendRate = 0 })
+	cfg := testConfig(s.URL)
+	cfg.Scenario, cfg.Members, cfg.Senders = "group", 4, 1
+	cfg.Rate, cfg.Open, cfg.Duration = 100, true, 2*time.Second
+	rep := runOK(t, cfg)
+	checkCounts(t, rep, 4)
+	if rep.Sent != 200 {
+		t.Errorf("sent %d, want the schedule's 200 (100/s for 2s)", rep.Sent)
+	}
+	if !rep.Config.Open || rep.AckLatencySent.Count != rep.Acked || rep.DeliveryLatencySent.Count != rep.Deliveries {
+		t.Errorf("open %v; from-send samples: ack %d, delivery %d", rep.Config.Open, rep.AckLatencySent.Count, rep.DeliveryLatencySent.Count)
+	}
+	if rep.DeliveryLatency.Max < rep.DeliveryLatencySent.Max || rep.AckLatency.P50 < rep.AckLatencySent.P50 {
+		t.Errorf("latency from the schedule below latency from the send: %+v vs %+v", rep.DeliveryLatency, rep.DeliveryLatencySent)
 	}
 }
 
