@@ -276,8 +276,13 @@ func (r *Redis) doAll(ctx context.Context, cmds []redis.Cmder) error {
 // error that may mean the topology changed (a master down, a failover):
 // go-redis reloads by itself on MOVED, but not on a dead connection.
 func (r *Redis) noteError(err error) {
-	if r.cluster == nil || err == nil || errors.Is(err, redis.Nil) ||
-		errors.Is(err, context.Canceled) {
+	if r.cluster == nil || err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
+		return
+	}
+	// A reply from Redis says the node is there; only CLUSTERDOWN and
+	// TRYAGAIN say something about the topology.
+	var rerr redis.Error
+	if errors.As(err, &rerr) && !redis.HasErrorPrefix(err, "CLUSTERDOWN") && !redis.HasErrorPrefix(err, "TRYAGAIN") {
 		return
 	}
 	r.cluster.ReloadState(context.Background())

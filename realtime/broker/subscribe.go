@@ -54,9 +54,14 @@ const (
 	resubscribeDebounce = 25 * time.Millisecond
 	// rollbackTimeout bounds the UNSUBSCRIBE that undoes a failed Subscribe.
 	rollbackTimeout = 2 * time.Second
-	// Backoff of the maintainer while Redis (or a shard) is unreachable.
+	// Backoff of the maintainer while Redis (or a shard) is unreachable:
+	// dials are cheap, and a short backoff is a short loss window.
 	minBackoff = 50 * time.Millisecond
-	maxBackoff = 2 * time.Second
+	maxBackoff = 500 * time.Millisecond
+	// readyWait is how long the maintainer waits for new connections to
+	// dial before it subscribes what it can; the rest waits for its next
+	// round, so a node that hangs does not hold up the others.
+	readyWait = 250 * time.Millisecond
 	// slotsTimeout bounds one CLUSTER SLOTS query.
 	slotsTimeout = time.Second
 )
@@ -231,6 +236,16 @@ func (r *Redis) waitReady(ctx context.Context, c *subConn) error {
 		return ctx.Err()
 	case <-r.quit:
 		return ErrClosed
+	}
+}
+
+// isReady reports whether c has dialed.
+func isReady(c *subConn) bool {
+	select {
+	case <-c.ready:
+		return c.dialErr == nil
+	default:
+		return false
 	}
 }
 
@@ -720,14 +735,16 @@ func (r *Redis) resubscribe() bool {
 		}
 	}
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), r.connectTimeout)
-	defer cancel()
 	ok := true
+	wait, cancelWait := context.WithTimeout(context.Background(), readyWait)
 	for _, c := range targets {
-		if r.waitReady(ctx, c) != nil {
+		if r.waitReady(wait, c) != nil {
 			ok = false
 		}
 	}
+	cancelWait()
+	ctx, cancel := context.WithTimeout(context.Background(), r.connectTimeout)
+	defer cancel()
 
 	// Subscribe the orphans whose connection is up: one command per
 	// connection on a single server, one per slot in a cluster.
@@ -751,7 +768,7 @@ func (r *Redis) resubscribe() bool {
 		}
 		addr, routed := r.route(s.slot)
 		c := targets[addr]
-		if !routed || c == nil || c.dead {
+		if !routed || c == nil || c.dead || !isReady(c) {
 			ok = false
 			continue
 		}
