@@ -29,7 +29,10 @@ import (
 // So each subConn has a reader that reads with a deadline of
 // SilenceTimeout and a pinger that sends PING every SilenceTimeout/3; Redis
 // answers on the same connection, so a live connection is never silent for
-// SilenceTimeout, and one that is gets dropped.
+// SilenceTimeout (anything it receives counts), and one that is gets
+// dropped. A PING on the subscription connection itself, rather than a
+// heartbeat published through the command connection, tests exactly the
+// path that delivers.
 //
 // State of a channel (redisSub): conn is where its SUBSCRIBE went (nil: it
 // needs one: an orphan, which the maintainer goroutine subscribes again,
