@@ -280,6 +280,13 @@ func NewBroker(ctx context.Context, cfg Config, opts broker.Options) (broker.Bro
 	if cfg.RedisURL == "" {
 		return broker.NewMemory(opts), nil
 	}
+	if cfg.RedisCluster {
+		b, err := broker.NewRedisCluster(ctx, cfg.RedisURL, opts)
+		if err != nil {
+			return nil, fmt.Errorf("connect to redis cluster: %w", err)
+		}
+		return b, nil
+	}
 	b, err := broker.NewRedis(ctx, cfg.RedisURL, opts)
 	if err != nil {
 		return nil, fmt.Errorf("connect to redis: %w", err)

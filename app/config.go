@@ -19,6 +19,7 @@ type Config struct {
 	DataDir        string        // WINDI_DATA_DIR
 	DatabaseURL    string        // DATABASE_URL; empty means embedded SQLite
 	RedisURL       string        // REDIS_URL; empty means the in-process broker
+	RedisCluster   bool          // REDIS_URL names a Redis Cluster (WINDI_REDIS_CLUSTER, or addr= in the URL)
 	JWTSecret      string        // JWT_SECRET; required in scaled mode
 	JWTTTL         time.Duration // JWT_TTL
 	LogLevel       slog.Level    // WINDI_LOG_LEVEL
@@ -38,7 +39,8 @@ var EnvVars = []EnvVar{
 	{"WINDI_ADDR", ":8000", "address to listen on"},
 	{"WINDI_DATA_DIR", "./data", "directory for the embedded SQLite database and the generated JWT secret"},
 	{"DATABASE_URL", "", "postgres://… URL; unset means embedded SQLite in WINDI_DATA_DIR"},
-	{"REDIS_URL", "", "redis://… URL; unset means the in-process broker"},
+	{"REDIS_URL", "", "redis://… URL; unset means the in-process broker; redis://host1:port?addr=host2:port&… names a Redis Cluster"},
+	{"WINDI_REDIS_CLUSTER", "", "1: REDIS_URL is a seed address of a Redis Cluster (implied when REDIS_URL has addr=)"},
 	{"JWT_SECRET", "", "HS256 signing secret; required when DATABASE_URL or REDIS_URL is set, generated and kept in WINDI_DATA_DIR otherwise"},
 	{"JWT_TTL", "24h", "lifetime of issued tokens (Go duration)"},
 	{"WINDI_LOG_LEVEL", "info", "debug, info, warn or error"},
@@ -77,14 +79,8 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("DATABASE_URL: want a postgres://user:password@host:port/database URL")
 		}
 	}
-	if cfg.RedisURL != "" {
-		u, err := url.Parse(cfg.RedisURL)
-		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || checkURLPort(u) != nil {
-			return Config{}, fmt.Errorf("REDIS_URL: want a redis://[user:password@]host:port/db URL")
-		}
-		if _, err := redis.ParseURL(cfg.RedisURL); err != nil {
-			return Config{}, fmt.Errorf("REDIS_URL: %s", strings.TrimPrefix(err.Error(), "redis: "))
-		}
+	if err := cfg.loadRedis(get("WINDI_REDIS_CLUSTER")); err != nil {
+		return Config{}, err
 	}
 	if (cfg.DatabaseURL != "" || cfg.RedisURL != "") && cfg.JWTSecret == "" {
 		return Config{}, fmt.Errorf("JWT_SECRET: required when DATABASE_URL or REDIS_URL is set (replicas must share it)")
@@ -122,6 +118,48 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// loadRedis checks REDIS_URL and decides whether it names a Redis Cluster:
+// WINDI_REDIS_CLUSTER says so, or the URL lists more addresses (addr=),
+// which only go-redis's cluster URL form has (SPEC §13).
+func (cfg *Config) loadRedis(cluster string) error {
+	if cluster != "" {
+		on, err := strconv.ParseBool(cluster)
+		if err != nil {
+			return fmt.Errorf("WINDI_REDIS_CLUSTER: %q is not 1 or 0", cluster)
+		}
+		if on && cfg.RedisURL == "" {
+			return fmt.Errorf("WINDI_REDIS_CLUSTER: set, but REDIS_URL is not")
+		}
+		cfg.RedisCluster = on
+	}
+	if cfg.RedisURL == "" {
+		return nil
+	}
+	u, err := url.Parse(cfg.RedisURL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || checkURLPort(u) != nil {
+		return fmt.Errorf("REDIS_URL: want a redis://[user:password@]host:port/db URL")
+	}
+	if u.Query().Has("addr") {
+		if cluster != "" && !cfg.RedisCluster {
+			return fmt.Errorf("REDIS_URL: lists several addresses (addr=), which names a Redis Cluster, but WINDI_REDIS_CLUSTER is 0")
+		}
+		cfg.RedisCluster = true
+	}
+	if cfg.RedisCluster {
+		if p := strings.TrimPrefix(u.Path, "/"); p != "" && p != "0" {
+			return fmt.Errorf("REDIS_URL: a Redis Cluster has only database 0, not %q", p)
+		}
+		if _, err := redis.ParseClusterURL(cfg.RedisURL); err != nil {
+			return fmt.Errorf("REDIS_URL: %s", strings.TrimPrefix(err.Error(), "redis: "))
+		}
+		return nil
+	}
+	if _, err := redis.ParseURL(cfg.RedisURL); err != nil {
+		return fmt.Errorf("REDIS_URL: %s", strings.TrimPrefix(err.Error(), "redis: "))
+	}
+	return nil
 }
 
 // checkAddr accepts host:port with a numeric port 0..65535 (0 picks a free

@@ -35,6 +35,12 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 		"negative ttl":          {map[string]string{"JWT_TTL": "-1h"}, "JWT_TTL"},
 		"bad level":             {map[string]string{"WINDI_LOG_LEVEL": "loud"}, "WINDI_LOG_LEVEL"},
 		"bad addr":              {map[string]string{"WINDI_ADDR": "8000"}, "WINDI_ADDR"},
+		"cluster flag alone":    {map[string]string{"WINDI_REDIS_CLUSTER": "1"}, "WINDI_REDIS_CLUSTER"},
+		"bad cluster flag":      {map[string]string{"WINDI_REDIS_CLUSTER": "yes please", "REDIS_URL": "redis://h:1", "JWT_SECRET": "s"}, "WINDI_REDIS_CLUSTER"},
+		"cluster with a db":     {map[string]string{"REDIS_URL": "redis://h:1/3?addr=h:2", "JWT_SECRET": "s"}, "REDIS_URL"},
+		"cluster bad option":    {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2&db=1", "JWT_SECRET": "s"}, "REDIS_URL"},
+		"cluster bad addr":      {map[string]string{"REDIS_URL": "redis://h:1?addr=nope", "JWT_SECRET": "s"}, "REDIS_URL"},
+		"addr= but flag 0":      {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2", "WINDI_REDIS_CLUSTER": "0", "JWT_SECRET": "s"}, "REDIS_URL"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := app.LoadConfig(env(tc.env))
@@ -52,5 +58,32 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 	}
 	if cfg.JWTTTL != 90*time.Minute || len(cfg.AllowedOrigins) != 2 || cfg.AllowedOrigins[1] != "https://b.example" {
 		t.Errorf("got %+v", cfg)
+	}
+}
+
+// TestLoadConfigRedisCluster checks how REDIS_URL names a Redis Cluster
+// (SPEC §13): go-redis's cluster URL form, or WINDI_REDIS_CLUSTER=1 with
+// one seed address.
+func TestLoadConfigRedisCluster(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want bool
+	}{
+		{map[string]string{"REDIS_URL": "redis://h:6379/0"}, false},
+		{map[string]string{"REDIS_URL": "redis://h:6379/0", "WINDI_REDIS_CLUSTER": "0"}, false},
+		{map[string]string{"REDIS_URL": "redis://h:7000?addr=h2:7001&addr=h3:7002"}, true},
+		{map[string]string{"REDIS_URL": "rediss://u:p@h:7000/0?addr=h2:7001"}, true},
+		{map[string]string{"REDIS_URL": "redis://h:7000", "WINDI_REDIS_CLUSTER": "1"}, true},
+		{map[string]string{"REDIS_URL": "redis://h:7000?dial_timeout=2s", "WINDI_REDIS_CLUSTER": "true"}, true},
+	} {
+		tc.env["JWT_SECRET"] = "s"
+		cfg, err := app.LoadConfig(env(tc.env))
+		if err != nil {
+			t.Errorf("%v: %v", tc.env, err)
+			continue
+		}
+		if cfg.RedisCluster != tc.want {
+			t.Errorf("%v: RedisCluster %v, want %v", tc.env, cfg.RedisCluster, tc.want)
+		}
 	}
 }

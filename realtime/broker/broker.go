@@ -1,23 +1,31 @@
 // Package broker is what WinDI replicas share: pub/sub delivery between
 // replicas, short-lived dedup keys, presence and rate-limit counters.
 //
-// Two implementations satisfy Broker and pass one conformance suite:
-// Memory, for the embedded single-process mode, and Redis, for any number
-// of replicas sharing one Redis.
+// Three implementations satisfy Broker and pass one conformance suite:
+// Memory, for the embedded single-process mode; Redis from NewRedis, for
+// any number of replicas sharing one Redis server; and Redis from
+// NewRedisCluster, for replicas sharing a Redis Cluster, where chat events
+// go through sharded pub/sub (SPUBLISH / SSUBSCRIBE) to the one shard that
+// owns the channel.
 //
-// Guarantees, for both:
+// Guarantees, for all three:
 //
-//   - Delivery is at most once and, per publisher, in publish order. A
-//     message reaches a replica only if the replica's subscription to the
-//     channel was confirmed when the message was published. The Redis
-//     broker may lose messages while its connection is down; it reports the
-//     affected channels through Handler.Resubscribed once the subscription
-//     is back, so the receiver refills from the database. Nothing in this
-//     package is durable: the database is the source of truth.
-//   - Claim, PresenceJoin, PresenceLeave and Hit are atomic across every
-//     replica that shares the broker.
+//   - Delivery is at most once and, per publisher, in publish order per
+//     channel. A message reaches a replica only if the replica's
+//     subscription to the channel was confirmed when the message was
+//     published. The Redis brokers may lose messages while a connection is
+//     down, silent (see Options.SilenceTimeout) or moving to another shard;
+//     they report the affected channels through Handler.Resubscribed once
+//     the subscription is back, so the receiver refills from the database.
+//     Nothing in this package is durable: the database is the source of
+//     truth.
+//   - Claim, ClaimMany, PresenceJoin, PresenceLeave and Hit are atomic per
+//     key across every replica that shares the broker.
 //   - Presence entries live for Options.PresenceTTL unless refreshed, so a
 //     replica that dies stops counting within that TTL.
+//   - Channel and key names are the callers' logical names ("chat:12",
+//     "user:7", "session:abc", "dedup:12:7:abc"); each implementation maps
+//     them to its own storage names (see Redis for the mapping).
 package broker
 
 import (
@@ -34,8 +42,10 @@ type Handler interface {
 	// channel. The payload is the receiver's to keep.
 	Receive(channel string, payload []byte)
 	// Resubscribed reports channels whose subscription was re-established
-	// after the broker connection was lost; messages published meanwhile
-	// may be lost, so the receiver refills from the database.
+	// after the broker's connection was lost or found silent, or after the
+	// channel moved to another shard (a cluster failover or slot
+	// migration); messages published meanwhile may be lost, so the
+	// receiver refills from the database.
 	Resubscribed(channels []string)
 }
 
@@ -45,13 +55,22 @@ type Broker interface {
 	Start(h Handler)
 	// Publish delivers payload to every replica subscribed to channel at
 	// that moment, at most once, in publish order per publisher. It never
-	// calls a handler synchronously, so callers may hold locks.
+	// calls a handler synchronously, so callers may hold locks. Any channel
+	// name works, point to point included ("session:<id>", "user:<id>"):
+	// whoever subscribed to that name receives it.
 	Publish(ctx context.Context, channel string, payload []byte) error
-	// PublishMany publishes pubs in order, in one round trip where the
-	// implementation can (Redis: one pipeline), with Publish's guarantees
-	// for each: per channel, in order. On error some of them may have been
-	// published; the caller counts them as lost, which receivers repair
-	// from the database.
+	// PublishMany publishes every publication, in one round trip where the
+	// implementation can (Redis: one pipeline; cluster: one pipeline per
+	// shard, the shards in parallel). Publications to one channel are
+	// delivered in slice order, and after anything this publisher published
+	// to that channel before; the same guarantees as Publish otherwise.
+	// An empty slice is a no-op.
+	//
+	// On error some publications may have been delivered and others not,
+	// in no particular pattern across channels (within one channel, those
+	// delivered are still in order). The caller treats every replica as
+	// possibly having missed all of them; receivers refill from the
+	// database.
 	PublishMany(ctx context.Context, pubs []Publication) error
 	// Subscribe returns once the subscription is confirmed: everything
 	// published after it returns reaches the handler (barring a connection
@@ -66,8 +85,17 @@ type Broker interface {
 	// set it. It is the fast cross-replica dedup guard; the database keeps
 	// the durable one, since keys expire and Redis may restart.
 	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
-	// ClaimMany is Claim for every key, in one round trip where the
-	// implementation can: out[i] reports that this call set keys[i].
+	// ClaimMany claims every key as Claim does, in one round trip where
+	// the implementation can (Redis: one pipeline; cluster: one pipeline
+	// per shard). out[i] is true when this call set keys[i]; a key that
+	// appears twice is claimed by its first occurrence. Each key is atomic
+	// on its own (of concurrent claims of one key exactly one wins), not
+	// the set as a whole.
+	//
+	// On error out still has len(keys) entries: true where this call is
+	// known to have set the key, false elsewhere, and a key whose command
+	// failed may or may not be set. The caller falls back to the durable
+	// guard (the database) for the keys it could not claim.
 	ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error)
 	// PresenceJoin records that replica holds at least one connection of
 	// user; first reports that no replica held one before (atomically
@@ -108,7 +136,7 @@ type Publication struct {
 	Payload []byte
 }
 
-// Options configures both implementations.
+// Options configures the implementations.
 type Options struct {
 	// PresenceTTL is how long a presence entry counts without a refresh;
 	// default 45s.
@@ -120,6 +148,16 @@ type Options struct {
 	// The Redis broker uses the Redis server's clock for presence and the
 	// local clock for rate-limit windows.
 	Now func() time.Time
+	// SilenceTimeout bounds how long a Redis subscription connection may
+	// receive nothing before the broker drops it as dead; default 3s. The
+	// broker pings on every subscription connection every SilenceTimeout/3,
+	// and Redis answers on the same connection, so a live connection is
+	// never silent that long. A half-open connection (packets dropped, no
+	// RST, so no error either) is noticed within SilenceTimeout; the broker
+	// then subscribes again on a new connection and reports the channels
+	// through Handler.Resubscribed, within SilenceTimeout plus the time a
+	// new connection takes. The memory broker ignores it.
+	SilenceTimeout time.Duration
 }
 
 // ErrClosed is returned by calls on a closed broker.
@@ -140,6 +178,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.SilenceTimeout <= 0 {
+		o.SilenceTimeout = 3 * time.Second
 	}
 	return o
 }

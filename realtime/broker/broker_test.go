@@ -779,6 +779,200 @@ func runConformance(t *testing.T, newBroker newBrokerFunc) {
 		}
 	})
 
+	t.Run("PublishMany", func(t *testing.T) {
+		sub := newBroker(t, broker.Options{})
+		pub := newBroker(t, broker.Options{})
+		h := newRecorder()
+		sub.Start(h)
+		pub.Start(newRecorder())
+		// Channels that land on different shards of a cluster.
+		channels := []string{"chat:1", "chat:2", "chat:3", "user:4", "session:5", "chat:6"}
+		for _, c := range channels {
+			mustSubscribe(t, sub, c)
+		}
+		if err := pub.PublishMany(ctx, nil); err != nil {
+			t.Fatalf("PublishMany(nil): %v", err)
+		}
+		// One message to each channel first, with Publish, then batches:
+		// each channel's messages arrive in order, after the single one.
+		want := make(map[string][]string)
+		for _, c := range channels {
+			mustPublish(t, pub, c, c+"/single")
+			want[c] = append(want[c], c+"/single")
+		}
+		for batch := range 5 {
+			var pubs []broker.Publication
+			for i := range 60 {
+				c := channels[(i*7+batch)%len(channels)]
+				p := fmt.Sprintf("%s/%d/%d", c, batch, i)
+				pubs = append(pubs, broker.Publication{Channel: c, Payload: []byte(p)})
+				want[c] = append(want[c], p)
+			}
+			// Not subscribed: goes nowhere.
+			pubs = append(pubs, broker.Publication{Channel: "nobody", Payload: []byte("x")})
+			if err := pub.PublishMany(ctx, pubs); err != nil {
+				t.Fatalf("PublishMany: %v", err)
+			}
+			// The slice is the caller's again: changing it changes nothing.
+			for i := range pubs {
+				pubs[i].Payload[0] = '!'
+			}
+		}
+		for _, c := range channels {
+			if got := h.waitFor(t, c, len(want[c])); !slices.Equal(got, want[c]) {
+				t.Errorf("%s: got %v, want %v", c, got, want[c])
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+		for _, c := range channels {
+			if got := len(h.got(c)); got != len(want[c]) {
+				t.Errorf("%s: %d messages, want %d (at most once)", c, got, len(want[c]))
+			}
+		}
+	})
+
+	t.Run("PointToPoint", func(t *testing.T) {
+		// Any channel name works, a session's or a user's included, and
+		// names with characters that mean something to Redis Cluster.
+		b1 := newBroker(t, broker.Options{})
+		b2 := newBroker(t, broker.Options{})
+		h1, h2 := newRecorder(), newRecorder()
+		b1.Start(h1)
+		b2.Start(h2)
+		names := []string{"session:9f2c", "user:42", "a{b}c", "{x", "}y{", "with space", ""}
+		for _, c := range names {
+			mustSubscribe(t, b2, c)
+		}
+		mustSubscribe(t, b1, "session:other")
+		for _, c := range names {
+			mustPublish(t, b1, c, "to "+c)
+		}
+		for _, c := range names {
+			if got := h2.waitFor(t, c, 1); !slices.Equal(got, []string{"to " + c}) {
+				t.Errorf("%q: got %v", c, got)
+			}
+		}
+		mustPublish(t, b2, "session:other", "back")
+		h1.waitFor(t, "session:other", 1)
+		if got := h1.got("session:9f2c"); len(got) != 0 {
+			t.Errorf("b1 got %v on a channel it did not subscribe to", got)
+		}
+	})
+
+	t.Run("ClaimMany", func(t *testing.T) {
+		b := newBroker(t, broker.Options{})
+		other := newBroker(t, broker.Options{})
+		if ok, err := b.Claim(ctx, "dedup:1:2:b", time.Minute); err != nil || !ok {
+			t.Fatalf("Claim: got %v, %v, want true", ok, err)
+		}
+		out, err := b.ClaimMany(ctx, nil, time.Minute)
+		if err != nil || len(out) != 0 {
+			t.Fatalf("ClaimMany(nil): got %v, %v, want empty", out, err)
+		}
+		// Keys of several chats (several shards of a cluster), one claimed
+		// already, one twice in the batch.
+		keys := []string{"dedup:1:2:a", "dedup:1:2:b", "dedup:2:2:a", "dedup:3:9:z", "dedup:1:2:a", "plain-key"}
+		for i := range 40 {
+			keys = append(keys, fmt.Sprintf("dedup:%d:1:m", 100+i))
+		}
+		out, err = b.ClaimMany(ctx, keys, time.Minute)
+		if err != nil {
+			t.Fatalf("ClaimMany: %v", err)
+		}
+		want := make([]bool, len(keys))
+		for i := range want {
+			want[i] = true
+		}
+		want[1], want[4] = false, false // claimed before; a repeat
+		if !slices.Equal(out, want) {
+			t.Errorf("ClaimMany: got %v, want %v", out, want)
+		}
+		// Everything is claimed now, on any replica, one by one or in bulk.
+		for _, k := range keys[:4] {
+			if ok, err := other.Claim(ctx, k, time.Minute); err != nil || ok {
+				t.Errorf("Claim(%s) after ClaimMany: got %v, %v, want false", k, ok, err)
+			}
+		}
+		out, err = other.ClaimMany(ctx, keys, time.Minute)
+		if err != nil || slices.Contains(out, true) {
+			t.Errorf("ClaimMany again: got %v, %v, want all false", out, err)
+		}
+		// The TTL applies.
+		if out, err := b.ClaimMany(ctx, []string{"dedup:7:7:short"}, 150*time.Millisecond); err != nil || !out[0] {
+			t.Fatalf("ClaimMany short: got %v, %v", out, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if out, err := other.ClaimMany(ctx, []string{"dedup:7:7:short"}, time.Minute); err != nil || !out[0] {
+			t.Errorf("ClaimMany after ttl: got %v, %v, want [true]", out, err)
+		}
+	})
+
+	t.Run("ClaimManyConcurrent", func(t *testing.T) {
+		brokers := []broker.Broker{newBroker(t, broker.Options{}), newBroker(t, broker.Options{})}
+		const goroutines, keys = 8, 30
+		var batch []string
+		for i := range keys {
+			batch = append(batch, fmt.Sprintf("dedup:%d:5:race", i))
+		}
+		wins := make([]atomic.Int32, keys)
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				// Each goroutine claims the keys in its own order.
+				order := slices.Clone(batch)
+				for i := range order {
+					j := (i*(g+1) + g) % len(order)
+					order[i], order[j] = order[j], order[i]
+				}
+				out, err := brokers[g%2].ClaimMany(ctx, order, time.Minute)
+				if err != nil {
+					t.Errorf("ClaimMany: %v", err)
+					return
+				}
+				for i, ok := range out {
+					if ok {
+						wins[slices.Index(batch, order[i])].Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for i := range wins {
+			if got := wins[i].Load(); got != 1 {
+				t.Errorf("%s: won by %d calls, want 1", batch[i], got)
+			}
+		}
+	})
+
+	t.Run("PresenceMany", func(t *testing.T) {
+		// Many users in one call: in a cluster they live on many slots.
+		b := newBroker(t, broker.Options{})
+		other := newBroker(t, broker.Options{})
+		var ids, even []int64
+		for i := range int64(300) {
+			ids = append(ids, 1000+i)
+			if i%2 == 0 {
+				even = append(even, 1000+i)
+			}
+		}
+		if err := b.PresenceRefresh(ctx, "r1", even); err != nil {
+			t.Fatalf("PresenceRefresh: %v", err)
+		}
+		online, err := other.Online(ctx, ids)
+		slices.Sort(online)
+		if err != nil || !slices.Equal(online, even) {
+			t.Fatalf("Online: got %d users (%v), want the %d refreshed", len(online), err, len(even))
+		}
+		for _, id := range even {
+			if last, err := other.PresenceLeave(ctx, "r1", id); err != nil || !last {
+				t.Fatalf("PresenceLeave(%d): got %v, %v, want true", id, last, err)
+			}
+		}
+		if online, err := b.Online(ctx, ids); err != nil || len(online) != 0 {
+			t.Errorf("Online after leaves: got %v, %v, want none", online, err)
+		}
+	})
+
 	t.Run("PingClose", func(t *testing.T) {
 		b := newBroker(t, broker.Options{})
 		b.Start(newRecorder())
@@ -800,6 +994,12 @@ func runConformance(t *testing.T, newBroker newBrokerFunc) {
 		}
 		if err := b.Subscribe(ctx, "d"); err == nil {
 			t.Error("Subscribe after Close: got nil error, want one")
+		}
+		if err := b.PublishMany(ctx, []broker.Publication{{Channel: "c"}}); err == nil {
+			t.Error("PublishMany after Close: got nil error, want one")
+		}
+		if out, err := b.ClaimMany(ctx, []string{"k", "l"}, time.Minute); err == nil || len(out) != 2 {
+			t.Errorf("ClaimMany after Close: got %v, %v, want two falses and an error", out, err)
 		}
 	})
 }

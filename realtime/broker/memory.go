@@ -157,12 +157,25 @@ func (m *Memory) Publish(ctx context.Context, channel string, payload []byte) er
 	return nil
 }
 
-// PublishMany publishes each in order; in one process there is no round
-// trip to save.
+// PublishMany queues every publication under one lock, so no other
+// publish interleaves with the batch.
 func (m *Memory) PublishMany(ctx context.Context, pubs []Publication) error {
-	for _, p := range pubs {
-		if err := m.Publish(ctx, p.Channel, p.Payload); err != nil {
-			return err
+	if m.isClosed() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.hub.mu.Lock()
+	defer m.hub.mu.Unlock()
+	for _, pub := range pubs {
+		views := m.hub.subs[pub.Channel]
+		if len(views) == 0 {
+			continue
+		}
+		p := append([]byte(nil), pub.Payload...)
+		for v := range views {
+			v.enqueue(memDelivery{channel: pub.Channel, payload: p})
 		}
 	}
 	return nil
@@ -236,28 +249,37 @@ func (m *Memory) Claim(ctx context.Context, key string, ttl time.Duration) (bool
 	defer h.mu.Unlock()
 	now := h.now()
 	h.maybeSweep(now)
+	return h.claim(key, ttl, now), nil
+}
+
+// ClaimMany claims every key under one lock.
+func (m *Memory) ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
+	out := make([]bool, len(keys))
+	if m.isClosed() {
+		return out, ErrClosed
+	}
+	h := m.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	h.maybeSweep(now)
+	for i, key := range keys {
+		out[i] = h.claim(key, ttl, now)
+	}
+	return out, nil
+}
+
+// claim is called with mu held.
+func (h *memHub) claim(key string, ttl time.Duration, now time.Time) bool {
 	if exp, ok := h.claims[key]; ok && (exp.IsZero() || now.Before(exp)) {
-		return false, nil
+		return false
 	}
 	var exp time.Time
 	if ttl > 0 {
 		exp = now.Add(ttl)
 	}
 	h.claims[key] = exp
-	return true, nil
-}
-
-// ClaimMany claims each key in order.
-func (m *Memory) ClaimMany(ctx context.Context, keys []string, ttl time.Duration) ([]bool, error) {
-	out := make([]bool, len(keys))
-	for i, k := range keys {
-		ok, err := m.Claim(ctx, k, ttl)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = ok
-	}
-	return out, nil
+	return true
 }
 
 // livePresence drops userID's expired entries and returns how many were

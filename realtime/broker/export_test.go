@@ -1,0 +1,4 @@
+package broker
+
+// KeySlot is keySlot, for the tests of package broker_test.
+var KeySlot = keySlot
