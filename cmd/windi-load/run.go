@@ -37,9 +37,9 @@ type Report struct {
 	PersistedMsgsPerS float64 `json:"persisted_msgs_per_s"`
 	// Deliveries counts message.new frames received; ExpectedDeliveries is
 	// acked messages times the other connections following their chat.
-	Deliveries         int64       `json:"deliveries"`
-	ExpectedDeliveries int64       `json:"expected_deliveries"`
-	DeliveriesPerS     float64     `json:"deliveries_per_s"`
+	Deliveries         int64   `json:"deliveries"`
+	ExpectedDeliveries int64   `json:"expected_deliveries"`
+	DeliveriesPerS     float64 `json:"deliveries_per_s"`
 	// AckLatency and DeliveryLatency run from each message's scheduled
 	// send time (the actual send time in closed-loop runs); the *Sent ones
 	// from its actual send.
