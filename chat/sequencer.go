@@ -72,7 +72,9 @@ func (c SequencerConfig) withDefaults(dialect string) SequencerConfig {
 //     takes the chats' row locks: across replicas, that lock orders
 //     batches of one chat;
 //  3. publishes each chat's new messages in seq order, one envelope per
-//     chat, all in one broker round trip;
+//     chat, all in one broker round trip, while the next batch is already
+//     being claimed and stored (the shard's publications are chained, so
+//     they still leave in commit order);
 //  4. answers every send (message.ack follows the publish).
 //
 // A replica never publishes a chat out of order. Two replicas' batches of
@@ -139,6 +141,12 @@ func (q *sequencer) close() {
 func (q *sequencer) work(shard chan *pending) {
 	defer q.wg.Done()
 	batch := make([]*pending, 0, q.cfg.MaxBatch)
+	// published is closed once the shard's latest batch is published and
+	// answered; the next batch's publication waits for it, so the shard's
+	// chats are published in seq order while the next transaction already
+	// runs.
+	published := make(chan struct{})
+	close(published)
 	for p := range shard {
 		batch = append(batch[:0], p)
 	fill:
@@ -153,12 +161,17 @@ func (q *sequencer) work(shard chan *pending) {
 				break fill
 			}
 		}
-		q.commit(batch)
+		published = q.commit(batch, published)
 	}
+	<-published
 }
 
-// commit runs one batch through claim, store, publish and answer.
-func (q *sequencer) commit(batch []*pending) {
+// commit runs one batch through claim and store, then hands it to a
+// goroutine that publishes and answers it once the shard's previous batch
+// (prev) is published. It returns the channel closed when this batch is.
+// A batch's publication thus overlaps the next batch's claim and
+// transaction, and a shard's batches still leave in commit order.
+func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 	s := q.svc
 	live := batch[:0:0]
 	for _, p := range batch {
@@ -169,16 +182,16 @@ func (q *sequencer) commit(batch []*pending) {
 		live = append(live, p)
 	}
 	if len(live) == 0 {
-		return
+		return prev
 	}
 	// The batch's work outlives any one sender's request: a sender that
 	// gives up must not fail the others.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 
 	live, assumeNew := q.answerRepeats(ctx, live)
 	if len(live) == 0 {
-		return
+		cancel()
+		return prev
 	}
 	reqs := make([]repo.SendRequest, len(live))
 	for i, p := range live {
@@ -186,17 +199,27 @@ func (q *sequencer) commit(batch []*pending) {
 	}
 	res, err := s.store.InsertMessages(ctx, reqs, repo.InsertOptions{AssumeNew: assumeNew})
 	if err != nil {
+		cancel()
 		err = classify(err)
 		s.log.Warn("send batch failed", "event", "message.error", "sends", len(live), "err", err)
 		for _, p := range live {
 			p.done(SendOutcome{Err: err})
 		}
-		return
+		return prev
 	}
-	q.publish(ctx, res)
-	for i, p := range live {
-		p.done(s.outcome(ctx, p.req, res[i]))
-	}
+	done := make(chan struct{})
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		defer close(done)
+		defer cancel()
+		<-prev
+		q.publish(ctx, res)
+		for i, p := range live {
+			p.done(s.outcome(ctx, p.req, res[i]))
+		}
+	}()
+	return done
 }
 
 // answerRepeats claims the batch's dedup keys in the broker, the fast

@@ -69,9 +69,10 @@ type InsertOptions struct {
 //
 // Statements per batch: lock, repeats (unless opts.AssumeNew), senders'
 // memberships with the chat's other lowest watermark (one query), counter
-// update, insert, watermark update: six round trips inside BEGIN and
-// COMMIT. When the transaction fails, nothing is stored and the error is
-// returned for the whole batch.
+// update, insert, watermark update, inside BEGIN and COMMIT. On Postgres
+// they travel in two round trips (see insertMessagesPG): the reads with
+// BEGIN, then the writes with COMMIT. When the transaction fails, nothing
+// is stored and the error is returned for the whole batch.
 func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest, opts InsertOptions) ([]SendResult, error) {
 	if len(reqs) == 0 {
 		return nil, nil
@@ -87,7 +88,6 @@ func (s *Store) InsertMessages(ctx context.Context, reqs []SendRequest, opts Ins
 }
 
 func (s *Store) insertMessages(ctx context.Context, reqs []SendRequest, assumeNew bool) ([]SendResult, error) {
-	out := make([]SendResult, len(reqs))
 	var chatIDs []int64
 	for _, r := range reqs {
 		if !slices.Contains(chatIDs, r.ChatID) {
@@ -95,119 +95,151 @@ func (s *Store) insertMessages(ctx context.Context, reqs []SendRequest, assumeNe
 		}
 	}
 	slices.Sort(chatIDs)
-
+	if s.dialect == DialectPostgres {
+		return s.insertMessagesPG(ctx, reqs, chatIDs, assumeNew)
+	}
+	var out []SendResult
 	err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		clear(out)
-		last, err := s.lockChats(ctx, tx, chatIDs)
-		if err != nil {
+		var heads []ChatHead
+		if err := lockQuery(tx, chatIDs, false).Scan(ctx, &heads); err != nil {
 			return err
 		}
-		var existing map[sendKey]Message
+		var existing []Message
 		if !assumeNew {
-			if existing, err = existingSends(ctx, tx, reqs); err != nil {
+			if err := existingQuery(tx, reqs, &existing).Scan(ctx); err != nil {
 				return err
 			}
 		}
-		marks, err := senderMarks(ctx, tx, reqs)
-		if err != nil {
+		var marks []markRow
+		if err := marksQuery(tx, reqs).Scan(ctx, &marks); err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-
-		// Allocate seqs in request order; repeats inside the batch point at
-		// their first occurrence.
-		now := now()
-		first := map[sendKey]int{}
-		var fresh []int
-		for i, r := range reqs {
-			k := r.key()
-			if _, ok := last[r.ChatID]; !ok {
-				out[i].Err = fmt.Errorf("repo: insert messages: chat %d: %w", r.ChatID, ErrNotFound)
-				continue
-			}
-			if _, ok := marks.own[member{r.ChatID, r.SenderID}]; !ok {
-				out[i].Err = fmt.Errorf("repo: insert messages: user %d in chat %d: %w", r.SenderID, r.ChatID, ErrNotMember)
-				continue
-			}
-			if m, ok := existing[k]; ok {
-				out[i].Message, out[i].Duplicate = m, true
-				continue
-			}
-			if j, ok := first[k]; ok {
-				out[i].Duplicate = true
-				out[i].Message.ID = -int64(j) - 1 // filled in after the insert
-				continue
-			}
-			first[k] = i
-			last[r.ChatID]++
-			out[i].Message = Message{ChatID: r.ChatID, Seq: last[r.ChatID], SenderID: r.SenderID, Text: r.Text, ClientMsgID: r.ClientMsgID, CreatedAt: now}
-			fresh = append(fresh, i)
-		}
-		if len(fresh) == 0 {
+		p := planSends(reqs, heads, existing, marks)
+		out = p.out
+		if len(p.fresh) == 0 {
 			return nil
 		}
-		if err := advanceCounters(ctx, tx, out, fresh); err != nil {
+		if _, err := countersQuery(tx, p).Exec(ctx); err != nil {
 			return err
 		}
-		msgs := make([]Message, len(fresh))
-		for j, i := range fresh {
-			msgs[j] = out[i].Message
-		}
-		if _, err := tx.NewInsert().Model(&msgs).Returning("id").Exec(ctx); err != nil {
+		if _, err := tx.NewInsert().Model(&p.msgs).Returning("id").Exec(ctx); err != nil {
 			return err
 		}
-		for j, i := range fresh {
-			out[i].Message.ID = msgs[j].ID
+		if _, err := watermarksQuery(tx, p).Exec(ctx); err != nil {
+			return err
 		}
-		return raiseWatermarks(ctx, tx, out, fresh, marks)
+		p.inserted(idsOf(p.msgs))
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	for i := range out {
-		if out[i].Duplicate && out[i].Message.ID < 0 {
-			out[i].Message = out[-out[i].Message.ID-1].Message
-		}
-	}
 	return out, nil
 }
 
-// lockChats locks the chats' rows in ascending id order and returns their
-// last_seq; chats that do not exist are missing from the map.
-func (s *Store) lockChats(ctx context.Context, tx bun.Tx, chatIDs []int64) (map[int64]int64, error) {
-	var heads []ChatHead
-	q := tx.NewSelect().Model((*Chat)(nil)).ColumnExpr("c.id AS chat_id, c.last_seq AS last_seq").
-		Where("c.id IN (?)", bun.List(chatIDs)).OrderExpr("c.id ASC")
-	if s.dialect == DialectPostgres {
-		// NO KEY UPDATE conflicts with itself (other senders, MarkRead,
-		// removals) but not with the KEY SHARE locks foreign keys take.
-		q = q.For("NO KEY UPDATE")
+func idsOf(ms []Message) []int64 {
+	ids := make([]int64, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
 	}
-	if err := q.Scan(ctx, &heads); err != nil {
-		return nil, err
-	}
+	return ids
+}
+
+// sendPlan is what one batch writes, decided from what the transaction
+// read under the chats' locks; both dialects' transactions run it.
+type sendPlan struct {
+	out   []SendResult
+	fresh []int     // indexes of out that are new messages, in order
+	msgs  []Message // the new messages, as fresh orders them
+	top   map[int64]int64
+	tops  map[member]int64 // each sender's newest new message per chat
+	marks watermarks
+}
+
+// planSends allocates seqs in request order, per chat from its last_seq;
+// repeats of stored messages and of earlier requests of the batch point at
+// their original (filled in by inserted), and refused sends carry their
+// error.
+func planSends(reqs []SendRequest, heads []ChatHead, existing []Message, rows []markRow) *sendPlan {
 	last := make(map[int64]int64, len(heads))
 	for _, h := range heads {
 		last[h.ChatID] = h.LastSeq
 	}
-	return last, nil
+	stored := make(map[sendKey]Message, len(existing))
+	for _, m := range existing {
+		stored[sendKey{m.ChatID, m.SenderID, m.ClientMsgID}] = m
+	}
+	p := &sendPlan{out: make([]SendResult, len(reqs)), top: map[int64]int64{}, tops: map[member]int64{}, marks: newWatermarks(rows)}
+	now := now()
+	first := map[sendKey]int{}
+	for i, r := range reqs {
+		k := r.key()
+		if _, ok := last[r.ChatID]; !ok {
+			p.out[i].Err = fmt.Errorf("repo: insert messages: chat %d: %w", r.ChatID, ErrNotFound)
+			continue
+		}
+		if _, ok := p.marks.own[member{r.ChatID, r.SenderID}]; !ok {
+			p.out[i].Err = fmt.Errorf("repo: insert messages: user %d in chat %d: %w", r.SenderID, r.ChatID, ErrNotMember)
+			continue
+		}
+		if m, ok := stored[k]; ok {
+			p.out[i].Message, p.out[i].Duplicate = m, true
+			continue
+		}
+		if j, ok := first[k]; ok {
+			p.out[i].Duplicate = true
+			p.out[i].Message.ID = -int64(j) - 1 // filled in by inserted
+			continue
+		}
+		first[k] = i
+		last[r.ChatID]++
+		m := Message{ChatID: r.ChatID, Seq: last[r.ChatID], SenderID: r.SenderID, Text: r.Text, ClientMsgID: r.ClientMsgID, CreatedAt: now}
+		p.out[i].Message = m
+		p.fresh = append(p.fresh, i)
+		p.msgs = append(p.msgs, m)
+		p.top[m.ChatID] = m.Seq
+		p.tops[member{m.ChatID, m.SenderID}] = m.Seq
+	}
+	return p
 }
 
-// existingSends returns the stored messages that reqs repeat.
-func existingSends(ctx context.Context, tx bun.Tx, reqs []SendRequest) (map[sendKey]Message, error) {
+// inserted records the new messages' ids, in msgs order, and completes the
+// results: repeats inside the batch, and the watermarks.
+func (p *sendPlan) inserted(ids []int64) {
+	for j, i := range p.fresh {
+		p.out[i].Message.ID = ids[j]
+		p.msgs[j].ID = ids[j]
+	}
+	for i := range p.out {
+		if p.out[i].Duplicate && p.out[i].Message.ID < 0 {
+			p.out[i].Message = p.out[-p.out[i].Message.ID-1].Message
+		}
+	}
+	p.fillWatermarks()
+}
+
+// lockQuery selects the chats' heads, locking their rows in ascending id
+// order on Postgres (NO KEY UPDATE conflicts with itself: other senders,
+// MarkRead, removals; not with the KEY SHARE locks foreign keys take).
+func lockQuery(db bun.IDB, chatIDs []int64, postgres bool) *bun.SelectQuery {
+	q := db.NewSelect().Model((*Chat)(nil)).ColumnExpr("c.id AS chat_id, c.last_seq AS last_seq").
+		Where("c.id IN (?)", bun.List(chatIDs)).OrderExpr("c.id ASC")
+	if postgres {
+		q = q.For("NO KEY UPDATE")
+	}
+	return q
+}
+
+// existingQuery selects the stored messages that reqs repeat, into ms.
+func existingQuery(db bun.IDB, reqs []SendRequest, ms *[]Message) *bun.SelectQuery {
 	rows := make([][]any, len(reqs))
 	for i, r := range reqs {
 		rows[i] = []any{r.ChatID, r.SenderID, r.ClientMsgID}
 	}
 	where, args := tuplesIn("(m.chat_id, m.sender_id, m.client_msg_id)", rows)
-	var ms []Message
-	if err := tx.NewSelect().Model(&ms).Where(where, args...).Scan(ctx); err != nil {
-		return nil, err
-	}
-	out := make(map[sendKey]Message, len(ms))
-	for _, m := range ms {
-		out[sendKey{m.ChatID, m.SenderID, m.ClientMsgID}] = m
-	}
-	return out, nil
+	return db.NewSelect().Model(ms).
+		Column("m.id", "m.chat_id", "m.seq", "m.sender_id", "m.text", "m.client_msg_id", "m.created_at").
+		Where(where, args...)
 }
 
 type member struct{ chat, user int64 }
@@ -220,10 +252,17 @@ type watermarks struct {
 	others map[int64]int64 // absent: every member is a sender
 }
 
-// senderMarks reads the senders' memberships and the other members'
+// markRow is one row of marksQuery.
+type markRow struct {
+	ChatID int64 `bun:"chat_id"`
+	UserID int64 `bun:"user_id"`
+	Mark   int64 `bun:"mark"`
+}
+
+// marksQuery selects the senders' memberships and the other members'
 // lowest watermark per chat in one query: the aggregate rows carry user_id
 // 0, which no user has.
-func senderMarks(ctx context.Context, tx bun.Tx, reqs []SendRequest) (watermarks, error) {
+func marksQuery(db bun.IDB, reqs []SendRequest) *bun.RawQuery {
 	var pairs [][]any
 	var chatIDs []int64
 	seen := map[member]bool{}
@@ -240,19 +279,13 @@ func senderMarks(ctx context.Context, tx bun.Tx, reqs []SendRequest) (watermarks
 	in, inArgs := tuplesIn("(chat_id, user_id)", pairs)
 	args := append(append([]any{}, inArgs...), bun.List(chatIDs))
 	args = append(args, inArgs...)
-	var rows []struct {
-		ChatID int64 `bun:"chat_id"`
-		UserID int64 `bun:"user_id"`
-		Mark   int64 `bun:"mark"`
-	}
-	err := tx.NewRaw(
+	return db.NewRaw(
 		"SELECT chat_id, user_id, last_read_seq AS mark FROM chat_members WHERE "+in+
 			" UNION ALL SELECT chat_id, 0 AS user_id, MIN(last_read_seq) AS mark FROM chat_members"+
-			" WHERE chat_id IN (?) AND NOT "+in+" GROUP BY chat_id", args...,
-	).Scan(ctx, &rows)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return watermarks{}, err
-	}
+			" WHERE chat_id IN (?) AND NOT "+in+" GROUP BY chat_id", args...)
+}
+
+func newWatermarks(rows []markRow) watermarks {
 	w := watermarks{own: map[member]int64{}, others: map[int64]int64{}}
 	for _, r := range rows {
 		if r.UserID == 0 {
@@ -261,19 +294,14 @@ func senderMarks(ctx context.Context, tx bun.Tx, reqs []SendRequest) (watermarks
 			w.own[member{r.ChatID, r.UserID}] = r.Mark
 		}
 	}
-	return w, nil
+	return w
 }
 
-// advanceCounters sets each chat's last_seq to its newest message of the
+// countersQuery sets each chat's last_seq to its newest message of the
 // batch, in one statement.
-func advanceCounters(ctx context.Context, tx bun.Tx, out []SendResult, fresh []int) error {
-	top := map[int64]int64{}
-	for _, i := range fresh {
-		m := out[i].Message
-		top[m.ChatID] = max(top[m.ChatID], m.Seq)
-	}
-	ids := make([]int64, 0, len(top))
-	for id := range top {
+func countersQuery(db bun.IDB, p *sendPlan) *bun.RawQuery {
+	ids := make([]int64, 0, len(p.top))
+	for id := range p.top {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
@@ -282,25 +310,17 @@ func advanceCounters(ctx context.Context, tx bun.Tx, out []SendResult, fresh []i
 	sb.WriteString("UPDATE chats SET last_seq = CASE id")
 	for _, id := range ids {
 		sb.WriteString(" WHEN ? THEN ?")
-		args = append(args, id, top[id])
+		args = append(args, id, p.top[id])
 	}
 	sb.WriteString(" END WHERE id IN (?)")
 	args = append(args, bun.List(ids))
-	_, err := tx.NewRaw(sb.String(), args...).Exec(ctx)
-	return err
+	return db.NewRaw(sb.String(), args...)
 }
 
-// raiseWatermarks moves each sender's watermark to its newest message and
-// fills in the results' MinBefore and MinAfter.
-func raiseWatermarks(ctx context.Context, tx bun.Tx, out []SendResult, fresh []int, w watermarks) error {
-	top := map[member]int64{}
-	for _, i := range fresh {
-		m := out[i].Message
-		k := member{m.ChatID, m.SenderID}
-		top[k] = max(top[k], m.Seq)
-	}
-	keys := make([]member, 0, len(top))
-	for k := range top {
+// watermarksQuery moves each sender's watermark to its newest message.
+func watermarksQuery(db bun.IDB, p *sendPlan) *bun.RawQuery {
+	keys := make([]member, 0, len(p.tops))
+	for k := range p.tops {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, func(a, b member) int {
@@ -314,43 +334,44 @@ func raiseWatermarks(ctx context.Context, tx bun.Tx, out []SendResult, fresh []i
 	pairs := make([][]any, len(keys))
 	sb.WriteString("UPDATE chat_members SET last_read_seq = CASE")
 	for i, k := range keys {
+		top := p.tops[k]
 		sb.WriteString(" WHEN chat_id = ? AND user_id = ? AND last_read_seq < ? THEN ?")
-		args = append(args, k.chat, k.user, top[k], top[k])
+		args = append(args, k.chat, k.user, top, top)
 		pairs[i] = []any{k.chat, k.user}
 	}
 	in, inArgs := tuplesIn("(chat_id, user_id)", pairs)
 	sb.WriteString(" ELSE last_read_seq END WHERE " + in)
-	if _, err := tx.NewRaw(sb.String(), append(args, inArgs...)...).Exec(ctx); err != nil {
-		return err
-	}
+	return db.NewRaw(sb.String(), append(args, inArgs...)...)
+}
 
-	// The chat's lowest watermark before and after: the other members'
-	// lowest, and every member of the chat who is a sender of the batch
-	// (whether or not it sent a new message) at its old or new mark.
+// fillWatermarks fills in the results' MinBefore and MinAfter: the chat's
+// lowest watermark is the lowest of the other members' and of every
+// member of the chat who is a sender of the batch (whether or not it sent
+// a new message), at its old or its new mark.
+func (p *sendPlan) fillWatermarks() {
 	before, after := map[int64]int64{}, map[int64]int64{}
 	low := func(m map[int64]int64, chat, v int64) {
 		if cur, ok := m[chat]; !ok || v < cur {
 			m[chat] = v
 		}
 	}
-	for chat, v := range w.others {
+	for chat, v := range p.marks.others {
 		low(before, chat, v)
 		low(after, chat, v)
 	}
-	for k, v := range w.own {
+	for k, v := range p.marks.own {
 		low(before, k.chat, v)
-		low(after, k.chat, max(v, top[k]))
+		low(after, k.chat, max(v, p.tops[k]))
 	}
 	lastOf := map[int64]int{}
-	for _, i := range fresh {
-		chat := out[i].Message.ChatID
+	for _, i := range p.fresh {
+		chat := p.out[i].Message.ChatID
 		lastOf[chat] = i
-		out[i].MinBefore, out[i].MinAfter = after[chat], after[chat]
+		p.out[i].MinBefore, p.out[i].MinAfter = after[chat], after[chat]
 	}
 	for chat, i := range lastOf {
-		out[i].MinBefore = before[chat]
+		p.out[i].MinBefore = before[chat]
 	}
-	return nil
 }
 
 // tuplesIn renders "cols IN ((?, ?), …)" for rows of equal length, with

@@ -36,6 +36,9 @@ import (
 // Dialects are the database modes every end-to-end test runs on.
 var Dialects = []string{"sqlite", "postgres"}
 
+// testPoolSize caps each test server's Postgres connections.
+const testPoolSize = 6
+
 // Secret is the JWT secret shared by test servers on one database.
 const Secret = "apptest-secret-0123456789abcdef-0123456789"
 
@@ -194,6 +197,12 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 		cancel()
 		_ = m.Close()
 		t.Fatalf("open server: %v", err)
+	}
+	if m.Store.Dialect() == "postgres" {
+		// Tests run many servers at once against one Postgres (100
+		// connections by default): a test server's pool stays small.
+		m.Store.DB().DB.SetMaxOpenConns(testPoolSize)
+		m.Store.DB().DB.SetMaxIdleConns(testPoolSize)
 	}
 	done := make(chan error, 1)
 	go func() { done <- m.Serve(ctx) }()
