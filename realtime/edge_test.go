@@ -241,4 +241,3 @@ func TestRemovedMemberRepeatIsForbidden(t *testing.T) {
 		}
 	})
 }
-
