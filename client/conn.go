@@ -220,14 +220,15 @@ type Conn struct {
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 
-	mu      sync.Mutex // guards the fields below it
-	pending map[sendKey]*Pending
-	queue   []*Pending      // sends not yet taken by the goroutine
-	reads   map[int64]int64 // read receipts not yet taken
-	closed  bool
-	err     error
-	state   State
-	posSnap map[int64]int64 // positions, as of the goroutine's last change
+	mu       sync.Mutex // guards the fields below it
+	pending  map[sendKey]*Pending
+	queue    []*Pending      // sends not yet taken by the goroutine
+	reads    map[int64]int64 // read receipts not yet taken
+	closed   bool
+	err      error
+	state    State
+	reported bool            // OnState has seen a state
+	posSnap  map[int64]int64 // positions, as of the goroutine's last change
 
 	wake     chan struct{} // capacity 1: the queue or reads changed
 	closeReq chan struct{} // closed by Close
@@ -1100,8 +1101,8 @@ func (c *Conn) snapshotLocked() {
 
 func (c *Conn) setState(s State, err error) {
 	c.mu.Lock()
-	same := c.state == s
-	c.state = s
+	same := c.state == s && c.reported
+	c.state, c.reported = s, true
 	c.mu.Unlock()
 	if !same && c.cfg.OnState != nil {
 		c.cfg.OnState(s, err)
