@@ -227,3 +227,63 @@ func (c *Client) wsURL(path string, query url.Values) string {
 	u.RawQuery = query.Encode()
 	return u.String()
 }
+
+// Chats lists the user's chats with members, last message and unread
+// count (GET /chats).
+func (c *Client) Chats(ctx context.Context) ([]rest.Chat, error) {
+	r, err := c.REST.ListChatsWithResponse(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list chats: %w", err)
+	}
+	if r.JSON200 == nil {
+		return nil, ResponseError(r.HTTPResponse, r.Body)
+	}
+	return *r.JSON200, nil
+}
+
+// CreateGroup creates a group owned by the user with the given other
+// members (POST /chats).
+func (c *Client) CreateGroup(ctx context.Context, name string, memberIDs ...int64) (*rest.Chat, error) {
+	var body rest.CreateChatRequest
+	if err := body.FromCreateGroupChat(rest.CreateGroupChat{Type: rest.CreateGroupChatTypeGroup, Name: name, MemberIds: &memberIDs}); err != nil {
+		return nil, fmt.Errorf("create group: %w", err)
+	}
+	return c.createChat(ctx, body)
+}
+
+// PrivateChat opens the private chat with userID, or returns the existing
+// one (POST /chats).
+func (c *Client) PrivateChat(ctx context.Context, userID int64) (*rest.Chat, error) {
+	var body rest.CreateChatRequest
+	if err := body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: userID}); err != nil {
+		return nil, fmt.Errorf("private chat: %w", err)
+	}
+	return c.createChat(ctx, body)
+}
+
+func (c *Client) createChat(ctx context.Context, body rest.CreateChatRequest) (*rest.Chat, error) {
+	r, err := c.REST.CreateChatWithResponse(ctx, body)
+	if err != nil {
+		return nil, fmt.Errorf("create chat: %w", err)
+	}
+	switch {
+	case r.JSON201 != nil:
+		return r.JSON201, nil
+	case r.JSON200 != nil:
+		return r.JSON200, nil
+	}
+	return nil, ResponseError(r.HTTPResponse, r.Body)
+}
+
+// History returns messages of a chat, oldest first (GET
+// /history/{chat_id}); params may be nil.
+func (c *Client) History(ctx context.Context, chatID int64, params *rest.GetHistoryParams) ([]rest.Message, error) {
+	r, err := c.REST.GetHistoryWithResponse(ctx, chatID, params)
+	if err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	if r.JSON200 == nil {
+		return nil, ResponseError(r.HTTPResponse, r.Body)
+	}
+	return *r.JSON200, nil
+}
