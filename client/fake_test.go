@@ -125,13 +125,13 @@ type fakeServer struct {
 	srv   *httptest.Server
 	conns chan *fakeConn
 
-	mu       sync.Mutex       // guards the fields below
-	chats    []rest.Chat      // GET /chats
-	refuse   []int            // statuses for the next handshakes
-	tokens   []string         // Authorization of each handshake
-	paths    []string         // path and query of each handshake
-	accepted map[string]bool  // tokens the server accepts; nil accepts any
-	listHits int              // GET /chats answered
+	mu       sync.Mutex        // guards the fields below
+	chats    []rest.Chat       // GET /chats
+	refuse   []int             // statuses for the next handshakes
+	tokens   []string          // Authorization of each handshake
+	paths    []string          // path and query of each handshake
+	accepted map[string]bool   // tokens the server accepts; nil accepts any
+	listHits int               // GET /chats answered
 	closed   []*websocket.Conn // to close at the end
 }
 
