@@ -1,0 +1,46 @@
+// Package client is the Go SDK of WinDI Chat: a REST client generated from
+// api/openapi.yaml (package rest, wrapped here with a bearer token) and a
+// WebSocket connection that reconnects and resumes by itself.
+//
+// A program logs in with a Client, then dials a Conn:
+//
+//	c, err := client.New("http://localhost:8000")
+//	if err != nil { … }
+//	if _, err := c.Login(ctx, "alice@example.com", "correct horse"); err != nil { … }
+//	conn, err := c.Dial(ctx, client.Config{
+//		OnMessage: func(m rest.Message) { fmt.Println(m.ChatID, m.Seq, m.Text) },
+//	})
+//	if err != nil { … }
+//	defer conn.Close()
+//	p, err := conn.Send(chatID, "hello")
+//	if err != nil { … }
+//	ack, err := p.Wait(ctx) // the stored message, or the server's error frame
+//
+// # What a Conn guarantees
+//
+// OnMessage sees every message of every chat the Conn follows exactly once
+// and in seq order, the application's own messages included, across
+// reconnects and the loss of a replica: the Conn keeps each chat's position
+// (the last seq delivered), resumes with `sync` frames (`since_seq` on
+// /ws/{chat_id}) after a reconnect, holds back a message that arrives above
+// a gap until the gap is filled, and drops repeats. Before its first
+// connection it learns the position of every chat it has none for (from
+// Config.Since) from GET /chats, so nothing committed after Dial was called
+// is missed. A chat joined while connected starts where the server starts
+// it (at the join); a chat joined while disconnected starts at the
+// reconnect.
+//
+// Sends are queued and survive reconnects: each keeps its client_msg_id,
+// so a send written again after a reconnect is stored once (the server
+// answers the repeat with the original message, duplicate:true). A Pending
+// resolves with the message.ack, or with the error frame the server
+// answered (a *FrameError); rate_limited and unavailable answers are
+// retried with backoff first.
+//
+// The Conn reconnects with jittered exponential backoff after a dropped
+// connection, 1001 (the replica shuts down: at once), 4008 (too slow) and
+// any other code below 4500 except 4403. It stops for good on 4401 (the
+// session was revoked), 4403 (removed from the chat of a per-chat Conn),
+// other codes from 4500 on, and on 4501 (token expired) or a 401 at the
+// handshake unless the Client's TokenFunc hands out a new token.
+package client

@@ -1,0 +1,762 @@
+// WindiConnection: a WebSocket session with a WinDI Chat server that
+// outlives its sockets. It has the semantics of the Go SDK's client.Conn:
+// every message of every followed chat reaches onMessage exactly once and
+// in seq order (own messages included, from their acks) across reconnects
+// and replica losses; sends are queued, keep their client_msg_id across
+// reconnects (so each is stored once) and resolve with their ack or error
+// frame; close codes 4401, 4403 and 4500–4999 (4501 too, unless the token
+// provider hands out a new token) end it; everything else reconnects with
+// jittered exponential backoff.
+//
+// It runs in browsers (the global WebSocket) and in Node (the `ws`
+// package, an optional peer dependency, loaded when there is no global
+// WebSocket; or pass `WebSocket`).
+import type { components } from "./schema.js";
+import { createWindiClient } from "./rest.js";
+
+type Schemas = components["schemas"];
+export type Message = Schemas["Message"];
+export type ServerFrame = Schemas["ServerFrame"];
+export type MessageAckFrame = Schemas["MessageAckFrame"];
+export type ErrorFrame = Schemas["ErrorFrame"];
+
+/** Close codes of the WinDI protocol (SPEC §4) beyond RFC 6455's. */
+export const CloseCode = {
+  GoingAway: 1001,
+  TooLarge: 1009,
+  SlowConsumer: 4008,
+  Revoked: 4401,
+  Removed: 4403,
+  TokenExpired: 4501,
+} as const;
+
+/** The largest frame the server accepts (64 KiB); larger ones close with 1009. */
+export const MAX_FRAME_BYTES = 64 * 1024;
+
+/**
+ * TokenProvider returns the access token for the next connection. expired
+ * is true when the server has just rejected the previous one (a 401 at the
+ * handshake, or close 4501): return a different token, or throw to end the
+ * connection.
+ */
+export type TokenProvider = (expired: boolean) => string | Promise<string>;
+
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
+
+/** The time a connection uses for its waits; tests pass a fake one. */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+};
+
+/** What WindiConnection needs of a WebSocket: the browser API, which `ws` also has. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** Backoff chooses the wait in ms before reconnect attempt n (1, 2, 3…). */
+export type Backoff = (attempt: number) => number;
+
+/**
+ * exponentialBackoff doubles the wait from minMs to maxMs and picks a
+ * random point in its upper half ("equal jitter").
+ */
+export function exponentialBackoff(minMs: number, maxMs: number): Backoff {
+  return (attempt) => {
+    const d = Math.min(maxMs, minMs * 2 ** Math.max(0, Math.min(attempt, 32) - 1));
+    return d / 2 + Math.random() * (d / 2);
+  };
+}
+
+/** 0.25–0.5 s before the first retry, doubling to at most 15 s. */
+export const defaultBackoff = exponentialBackoff(500, 15000);
+
+export interface ConnectionOptions {
+  /** The server's base URL, e.g. http://localhost:8000. */
+  baseUrl: string;
+  /** A token, or a provider that can renew it. */
+  token: string | TokenProvider;
+  /** Follow one chat (/ws/{chat_id}) instead of every chat (/ws). */
+  chatId?: number;
+  /** Resume positions: chat id to the last seq the application has. */
+  since?: Record<number, number> | Map<number, number>;
+  /** Every message once, in seq order per chat. */
+  onMessage?: (m: Message) => void;
+  /** Every other frame: receipts, presence, membership, errors that answer no send. */
+  onFrame?: (f: ServerFrame) => void;
+  onState?: (s: ConnectionState, err?: Error) => void;
+  /** Called once when the connection ends for good, with the reason. */
+  onClose?: (err: Error) => void;
+  backoff?: Backoff;
+  clock?: Clock;
+  /** How long a chat waits above a gap after a sync before syncing again; default 5000 ms. */
+  gapTimeoutMs?: number;
+  /** Sends waiting for acks at most; default 10000. */
+  maxPending?: number;
+  /** Sends written ahead of their acks; default 64. */
+  maxInFlight?: number;
+  /** Retries of a send answered rate_limited or unavailable; default 10, 0 for none. */
+  sendRetries?: number;
+  WebSocket?: WebSocketConstructor;
+  fetch?: typeof fetch;
+  /** Sees every frame read (out false) and written (out true). */
+  trace?: (out: boolean, data: string) => void;
+}
+
+/** ClosedError: the connection ended before the send was answered. */
+export class ClosedError extends Error {
+  constructor(override readonly cause?: Error) {
+    super(cause ? `connection closed: ${cause.message}` : "connection closed");
+    this.name = "ClosedError";
+  }
+}
+
+/** The error frame the server answered to a send. */
+export class FrameError extends Error {
+  constructor(readonly frame: ErrorFrame) {
+    super(`${frame.code}: ${frame.message}`);
+    this.name = "FrameError";
+  }
+  get code(): ErrorFrame["code"] {
+    return this.frame.code;
+  }
+  /** The same send may succeed later (rate_limited, unavailable). */
+  get temporary(): boolean {
+    return this.frame.code === "rate_limited" || this.frame.code === "unavailable";
+  }
+}
+
+/** The close frame that ended the connection for good. */
+export class CloseError extends Error {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+  ) {
+    super(`connection closed with ${code} ${reason}`);
+    this.name = "CloseError";
+  }
+}
+
+/** A handshake the server refused for good (401 after a refresh, 403, 404). */
+export class HandshakeError extends Error {
+  constructor(readonly status: number) {
+    super(`websocket handshake refused: ${status}`);
+    this.name = "HandshakeError";
+  }
+}
+
+/** A send on its way; ack resolves with the message.ack or rejects. */
+export interface PendingSend {
+  readonly chatId: number;
+  readonly clientMsgId: string;
+  readonly ack: Promise<MessageAckFrame>;
+}
+
+interface Outgoing extends PendingSend {
+  frame: string;
+  written: boolean;
+  resolved: boolean;
+  attempts: number;
+  resolve(a: MessageAckFrame): void;
+  reject(e: Error): void;
+}
+
+interface ChatState {
+  known: boolean;
+  last: number;
+  fallback?: number;
+  buf: Map<number, Message>;
+  syncDue: number; // 0: none
+  gapCheck: number; // 0: none
+  syncFails: number;
+}
+
+/** newClientMsgId returns a random client_msg_id. */
+export function newClientMsgId(): string {
+  const b = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+async function defaultWebSocket(): Promise<WebSocketConstructor> {
+  const g = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (g) return g;
+  const name = "ws"; // a variable: bundlers for browsers must not pull ws in
+  try {
+    const mod = (await import(name)) as { default?: WebSocketConstructor; WebSocket?: WebSocketConstructor };
+    const ctor = mod.WebSocket ?? mod.default;
+    if (ctor) return ctor;
+  } catch {
+    // fall through to the error below
+  }
+  throw new Error("no WebSocket: install the `ws` package (npm install ws) or pass options.WebSocket");
+}
+
+const OPEN = 1;
+
+/**
+ * WindiConnection follows the user's chats over one WebSocket at a time.
+ * Create it with WindiConnection.connect, which resolves once the first
+ * socket is open and resumed.
+ */
+export class WindiConnection {
+  private readonly opts: ConnectionOptions;
+  private readonly clock: Clock;
+  private readonly backoff: Backoff;
+  private readonly tokenOf: TokenProvider;
+  private readonly gapTimeout: number;
+  private readonly maxPending: number;
+  private readonly maxInFlight: number;
+  private readonly sendRetries: number;
+  private WS?: WebSocketConstructor;
+
+  private chats = new Map<number, ChatState>();
+  private pending = new Map<string, Outgoing>();
+  private outbox: Outgoing[] = [];
+  private reads = new Map<number, number>();
+  private ws: WebSocketLike | undefined;
+  private opened = false;
+  private positioned = false;
+  private inflight = 0;
+  private pauseUntil = 0;
+  private pauses = 0;
+  private attempt = 0;
+  private expired = false;
+  private rejected = 0;
+  private upSince = 0;
+  private timer: unknown;
+  private deadline = 0;
+  private reconnectTimer: unknown;
+  private ended: Error | undefined;
+  private stateNow: ConnectionState = "connecting";
+  private stateReported = false;
+  private firstDone = false;
+  private firstResolve!: () => void;
+  private firstReject!: (e: Error) => void;
+  private closedResolve!: (e: Error) => void;
+  /** Resolves with the reason once the connection has ended. */
+  readonly closed: Promise<Error>;
+
+  private constructor(opts: ConnectionOptions) {
+    this.opts = opts;
+    this.clock = opts.clock ?? systemClock;
+    this.backoff = opts.backoff ?? defaultBackoff;
+    const tok = opts.token;
+    this.tokenOf =
+      typeof tok === "function"
+        ? tok
+        : (expired) => {
+            if (expired) throw new Error("token rejected and no token provider to renew it");
+            return tok;
+          };
+    this.gapTimeout = opts.gapTimeoutMs ?? 5000;
+    this.maxPending = opts.maxPending ?? 10000;
+    this.maxInFlight = opts.maxInFlight ?? 64;
+    this.sendRetries = opts.sendRetries ?? 10;
+    this.WS = opts.WebSocket;
+    const since = opts.since instanceof Map ? opts.since : new Map(Object.entries(opts.since ?? {}).map(([k, v]) => [Number(k), v]));
+    for (const [id, seq] of since) this.chats.set(id, newChat(true, seq));
+    this.closed = new Promise((resolve) => (this.closedResolve = resolve));
+  }
+
+  /**
+   * connect starts a connection and resolves once its first socket is open
+   * and resumed; it rejects with the error that ends it (a handshake
+   * refused for good, the token provider's error). Failures that may pass
+   * are retried with backoff.
+   */
+  static connect(opts: ConnectionOptions): Promise<WindiConnection> {
+    const c = new WindiConnection(opts);
+    return new Promise((resolve, reject) => {
+      c.firstResolve = () => resolve(c);
+      c.firstReject = reject;
+      void c.dial();
+    });
+  }
+
+  get state(): ConnectionState {
+    return this.stateNow;
+  }
+
+  /** Queues text for chatId under a new client_msg_id. */
+  send(chatId: number, text: string): PendingSend {
+    return this.sendWithId(chatId, newClientMsgId(), text);
+  }
+
+  /**
+   * sendWithId queues a send with the application's own client_msg_id;
+   * while one with the same chat and id waits, it returns that one.
+   */
+  sendWithId(chatId: number, clientMsgId: string, text: string): PendingSend {
+    if (this.ended) throw new ClosedError(this.ended);
+    if (this.opts.chatId !== undefined && chatId !== this.opts.chatId) {
+      throw new Error(`send to chat ${chatId} on the connection of chat ${this.opts.chatId}`);
+    }
+    const key = `${chatId}:${clientMsgId}`;
+    const have = this.pending.get(key);
+    if (have) return have;
+    if (this.pending.size >= this.maxPending) throw new Error("too many sends waiting for their acks");
+    const frame = JSON.stringify({ type: "message.send", chat_id: chatId, client_msg_id: clientMsgId, text } satisfies Schemas["MessageSendFrame"]);
+    if (new TextEncoder().encode(frame).length > MAX_FRAME_BYTES) throw new Error("frame over 64 KiB");
+    let resolve!: (a: MessageAckFrame) => void;
+    let reject!: (e: Error) => void;
+    const ack = new Promise<MessageAckFrame>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    ack.catch(() => {}); // an unobserved failure is the caller's choice, not a crash
+    const p: Outgoing = { chatId, clientMsgId, ack, frame, written: false, resolved: false, attempts: 0, resolve, reject };
+    this.pending.set(key, p);
+    this.outbox.push(p);
+    this.pump();
+    return p;
+  }
+
+  /** Moves the read watermark of chatId to seq; kept until a socket takes it. */
+  markRead(chatId: number, seq: number): void {
+    if (this.ended) throw new ClosedError(this.ended);
+    if (seq > (this.reads.get(chatId) ?? -1)) this.reads.set(chatId, seq);
+    this.flushReads();
+  }
+
+  /** Each chat's position: the last seq delivered to onMessage. */
+  positions(): Map<number, number> {
+    const out = new Map<number, number>();
+    for (const [id, st] of this.chats) if (st.known) out.set(id, st.last);
+    return out;
+  }
+
+  /** Ends the connection: close 1000, waiting sends reject with ClosedError. */
+  close(): Promise<Error> {
+    if (!this.ended) {
+      const ws = this.ws;
+      this.detach();
+      if (ws && (ws.readyState === 0 || ws.readyState === OPEN)) ws.close(1000, "client closing");
+      this.finish(new ClosedError());
+    }
+    return this.closed;
+  }
+
+  // --- connecting ---
+
+  private async dial(): Promise<void> {
+    if (this.ended) return;
+    this.setState("connecting");
+    let token: string;
+    try {
+      token = await this.tokenOf(this.expired);
+    } catch (e) {
+      this.finish(e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    if (this.ended) return;
+    if (!this.positioned) {
+      const status = await this.readPositions(token);
+      if (this.ended) return;
+      if (status !== 0) {
+        this.failed(status, new Error(`reading positions: status ${status}`));
+        return;
+      }
+      this.positioned = true;
+    }
+    try {
+      this.WS ??= await defaultWebSocket();
+    } catch (e) {
+      this.finish(e as Error);
+      return;
+    }
+    const ws = new this.WS(this.url(token));
+    this.ws = ws;
+    this.opened = false;
+    ws.onopen = () => this.onOpen();
+    ws.onmessage = (ev) => this.onMessage(ev.data);
+    ws.onerror = () => {}; // onclose follows and says more
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.detach();
+      if (!this.opened) void this.handshakeFailed(token);
+      else this.lost(ev.code, ev.reason);
+    };
+  }
+
+  private url(token: string): string {
+    const u = new URL(this.opts.chatId === undefined ? "/ws" : `/ws/${this.opts.chatId}`, this.opts.baseUrl);
+    u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
+    u.searchParams.set("token", token);
+    if (this.opts.chatId !== undefined) {
+      const st = this.chats.get(this.opts.chatId);
+      if (st?.known) u.searchParams.set("since_seq", String(st.last));
+    }
+    return u.toString();
+  }
+
+  /** readPositions sets unknown chats' positions from GET /chats; returns 0 or the failing status (-1: network). */
+  private async readPositions(token: string): Promise<number> {
+    const api = createWindiClient(this.opts.baseUrl, token, this.opts.fetch ? { fetch: this.opts.fetch } : {});
+    try {
+      let chats: Schemas["Chat"][];
+      if (this.opts.chatId !== undefined) {
+        if (this.chats.get(this.opts.chatId)?.known) return 0;
+        const r = await api.GET("/chats/{chat_id}", { params: { path: { chat_id: this.opts.chatId } } });
+        if (!r.data) return r.response.status;
+        chats = [r.data];
+      } else {
+        const r = await api.GET("/chats");
+        if (!r.data) return r.response.status;
+        chats = r.data;
+      }
+      for (const ch of chats) {
+        if (!this.chats.get(ch.id)?.known) this.chats.set(ch.id, newChat(true, lastSeq(ch)));
+      }
+      return 0;
+    } catch {
+      return -1;
+    }
+  }
+
+  /**
+   * handshakeFailed learns why a socket never opened: browsers do not show
+   * the handshake's status, so a REST request with the same token asks.
+   */
+  private async handshakeFailed(token: string): Promise<void> {
+    const api = createWindiClient(this.opts.baseUrl, token, this.opts.fetch ? { fetch: this.opts.fetch } : {});
+    let status = -1;
+    try {
+      const r =
+        this.opts.chatId === undefined
+          ? await api.GET("/users/me")
+          : await api.GET("/chats/{chat_id}", { params: { path: { chat_id: this.opts.chatId } } });
+      status = r.response.ok ? 0 : r.response.status;
+    } catch {
+      // the server is unreachable: back off
+    }
+    if (this.ended) return;
+    this.failed(status, new Error(`websocket handshake failed (status ${status})`));
+  }
+
+  private failed(status: number, err: Error): void {
+    if (status === 401) {
+      this.rejected++;
+      if (this.rejected >= 2) return this.finish(new HandshakeError(401));
+      this.expired = true;
+      return this.retry(0, err);
+    }
+    if (status === 400 || status === 403 || status === 404) return this.finish(new HandshakeError(status));
+    this.attempt++;
+    this.retry(this.backoff(this.attempt), err);
+  }
+
+  private retry(ms: number, err: Error): void {
+    this.setState("disconnected", err);
+    this.reconnectTimer = this.clock.setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.dial();
+    }, ms);
+  }
+
+  private onOpen(): void {
+    this.opened = true;
+    this.expired = false;
+    this.rejected = 0;
+    this.upSince = this.clock.now();
+    const now = this.upSince;
+    this.inflight = 0;
+    this.pauseUntil = 0;
+    this.pauses = 0;
+    for (const p of this.outbox) p.written = false;
+    for (const [id, st] of this.chats) {
+      st.syncDue = 0;
+      st.gapCheck = 0;
+      st.syncFails = 0;
+      if (!st.known && st.fallback !== undefined) {
+        st.known = true;
+        st.last = st.fallback;
+      }
+      if (st.known && this.opts.chatId === undefined) this.writeSync(id, st, now);
+    }
+    this.pump();
+    this.flushReads();
+    this.setState("connected");
+    if (!this.firstDone) {
+      this.firstDone = true;
+      this.firstResolve();
+    }
+  }
+
+  private lost(code: number, reason: string): void {
+    if (this.ended) return;
+    if (this.clock.now() - this.upSince >= 5000) this.attempt = 0;
+    const err = new CloseError(code, reason);
+    if (code === CloseCode.TokenExpired) {
+      this.expired = true;
+      return this.retry(0, err);
+    }
+    if (code === CloseCode.GoingAway) return this.retry(Math.random() * 250, err);
+    if (code === CloseCode.Revoked || code === CloseCode.Removed || code >= 4500) return this.finish(err);
+    this.attempt++;
+    this.retry(this.backoff(this.attempt), err);
+  }
+
+  private detach(): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    this.stopTimer();
+  }
+
+  private write(data: string): void {
+    const ws = this.ws;
+    if (!ws || !this.opened || ws.readyState !== OPEN) return;
+    this.opts.trace?.(true, data);
+    ws.send(data);
+  }
+
+  // --- sends ---
+
+  private pump(): void {
+    if (!this.ws || !this.opened || this.clock.now() < this.pauseUntil) return;
+    let resolved = 0;
+    for (const p of this.outbox) {
+      if (p.resolved) {
+        resolved++;
+        continue;
+      }
+      if (p.written) continue;
+      if (this.inflight >= this.maxInFlight) break;
+      this.write(p.frame);
+      p.written = true;
+      this.inflight++;
+    }
+    if (resolved > this.outbox.length / 2) this.outbox = this.outbox.filter((p) => !p.resolved);
+  }
+
+  private flushReads(): void {
+    if (!this.ws || !this.opened) return;
+    for (const [chatId, seq] of this.reads) {
+      this.write(JSON.stringify({ type: "message.read", chat_id: chatId, seq } satisfies Schemas["MessageReadFrame"]));
+    }
+    this.reads.clear();
+  }
+
+  private take(key: string): Outgoing | undefined {
+    const p = this.pending.get(key);
+    if (!p) return undefined;
+    this.pending.delete(key);
+    p.resolved = true;
+    if (p.written) this.inflight--;
+    return p;
+  }
+
+  // --- frames ---
+
+  private onMessage(data: unknown): void {
+    const text = typeof data === "string" ? data : String(data);
+    this.opts.trace?.(false, text);
+    let f: ServerFrame;
+    try {
+      f = JSON.parse(text) as ServerFrame;
+    } catch {
+      return; // not JSON: nothing the protocol sends
+    }
+    switch (f.type) {
+      case "message.new":
+        this.deliver(f.message, false);
+        break;
+      case "message.ack": {
+        const p = this.take(`${f.message.chat_id}:${f.client_msg_id}`);
+        if (p) {
+          this.pauses = 0;
+          p.resolve(f);
+        }
+        this.deliver(f.message, f.duplicate);
+        this.pump();
+        break;
+      }
+      case "error":
+        if (!this.frameError(f)) this.opts.onFrame?.(f);
+        break;
+      case "member.added": {
+        const st = this.chats.get(f.chat_id);
+        if (this.opts.chatId === undefined && (!st || (!st.known && st.fallback === undefined))) void this.fetchPosition(f.chat_id);
+        this.opts.onFrame?.(f);
+        break;
+      }
+      default:
+        this.opts.onFrame?.(f);
+    }
+  }
+
+  private deliver(m: Message, duplicate: boolean): void {
+    let st = this.chats.get(m.chat_id);
+    if (!st) {
+      if (duplicate) return;
+      st = newChat(false, 0);
+      this.chats.set(m.chat_id, st);
+    }
+    if (!st.known) {
+      if (duplicate) return; // an old message cannot set where a chat starts
+      st.known = true;
+      st.last = m.seq - 1;
+    }
+    if (m.seq <= st.last) return; // delivered already
+    if (!st.buf.has(m.seq)) st.buf.set(m.seq, m);
+    for (let next = st.buf.get(st.last + 1); next; next = st.buf.get(st.last + 1)) {
+      st.buf.delete(next.seq);
+      st.last = next.seq;
+      this.opts.onMessage?.(next);
+    }
+    if (st.buf.size === 0) st.gapCheck = 0;
+    else if (st.gapCheck === 0 && st.syncDue === 0) this.writeSync(m.chat_id, st, this.clock.now());
+  }
+
+  private frameError(e: ErrorFrame): boolean {
+    const now = this.clock.now();
+    if (e.client_msg_id !== undefined) {
+      let key: string | undefined;
+      if (e.chat_id !== undefined) key = `${e.chat_id}:${e.client_msg_id}`;
+      else for (const [k, p] of this.pending) if (p.clientMsgId === e.client_msg_id) key = k;
+      const p = key === undefined ? undefined : this.pending.get(key);
+      if (!p || !key) return false;
+      const err = new FrameError(e);
+      if (err.temporary && p.attempts < this.sendRetries) {
+        p.attempts++;
+        if (p.written) {
+          p.written = false;
+          this.inflight--;
+        }
+        this.pauses++;
+        this.pauseUntil = now + this.backoff(this.pauses);
+        this.schedule(this.pauseUntil);
+        return true;
+      }
+      this.take(key)?.reject(err);
+      this.pump();
+      return true;
+    }
+    if (e.chat_id === undefined) return false;
+    const st = this.chats.get(e.chat_id);
+    if (!st) return false;
+    if (e.code === "rate_limited") {
+      if (st.gapCheck === 0) return false; // a read receipt's, not a sync's
+      st.syncFails++;
+      st.gapCheck = 0;
+      st.syncDue = now + this.backoff(st.syncFails);
+      this.schedule(st.syncDue);
+      return true;
+    }
+    if (e.code === "forbidden" || e.code === "not_found") this.chats.delete(e.chat_id);
+    return false;
+  }
+
+  private writeSync(chatId: number, st: ChatState, now: number): void {
+    this.write(JSON.stringify({ type: "sync", chat_id: chatId, since_seq: st.last } satisfies Schemas["SyncFrame"]));
+    st.syncDue = 0;
+    st.gapCheck = now + this.gapTimeout;
+    this.schedule(st.gapCheck);
+  }
+
+  private async fetchPosition(chatId: number): Promise<void> {
+    try {
+      const token = await this.tokenOf(false);
+      const api = createWindiClient(this.opts.baseUrl, token, this.opts.fetch ? { fetch: this.opts.fetch } : {});
+      const r = await api.GET("/chats/{chat_id}", { params: { path: { chat_id: chatId } } });
+      if (!r.data) return;
+      let st = this.chats.get(chatId);
+      if (!st) {
+        st = newChat(false, 0);
+        this.chats.set(chatId, st);
+      }
+      if (!st.known) st.fallback = lastSeq(r.data);
+    } catch {
+      // the chat then starts at the reconnect
+    }
+  }
+
+  // --- timers ---
+
+  private schedule(at: number): void {
+    if (this.deadline !== 0 && at >= this.deadline) return;
+    this.stopTimer();
+    this.deadline = at;
+    this.timer = this.clock.setTimeout(() => this.tick(), Math.max(0, at - this.clock.now()));
+  }
+
+  private stopTimer(): void {
+    if (this.timer !== undefined) this.clock.clearTimeout(this.timer);
+    this.timer = undefined;
+    this.deadline = 0;
+  }
+
+  private tick(): void {
+    this.timer = undefined;
+    this.deadline = 0;
+    if (!this.ws || !this.opened) return;
+    const now = this.clock.now();
+    if (this.pauseUntil !== 0) {
+      if (now < this.pauseUntil) this.schedule(this.pauseUntil);
+      else {
+        this.pauseUntil = 0;
+        this.pump();
+      }
+    }
+    for (const [id, st] of this.chats) {
+      if (st.syncDue !== 0 && now >= st.syncDue) this.writeSync(id, st, now);
+      else if (st.syncDue !== 0) this.schedule(st.syncDue);
+      else if (st.gapCheck !== 0 && now >= st.gapCheck) {
+        if (st.buf.size > 0) this.writeSync(id, st, now);
+        else st.gapCheck = 0;
+      } else if (st.gapCheck !== 0) this.schedule(st.gapCheck);
+    }
+  }
+
+  // --- the end ---
+
+  private setState(s: ConnectionState, err?: Error): void {
+    if (s === this.stateNow && this.stateReported) return;
+    this.stateNow = s;
+    this.stateReported = true;
+    this.opts.onState?.(s, err);
+  }
+
+  private finish(err: Error): void {
+    if (this.ended) return;
+    this.ended = err;
+    this.detach();
+    if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
+    const failed = err instanceof ClosedError ? err : new ClosedError(err);
+    for (const p of this.pending.values()) {
+      p.resolved = true;
+      p.reject(failed);
+    }
+    this.pending.clear();
+    this.setState("closed", err);
+    if (!this.firstDone) {
+      this.firstDone = true;
+      this.firstReject(err);
+    }
+    this.opts.onClose?.(err);
+    this.closedResolve(err);
+  }
+}
+
+function newChat(known: boolean, last: number): ChatState {
+  return { known, last, buf: new Map(), syncDue: 0, gapCheck: 0, syncFails: 0 };
+}
+
+function lastSeq(ch: Schemas["Chat"]): number {
+  return ch.last_seq ?? ch.last_message?.seq ?? 0;
+}
