@@ -101,7 +101,8 @@ func (m *Main) Open(ctx context.Context) error {
 	svc, err := chat.New(chat.Config{
 		Store: store, Broker: m.Broker, Metrics: m.Metrics, Logger: m.Logger,
 		Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2,
-		Limits: chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, UserSendRate: lim.UserSendRate},
+		Limits:    chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, UserSendRate: lim.UserSendRate},
+		Sequencer: chat.SequencerConfig{Shards: m.Config.SendShards},
 	})
 	if err != nil {
 		return err

@@ -27,6 +27,7 @@ type Config struct {
 	Limits         Limits        // abuse limits; see limits.go
 	RedisPrefix    string        // WINDI_REDIS_PREFIX: keys and channels of this deployment
 	PprofAddr      string        // WINDI_PPROF_ADDR: serve net/http/pprof there when set
+	SendShards     int           // WINDI_SEND_SHARDS: send transactions in flight per replica
 }
 
 // EnvVar documents one environment variable for --help.
@@ -47,6 +48,7 @@ var EnvVars = []EnvVar{
 	{"WINDI_ALLOWED_ORIGINS", "", "comma-separated origins allowed to open WebSockets from a browser; unset allows same-host only"},
 	{"WINDI_REDIS_PREFIX", "windi:", "prefix of every Redis key and channel, so deployments can share one Redis"},
 	{"WINDI_PPROF_ADDR", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); unset: off"},
+	{"WINDI_SEND_SHARDS", "1", "send transactions in flight per replica: chats are spread over this many sequencer workers, each committing everything queued for its chats in one transaction"},
 }
 
 // LoadConfig reads the configuration through getenv. A variable set to the
@@ -94,6 +96,9 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	cfg.RedisPrefix = get("WINDI_REDIS_PREFIX")
+	if cfg.SendShards, err = strconv.Atoi(get("WINDI_SEND_SHARDS")); err != nil || cfg.SendShards < 1 || cfg.SendShards > 256 {
+		return Config{}, fmt.Errorf("WINDI_SEND_SHARDS: %q is not a number from 1 to 256", get("WINDI_SEND_SHARDS"))
+	}
 	if cfg.PprofAddr = get("WINDI_PPROF_ADDR"); cfg.PprofAddr != "" {
 		if err := checkAddr(cfg.PprofAddr); err != nil {
 			return Config{}, fmt.Errorf("WINDI_PPROF_ADDR: %q %v", cfg.PprofAddr, err)

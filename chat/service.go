@@ -104,7 +104,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s.dummyHash = h
-	s.seq = newSequencer(s, cfg.Sequencer.withDefaults(s.store.Dialect()))
+	s.seq = newSequencer(s, cfg.Sequencer.withDefaults())
 	return s, nil
 }
 
