@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/windi-chat/windi/gen"
@@ -20,10 +21,19 @@ type Message struct {
 
 // API converts m to its wire form.
 func (m Message) API() gen.Message {
-	return gen.Message{
+	out := gen.Message{
 		ID: m.ID, ChatID: m.ChatID, Seq: m.Seq, SenderID: m.SenderID, Text: m.Text,
 		ClientMsgID: m.ClientMsgID, CreatedAt: m.CreatedAt.UTC(), Read: m.Read,
+		Rev: m.Rev, Deleted: m.Deleted, ReplyToSeq: m.ReplyToSeq, Reactions: make([]gen.Reaction, len(m.Reactions)),
 	}
+	if m.EditedAt != nil {
+		t := m.EditedAt.UTC()
+		out.EditedAt = &t
+	}
+	for i, r := range m.Reactions {
+		out.Reactions[i] = gen.Reaction{Emoji: r.Emoji, Count: len(r.UserIDs), UserIds: r.UserIDs}
+	}
+	return out
 }
 
 // View is a chat as one of its members sees it.
@@ -223,14 +233,23 @@ func (s *Service) History(ctx context.Context, userID, chatID int64, q HistoryQu
 	return s.withRead(ctx, chatID, ms)
 }
 
-// MessagesAfter returns up to limit messages with seq > after, for replay and
-// gap filling. The caller has authorized the chat.
-func (s *Service) MessagesAfter(ctx context.Context, chatID, after int64, limit int) ([]Message, error) {
-	ms, err := s.store.MessagesAfter(ctx, chatID, after, limit)
+// ChangesAfter returns the current state of the chat's messages changed
+// after revision afterRev (only those with seq > minSeq when minSeq > 0),
+// ascending by rev, and the chat's last rev as read first; see
+// repo.ChangesAfter. The caller has authorized the chat.
+func (s *Service) ChangesAfter(ctx context.Context, chatID, afterRev, minSeq int64, limit int) ([]Message, int64, error) {
+	ms, head, err := s.store.ChangesAfter(ctx, chatID, afterRev, minSeq, limit)
 	if err != nil {
-		return nil, classify(err)
+		return nil, 0, classify(err)
 	}
-	return s.withRead(ctx, chatID, ms)
+	out, err := s.withRead(ctx, chatID, ms)
+	return out, head, err
+}
+
+// RevAtSeq is the revision a resume after message seq starts from.
+func (s *Service) RevAtSeq(ctx context.Context, chatID, seq int64) (int64, error) {
+	rev, err := s.store.RevAtSeq(ctx, chatID, seq)
+	return rev, classify(err)
 }
 
 func (s *Service) withRead(ctx context.Context, chatID int64, ms []repo.Message) ([]Message, error) {
@@ -245,7 +264,8 @@ func (s *Service) withRead(ctx context.Context, chatID int64, ms []repo.Message)
 	return out, nil
 }
 
-// ValidateSend checks a send's fields without touching storage.
+// ValidateSend checks a send's fields without touching storage and
+// returns the text as stored (trimmed).
 func ValidateSend(clientMsgID, text string) (string, error) {
 	if n := len(clientMsgID); n < 1 || n > MaxClientMsgID {
 		return "", invalid("client_msg_id", "client_msg_id must be 1..%d printable ASCII characters", MaxClientMsgID)
@@ -255,6 +275,12 @@ func ValidateSend(clientMsgID, text string) (string, error) {
 			return "", invalid("client_msg_id", "client_msg_id must be 1..%d printable ASCII characters", MaxClientMsgID)
 		}
 	}
+	return ValidateText(text)
+}
+
+// ValidateText checks a message text (of a send or an edit) and returns it
+// trimmed.
+func ValidateText(text string) (string, error) {
 	text = strings.TrimSpace(text)
 	if !utf8.ValidString(text) {
 		return "", invalid("text", "text must be valid UTF-8")
@@ -272,25 +298,36 @@ func ValidateSend(clientMsgID, text string) (string, error) {
 	return text, nil
 }
 
+// MaxEmojiChars bounds a reaction's emoji (SPEC §11.3).
+const MaxEmojiChars = 16
+
+// ValidateEmoji checks a reaction's emoji: 1..16 characters, valid UTF-8,
+// no whitespace or control characters.
+func ValidateEmoji(emoji string) error {
+	n := utf8.RuneCountInString(emoji)
+	if !utf8.ValidString(emoji) || n < 1 || n > MaxEmojiChars {
+		return invalid("emoji", "emoji must be 1..%d characters", MaxEmojiChars)
+	}
+	for _, r := range emoji {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return invalid("emoji", "emoji must not contain whitespace or control characters")
+		}
+	}
+	return nil
+}
+
 // Send stores a message from userID in chatID and publishes it, or finds
 // the original when (chat, sender, client_msg_id) was sent before
 // (duplicate=true). It returns once the message is committed and published
-// (see sequencer: claim, one transaction per batch, publish in seq order).
+// (see sequencer: claim, one transaction per batch, publish in rev order).
+// replyTo, when set, names the message answered (in the same chat).
 // Errors: CodeInvalid, CodeTooLarge, CodeNotFound, CodeForbidden,
 // CodeUnavailable.
-func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, text string) (Message, bool, error) {
-	reply := make(chan SendOutcome, 1)
-	if err := s.SendAsync(ctx, userID, chatID, clientMsgID, text, func(o SendOutcome) { reply <- o }); err != nil {
-		return Message{}, false, err
-	}
-	select {
-	case o := <-reply:
-		return o.Message, o.Duplicate, o.Err
-	case <-ctx.Done():
-		// The send may still commit; a retry with the same client_msg_id
-		// finds it.
-		return Message{}, false, classify(ctx.Err())
-	}
+func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, text string, replyTo *int64) (Message, bool, error) {
+	o, err := s.wait(ctx, func(done func(Outcome)) error {
+		return s.SendAsync(ctx, userID, chatID, clientMsgID, text, replyTo, done)
+	})
+	return o.Message, o.Duplicate, err
 }
 
 // SendAsync is Send for callers that must not wait, such as a WebSocket
@@ -298,20 +335,96 @@ func (s *Service) Send(ctx context.Context, userID, chatID int64, clientMsgID, t
 // it on its chat's sequencer shard (waiting only while the shard's queue
 // is full) and returns; done is called exactly once with the outcome, on
 // the sequencer's goroutine, after the message is published, so it must
-// not block. One caller's sends to one chat are stored in the order
+// not block. One caller's operations on one chat are applied in the order
 // submitted. An invalid send returns its error and done is not called.
-func (s *Service) SendAsync(ctx context.Context, userID, chatID int64, clientMsgID, text string, done func(SendOutcome)) error {
+func (s *Service) SendAsync(ctx context.Context, userID, chatID int64, clientMsgID, text string, replyTo *int64, done func(Outcome)) error {
 	text, err := ValidateSend(clientMsgID, text)
 	if err != nil {
 		return err
 	}
+	if replyTo != nil && *replyTo < 1 {
+		return invalid("reply_to_seq", "reply_to_seq must name a message of the chat")
+	}
 	// Membership is checked inside the transaction that stores the message,
 	// under the chat's lock, so no removal slips in between check and insert.
-	p := &pending{ctx: ctx, req: repo.SendRequest{ChatID: chatID, SenderID: userID, ClientMsgID: clientMsgID, Text: text}, done: done}
-	if err := s.seq.submit(p); err != nil {
+	return s.submit(ctx, repo.Op{Kind: repo.OpSend, ChatID: chatID, UserID: userID, ClientMsgID: clientMsgID, Text: text, ReplyToSeq: replyTo}, done)
+}
+
+// Edit replaces the text of message seq of chatID; only its sender may
+// (SPEC §11.2). An edit to the same text changes nothing. Errors:
+// CodeInvalid, CodeTooLarge, CodeNotFound, CodeForbidden,
+// CodeMessageDeleted, CodeUnavailable.
+func (s *Service) Edit(ctx context.Context, userID, chatID, seq int64, text string) (Message, error) {
+	o, err := s.wait(ctx, func(done func(Outcome)) error { return s.EditAsync(ctx, userID, chatID, seq, text, done) })
+	return o.Message, err
+}
+
+// EditAsync is Edit for callers that must not wait (see SendAsync).
+func (s *Service) EditAsync(ctx context.Context, userID, chatID, seq int64, text string, done func(Outcome)) error {
+	text, err := ValidateText(text)
+	if err != nil {
+		return err
+	}
+	return s.submit(ctx, repo.Op{Kind: repo.OpEdit, ChatID: chatID, UserID: userID, Seq: seq, Text: text}, done)
+}
+
+// Delete tombstones message seq of chatID: its text becomes empty, its
+// reactions go, its seq stays. Its sender or the group's owner may;
+// deleting it again changes nothing. Errors: CodeNotFound, CodeForbidden,
+// CodeUnavailable.
+func (s *Service) Delete(ctx context.Context, userID, chatID, seq int64) (Message, error) {
+	o, err := s.wait(ctx, func(done func(Outcome)) error { return s.DeleteAsync(ctx, userID, chatID, seq, done) })
+	return o.Message, err
+}
+
+// DeleteAsync is Delete for callers that must not wait (see SendAsync).
+func (s *Service) DeleteAsync(ctx context.Context, userID, chatID, seq int64, done func(Outcome)) error {
+	return s.submit(ctx, repo.Op{Kind: repo.OpDelete, ChatID: chatID, UserID: userID, Seq: seq}, done)
+}
+
+// React adds (add=true) or removes userID's emoji on message seq of chatID
+// (SPEC §11.3); adding twice or removing an absent one changes nothing.
+// Errors: CodeInvalid, CodeNotFound, CodeForbidden, CodeMessageDeleted,
+// CodeTooManyReactions, CodeUnavailable.
+func (s *Service) React(ctx context.Context, userID, chatID, seq int64, emoji string, add bool) (Message, error) {
+	o, err := s.wait(ctx, func(done func(Outcome)) error { return s.ReactAsync(ctx, userID, chatID, seq, emoji, add, done) })
+	return o.Message, err
+}
+
+// ReactAsync is React for callers that must not wait (see SendAsync).
+func (s *Service) ReactAsync(ctx context.Context, userID, chatID, seq int64, emoji string, add bool, done func(Outcome)) error {
+	if err := ValidateEmoji(emoji); err != nil {
+		return err
+	}
+	kind := repo.OpReactRemove
+	if add {
+		kind = repo.OpReactAdd
+	}
+	return s.submit(ctx, repo.Op{Kind: kind, ChatID: chatID, UserID: userID, Seq: seq, Emoji: emoji}, done)
+}
+
+// submit queues one operation on its chat's sequencer shard.
+func (s *Service) submit(ctx context.Context, op repo.Op, done func(Outcome)) error {
+	if err := s.seq.submit(&pending{ctx: ctx, op: op, done: done}); err != nil {
 		return classify(err)
 	}
 	return nil
+}
+
+// wait runs an asynchronous operation and waits for its outcome.
+func (s *Service) wait(ctx context.Context, start func(done func(Outcome)) error) (Outcome, error) {
+	reply := make(chan Outcome, 1)
+	if err := start(func(o Outcome) { reply <- o }); err != nil {
+		return Outcome{}, err
+	}
+	select {
+	case o := <-reply:
+		return o, o.Err
+	case <-ctx.Done():
+		// The operation may still be applied; a retry of a send with the
+		// same client_msg_id finds it.
+		return Outcome{}, classify(ctx.Err())
+	}
 }
 
 // MarkRead moves userID's watermark in chatID forward to seq (capped at the

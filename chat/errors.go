@@ -21,9 +21,11 @@ const (
 	CodeEmailTaken        Code = "email_taken"  // registration conflict (409)
 	CodeNotAGroup         Code = "not_a_group"  // a group operation on a private chat (409)
 	CodeOwnerNotRemovable Code = "owner_cannot_be_removed"
-	CodeGroupFull         Code = "group_full"   // over the member limit (409)
-	CodeRateLimited       Code = "rate_limited" // too many attempts (429)
-	CodeUnavailable       Code = "unavailable"  // database or broker down; nothing stored (503)
+	CodeGroupFull         Code = "group_full"         // over the member limit (409)
+	CodeMessageDeleted    Code = "message_deleted"    // an edit or reaction of a deleted message (409)
+	CodeTooManyReactions  Code = "too_many_reactions" // the message has 20 distinct emoji (422)
+	CodeRateLimited       Code = "rate_limited"       // too many attempts (429)
+	CodeUnavailable       Code = "unavailable"        // database or broker down; nothing stored (503)
 )
 
 // Error is a rule violation with a client-safe message. Field names the

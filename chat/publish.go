@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/windi-chat/windi/event"
@@ -88,4 +89,30 @@ func (s *Service) memberRemoved(ctx context.Context, chatID, userID int64) {
 	frame := mustJSON(gen.MemberRemovedFrame{Type: gen.MemberRemoved, ChatID: chatID, UserID: userID})
 	env := event.Envelope{Kind: event.Removed, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}}
 	s.publish(ctx, env, event.ChatChannel(chatID), event.UserChannel(userID))
+}
+
+// TypingEvery is how often a user's typing in a chat is relayed at most
+// (SPEC §11.4); clients show the indicator for about 5 s.
+const TypingEvery = 2 * time.Second
+
+// Typing relays that userID is typing in chatID to the chat's other
+// members' connections, across replicas, through the broker. Nothing is
+// stored. At most one relay per user and chat every TypingEvery, shared by
+// replicas (a claim in the broker that lives that long); the rest are
+// dropped silently. Errors: CodeNotFound, CodeForbidden.
+func (s *Service) Typing(ctx context.Context, userID, chatID int64) error {
+	if _, _, err := s.authorize(ctx, userID, chatID); err != nil {
+		return err
+	}
+	fresh, err := s.broker.ClaimMany(ctx, []string{fmt.Sprintf("typing:%d:%d", chatID, userID)}, TypingEvery)
+	if err != nil {
+		s.metrics.BrokerError("claim")
+		return nil // typing is best effort
+	}
+	if !fresh[0] {
+		return nil
+	}
+	frame := mustJSON(gen.TypingEventFrame{Type: gen.TypingEventFrameTypeTyping, ChatID: chatID, UserID: userID})
+	s.publish(ctx, event.Envelope{Kind: event.Forward, ChatID: chatID, UserID: userID, Frames: []json.RawMessage{frame}}, event.ChatChannel(chatID))
+	return nil
 }

@@ -13,14 +13,19 @@ import (
 	"github.com/windi-chat/windi/repo"
 )
 
-// SendOutcome is the result of a send: the stored message, or the original
-// when the send repeated one (Duplicate), or an error (CodeForbidden,
-// CodeNotFound, CodeUnavailable, …).
-type SendOutcome struct {
+// Outcome is the result of a timeline operation: the message as it left
+// it (for a send that repeated one, the original: Duplicate), whether it
+// changed anything (Changed), or an error (CodeForbidden, CodeNotFound,
+// CodeMessageDeleted, CodeUnavailable, …).
+type Outcome struct {
 	Message   Message
 	Duplicate bool
+	Changed   bool
 	Err       error
 }
+
+// SendOutcome is the Outcome of a send.
+type SendOutcome = Outcome
 
 // SequencerConfig tunes the per-chat sequencer. Zero values take the
 // defaults noted.
@@ -58,7 +63,8 @@ func (c SequencerConfig) withDefaults() SequencerConfig {
 	return c
 }
 
-// sequencer commits sends and publishes them, each chat's in seq order.
+// sequencer commits a chat's timeline operations (sends, edits, deletes,
+// reactions) and publishes them, each chat's in rev order.
 //
 // On each replica a chat belongs to one shard (chat id modulo the number
 // of shards) and each shard has one worker goroutine, so one chat's sends
@@ -89,11 +95,11 @@ type sequencer struct {
 	closed bool
 }
 
-// pending is one send waiting for its turn.
+// pending is one operation waiting for its turn.
 type pending struct {
 	ctx  context.Context
-	req  repo.SendRequest
-	done func(SendOutcome) // called exactly once, on the shard's worker
+	op   repo.Op
+	done func(Outcome) // called exactly once, on the sequencer's goroutines
 }
 
 func newSequencer(svc *Service, cfg SequencerConfig) *sequencer {
@@ -113,7 +119,7 @@ func (q *sequencer) submit(p *pending) error {
 	if q.closed {
 		return &Error{Code: CodeUnavailable, Message: "server shutting down; nothing was stored, retry"}
 	}
-	shard := q.shards[uint64(p.req.ChatID)%uint64(len(q.shards))]
+	shard := q.shards[uint64(p.op.ChatID)%uint64(len(q.shards))]
 	select {
 	case shard <- p:
 		return nil
@@ -192,11 +198,11 @@ func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 		cancel()
 		return prev
 	}
-	reqs := make([]repo.SendRequest, len(live))
+	ops := make([]repo.Op, len(live))
 	for i, p := range live {
-		reqs[i] = p.req
+		ops[i] = p.op
 	}
-	res, err := s.store.InsertMessages(ctx, reqs, repo.InsertOptions{AssumeNew: assumeNew})
+	res, err := s.store.Apply(ctx, ops, repo.ApplyOptions{AssumeNew: assumeNew})
 	if err != nil {
 		cancel()
 		err = classify(err)
@@ -215,36 +221,44 @@ func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 		<-prev
 		q.publish(ctx, res)
 		for i, p := range live {
-			p.done(s.outcome(ctx, p.req, res[i]))
+			p.done(s.outcome(ctx, p.op, res[i]))
 		}
 	}()
 	return done
 }
 
-// answerRepeats claims the batch's dedup keys in the broker, the fast
-// guard shared by replicas, in one round trip. A send whose key was
-// claimed before and whose original is stored (and whose sender is still a
-// member) is answered as a duplicate here, without a write. It returns the
-// sends left to store, and whether every key was fresh, in which case the
-// transaction need not look for stored repeats.
+// answerRepeats claims the dedup keys of the batch's sends in the broker,
+// the fast guard shared by replicas, in one round trip. A send whose key
+// was claimed before and whose original is stored (and whose sender is
+// still a member) is answered as a duplicate here, without a write. It
+// returns the operations left to apply, and whether every key was fresh,
+// in which case the transaction need not look for stored repeats.
 func (q *sequencer) answerRepeats(ctx context.Context, batch []*pending) ([]*pending, bool) {
 	s := q.svc
-	keys := make([]string, len(batch))
+	var keys []string
+	var at []int
 	for i, p := range batch {
-		keys[i] = dedupKey(p.req)
+		if p.op.Kind == repo.OpSend {
+			keys = append(keys, dedupKey(p.op))
+			at = append(at, i)
+		}
+	}
+	if len(keys) == 0 {
+		return batch, true
 	}
 	fresh, err := s.broker.ClaimMany(ctx, keys, q.cfg.DedupTTL)
 	if err != nil {
 		s.metrics.BrokerError("claim")
-		s.log.Warn("dedup guard failed; relying on the database key", "event", "dedup.error", "sends", len(batch), "err", err)
+		s.log.Warn("dedup guard failed; relying on the database key", "event", "dedup.error", "sends", len(keys), "err", err)
 		return batch, false
 	}
 	var seen []repo.SendRequest
 	var seenAt []int
-	for i, ok := range fresh {
+	for j, ok := range fresh {
 		if !ok {
-			seen = append(seen, batch[i].req)
-			seenAt = append(seenAt, i)
+			o := batch[at[j]].op
+			seen = append(seen, repo.SendRequest{ChatID: o.ChatID, SenderID: o.UserID, ClientMsgID: o.ClientMsgID})
+			seenAt = append(seenAt, at[j])
 		}
 	}
 	if len(seen) == 0 {
@@ -261,11 +275,11 @@ func (q *sequencer) answerRepeats(ctx context.Context, batch []*pending) ([]*pen
 		p := batch[i]
 		out, err := s.withRead(ctx, m.ChatID, []repo.Message{m})
 		if err != nil {
-			p.done(SendOutcome{Err: err})
+			p.done(Outcome{Err: err})
 			continue
 		}
-		s.logDuplicate(ctx, p.req.SenderID, m)
-		p.done(SendOutcome{Message: out[0], Duplicate: true})
+		s.logDuplicate(ctx, p.op.UserID, m)
+		p.done(Outcome{Message: out[0], Duplicate: true})
 	}
 	rest := batch[:0:0]
 	for i, p := range batch {
@@ -277,22 +291,23 @@ func (q *sequencer) answerRepeats(ctx context.Context, batch []*pending) ([]*pen
 }
 
 // dedupKey is a send's key in the broker's fast guard.
-func dedupKey(r repo.SendRequest) string {
-	return fmt.Sprintf("dedup:%d:%d:%s", r.ChatID, r.SenderID, r.ClientMsgID)
+func dedupKey(o repo.Op) string {
+	return fmt.Sprintf("dedup:%d:%d:%s", o.ChatID, o.UserID, o.ClientMsgID)
 }
 
-// publish announces a committed batch: per chat, one envelope with its new
-// messages in seq order and, when the batch raised the chat's lowest
-// watermark, the chat.read frame after them; every chat's envelope goes
-// out in one broker round trip. Receivers drop what they have already
-// delivered, so a retry after a failed round trip repeats nothing.
-func (q *sequencer) publish(ctx context.Context, res []repo.SendResult) {
+// publish announces a committed batch: per chat, one envelope with its
+// changes in rev order (new messages and changed ones) and, when the
+// batch's sends raised the chat's lowest watermark, the chat.read frame
+// after them; every chat's envelope goes out in one broker round trip.
+// Receivers drop what they have already delivered, so a retry after a
+// failed round trip repeats nothing.
+func (q *sequencer) publish(ctx context.Context, res []repo.OpResult) {
 	s := q.svc
 	byChat := map[int64]*event.Envelope{}
 	var order []int64
 	sentAt := time.Now().UnixNano()
 	for _, r := range res {
-		if r.Err != nil || r.Duplicate {
+		if r.Err != nil || !r.Changed {
 			continue
 		}
 		m := r.Message
@@ -303,7 +318,11 @@ func (q *sequencer) publish(ctx context.Context, res []repo.SendResult) {
 			order = append(order, m.ChatID)
 		}
 		msg := Message{Message: m, Read: r.MinAfter >= m.Seq}
-		env.Items = append(env.Items, event.Item{Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(msg.API())})
+		env.Items = append(env.Items, event.Item{Rev: m.Rev, CreatedRev: m.CreatedRev, Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(msg.API())})
+		if m.Rev != m.CreatedRev {
+			s.log.Info("message changed", "event", "message.changed", "chat_id", m.ChatID, "message_id", m.ID, "seq", m.Seq, "rev", m.Rev)
+			continue
+		}
 		if r.MinAfter > r.MinBefore {
 			env.Frames = append(env.Frames, mustJSON(gen.ChatReadFrame{Type: gen.ChatRead, ChatID: m.ChatID, Seq: r.MinAfter}))
 		}
@@ -320,26 +339,44 @@ func (q *sequencer) publish(ctx context.Context, res []repo.SendResult) {
 	s.publishMany(ctx, pubs)
 }
 
-// outcome turns one request's stored result into its answer.
-func (s *Service) outcome(ctx context.Context, req repo.SendRequest, r repo.SendResult) SendOutcome {
+// outcome turns one operation's stored result into its answer.
+func (s *Service) outcome(ctx context.Context, op repo.Op, r repo.OpResult) Outcome {
 	switch {
 	case errorIs(r.Err, repo.ErrNotMember):
-		return SendOutcome{Err: errorf(CodeForbidden, "not a member of chat %d", req.ChatID)}
+		return Outcome{Err: errorf(CodeForbidden, "not a member of chat %d", op.ChatID)}
+	case errorIs(r.Err, repo.ErrNotFound) && op.Kind == repo.OpSend:
+		return Outcome{Err: errorf(CodeNotFound, "chat %d not found", op.ChatID)}
 	case errorIs(r.Err, repo.ErrNotFound):
-		return SendOutcome{Err: errorf(CodeNotFound, "chat %d not found", req.ChatID)}
+		return Outcome{Err: errorf(CodeNotFound, "message %d of chat %d not found", op.Seq, op.ChatID)}
+	case errorIs(r.Err, repo.ErrForbidden) && op.Kind == repo.OpEdit:
+		return Outcome{Err: errorf(CodeForbidden, "only the sender edits a message")}
+	case errorIs(r.Err, repo.ErrForbidden):
+		return Outcome{Err: errorf(CodeForbidden, "only the sender or the group's owner deletes a message")}
+	case errorIs(r.Err, repo.ErrDeleted):
+		return Outcome{Err: errorf(CodeMessageDeleted, "message %d is deleted", op.Seq)}
+	case errorIs(r.Err, repo.ErrTooManyReactions):
+		return Outcome{Err: &Error{Code: CodeTooManyReactions, Field: "emoji", Message: fmt.Sprintf("a message takes at most %d distinct emoji", repo.MaxReactions)}}
+	case errorIs(r.Err, repo.ErrBadReply):
+		return Outcome{Err: invalid("reply_to_seq", "reply_to_seq must name a message of chat %d", op.ChatID)}
 	case r.Err != nil:
-		return SendOutcome{Err: classify(r.Err)}
+		return Outcome{Err: classify(r.Err)}
 	case r.Duplicate:
 		out, err := s.withRead(ctx, r.Message.ChatID, []repo.Message{r.Message})
 		if err != nil {
-			return SendOutcome{Err: err}
+			return Outcome{Err: err}
 		}
-		s.logDuplicate(ctx, req.SenderID, r.Message)
-		return SendOutcome{Message: out[0], Duplicate: true}
+		s.logDuplicate(ctx, op.UserID, r.Message)
+		return Outcome{Message: out[0], Duplicate: true}
+	case op.Kind == repo.OpSend:
+		// The send raised the sender's own watermark; the message is read
+		// when every other member's has reached it too.
+		return Outcome{Message: Message{Message: r.Message, Read: r.MinAfter >= r.Message.Seq}, Changed: true}
 	}
-	// The send raised the sender's own watermark; the message is read when
-	// every other member's has reached it too.
-	return SendOutcome{Message: Message{Message: r.Message, Read: r.MinAfter >= r.Message.Seq}}
+	out, err := s.withRead(ctx, r.Message.ChatID, []repo.Message{r.Message})
+	if err != nil {
+		return Outcome{Err: err}
+	}
+	return Outcome{Message: out[0], Changed: r.Changed}
 }
 
 func (s *Service) logDuplicate(ctx context.Context, userID int64, orig repo.Message) {

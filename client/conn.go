@@ -820,7 +820,8 @@ func (c *Conn) write(b []byte) {
 
 func (c *Conn) writeSync(chatID int64, st *chatState, now time.Time) {
 	id := chatID
-	c.writeJSON(rest.SyncFrame{Type: rest.Sync, ChatID: &id, SinceSeq: st.last})
+	since := st.last
+	c.writeJSON(rest.SyncFrame{Type: rest.Sync, ChatID: &id, SinceSeq: &since})
 	st.syncDue = time.Time{}
 	st.gapCheck = now.Add(c.cfg.GapTimeout)
 	c.schedule(st.gapCheck)

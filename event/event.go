@@ -37,11 +37,12 @@ type Kind string
 
 // The envelope kinds.
 const (
-	// Messages: new messages of one chat, in seq order, then Frames (the
-	// chat.read a send caused, if any).
+	// Messages: changes to one chat's timeline (new and changed messages),
+	// in rev order, then Frames (the chat.read a send caused, if any).
 	Messages Kind = "msgs"
 	// Forward: frames for every socket following the chat (read receipts,
-	// presence, member.added).
+	// presence, member.added, typing), except those of UserID when it is
+	// set (the typist; the added member, who hears it through Join).
 	Forward Kind = "fwd"
 	// Removed: UserID left or was removed from the chat; Frames holds the
 	// member.removed frame. Published on the chat's channel and on the
@@ -52,12 +53,16 @@ const (
 	Join Kind = "join"
 )
 
-// Item is one new message of a Messages envelope.
+// Item is one change of a Messages envelope: a new message, or a changed
+// one (edit, delete, reaction), at revision Rev; CreatedRev is the
+// revision that created the message (equal to Rev for a new one).
 type Item struct {
-	Seq    int64           `json:"s"`
-	Sender int64           `json:"u"`
-	CMID   string          `json:"cm"`
-	Msg    json.RawMessage `json:"m"` // the encoded gen.Message
+	Rev        int64           `json:"r"`
+	CreatedRev int64           `json:"cr"`
+	Seq        int64           `json:"s"`
+	Sender     int64           `json:"u"`
+	CMID       string          `json:"cm"`
+	Msg        json.RawMessage `json:"m"` // the encoded gen.Message
 }
 
 // Envelope is one publication.
@@ -96,6 +101,15 @@ func Decode(payload []byte) (Envelope, error) {
 // spliced rather than marshalled: the message is already JSON.
 func NewFrame(msg json.RawMessage) []byte {
 	const head, tail = `{"type":"message.new","message":`, `}`
+	b := make([]byte, 0, len(head)+len(msg)+len(tail))
+	b = append(b, head...)
+	b = append(b, msg...)
+	return append(b, tail...)
+}
+
+// UpdatedFrame returns the message.updated frame around an encoded message.
+func UpdatedFrame(msg json.RawMessage) []byte {
+	const head, tail = `{"type":"message.updated","message":`, `}`
 	b := make([]byte, 0, len(head)+len(msg)+len(tail))
 	b = append(b, head...)
 	b = append(b, msg...)

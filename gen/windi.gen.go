@@ -230,6 +230,36 @@ func (e MessageAckFrameType) Valid() bool {
 	}
 }
 
+// Defines values for MessageDeleteFrameType.
+const (
+	MessageDelete MessageDeleteFrameType = "message.delete"
+)
+
+// Valid indicates whether the value is a known member of the MessageDeleteFrameType enum.
+func (e MessageDeleteFrameType) Valid() bool {
+	switch e {
+	case MessageDelete:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MessageEditFrameType.
+const (
+	MessageEdit MessageEditFrameType = "message.edit"
+)
+
+// Valid indicates whether the value is a known member of the MessageEditFrameType enum.
+func (e MessageEditFrameType) Valid() bool {
+	switch e {
+	case MessageEdit:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for MessageNewFrameType.
 const (
 	MessageNew MessageNewFrameType = "message.new"
@@ -290,6 +320,21 @@ func (e MessageSendFrameType) Valid() bool {
 	}
 }
 
+// Defines values for MessageUpdatedFrameType.
+const (
+	MessageUpdated MessageUpdatedFrameType = "message.updated"
+)
+
+// Valid indicates whether the value is a known member of the MessageUpdatedFrameType enum.
+func (e MessageUpdatedFrameType) Valid() bool {
+	switch e {
+	case MessageUpdated:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for PresenceFrameType.
 const (
 	Presence PresenceFrameType = "presence"
@@ -314,12 +359,14 @@ const (
 	ProblemCodeGroupFull            ProblemCode = "group_full"
 	ProblemCodeInternal             ProblemCode = "internal"
 	ProblemCodeInvalidCredentials   ProblemCode = "invalid_credentials"
+	ProblemCodeMessageDeleted       ProblemCode = "message_deleted"
 	ProblemCodeMethodNotAllowed     ProblemCode = "method_not_allowed"
 	ProblemCodeNotAGroup            ProblemCode = "not_a_group"
 	ProblemCodeNotFound             ProblemCode = "not_found"
 	ProblemCodeOwnerCannotBeRemoved ProblemCode = "owner_cannot_be_removed"
 	ProblemCodePayloadTooLarge      ProblemCode = "payload_too_large"
 	ProblemCodeRateLimited          ProblemCode = "rate_limited"
+	ProblemCodeTooManyReactions     ProblemCode = "too_many_reactions"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
 	ProblemCodeUnsupportedMediaType ProblemCode = "unsupported_media_type"
@@ -343,6 +390,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeInvalidCredentials:
 		return true
+	case ProblemCodeMessageDeleted:
+		return true
 	case ProblemCodeMethodNotAllowed:
 		return true
 	case ProblemCodeNotAGroup:
@@ -355,6 +404,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeRateLimited:
 		return true
+	case ProblemCodeTooManyReactions:
+		return true
 	case ProblemCodeUnauthorized:
 		return true
 	case ProblemCodeUnavailable:
@@ -362,6 +413,36 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeUnsupportedMediaType:
 		return true
 	case ProblemCodeValidationFailed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReactionAddFrameType.
+const (
+	ReactionAdd ReactionAddFrameType = "reaction.add"
+)
+
+// Valid indicates whether the value is a known member of the ReactionAddFrameType enum.
+func (e ReactionAddFrameType) Valid() bool {
+	switch e {
+	case ReactionAdd:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReactionRemoveFrameType.
+const (
+	ReactionRemove ReactionRemoveFrameType = "reaction.remove"
+)
+
+// Valid indicates whether the value is a known member of the ReactionRemoveFrameType enum.
+func (e ReactionRemoveFrameType) Valid() bool {
+	switch e {
+	case ReactionRemove:
 		return true
 	default:
 		return false
@@ -392,6 +473,36 @@ const (
 func (e TokenTokenType) Valid() bool {
 	switch e {
 	case Bearer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TypingEventFrameType.
+const (
+	TypingEventFrameTypeTyping TypingEventFrameType = "typing"
+)
+
+// Valid indicates whether the value is a known member of the TypingEventFrameType enum.
+func (e TypingEventFrameType) Valid() bool {
+	switch e {
+	case TypingEventFrameTypeTyping:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TypingFrameType.
+const (
+	TypingFrameTypeTyping TypingFrameType = "typing"
+)
+
+// Valid indicates whether the value is a known member of the TypingFrameType enum.
+func (e TypingFrameType) Valid() bool {
+	switch e {
+	case TypingFrameTypeTyping:
 		return true
 	default:
 		return false
@@ -470,13 +581,22 @@ type CreatePrivateChat struct {
 // CreatePrivateChatType defines model for CreatePrivateChat.Type.
 type CreatePrivateChatType string
 
+// EditMessageRequest defines model for EditMessageRequest.
+type EditMessageRequest struct {
+	// Text 1..4096 characters after trimming.
+	Text MessageText `json:"text"`
+}
+
 // ErrorFrame defines model for ErrorFrame.
 type ErrorFrame struct {
 	ChatID      *int64         `json:"chat_id,omitempty"`
 	ClientMsgID *string        `json:"client_msg_id,omitempty"`
 	Code        ErrorFrameCode `json:"code"`
 	Message     string         `json:"message"`
-	Type        ErrorFrameType `json:"type"`
+
+	// Seq The message an edit, delete or reaction that failed was about.
+	Seq  *int64         `json:"seq,omitempty"`
+	Type ErrorFrameType `json:"type"`
 }
 
 // ErrorFrameType defines model for ErrorFrame.Type.
@@ -554,10 +674,25 @@ type Message struct {
 	ChatID      int64     `json:"chat_id"`
 	ClientMsgID string    `json:"client_msg_id"`
 	CreatedAt   time.Time `json:"created_at"`
-	ID          int64     `json:"id"`
+
+	// Deleted Deleted messages stay as tombstones (empty text, no reactions) so seqs keep no gaps.
+	Deleted bool `json:"deleted"`
+
+	// EditedAt When the text was last edited; null until then.
+	EditedAt *time.Time `json:"edited_at"`
+	ID       int64      `json:"id"`
+
+	// Reactions Emoji on the message, in order of first use.
+	Reactions []Reaction `json:"reactions"`
 
 	// Read Every other current member's watermark has reached this seq.
-	Read     bool   `json:"read"`
+	Read bool `json:"read"`
+
+	// ReplyToSeq The seq of the message this one answers, in the same chat; null for none.
+	ReplyToSeq *int64 `json:"reply_to_seq"`
+
+	// Rev The chat revision of the message's latest change (creation, edit, delete, reaction).
+	Rev      int64  `json:"rev"`
 	SenderID int64  `json:"sender_id"`
 	Seq      int64  `json:"seq"`
 	Text     string `json:"text"`
@@ -573,6 +708,29 @@ type MessageAckFrame struct {
 
 // MessageAckFrameType defines model for MessageAckFrame.Type.
 type MessageAckFrameType string
+
+// MessageDeleteFrame Delete a message (its sender, or the group's owner).
+type MessageDeleteFrame struct {
+	ChatID *int64                 `json:"chat_id,omitempty"`
+	Seq    int64                  `json:"seq"`
+	Type   MessageDeleteFrameType `json:"type"`
+}
+
+// MessageDeleteFrameType defines model for MessageDeleteFrame.Type.
+type MessageDeleteFrameType string
+
+// MessageEditFrame Edit one's own message; answered with `message.updated` like every connection.
+type MessageEditFrame struct {
+	ChatID *int64 `json:"chat_id,omitempty"`
+	Seq    int64  `json:"seq"`
+
+	// Text 1..4096 characters after trimming.
+	Text MessageText          `json:"text"`
+	Type MessageEditFrameType `json:"type"`
+}
+
+// MessageEditFrameType defines model for MessageEditFrame.Type.
+type MessageEditFrameType string
 
 // MessageNewFrame defines model for MessageNewFrame.
 type MessageNewFrame struct {
@@ -610,6 +768,7 @@ type MessageSendFrame struct {
 
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
 	ClientMsgID ClientMsgID `json:"client_msg_id"`
+	ReplyToSeq  *int64      `json:"reply_to_seq,omitempty"`
 
 	// Text 1..4096 characters after trimming.
 	Text MessageText          `json:"text"`
@@ -621,6 +780,15 @@ type MessageSendFrameType string
 
 // MessageText 1..4096 characters after trimming.
 type MessageText = string
+
+// MessageUpdatedFrame A message changed (edit, delete, reaction); its current state.
+type MessageUpdatedFrame struct {
+	Message Message                 `json:"message"`
+	Type    MessageUpdatedFrameType `json:"type"`
+}
+
+// MessageUpdatedFrameType defines model for MessageUpdatedFrame.Type.
+type MessageUpdatedFrameType string
 
 // NullValue The JSON value null and nothing else (a nullable reference is `anyOf` of it and the referenced schema).
 type NullValue = map[string]interface{}
@@ -657,6 +825,37 @@ type Problem struct {
 // ProblemCode A stable machine-readable error code.
 type ProblemCode string
 
+// Reaction defines model for Reaction.
+type Reaction struct {
+	Count int    `json:"count"`
+	Emoji string `json:"emoji"`
+
+	// UserIds Who reacted with this emoji, in the order they did.
+	UserIds []int64 `json:"user_ids"`
+}
+
+// ReactionAddFrame defines model for ReactionAddFrame.
+type ReactionAddFrame struct {
+	ChatID *int64               `json:"chat_id,omitempty"`
+	Emoji  string               `json:"emoji"`
+	Seq    int64                `json:"seq"`
+	Type   ReactionAddFrameType `json:"type"`
+}
+
+// ReactionAddFrameType defines model for ReactionAddFrame.Type.
+type ReactionAddFrameType string
+
+// ReactionRemoveFrame defines model for ReactionRemoveFrame.
+type ReactionRemoveFrame struct {
+	ChatID *int64                  `json:"chat_id,omitempty"`
+	Emoji  string                  `json:"emoji"`
+	Seq    int64                   `json:"seq"`
+	Type   ReactionRemoveFrameType `json:"type"`
+}
+
+// ReactionRemoveFrameType defines model for ReactionRemoveFrame.Type.
+type ReactionRemoveFrameType string
+
 // ReadRequest defines model for ReadRequest.
 type ReadRequest struct {
 	Seq int64 `json:"seq"`
@@ -675,6 +874,9 @@ type SendMessageRequest struct {
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
 	ClientMsgID ClientMsgID `json:"client_msg_id"`
 
+	// ReplyToSeq Answer this message of the same chat (deleted ones too).
+	ReplyToSeq *int64 `json:"reply_to_seq,omitempty"`
+
 	// Text 1..4096 characters after trimming.
 	Text MessageText `json:"text"`
 }
@@ -684,10 +886,15 @@ type ServerFrame struct {
 	union json.RawMessage
 }
 
-// SyncFrame Replay every message with a greater seq, then continue live.
+// SyncFrame Replay, then continue live. With `since_seq`: every message with a
+// greater seq, as `message.new` (new messages only). With `since_rev`
+// instead: the current state of every message changed after that
+// revision, in rev order, created ones as `message.new` and older ones
+// as `message.updated`. Exactly one of the two.
 type SyncFrame struct {
 	ChatID   *int64        `json:"chat_id,omitempty"`
-	SinceSeq int64         `json:"since_seq"`
+	SinceRev *int64        `json:"since_rev,omitempty"`
+	SinceSeq *int64        `json:"since_seq,omitempty"`
 	Type     SyncFrameType `json:"type"`
 }
 
@@ -706,6 +913,25 @@ type Token struct {
 // TokenTokenType defines model for Token.TokenType.
 type TokenTokenType string
 
+// TypingEventFrame Another member is typing in the chat (show it for about 5 s).
+type TypingEventFrame struct {
+	ChatID int64                `json:"chat_id"`
+	Type   TypingEventFrameType `json:"type"`
+	UserID int64                `json:"user_id"`
+}
+
+// TypingEventFrameType defines model for TypingEventFrame.Type.
+type TypingEventFrameType string
+
+// TypingFrame The user is typing; relayed to the chat's other members at most once per 2 s.
+type TypingFrame struct {
+	ChatID *int64          `json:"chat_id,omitempty"`
+	Type   TypingFrameType `json:"type"`
+}
+
+// TypingFrameType defines model for TypingFrame.Type.
+type TypingFrameType string
+
 // User defines model for User.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -717,8 +943,14 @@ type User struct {
 // ChatID defines model for ChatId.
 type ChatID = int64
 
+// Emoji defines model for Emoji.
+type Emoji = string
+
 // GroupID defines model for GroupId.
 type GroupID = int64
+
+// Seq defines model for Seq.
+type Seq = int64
 
 // UserID defines model for UserId.
 type UserID = int64
@@ -766,6 +998,11 @@ type GetHistoryParams struct {
 
 	// BeforeSeq Only messages with a smaller seq (exclusive cursor).
 	BeforeSeq *int64 `form:"before_seq,omitempty" json:"before_seq,omitempty"`
+
+	// AfterRev Only messages changed after this chat revision (created, edited,
+	// deleted or reacted to), in their current state, ascending by rev
+	// instead of seq. A client that saw revision N catches up with it.
+	AfterRev *int64 `form:"after_rev,omitempty" json:"after_rev,omitempty"`
 }
 
 // SearchUsersParams defines parameters for SearchUsers.
@@ -782,6 +1019,9 @@ type CreateChatJSONRequestBody = CreateChatRequest
 
 // SendMessageJSONRequestBody defines body for SendMessage for application/json ContentType.
 type SendMessageJSONRequestBody = SendMessageRequest
+
+// EditMessageJSONRequestBody defines body for EditMessage for application/json ContentType.
+type EditMessageJSONRequestBody = EditMessageRequest
 
 // MarkReadJSONRequestBody defines body for MarkRead for application/json ContentType.
 type MarkReadJSONRequestBody = ReadRequest
@@ -894,6 +1134,176 @@ func (t *ClientFrame) MergeSyncFrame(v SyncFrame) error {
 	return err
 }
 
+// AsMessageEditFrame returns the union data inside the ClientFrame as a MessageEditFrame
+func (t ClientFrame) AsMessageEditFrame() (MessageEditFrame, error) {
+	var body MessageEditFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageEditFrame overwrites any union data inside the ClientFrame as the provided MessageEditFrame
+func (t *ClientFrame) FromMessageEditFrame(v MessageEditFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.edit"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageEditFrame performs a merge with any union data inside the ClientFrame, using the provided MessageEditFrame
+func (t *ClientFrame) MergeMessageEditFrame(v MessageEditFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.edit"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsMessageDeleteFrame returns the union data inside the ClientFrame as a MessageDeleteFrame
+func (t ClientFrame) AsMessageDeleteFrame() (MessageDeleteFrame, error) {
+	var body MessageDeleteFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageDeleteFrame overwrites any union data inside the ClientFrame as the provided MessageDeleteFrame
+func (t *ClientFrame) FromMessageDeleteFrame(v MessageDeleteFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.delete"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageDeleteFrame performs a merge with any union data inside the ClientFrame, using the provided MessageDeleteFrame
+func (t *ClientFrame) MergeMessageDeleteFrame(v MessageDeleteFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.delete"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsReactionAddFrame returns the union data inside the ClientFrame as a ReactionAddFrame
+func (t ClientFrame) AsReactionAddFrame() (ReactionAddFrame, error) {
+	var body ReactionAddFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromReactionAddFrame overwrites any union data inside the ClientFrame as the provided ReactionAddFrame
+func (t *ClientFrame) FromReactionAddFrame(v ReactionAddFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.add"}`))
+	t.union = b
+	return err
+}
+
+// MergeReactionAddFrame performs a merge with any union data inside the ClientFrame, using the provided ReactionAddFrame
+func (t *ClientFrame) MergeReactionAddFrame(v ReactionAddFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.add"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsReactionRemoveFrame returns the union data inside the ClientFrame as a ReactionRemoveFrame
+func (t ClientFrame) AsReactionRemoveFrame() (ReactionRemoveFrame, error) {
+	var body ReactionRemoveFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromReactionRemoveFrame overwrites any union data inside the ClientFrame as the provided ReactionRemoveFrame
+func (t *ClientFrame) FromReactionRemoveFrame(v ReactionRemoveFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.remove"}`))
+	t.union = b
+	return err
+}
+
+// MergeReactionRemoveFrame performs a merge with any union data inside the ClientFrame, using the provided ReactionRemoveFrame
+func (t *ClientFrame) MergeReactionRemoveFrame(v ReactionRemoveFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.remove"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsTypingFrame returns the union data inside the ClientFrame as a TypingFrame
+func (t ClientFrame) AsTypingFrame() (TypingFrame, error) {
+	var body TypingFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromTypingFrame overwrites any union data inside the ClientFrame as the provided TypingFrame
+func (t *ClientFrame) FromTypingFrame(v TypingFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	t.union = b
+	return err
+}
+
+// MergeTypingFrame performs a merge with any union data inside the ClientFrame, using the provided TypingFrame
+func (t *ClientFrame) MergeTypingFrame(v TypingFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t ClientFrame) Discriminator() (string, error) {
 	var discriminator struct {
 		Discriminator string `json:"type"`
@@ -908,12 +1318,22 @@ func (t ClientFrame) ValueByDiscriminator() (interface{}, error) {
 		return nil, err
 	}
 	switch discriminator {
+	case "message.delete":
+		return t.AsMessageDeleteFrame()
+	case "message.edit":
+		return t.AsMessageEditFrame()
 	case "message.read":
 		return t.AsMessageReadFrame()
 	case "message.send":
 		return t.AsMessageSendFrame()
+	case "reaction.add":
+		return t.AsReactionAddFrame()
+	case "reaction.remove":
+		return t.AsReactionRemoveFrame()
 	case "sync":
 		return t.AsSyncFrame()
+	case "typing":
+		return t.AsTypingFrame()
 	default:
 		return nil, errors.New("unknown discriminator value: " + discriminator)
 	}
@@ -1302,6 +1722,74 @@ func (t *ServerFrame) MergeErrorFrame(v ErrorFrame) error {
 	return err
 }
 
+// AsMessageUpdatedFrame returns the union data inside the ServerFrame as a MessageUpdatedFrame
+func (t ServerFrame) AsMessageUpdatedFrame() (MessageUpdatedFrame, error) {
+	var body MessageUpdatedFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageUpdatedFrame overwrites any union data inside the ServerFrame as the provided MessageUpdatedFrame
+func (t *ServerFrame) FromMessageUpdatedFrame(v MessageUpdatedFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.updated"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageUpdatedFrame performs a merge with any union data inside the ServerFrame, using the provided MessageUpdatedFrame
+func (t *ServerFrame) MergeMessageUpdatedFrame(v MessageUpdatedFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.updated"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsTypingEventFrame returns the union data inside the ServerFrame as a TypingEventFrame
+func (t ServerFrame) AsTypingEventFrame() (TypingEventFrame, error) {
+	var body TypingEventFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromTypingEventFrame overwrites any union data inside the ServerFrame as the provided TypingEventFrame
+func (t *ServerFrame) FromTypingEventFrame(v TypingEventFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	t.union = b
+	return err
+}
+
+// MergeTypingEventFrame performs a merge with any union data inside the ServerFrame, using the provided TypingEventFrame
+func (t *ServerFrame) MergeTypingEventFrame(v TypingEventFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t ServerFrame) Discriminator() (string, error) {
 	var discriminator struct {
 		Discriminator string `json:"type"`
@@ -1330,8 +1818,12 @@ func (t ServerFrame) ValueByDiscriminator() (interface{}, error) {
 		return t.AsMessageNewFrame()
 	case "message.read":
 		return t.AsMessageReadEventFrame()
+	case "message.updated":
+		return t.AsMessageUpdatedFrame()
 	case "presence":
 		return t.AsPresenceFrame()
+	case "typing":
+		return t.AsTypingEventFrame()
 	default:
 		return nil, errors.New("unknown discriminator value: " + discriminator)
 	}
@@ -1459,6 +1951,53 @@ type ClientInterface interface {
 	// Corresponds with POST /chats/{chat_id}/messages (the `SendMessage` operationId).
 	SendMessage(ctx context.Context, chatID ChatID, body SendMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeleteMessage Delete a message (its sender, or the group's owner)
+	//
+	// The message becomes a tombstone: `text` is empty, `deleted` true,
+	// reactions are cleared and it takes a new revision; its seq stays, so
+	// seqs keep no gaps. Deleting it again changes nothing.
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+	DeleteMessage(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EditMessageWithBody Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithBody(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EditMessage Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessage(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RemoveReaction Take one's emoji off a message
+	//
+	// Removing a reaction that is not there changes nothing.
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+	RemoveReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AddReaction React to a message with an emoji
+	//
+	// One reaction per (message, user, emoji): adding it twice changes
+	// nothing. A message takes at most 20 distinct emoji
+	// (`too_many_reactions`); deleted messages take none (409).
+	//
+	// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+	AddReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetPresence Ids of the chat's members online now, on any replica
 	//
 	// Corresponds with GET /chats/{chat_id}/presence (the `GetPresence` operationId).
@@ -1495,6 +2034,7 @@ type ClientInterface interface {
 
 	// GetHistory Messages of a chat, oldest first
 	//
+	// Messages in their current state (edits, tombstones, reactions).
 	// `offset` counts from the oldest matching message. `after_seq` and
 	// `before_seq` are exclusive cursors. With `before_seq` alone the page is
 	// the `limit` newest messages below it (offset then counts from the
@@ -1645,6 +2185,103 @@ func (c *Client) SendMessage(ctx context.Context, chatID ChatID, body SendMessag
 	return c.Client.Do(req)
 }
 
+// DeleteMessage Delete a message (its sender, or the group's owner)
+//
+// The message becomes a tombstone: `text` is empty, `deleted` true,
+// reactions are cleared and it takes a new revision; its seq stays, so
+// seqs keep no gaps. Deleting it again changes nothing.
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+func (c *Client) DeleteMessage(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteMessageRequest(c.Server, chatID, seq)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EditMessageWithBody Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *Client) EditMessageWithBody(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEditMessageRequestWithBody(c.Server, chatID, seq, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EditMessage Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *Client) EditMessage(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEditMessageRequest(c.Server, chatID, seq, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RemoveReaction Take one's emoji off a message
+//
+// Removing a reaction that is not there changes nothing.
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+func (c *Client) RemoveReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRemoveReactionRequest(c.Server, chatID, seq, emoji)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AddReaction React to a message with an emoji
+//
+// One reaction per (message, user, emoji): adding it twice changes
+// nothing. A message takes at most 20 distinct emoji
+// (`too_many_reactions`); deleted messages take none (409).
+//
+// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+func (c *Client) AddReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAddReactionRequest(c.Server, chatID, seq, emoji)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // GetPresence Ids of the chat's members online now, on any replica
 //
 // Corresponds with GET /chats/{chat_id}/presence (the `GetPresence` operationId).
@@ -1741,6 +2378,7 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // GetHistory Messages of a chat, oldest first
 //
+// Messages in their current state (edits, tombstones, reactions).
 // `offset` counts from the oldest matching message. `after_seq` and
 // `before_seq` are exclusive cursors. With `before_seq` alone the page is
 // the `limit` newest messages below it (offset then counts from the
@@ -2020,6 +2658,197 @@ func NewSendMessageRequestWithBody(server string, chatID ChatID, contentType str
 	return req, nil
 }
 
+// NewDeleteMessageRequest constructs an http.Request for the DeleteMessage method
+func NewDeleteMessageRequest(server string, chatID ChatID, seq Seq) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEditMessageRequest calls the generic EditMessage builder with application/json body
+func NewEditMessageRequest(server string, chatID ChatID, seq Seq, body EditMessageJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEditMessageRequestWithBody(server, chatID, seq, "application/json", bodyReader)
+}
+
+// NewEditMessageRequestWithBody constructs an http.Request for the EditMessage method, with any body, and a specified content type
+func NewEditMessageRequestWithBody(server string, chatID ChatID, seq Seq, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRemoveReactionRequest constructs an http.Request for the RemoveReaction method
+func NewRemoveReactionRequest(server string, chatID ChatID, seq Seq, emoji Emoji) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam2 string
+
+	pathParam2, err = runtime.StyleParamWithOptions("simple", false, "emoji", emoji, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s/reactions/%s", pathParam0, pathParam1, pathParam2)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAddReactionRequest constructs an http.Request for the AddReaction method
+func NewAddReactionRequest(server string, chatID ChatID, seq Seq, emoji Emoji) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam2 string
+
+	pathParam2, err = runtime.StyleParamWithOptions("simple", false, "emoji", emoji, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s/reactions/%s", pathParam0, pathParam1, pathParam2)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewGetPresenceRequest constructs an http.Request for the GetPresence method
 func NewGetPresenceRequest(server string, chatID ChatID) (*http.Request, error) {
 	var err error
@@ -2284,6 +3113,18 @@ func NewGetHistoryRequest(server string, chatID ChatID, params *GetHistoryParams
 		if params.BeforeSeq != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_seq", *params.BeforeSeq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.AfterRev != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after_rev", *params.AfterRev, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -2593,6 +3434,59 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /chats/{chat_id}/messages (the `SendMessage` operationId).
 	SendMessageWithResponse(ctx context.Context, chatID ChatID, body SendMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*SendMessageResponse, error)
 
+	// DeleteMessageWithResponse Delete a message (its sender, or the group's owner)
+	//
+	// The message becomes a tombstone: `text` is empty, `deleted` true,
+	// reactions are cleared and it takes a new revision; its seq stays, so
+	// seqs keep no gaps. Deleting it again changes nothing.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+	DeleteMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*DeleteMessageResponse, error)
+
+	// EditMessageWithBodyWithResponse Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithBodyWithResponse(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EditMessageResponse, error)
+
+	// EditMessageWithResponse Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*EditMessageResponse, error)
+
+	// RemoveReactionWithResponse Take one's emoji off a message
+	//
+	// Removing a reaction that is not there changes nothing.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+	RemoveReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*RemoveReactionResponse, error)
+
+	// AddReactionWithResponse React to a message with an emoji
+	//
+	// One reaction per (message, user, emoji): adding it twice changes
+	// nothing. A message takes at most 20 distinct emoji
+	// (`too_many_reactions`); deleted messages take none (409).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+	AddReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*AddReactionResponse, error)
+
 	// GetPresenceWithResponse Ids of the chat's members online now, on any replica
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -2637,6 +3531,7 @@ type ClientWithResponsesInterface interface {
 
 	// GetHistoryWithResponse Messages of a chat, oldest first
 	//
+	// Messages in their current state (edits, tombstones, reactions).
 	// `offset` counts from the oldest matching message. `after_seq` and
 	// `before_seq` are exclusive cursors. With `before_seq` alone the page is
 	// the `limit` newest messages below it (offset then counts from the
@@ -3037,6 +3932,387 @@ func (r SendMessageResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r SendMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteMessageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeleteMessageResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteMessageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteMessageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteMessageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EditMessageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EditMessageResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON409() *Conflict {
+	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EditMessageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EditMessageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EditMessageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EditMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RemoveReactionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RemoveReactionResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RemoveReactionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RemoveReactionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RemoveReactionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RemoveReactionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AddReactionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AddReactionResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON409() *Conflict {
+	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r AddReactionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AddReactionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AddReactionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AddReactionResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3957,6 +5233,89 @@ func (c *ClientWithResponses) SendMessageWithResponse(ctx context.Context, chatI
 	return ParseSendMessageResponse(rsp)
 }
 
+// DeleteMessageWithResponse Delete a message (its sender, or the group's owner)
+//
+// The message becomes a tombstone: `text` is empty, `deleted` true,
+// reactions are cleared and it takes a new revision; its seq stays, so
+// seqs keep no gaps. Deleting it again changes nothing.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+func (c *ClientWithResponses) DeleteMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*DeleteMessageResponse, error) {
+	rsp, err := c.DeleteMessage(ctx, chatID, seq, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteMessageResponse(rsp)
+}
+
+// EditMessageWithBodyWithResponse Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *ClientWithResponses) EditMessageWithBodyWithResponse(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EditMessageResponse, error) {
+	rsp, err := c.EditMessageWithBody(ctx, chatID, seq, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEditMessageResponse(rsp)
+}
+
+// EditMessageWithResponse Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *ClientWithResponses) EditMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*EditMessageResponse, error) {
+	rsp, err := c.EditMessage(ctx, chatID, seq, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEditMessageResponse(rsp)
+}
+
+// RemoveReactionWithResponse Take one's emoji off a message
+//
+// Removing a reaction that is not there changes nothing.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+func (c *ClientWithResponses) RemoveReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*RemoveReactionResponse, error) {
+	rsp, err := c.RemoveReaction(ctx, chatID, seq, emoji, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRemoveReactionResponse(rsp)
+}
+
+// AddReactionWithResponse React to a message with an emoji
+//
+// One reaction per (message, user, emoji): adding it twice changes
+// nothing. A message takes at most 20 distinct emoji
+// (`too_many_reactions`); deleted messages take none (409).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+func (c *ClientWithResponses) AddReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*AddReactionResponse, error) {
+	rsp, err := c.AddReaction(ctx, chatID, seq, emoji, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAddReactionResponse(rsp)
+}
+
 // GetPresenceWithResponse Ids of the chat's members online now, on any replica
 //
 // Returns a wrapper object for the known response body format(s).
@@ -4037,6 +5396,7 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 
 // GetHistoryWithResponse Messages of a chat, oldest first
 //
+// Messages in their current state (edits, tombstones, reactions).
 // `offset` counts from the oldest matching message. `after_seq` and
 // `before_seq` are exclusive cursors. With `before_seq` alone the page is
 // the `limit` newest messages below it (offset then counts from the
@@ -4431,6 +5791,327 @@ func ParseSendMessageResponse(rsp *http.Response) (*SendMessageResponse, error) 
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeleteMessageResponse parses an HTTP response from a DeleteMessageWithResponse call
+func ParseDeleteMessageResponse(rsp *http.Response) (*DeleteMessageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteMessageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEditMessageResponse parses an HTTP response from a EditMessageWithResponse call
+func ParseEditMessageResponse(rsp *http.Response) (*EditMessageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EditMessageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRemoveReactionResponse parses an HTTP response from a RemoveReactionWithResponse call
+func ParseRemoveReactionResponse(rsp *http.Response) (*RemoveReactionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RemoveReactionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAddReactionResponse parses an HTTP response from a AddReactionWithResponse call
+func ParseAddReactionResponse(rsp *http.Response) (*AddReactionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AddReactionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
 	}
 
 	return response, nil
@@ -5136,6 +6817,18 @@ type ServerInterface interface {
 	// SendMessage Send a message (same dedup and delivery as over WebSocket)
 	// (POST /chats/{chat_id}/messages)
 	SendMessage(ctx echo.Context, chatID ChatID) error
+	// DeleteMessage Delete a message (its sender, or the group's owner)
+	// (DELETE /chats/{chat_id}/messages/{seq})
+	DeleteMessage(ctx echo.Context, chatID ChatID, seq Seq) error
+	// EditMessage Edit a message's text (its sender only)
+	// (PATCH /chats/{chat_id}/messages/{seq})
+	EditMessage(ctx echo.Context, chatID ChatID, seq Seq) error
+	// RemoveReaction Take one's emoji off a message
+	// (DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji})
+	RemoveReaction(ctx echo.Context, chatID ChatID, seq Seq, emoji Emoji) error
+	// AddReaction React to a message with an emoji
+	// (PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji})
+	AddReaction(ctx echo.Context, chatID ChatID, seq Seq, emoji Emoji) error
 	// GetPresence Ids of the chat's members online now, on any replica
 	// (GET /chats/{chat_id}/presence)
 	GetPresence(ctx echo.Context, chatID ChatID) error
@@ -5223,6 +6916,118 @@ func (w *ServerInterfaceWrapper) SendMessage(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.SendMessage(ctx, chatID)
+	return err
+}
+
+// DeleteMessage converts echo context to params.
+func (w *ServerInterfaceWrapper) DeleteMessage(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "chat_id" -------------
+	var chatID ChatID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "chat_id", ctx.Param("chat_id"), &chatID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Path parameter "seq" -------------
+	var seq Seq
+
+	err = runtime.BindStyledParameterWithOptions("simple", "seq", ctx.Param("seq"), &seq, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter seq: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.DeleteMessage(ctx, chatID, seq)
+	return err
+}
+
+// EditMessage converts echo context to params.
+func (w *ServerInterfaceWrapper) EditMessage(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "chat_id" -------------
+	var chatID ChatID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "chat_id", ctx.Param("chat_id"), &chatID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Path parameter "seq" -------------
+	var seq Seq
+
+	err = runtime.BindStyledParameterWithOptions("simple", "seq", ctx.Param("seq"), &seq, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter seq: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.EditMessage(ctx, chatID, seq)
+	return err
+}
+
+// RemoveReaction converts echo context to params.
+func (w *ServerInterfaceWrapper) RemoveReaction(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "chat_id" -------------
+	var chatID ChatID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "chat_id", ctx.Param("chat_id"), &chatID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Path parameter "seq" -------------
+	var seq Seq
+
+	err = runtime.BindStyledParameterWithOptions("simple", "seq", ctx.Param("seq"), &seq, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter seq: %s", err))
+	}
+
+	// ------------- Path parameter "emoji" -------------
+	var emoji Emoji
+
+	err = runtime.BindStyledParameterWithOptions("simple", "emoji", ctx.Param("emoji"), &emoji, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter emoji: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RemoveReaction(ctx, chatID, seq, emoji)
+	return err
+}
+
+// AddReaction converts echo context to params.
+func (w *ServerInterfaceWrapper) AddReaction(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "chat_id" -------------
+	var chatID ChatID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "chat_id", ctx.Param("chat_id"), &chatID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Path parameter "seq" -------------
+	var seq Seq
+
+	err = runtime.BindStyledParameterWithOptions("simple", "seq", ctx.Param("seq"), &seq, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter seq: %s", err))
+	}
+
+	// ------------- Path parameter "emoji" -------------
+	var emoji Emoji
+
+	err = runtime.BindStyledParameterWithOptions("simple", "emoji", ctx.Param("emoji"), &emoji, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter emoji: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.AddReaction(ctx, chatID, seq, emoji)
 	return err
 }
 
@@ -5356,6 +7161,13 @@ func (w *ServerInterfaceWrapper) GetHistory(ctx echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter before_seq: %s", err))
 	}
 
+	// ------------- Optional query parameter "after_rev" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "after_rev", ctx.QueryParams(), &params.AfterRev, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter after_rev: %s", err))
+	}
+
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetHistory(ctx, chatID, params)
 	return err
@@ -5478,6 +7290,10 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.GET(options.BaseURL+"/chats/:chat_id", wrapper.GetChat, options.OperationMiddlewares["getChat"]...)
 	router.GET(options.BaseURL+"/history/:chat_id", wrapper.GetHistory, options.OperationMiddlewares["getHistory"]...)
 	router.POST(options.BaseURL+"/chats/:chat_id/messages", wrapper.SendMessage, options.OperationMiddlewares["sendMessage"]...)
+	router.DELETE(options.BaseURL+"/chats/:chat_id/messages/:seq", wrapper.DeleteMessage, options.OperationMiddlewares["deleteMessage"]...)
+	router.PATCH(options.BaseURL+"/chats/:chat_id/messages/:seq", wrapper.EditMessage, options.OperationMiddlewares["editMessage"]...)
+	router.DELETE(options.BaseURL+"/chats/:chat_id/messages/:seq/reactions/:emoji", wrapper.RemoveReaction, options.OperationMiddlewares["removeReaction"]...)
+	router.PUT(options.BaseURL+"/chats/:chat_id/messages/:seq/reactions/:emoji", wrapper.AddReaction, options.OperationMiddlewares["addReaction"]...)
 	router.POST(options.BaseURL+"/chats/:chat_id/read", wrapper.MarkRead, options.OperationMiddlewares["markRead"]...)
 	router.GET(options.BaseURL+"/chats/:chat_id/presence", wrapper.GetPresence, options.OperationMiddlewares["getPresence"]...)
 	router.POST(options.BaseURL+"/groups/:group_id/add_user/:user_id", wrapper.AddGroupMember, options.OperationMiddlewares["addGroupMember"]...)
@@ -5994,6 +7810,601 @@ type SendMessagedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response SendMessagedefaultApplicationProblemPlusJSONResponse) VisitSendMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessageRequestObject struct {
+	ChatID ChatID `json:"chat_id"`
+	Seq    Seq    `json:"seq"`
+}
+
+type DeleteMessageResponseObject interface {
+	VisitDeleteMessageResponse(w http.ResponseWriter) error
+}
+
+type DeleteMessage200JSONResponse Message
+
+func (response DeleteMessage200JSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage400ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage401ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage403ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage404ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage422ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessage503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response DeleteMessage503ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeleteMessagedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeleteMessagedefaultApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessageRequestObject struct {
+	ChatID ChatID `json:"chat_id"`
+	Seq    Seq    `json:"seq"`
+	Body   *EditMessageJSONRequestBody
+}
+
+type EditMessageResponseObject interface {
+	VisitEditMessageResponse(w http.ResponseWriter) error
+}
+
+type EditMessage200JSONResponse Message
+
+func (response EditMessage200JSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage400ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage401ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage403ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage404ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage409ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage415ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage422ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessage503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response EditMessage503ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EditMessagedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EditMessagedefaultApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReactionRequestObject struct {
+	ChatID ChatID `json:"chat_id"`
+	Seq    Seq    `json:"seq"`
+	Emoji  Emoji  `json:"emoji"`
+}
+
+type RemoveReactionResponseObject interface {
+	VisitRemoveReactionResponse(w http.ResponseWriter) error
+}
+
+type RemoveReaction200JSONResponse Message
+
+func (response RemoveReaction200JSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction400ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction401ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction403ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction404ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction422ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReaction503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response RemoveReaction503ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RemoveReactiondefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RemoveReactiondefaultApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReactionRequestObject struct {
+	ChatID ChatID `json:"chat_id"`
+	Seq    Seq    `json:"seq"`
+	Emoji  Emoji  `json:"emoji"`
+}
+
+type AddReactionResponseObject interface {
+	VisitAddReactionResponse(w http.ResponseWriter) error
+}
+
+type AddReaction200JSONResponse Message
+
+func (response AddReaction200JSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction400ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction401ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction403ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction404ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction409ApplicationProblemPlusJSONResponse struct {
+	ConflictApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction409ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction422ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReaction503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response AddReaction503ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AddReactiondefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response AddReactiondefaultApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -7135,6 +9546,18 @@ type StrictServerInterface interface {
 	// SendMessage Send a message (same dedup and delivery as over WebSocket)
 	// (POST /chats/{chat_id}/messages)
 	SendMessage(ctx context.Context, request SendMessageRequestObject) (SendMessageResponseObject, error)
+	// DeleteMessage Delete a message (its sender, or the group's owner)
+	// (DELETE /chats/{chat_id}/messages/{seq})
+	DeleteMessage(ctx context.Context, request DeleteMessageRequestObject) (DeleteMessageResponseObject, error)
+	// EditMessage Edit a message's text (its sender only)
+	// (PATCH /chats/{chat_id}/messages/{seq})
+	EditMessage(ctx context.Context, request EditMessageRequestObject) (EditMessageResponseObject, error)
+	// RemoveReaction Take one's emoji off a message
+	// (DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji})
+	RemoveReaction(ctx context.Context, request RemoveReactionRequestObject) (RemoveReactionResponseObject, error)
+	// AddReaction React to a message with an emoji
+	// (PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji})
+	AddReaction(ctx context.Context, request AddReactionRequestObject) (AddReactionResponseObject, error)
 	// GetPresence Ids of the chat's members online now, on any replica
 	// (GET /chats/{chat_id}/presence)
 	GetPresence(ctx context.Context, request GetPresenceRequestObject) (GetPresenceResponseObject, error)
@@ -7318,6 +9741,135 @@ func (sh *strictHandler) SendMessage(ctx echo.Context, chatID ChatID) error {
 		return err
 	} else if validResponse, ok := response.(SendMessageResponseObject); ok {
 		return validResponse.VisitSendMessageResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// DeleteMessage operation middleware
+func (sh *strictHandler) DeleteMessage(ctx echo.Context, chatID ChatID, seq Seq) error {
+	var request DeleteMessageRequestObject
+
+	request.ChatID = chatID
+	request.Seq = seq
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.DeleteMessage(ctx.Request().Context(), request.(DeleteMessageRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeleteMessage")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(DeleteMessageResponseObject); ok {
+		return validResponse.VisitDeleteMessageResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// EditMessage operation middleware
+func (sh *strictHandler) EditMessage(ctx echo.Context, chatID ChatID, seq Seq) error {
+	var request EditMessageRequestObject
+
+	request.ChatID = chatID
+	request.Seq = seq
+
+	var body EditMessageJSONRequestBody
+	var err error
+	if binder, ok := ctx.Echo().Binder.(*echo.DefaultBinder); ok {
+		// A request validator built on kin-openapi's openapi3filter with
+		// KeepValidatedValue leaves the value it validated on the body. Bind
+		// that value, matching member names exactly, so the handler receives
+		// what was validated instead of a second, case-insensitive decode.
+		// Otherwise bind only the request body, so that path and query
+		// parameters are not also bound into the body struct.
+		if vb, ok := ctx.Request().Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+			err = binder.BindBody(ctx, &body)
+		}
+	} else {
+		// A custom binder is installed on the Echo instance; defer to it
+		// entirely, since echo.Binder does not expose body-only binding and
+		// the binder may do more than decode (for example call ctx.Validate).
+		err = ctx.Bind(&body)
+	}
+	if err != nil {
+		return err
+	}
+	request.Body = &body
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.EditMessage(ctx.Request().Context(), request.(EditMessageRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EditMessage")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(EditMessageResponseObject); ok {
+		return validResponse.VisitEditMessageResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// RemoveReaction operation middleware
+func (sh *strictHandler) RemoveReaction(ctx echo.Context, chatID ChatID, seq Seq, emoji Emoji) error {
+	var request RemoveReactionRequestObject
+
+	request.ChatID = chatID
+	request.Seq = seq
+	request.Emoji = emoji
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.RemoveReaction(ctx.Request().Context(), request.(RemoveReactionRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RemoveReaction")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(RemoveReactionResponseObject); ok {
+		return validResponse.VisitRemoveReactionResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// AddReaction operation middleware
+func (sh *strictHandler) AddReaction(ctx echo.Context, chatID ChatID, seq Seq, emoji Emoji) error {
+	var request AddReactionRequestObject
+
+	request.ChatID = chatID
+	request.Seq = seq
+	request.Emoji = emoji
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.AddReaction(ctx.Request().Context(), request.(AddReactionRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "AddReaction")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(AddReactionResponseObject); ok {
+		return validResponse.VisitAddReactionResponse(ctx.Response())
 	} else if response != nil {
 		return fmt.Errorf("unexpected response type: %T", response)
 	}
@@ -7653,84 +10205,109 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7F3/V+M4kv9X9Hz73sCdIcAwczvwE8tOz7A39PQD+uaHhksUu5JosSUjyYRsv9zffq9K8pc4dhJoSM/t",
-	"zm9NbEmlqlJ9+VTJ/TmIVJopCdKa4ORzkHHNU7Cg6a/zCbcXMf4rBhNpkVmhZHAS3EyARRNuvzFMxPtB",
-	"GAj8NeN2EoSB5CkEJwE+74s4CAMND7nQEAcnVucQBiaaQMpx1pHSKbfBSSCk/f44CINUSJHmaXByGAZ2",
-	"loF7BGPQwXweBj9plWddBI3xIVHEduwEmOEpMJmnQ9CMGyasqWje7SCa5nhtqj8a0F1E5wb0Ki7i89el",
-	"Z45TmUxJAyTjv/D4Ch5yMBb/ipS0IOmfPMsSEXEktpdpNUwg/Y+/G6T8c23xP2kYBSfBv/UqPeq5p6b3",
-	"wY1yiy7vXbtlmTAs5QnuAuJgHgbnSo4SEX01eiK/vmFTYScMdSnKtQZpmbHcAtL4o9ZKb5PAM8lyCU8Z",
-	"RBZiBrT8PAzeKT0UcQxym7S8V5bxJFFTiNmOxD9YCnjOQoZ/IcPUVILeRQrfK/tO5TLeLoHM5NGEaTAq",
-	"1xFJ7EapSy5nXtfNNsm54hZYIlJhIT5lBoANrsDq2d7ZyIIeBGEwAR57m1t7smwyriFSMjbMKjblwgZ1",
-	"M7B80tH2SJ7bidLiH7BVCVwKY4Qch0zIR56ImCnN4ClDA8YiDTFIK3hiAkfiIxcJHyaw7RMfc8uH3ABS",
-	"h1o71OoeNBqkvCLqFJV6IuSYTblhxioNccg0ismRn2kVgTHb3sAZGwlIYjKfjtu4Dc9vR5nJs0xpC/El",
-	"xILfkIJsl8NDFc+QQrQLauRsqVueob46W5GBJhKY5fdgyGf66YsghEITjS9a4dxWpIFbiPvuWekCY25h",
-	"z4oUgtL1GauFHCNDRNzqLpsHJwwSbmw/RZmOiWNczn4dBSefVrPi0g+Yh6vfe58nyX/zJIdgftfGMwlT",
-	"dEN+/ZJtE25PmcyThE0nIJmwbMKRsRIwdnjaG6s9v5N/ryhxWzHwsDKIK5aKVC4taLZj4AHXxZhpkRoK",
-	"nDbgoPMHJClhITXr1AiFfEljcLSfj2vN6Yy5YGhV0IdveO6MlGaZFo9odHF/BknGJ+6AuuhpSTesPxzr",
-	"iKRDNA+DXGrgLUGdZ71hHC24kxxPEorycASbcgs65fp+P2iNFqs471NAgR+943kQ1vW+4nJDY0vq7soV",
-	"1PDvEFmKripOLx0qmgVHFhqzgaS1StYyzq13hW8i63xMu8n8DYbUwmGcLGxQ3LXfK+DxO+2VqGFHfJqy",
-	"2WY3Z0uhTyAxEP9E6+w3hFJoX2OTXuBVArVqazeNdbzmB6HLZVpWC4PzRIC0JUOabuU3GF6r6B4sG+Er",
-	"bKRVyiIag4GHAf2INuJv17++Zxae/GtkGWKBU6VCcuvC45RnGa6K/3Ta6Ziw2oRW8grLYQbkumHXIMth",
-	"ZiajrtevZzJy783DQh1m713CZf35VhI2N/nVwuts/9IG1w2o0XpXiu7SjLsSSmSTTynJEtqJMPQj2znc",
-	"3//+GE2jtGgK2dn1+cXF7inTkAG3hnGNHiBJeGaA8tGUP/0Ccmwnwcn3x5RWFn8ehpinWtC47P98Ynv/",
-	"e/f5MPz+eP6nNr97TjbLHcQy01ylKk51u6wwzUZQAIUGYanzKwd8cC/RkC8Ve9uMm4yoiHbCbPy4ZJyc",
-	"fe+LeNGRPivhJzFeuKGHBwcH3d61Ju5DfG9R3p0es7A8Xfam3brRoq1GbYm3S2yxHTavzdatcjZrcJsW",
-	"qovZ2ggnSOBVvIyztf3UjP2YpV1FKl7rdCt6zvHteWlKW2ds8tQhDBv7KlyhWmA1e8498cVSQx73Pfbi",
-	"gkuPaISBVLY/IvAgDKxS/YRrCm80t9D3CTVFO1UGGRIjteRJqzq8w5SpBG8WhUTpVCtzuhnXYIebYjUj",
-	"fgae4Jla1hGI7ulfPI4FmnSefGjR+yWh1eY2ltvc1Jmr7hsMWitSP0cb6b+osZDvlE5bqHc626Wv7qmB",
-	"SINtfWOsubT9pZPNjZkqHbfKsnxYP1Xljwvu6/Dozy0TmEhl7acBz3l30gEpFwnjcazBmIajPPrueB2D",
-	"y8nDtv1V3HZR81kcw+sEr03mOu+yz3GBZ9vOzexlFcOuspw+PYBUPb7tVrVb4vewWZ81lcd0KkGXGV0r",
-	"gW6gmQgMFuS4nUdyDC2B4TueGHCwQZGQMrKr9GdaTsx4gtH5jHHDuLl3UaAnZKhUAlzSaX6WLNIy2Vwk",
-	"6rcJ2IlPkZFhTJgSSG5kz+1kfIHElkVV0hmWbGyXXukJ3tjDvyW+1Q5d/PgIesYUCaUoeDimfGMq2IJQ",
-	"Jw08mkBcZBcP7QJyucibZNfwZNd7YxLrYhpdJ8pP05RGA2PpBFK8KpxF910ma62Q49zBr3UnVONfLezY",
-	"DHdssXsueebR/eaxXIMbFZGr4xpPxnuYdvDj9bYjYbrxdjYgGbPxHx/rkMjXwYgWEJJt+ahueGkJq1gG",
-	"O9Wjg/AXkc1TpiQb9Kam99mvNx+UGHZfxCzlMzYEplJhrXMymzN8da7bxfxy1MErCKKdtWvYWGFELVU9",
-	"GZProxe/IveWLNZKSKMGRdVM8gZH+wZfXcF2gvpeaq6IjhVyuPF0LorgcH//+OCH75HHmkcWdAnga5Gm",
-	"Qo4bYT6+vBYhqQo9rWkEAaiP+NwVLriMy1IjYMC2w1lRt2AaRqBBRoBh0oAKUgNXoqFx7hD6V2LmGE6Q",
-	"rGcuTnTXWQepuPRBg8E5XsUUKpkI2eHclkEct/AWDZ8n766VDa6suQyPS3b17pz9cPzdfzJfMWWxivIU",
-	"pG05ihvgNH6pAqSJwXKRtIYLhMmYlvBeQBLvJfAICaPqr6umjrhIcg2UoW5UhKuBIy1FOCGN5SigNtIq",
-	"4KHFugqbrAadmhWIj1cXNYWXHA8gqXjBcRxIyv3E0ywhMocqtyfDhMv7YEPL4egqafco1gptKICrJrnG",
-	"4ekpjyZCwh56DfqB5MVw1tpBbMBdlbz6KK8Cz6qaNpDx9FK/3jfRjZOlYCcq7uNPvkeHduZbqsKAwIu+",
-	"5fflSN530G3ostB+xCX+PIR+kS/7YlJ/lCcJoRazRPG4X4fk8qrZoJ9CLHjfc/nlWB0GHrWCweLJeomj",
-	"bwJdHQ77CsbCWNCdaxMLlxXhfALRPcSYPP+kvjFMgu0RUpRxbcAUgBGYU99FwlA8OuK+3FLuxc2/DlZa",
-	"rPlXbHshnP9cNK023Z/XHTiPdhX7Wol6YTBURp4dAthqnNKEDjaNN66pTvq8KquvrVpV1FufXWWt6swr",
-	"mhjq9VUH9K+tIZQAiccLV1b6a5hl2MTeVrcI1DHAcCF9XS2qMgsPF5LE1YPKVDV8bnG6li2GVeTS6eDr",
-	"IdUrlZzLDW9YcS73+owKdW2Xa+ubC1q17u0mRzbpHqnp1GYDFnRp3ZCaolNptiq7Lx3dK8gSPmNAaFnR",
-	"OUWdwpyNCTnSzMBDiAGLpG43IXNgiXiEV810hYyg/zr5LjVLbJznlgu3Wb0bde+akRf3yaMIjOnb4uly",
-	"bEvNoaYvZHfXay6tSCgOpHl8Q6nZbwdX8JWlgtIQuIYN6poL9C5MtkBqGwc+mrbWqpfguWWc8XKktwgG",
-	"NgBKG066RvDyLglpiXIt7OwaT5Dbo2PuWe6qm+6vdwWNf/vtpmhXpkzQCaKceWJtRkYQQ9+jD7VgZFEX",
-	"fsXpj1gRQrBRoqanZQ0B94AJsi2qdBRXJWrqL7dUs1LtD38tVOWjToKToJeosZC0wWLLRJDrbxVypFoK",
-	"GUL+9YKhBXQlDIqVyTKAHJMxQKe+z65+vL5hkXokcCGiXksTuhbF8FbSKEPJ/ERgfDg7rcUIO4Pe1AzC",
-	"Ji60yyKutQBD5uVWenNkQofIaYhAZNbNWripfXYzgWb44bp/3L6GEN/KCWjASLa0lR5TMGxnUOsfQ5Jq",
-	"gc5glxnFLLJiDBIw9o9v5fVf/8uUKIUPccwEF7QTEJqyObN/K2+lK0G4vAl5WUu2B129yoMy//ZW+Fb6",
-	"hGyAqddg/xZPcCIikIbOgr9ac3mBCpmT2FH7zEmvpzKQ7srAvtLjnh9kevhulcnWJX724QKzONCmAJIO",
-	"9g9IkTOQPBPBSfDt/sH+txT22gnpYY9kTo1OrhpedkBfYPDxizD2nN5oXNU5OjhY0b+93Le9ceftcrq/",
-	"3M1NFDkO+4JhyBJe61NGAbu+U9dHHBatwzyy4lHYGRsJbWit44PDLrLKDfcWri4QOSOeJ3b9QI9goI3K",
-	"05TrWa3Z2RTt1Dg3JtMRqijZDrRFfGyK8qAJMA7IlGmRUNXQ5i9mgbF/UfHsWdJZ3y5W75ibL9psq3OY",
-	"f6F6rNeK9p5+eBLGCjle6LJ2fBWGZVyQ5zlyMn5zaiRMiQCnVwfr1aN24e2lqnh8cLx+UHnxCQccfrfJ",
-	"Ki33NXDw0dEmg+vXUL70uPyagWS8IWDNXExQuLiWAzMPvXGrfFSnmfsJbHmCvoIWb19nvl0/qLrO9yIt",
-	"+wqKIuvHf3OzWrtm3JHvVq/0/DVkSsya6tUrQp7m7eVnTNtl5mtQ1BvZ+Rawa8uGvqy2t10wK0v/1EHu",
-	"wmylxVhInhR+/7Vt/QqCqL/dIae1xf+ZDvD23cTx0Q/rRzXvzs7D4LtNuFG/2vmllmaxSM526Hp/DHGe",
-	"UeQZA2ZAmlrXMMWqEpzdzfxUr4Lxuh1WAVy9WmS+cZdId2D+K1Uxi8Y5EZuQcROBjD1W8IeD+xK1u4hN",
-	"/QYmXZak7Ie56jGTahoyJRmXM6aBhP7WLq9o33tld3fJ9f0VTv02vq5eztvIyR23t01UnYjCMG5ZApiF",
-	"ooDG4hEkM/DAdvyFbi8yylMNPOz+4S++alrR0S/GRkpPuY7ZTqqkskqKKGQRzzKIUcCtgmy36Q5E630u",
-	"vuMy7/E47mMY2vvs+z7mzz85xWdnuooItVf9t166D9lZHNN0l0W38RtGdo1+8Y6Iqtl7/c92Rg42CHDK",
-	"T858nXNxFmNoQ4KwqkSQd6gdA/3M7JSJGNJMoVbUdd/pe6fyu5rr70r/XVXud3oE6t+yIYeeKg1/nIet",
-	"nwenJMWRoM6I8lCUXxdiTrsNCkpJYMPcMmENJKPTSojFO+5B59GZ0J28f3SG/j/752+oq/5aYIeGeu6S",
-	"ncZE56Us9kW74OTTXZ3hv2DkBMbU+GNmxkJa8MdVpFpRvUViB2o0MmAHrgZgnPBIZklM3xHhNqIO16Lj",
-	"gg2o0bZv4GGAmdytHAxhpDT4XzQweIqS3IhH+g6XUdrss9+EnbDFFxNUAmoSxPxQmFuJfwyo9WzQ+IyJ",
-	"YUNI1JQJy3YcwUW1foHoW+mHgYx3Q2asSBKmweZaQlzsiKoarsi0lC/+7PgWLIX/yxJOVZ08q/w65Xfh",
-	"HnKgiXz1ira18P2nUh2+O6BuLd874Fu/Vlx0Xurqb4iIqDH3Igv9B2LiJanulD94hk3b5bPbtR0nhPb9",
-	"HKzr6vu8nBHPKuKXWzPYTlOjOukqdTPY7It7L6fPpPSZmGfSV3E4ePknAe+2UWdcutbTjWhU39ApcAw2",
-	"nCFj/oAzvjgDK1irRoxTVhUu2LHXhi5cOwVGnK3RIF0o3xhveNqbTqd7qNt7uU5ARiqGeHMPW91e3zLG",
-	"7nqi2j/q6BqNXEPTVtX7/w/U/JpxjhozIavverZ1E7Gd1k6ieuyIrPSREd2X7g4cr9zjrxI30trouy2/",
-	"B2Y1H41EVMPu33j598oSzjM7ZQP3bYsBM3xm2HQiogmLIQMZg4xmzF98eF1R4+4FxrRsp/zMI5dx8Y1H",
-	"usGMmrnbFfNqfw2g23oVFwXeDDBdvIewkdV6vUIc9TGuaLqg4u5LLdZzc9B/SWt17tstZNEu2G6CUBDd",
-	"3WTXwHU0+WjcdwJXpiHn3MCekAakERaDz0zDSDwV9Q8yiR5YJ5N4yiDN7IwlwljjGqL91yjbQtXFCHXt",
-	"J1M6cyTa7hclSEfPS5C2Eh5/NJtV+8rkjNgQYmAs/bWCrYUO2w9b3wkZe8EPZ9SYVFNMoUvVLJqXi1Pi",
-	"jkbtmPTSlfXdS3hLV73KorY0zny1RsmVTTwlSxcN12L396c7PMDNXu5Pd3iWXANwFwxS3ICacOv+bVxb",
-	"YdHjW7bs9ghk9lQt39FA1+m/KoxeP/GJRpHWI5XLNgYFxGKhIfKoTe0r/Kbl/Q/1z8zSOg5VDIsWbvqt",
-	"7FBa+L8R2ub7yXeOF6h14z8maBvi4i9aRxcRTzXMBzTzu/n/BQAA//8=",
+	"7H1bc9s4lvBfQfGbqpa/ZSQn4+6dtp88maQns510yna2H2KvBBFHEsYkQAOgZU3K+9u3cABexItEO7Kc",
+	"6cqbLRLAwcG5X8AvQSSTVAoQRgfHX4KUKpqAAYX/vV5Q847ZvxjoSPHUcCmC4+BiASRaUPODJpwNgzDg",
+	"9teUmkUQBoImEBwH9vmYsyAMFNxkXAELjo3KIAx0tICE2llnUiXUBMcBF+anoyAMEi54kiXB8cswMKsU",
+	"3COYgwru78PgTSL/ydvBAfuIDD6d/foCdERTYAcheTkcvvzJQqpoZPcUEiHJcsEN6JRG0AE5TrUR7oTe",
+	"/QpibhbB8U9HCHX+bwm3NoqLOYL9i5JZ2oXHuX2IiCQDswCiaQJEZMkUFKGacKNLVB90QIxz7BrZ53DT",
+	"DnECWtM5/KCJhhvCRQFjB3QabnYK2CcNqgubmQa1iSrt890i6t5OpVMpNCDP/JWyM7jJQBv7XySFAYF/",
+	"0jSNeUQtsKNUyWkMyX/8U1vIv1QW/5OCWXAc/L9RyZcj91SPPrpRbtHm3pVblnBNEhrbXQAL7sPgtRSz",
+	"mEfPBk/k19dkyc2CWCKPMqVAGKINNWBhfKOUVPsE8FSQTMBdCpEBRgCXvw+Dt1JNOWMg9gnLB2kIjWO5",
+	"BEYGwv5DErACwMorgwiTSwHqwEL4QZq3MhNsvwASnUULokDLTEV4YhdSvqdi5Wld7xOcM2qAxDzhBtgJ",
+	"0QBkcgZGrV6czgyoSRAGC6DM67DKk6bIOIdICqaJkWRJuQmqYqDJ6Vb2CJqZhVT8X7DXE3jPteZiHhIu",
+	"bmnMGZGKwF1qBRiJFDAQhtNYBw7EW8pjOo1h3xzPqKFTqsFCZ6l2quQ1KCuQshKoE0vUCy7mZEk10UYq",
+	"YCFR9pgc+KmSkVUxe97AKZlxiBmKT4dtuw2PbweZztJUKgPsPTBOL5BA9ovhqWQrC6GVC3LmZKlbnlh6",
+	"dbIiBYUgEEOvQaPO9NPnRh2aesq+aLhTW5ECaoCN3bNCBTJq4IXhCQQNwyYMOGtVl3XGCYOYajP2ZgOi",
+	"Sax+mwXHnzej4r0fcB9ufu9DFsf/TeMMgvurNpwJWFo15Ncv0Lag5oSILI7JcgHWiCELahEr0C68ezGX",
+	"L/xO/n8JiduK7jKNvKWWLxXJTBhQZGANJTlDQ2kdGrToemDQ6QM8KW4g0dvIyB7yexxjR/v5qFIUecwZ",
+	"Q5usUfuGx85MKpIqfmuFrt2ftiDbJ45BnfXUoA3jmWMbkMhE92GQCQW0xajzqNeEWgnuTo7GMVp5dgRZ",
+	"UgMqoep6GLRai6Wd9zlAww/f8TgIq3RfYrlGsQV0V8UKcvpPiAxaVyWmG0yFs9iROcX0OGkl462Ic+ud",
+	"2Tct6rxN22f+GkIq5rCdLKxB3LXfM6DsrfJEVJMj3u3rt9n+aMnpCYQ1xD/jOsPaoVRcruom/YGXDumm",
+	"rV3U1vGUH4TOyWpZLQxexxyEKRBSVyu/w/RcRtdgyMy+QmZKJiTCMdbw0KBurYz4x/lvH4iBO/8aSgbG",
+	"7VQJF9Q48zihaWpXtX866hwyiMHAFiH6N3zJgRgWQ4Fxs2XgG8ZNfZjj1I3DSgoph2kQ24adgyiGKaCR",
+	"xeGQss5hZ/6dU9YcpiCRt7Bt5Bm+lQ/WKxF1jThfiSh/z6zcKbS/eYFP3bv3Yc4gqw/OBTVe4kkB/ZVg",
+	"iZht2rBxANsGlPvqOXVJEj0HVIlv25DGifYdUD3IbWPWDuiq4OD3et4VV7C06yMLqBDNgmv8kQxeDoc/",
+	"HVkNKYzViOT0/PW7dwcnREEK1GhClTUE4pimGjAssTF6lFJjQNll/+czefG/V19ehj8d3f+pzfx6jarL",
+	"yeMi4LBJYjgJ1qWMcTYMVaGFGBaib+OAj+4lHPK1tN42Y58RJdDuMGs/NnSUU/NjztbtqQfFffAY37mh",
+	"Lw8PD7uNrMpxv7TvbYwWNhVdl9ppV3K4aKtua+C2gRbTofraVN4mm2NL+K4F6ny2NsCttClkWkHmNcjh",
+	"zmy3mXCOC/tqAwz7Y+viSkm1E0vH6ftxoud+TAOlkWRbDb8Sntf27ftCubbOqLdEcAkVxJoAIXE2hPV3",
+	"c/VJzIIaMqM8BoaOOp3KzPT0VuqU5MJrvQ01u7VyZ5vP5bXHWr7UlLKxDzw6WH04LwyENOMZRs7CwEg5",
+	"jqlC215RA2MfTUJTvwyfhLgpJWjcygRvOcSsiFyuUwfGElpPpfvEauhwU2xGxN+BxlaSNIkTomv8izLG",
+	"7YHS+GMLtzcET2VubajJdBW58rqGoK1H6udoA/1XOefirVRJC/SOWboYxT3VECkwrW/MFRVm3JBnVOul",
+	"VKz1LIuHVXYuflxT2i9f/aVlAh3JtJ0NrXTr9rghoTwmlDEFWtfMg1c/Hm1DcDF52La/EtvOZTxlDHbj",
+	"udWR63SqtdWBPVhj9NMSpQO3SV943xitwSfdqvMvvonN+pBBwaZLAaoIZ7QC6AbqBbcmkpi340jMocUc",
+	"fktjDS5mlkdjCMpV/DcpJiY0to7iiljloa+d7esBmUoZAxXIzQ86i6SItKwD9fsCzMLHhyzCCNdFFqUW",
+	"OmoH4ytOrHlUBZxhgcb20ys0wRObFo8I7jqToOX8nTfHciNCE20oHrKRyVQbKUCTASSpWWE0A3PuuVWh",
+	"D4iWRMONJtcAqX00p6luPxJrmhRAN47bUR/GS6x5ElNtiBvh45aZMDy2L4k1q6W66a1RzN5nUGywCSsW",
+	"LRApPHsg0kLCBZGKgSJyRmZcaWPJFpPWfcK7udPbFtxtj6O+uQW1IhKZJM++OiL9QZcxVAyB270sgOU+",
+	"7k376ShI49XYyO5guA96V7btppTCWp56iQUZ3OEFqx4qIXnrY+eh+Ab6O45t7ThuuwP0RMEt19bGXYfu",
+	"B0tFBjPWyLRkgHzDpQjXzOSwIOe+0XsXPXiSsKj3fDYbCSiS1uOfVaD8NHVJUguOI1051FZ5s5QUNZqo",
+	"MsUG6XcaXXdp6a1yjWUu3Va1uyokWrG0++WZWlS9C13S6Lq/+1JDYgnkZlO+JVjWIXtRszmGGnCjfXAq",
+	"zLOueQ7H1QwMg/AB2mVzyKOLLjeP6kKqD1z3xWtX1L4RlWzKPsaNlToOJznuTrwQsv4tNwsyyeHKUqsj",
+	"2ITE/BoIoOCMpBDg4srPj8+HRju6jwATAA85gLA7VuKX/ADLDn7eHTsKWPaGugfLnQFlb26rKZznyWmt",
+	"5Vf25VZsZay1ZF8tOStvXcnBeib2xFo7k9FSj7749e4nRc59zBlJ6IpMgciEG+P8gr1x1OEODuJR8qnM",
+	"4LRUIQlWyvRnxF5D426MvVdyJi324PMJNcwzPlZbbxNvFx7O9RN8ORweHf5cLTXOnU7Fk4SLeS2wY1/e",
+	"mgnwK35y6qgzvVwUmzhPkww6bNUTV6dbrbxs0s7uZLTXojuR02WFT6tRj5nzW/vcOQ9UsKLGDGINZEBJ",
+	"7jMQBTNQICIgXJMJViJNXG0OjnPSzL/CiNswGlF+g3aiq04fpIT5owJt59iJTpEi5qLDym2mbdzCe9Qg",
+	"HryrVjS4erYm4Qpy9vY1+fnox/8kvlSOMBllCQjTItN6JEf8UnlmhIGhPG71GzAf0eKqY0D/RQy3EBMs",
+	"+3NldDPK40yB7u2eVxIDLQ46F9pQe0CtOZsi6N4iI7mJYUPsvikbPp29qxC8oFYUIYnnGLcDkbjvaJLG",
+	"COZUZuZ4GlNxHfRkXQdXAbvP4GyghjxpUwdXuwx6QqMFF/DCql/8Ac+L2FkrjFhL9ZTnNXZZK5eqKKt1",
+	"LeLxpXG1YLY7R5SAWUg2tj/54mzcma+lDwMM3I8NvS5G0rFL1oYuAjuOqLA/T2Gcx4p9FdF4lsVxKfPG",
+	"pQdtpBwnVKzGpe8cBildxZKycTVrlZXFqOMEGKdjfxiPT2cVQaWmsJKZMO00CXlLTpeo0W3ROx8RzF0v",
+	"DAvhTEVAyAXHzAJWhPlujs48fZdBl7NcjWrz/h63qwqgbRTbqEd5kCTfbPMUuHtIP9GuvPC18qqHuYAO",
+	"7k3Yqhbj/OEQ5gvLdogz1lnZ8Bh/pp6C7fBLzmDOtQHVuTYKuCb3vl5AdA2MUE1+kT9oIsCMMIeZUqVB",
+	"56lM0Ce+uJ9Y4aki6sufir24+bclPNdLsctDfWR5zUPzvJXp/rLtwH0eNt/Xxnys9fm2lbXs0h2rG196",
+	"Cb6KrVYXX0TiycCrJYIpHSNle7h7x35dPbnW1z87xzLahxXh+tJbI/Ny3AcX4ZZlyBtq3KvFsK4UZmt5",
+	"T5FC9Bn1jYXglax+WM9Ob64gr2bJw7Vo9+ajKoL24VpMbvOgIjL44EriSnAubDiYm4evec9h6Rx1+hBV",
+	"r61foW8Fuh1V+xbo7VlgW2D2AcXBa1Bv79PoX0+8jsLtENUouN+ANcrdNqTCVj0RtEY1/aqJq/i8svKo",
+	"KKtuSKMzSGO6CjE3je1bXGRAYn4LQ/I7piI0FxFY0T059gmIXEqjvUwvxRxTc4pouAmtKp5U+HBCBgKW",
+	"ZYJeinh1sD61gtvJpbCeKFB23OzJtdpgfeE8vJQXU1BzKfJEKlrtCm6d1R4Snzd0iqMBHBWMyBhz3wL0",
+	"pai+kOdehuTNHY1MvMJssVdNZimHl2KX0eIcF4+IGRdHtIN4M7Yd9LMn21TfhbyGFq+NRhFoPTb502YY",
+	"BBtI9ZiL7s7YooqC4Dy+6VQP290u+0qj7m4KVEGP8s81eNcmWwO1FQN1FmyxeFztgy8J4po40Z77m87i",
+	"0Qu5JNxg+QEGQsiPRD8whbr9uL1Sec7CsWoHROdFCiWWToiCmK6AWVvJlI2OVZxqQg1JpDZEighICoq8",
+	"InqX6YneeOzLOJ90W9feY6qlCl/p8SVEuUPTo5Sj5mhUAG7uEv3fKFPcrM6twnJ7dDx5mrnaYfff2xzG",
+	"f/x+kXfCY6zZ8W8x88KYFE0ampnFq48Vh2qdjH6z078iuRtEZrFcnhQVenYPSGB5DSw6F7Fc+ntoylmx",
+	"stb+mkuYTyoOjoNRLOdc4AbzLSNArnWai5lsiTxx8bd3xNozrkAQo3Go4kDMUZtah2BIzt6cX5BI3iJV",
+	"Rxgo0qHrfg2t7pVZqlGPLbj1cVcnFf9iMBkt9SSsp/AOSESV4qBR0V+KXDuHLnmqIAKeGjdrbqUOiWXF",
+	"muviOorcvqbALsUCFFgtW5gmPmuhyWBSaU20IFWcpAmW4mGV/xwEKEtBl+L8b/+lizyId4/0wi5oFsAV",
+	"xov18FJcCldQ5iKzFpeVcP6kqw1+UkT4CzvGh3wnkWQwcdo95hEIjbzgb215/84SZIbHbqlPH49GMgXh",
+	"bqMYSjUf+UF6ZN8tY+XVEz/9+C4IA3umedLucHiIhJyCoCkPjoM/Dw+Hf0bX3SyQDkd45tg85WrNi+b6",
+	"d9bz+JVr8xrfqN0C8+rwcMPVAM0rAXo3dbdENxsXBSBEDsNeNIeuPrLs+2DEtTS7FvUw70qnkeG33Kxc",
+	"SaJd6+jwZRdYxYZHa7diIDgzmsVm+0CfI7EyKksSqlaVMj2dm312bhAGa6gYyg4ri+hc58W3OrAGdyp1",
+	"ywmVTXL+zh/Q5q+SrR50Ottb0KpdePfrMtuoDO6/kjy2U0X7dRFwx7WxVk61gd/hlWuSUo6a55U74yeH",
+	"xjolkafhI4eBzeRRuUvpsaR4dHi0fVBxp44d8PLHPqu0XAViB7961Wdw9YaTr2WX31IQhNYOWHkXLFdx",
+	"LQxzH3rhVuqoTjH3C5iCg56BivdPM3/ePqi8KepRVPYMhCKq7N9frFZuBOyIXpWvjPyNgRgBqZPXKDd5",
+	"6hcNPmDaLjFfCac/kZxvCdjvWdAXRTdtdxcVVcZYDXzic6h8zgWNc72/a1m/ASCs/3fZn8rifyQG3r+a",
+	"OHr18/ZR9WvZ7sPgxz7YqN4a9rWSZr2ekQwwpcSAZSlangysB6SwZ8i6WKWDc9BPTxWCZPRFw829c/Pc",
+	"JSibup2nEEl0n8pOpWMyMXBnJgTrD1KzCsnEZ70mBAu7LkVRieFucoitN8xwI9y4G7YIRdMmj4a6QjsN",
+	"N9gZpUOi5aVo9jwRLObHEJQhdE658DFWnRevOXdoXdC5DoCqqNu/tLnAaKBH4XfF/Bws9ohGkB1q93Dr",
+	"m+dw47Q1NdGiJbpsJQKmWbFSCZME1GuuSdFbhGypoSzMLNrILNddinW2CwkVQmZYttmWUiBGNpo5iJxd",
+	"ijzPgXlTcuruRMgDnbqAtAdzVu6qeCIrpOU2jG/HClm7WqLoucUekz+YkDjsoYmLa3efx1rYu0jCLita",
+	"aaZErqnIJZeHfJSKHxVKePQFK6k2Kn1MDlvFSmvXmfiLMw1GTOv83OBml2MuqiKfn6cwomfxWRaHfle+",
+	"z0DpF/QafD+hu3ZezmYl5e9fz25/zV2cjwo5a2lf+U1AySkpKDIo+tQzbQ0K3ObBMaGMeYPVLHlU8NCl",
+	"yJmInK4r6SIn+OqQMIxFRsbNdikGk2a18+TghLD6BQN2JuwGJ4Ojw58P2jTvKWPfGfVbVoD/HpyNNGRN",
+	"P1oruBEkrxrvo7zKKrPugGpeJrWzzNHDy+IbNPwb9vEUNRJMh4TqCATzuezvAdivIa53TFcvn8Z7ol3h",
+	"hOufIkIuQyIFoWJFFOChP3VINr8sZMfh2PdUXZ/l90Xs3guqlsz3cn+O2iND5b0nHDVVDFS77y3M+S0I",
+	"jOEMvDPtjwzzqBpuDr7HM5817dXRek5mUi2pYmSQSCGNFDwKSUTTFJg94NaDbJfprshj9CX/ts79iDI2",
+	"tubQ6IuvrLp/OOfknwLqYbP5z9x0M9kpYzjd+/yuqSc0e2q3hXXYP/Wbt75bPXvni1PGCHUHgWaMq3Aa",
+	"YAgQHfATwhkkqbRUUaV9R++dxO/6Cb4p+nf++TfKAtXP+KBCT6SC7/ywd35wRJKzBHb9FExRfFiJOOrW",
+	"9qCsmznNjHXfIJ6dlIeYv+MedLLOAm9k/Ven6f93//wJadVfCttBoR67KKdjfvtoFPui0uD481UV4b9a",
+	"ywm0ruBHr7SBJMePq5hsrTrp+PSHK9HmqtaigBdd6LBy72BYuWhweCkmcjbTYCauyE2708dDjxl+g4Wa",
+	"CC+JyFMFZIJha2y8IFSwSzGZwkwq8L8oIHAXxZnmt9gvoaXSeV/F2ouxpSLss7cuJNeXwv4zwWTHpPYJ",
+	"GE2mELuy84EDOG8MWQP6UvhhINhBSLThcUwUmEwJYPmOsGyvLT7yC5i/O8QHDf+hJY4hq+AZ6dcpvql3",
+	"kwFO5MszcVtr384q6OnHQ2yp9EXdvj9zw+3gDRqoHRFCo695GvqP67DGqQ6KHzzClu3nc9C1HXcI7fs5",
+	"3NZ62wytxasSeBdMIJXmHTKoU1QnXAVtBv2+Vvh4+HSCn9h5IHwlhoOv+LzjZgDrXUhc1650HPhi+NBf",
+	"BhpeiqKNVRW3Dhh5EHaIlUrIg0ytH35b9ElZ713DzZCcFp9vsWtrWiYhyQcSWZIFTbI0jwM6huw+Unel",
+	"4mOP9GofpceNC3+6g0jlF5uqeERScvj0VJZv/eB7ZOmrneGi029GKDJEuKYRdh1Fcp0X1vhvNczxZvfe",
+	"oZ+7F8vl8oWl+ReZikFEkgHrb+yU18jvORHuuu7aPy3qWtlcy9xeyfvfpyptlyanxDa+4uuybY1HZNDa",
+	"dFQ14y0qvZGKF5d32/Bn7vGzmPC4Nlan0GsgRtHZjEeVZMkTL/9BGgy5rU7IxH1kYkI0XWmyXPBoQRik",
+	"IBiIaOW/HbLjo7a759a9IIPiY6NUsPxLo3h1taXMgy73Q/lbT7qlV34vypPFrtevXekltXZXs4stjxv6",
+	"M7AO/LES69uvivkGpNVr35kh8s7CdhFkD6K78ewcqIoWn7T7WuVGh+411fCCCw1Cc2PN+FTBjN/lqSgU",
+	"iT7HgSLxxFXCkphro13FnL+Ivc2CXbf1t367pNPbxO1+lav56mGu5l7M5k+6X+K1cHMRDaE1mIW/T2Rv",
+	"psP+zda3XDB/8NMV9jBVCJOrgjTzPuecSxxrVNhklGxMtb9/0kLpTRK1pcfm2XoqN/b7FChdF1zrjeKf",
+	"rywD19u+P19ZXnK9wl0BpfyiJXSX7d/a+e55O3DR3TvCeL+HqlnXZ1Wn/7a11fqxdzRyb9pC2ZQx9oAI",
+	"4woiH//yr7s9N9//WP3YMa7jArxh3u2NvxXNTMV8zrVqzveLbzLPEwjlCB84bg5x9heuo3KLpxzmDZr7",
+	"q/v/CwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -70,6 +70,7 @@ type authzFixture struct {
 	loginPassword       string
 	groupID             int64
 	privateID           int64
+	memberSeq           int64 // a message of the member in the group
 	tokens              map[tokenKind]string
 }
 
@@ -160,6 +161,32 @@ var authzRows = map[string]authzRow{
 	"markRead": {want: secured(403, 204, 204, 404), req: func(*testing.T, *authzFixture, tokenKind) authzReq {
 		return jsonReq(`{"seq":0}`)
 	}},
+	// editMessage: M's own message in G, to a fresh text per call (so an
+	// accepted edit changes it). Only its sender edits it: O gets 403.
+	"editMessage": {want: secured(403, 200, 403, 404), req: func(_ *testing.T, f *authzFixture, _ tokenKind) authzReq {
+		text := "edited " + apptest.RandomID()
+		r := jsonReq(fmt.Sprintf(`{"text":%q}`, text))
+		r.params = map[string]int64{"seq": f.memberSeq}
+		r.after = func(t *testing.T, status int) {
+			if edited := f.groupMessageText(t, f.memberSeq) == text; edited != (status == 200) {
+				t.Errorf("status %d but the message edited: %v", status, edited)
+			}
+		}
+		return r
+	}},
+	// deleteMessage: a fresh message of M per call; its sender and the
+	// group's owner may delete it.
+	"deleteMessage": {want: secured(403, 200, 200, 404), req: func(t *testing.T, f *authzFixture, _ tokenKind) authzReq {
+		seq := f.memberMessage(t)
+		return authzReq{params: map[string]int64{"seq": seq}, after: func(t *testing.T, status int) {
+			if deleted := f.groupMessageText(t, seq) == ""; deleted != (status == 200) {
+				t.Errorf("status %d but the message deleted: %v", status, deleted)
+			}
+		}}
+	}},
+	// Reactions on O's first message (never deleted): any member.
+	"addReaction":    {want: secured(403, 200, 200, 404), req: reactionReq},
+	"removeReaction": {want: secured(403, 200, 200, 404), req: reactionReq},
 
 	// addGroupMember (owner only). Targets:
 	//   nonMember: X adds itself (a self-join attempt) → 403, X stays out;
@@ -266,6 +293,29 @@ var authzExtras = []authzExtra{
 		return r
 	}, 403, gen.ProblemCodeForbidden},
 	{"member reads its private chat", "getHistory", kindMember, privateChat, 200, ""},
+	{"member deletes the owner's message", "deleteMessage", kindMember, func(_ *testing.T, _ *authzFixture) authzReq {
+		return authzReq{params: map[string]int64{"seq": 1}}
+	}, 403, gen.ProblemCodeForbidden},
+	{"member edits a deleted message", "editMessage", kindMember, func(t *testing.T, f *authzFixture) authzReq {
+		seq := f.memberMessage(t)
+		if status := f.deleteAs(t, f.member, seq); status != 200 {
+			t.Fatalf("delete: got %d", status)
+		}
+		r := jsonReq(`{"text":"back"}`)
+		r.params = map[string]int64{"seq": seq}
+		return r
+	}, 409, gen.ProblemCodeMessageDeleted},
+	{"member edits a message that is not there", "editMessage", kindMember, func(_ *testing.T, _ *authzFixture) authzReq {
+		r := jsonReq(`{"text":"nothing"}`)
+		r.params = map[string]int64{"seq": 1 << 30}
+		return r
+	}, 404, gen.ProblemCodeNotFound},
+	{"group owner reacts in a foreign private chat", "addReaction", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
+}
+
+// reactionReq targets O's first message in G.
+func reactionReq(*testing.T, *authzFixture, tokenKind) authzReq {
+	return authzReq{params: map[string]int64{"seq": 1}}
 }
 
 func privateChat(_ *testing.T, f *authzFixture) authzReq {
@@ -431,6 +481,7 @@ func newAuthzFixture(t *testing.T, s *apptest.Server) *authzFixture {
 	// A message in each chat, so history and read have something to hide.
 	wantStatus(t, send(t, s, f.owner, f.groupID, "seed-g", "hello group"), nil, 201)
 	wantStatus(t, send(t, s, f.member, f.privateID, "seed-p", "hello private"), nil, 201)
+	f.memberSeq = f.memberMessage(t)
 
 	expired, _, err := s.Service.Tokens().IssueAt(f.member.ID, time.Now().Add(-2*time.Hour), time.Hour)
 	if err != nil {
@@ -471,6 +522,37 @@ func (f *authzFixture) inGroup(t *testing.T, userID int64) bool {
 	return slices.ContainsFunc(r.JSON200.Members, func(m gen.ChatMember) bool { return m.UserID == userID })
 }
 
+// memberMessage sends a fresh message of M to G and returns its seq.
+func (f *authzFixture) memberMessage(t *testing.T) int64 {
+	t.Helper()
+	r := send(t, f.s, f.member, f.groupID, "m-"+apptest.RandomID(), "mine")
+	if r.JSON201 == nil {
+		t.Fatalf("send: got %d", r.StatusCode())
+	}
+	return r.JSON201.Seq
+}
+
+// deleteAs deletes message seq of G as u and returns the status.
+func (f *authzFixture) deleteAs(t *testing.T, u apptest.User, seq int64) int {
+	t.Helper()
+	r, err := f.s.Client.DeleteMessageWithResponse(bg, f.groupID, seq, u.Auth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.StatusCode()
+}
+
+// groupMessageText is the text of message seq of G, as the owner sees it.
+func (f *authzFixture) groupMessageText(t *testing.T, seq int64) string {
+	t.Helper()
+	r, err := f.s.Client.GetHistoryWithResponse(bg, f.groupID, &gen.GetHistoryParams{AfterSeq: ptr(seq - 1), Limit: ptr(1)}, f.owner.Auth())
+	wantStatus(t, r, err, 200)
+	if len(*r.JSON200) != 1 {
+		t.Fatalf("message %d of G not found", seq)
+	}
+	return (*r.JSON200)[0].Text
+}
+
 // groupHasMessage reports whether G holds a message with client_msg_id cmid.
 func (f *authzFixture) groupHasMessage(t *testing.T, cmid string) bool {
 	t.Helper()
@@ -484,7 +566,9 @@ func (f *authzFixture) groupHasMessage(t *testing.T, cmid string) bool {
 // and the response against the spec; it returns the status.
 func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKind, r authzReq, want int, code gen.ProblemCode) int {
 	t.Helper()
-	params := map[string]int64{"chat_id": f.groupID, "group_id": f.groupID, "user_id": f.member.ID}
+	params := map[string]int64{"chat_id": f.groupID, "group_id": f.groupID, "user_id": f.member.ID, "seq": 1}
+	// String path parameters: the emoji (👍, escaped).
+	strParams := map[string]string{"emoji": "%F0%9F%91%8D"}
 	if k == kindNoChat {
 		params["chat_id"], params["group_id"] = missingID, missingID
 	}
@@ -494,6 +578,9 @@ func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKin
 	var missing []string
 	path := pathParam.ReplaceAllStringFunc(o.path, func(m string) string {
 		name := m[1 : len(m)-1]
+		if v, ok := strParams[name]; ok {
+			return v
+		}
 		v, ok := params[name]
 		if !ok {
 			missing = append(missing, name)

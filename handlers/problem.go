@@ -34,6 +34,8 @@ var statusOf = map[chat.Code]struct {
 	chat.CodeNotAGroup:         {http.StatusConflict, gen.ProblemCodeNotAGroup},
 	chat.CodeOwnerNotRemovable: {http.StatusConflict, gen.ProblemCodeOwnerCannotBeRemoved},
 	chat.CodeGroupFull:         {http.StatusConflict, gen.ProblemCodeGroupFull},
+	chat.CodeMessageDeleted:    {http.StatusConflict, gen.ProblemCodeMessageDeleted},
+	chat.CodeTooManyReactions:  {http.StatusUnprocessableEntity, gen.ProblemCodeTooManyReactions},
 	chat.CodeRateLimited:       {http.StatusTooManyRequests, gen.ProblemCodeRateLimited},
 	chat.CodeUnavailable:       {http.StatusServiceUnavailable, gen.ProblemCodeUnavailable},
 }
@@ -91,3 +93,7 @@ func (p *problem) VisitReadyzResponse(w http.ResponseWriter) error            { 
 func (p *problem) VisitRegisterResponse(w http.ResponseWriter) error          { return p.write(w) }
 func (p *problem) VisitSearchUsersResponse(w http.ResponseWriter) error       { return p.write(w) }
 func (p *problem) VisitGetMeResponse(w http.ResponseWriter) error             { return p.write(w) }
+func (p *problem) VisitEditMessageResponse(w http.ResponseWriter) error       { return p.write(w) }
+func (p *problem) VisitDeleteMessageResponse(w http.ResponseWriter) error     { return p.write(w) }
+func (p *problem) VisitAddReactionResponse(w http.ResponseWriter) error       { return p.write(w) }
+func (p *problem) VisitRemoveReactionResponse(w http.ResponseWriter) error    { return p.write(w) }

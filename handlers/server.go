@@ -162,7 +162,7 @@ func (s *Server) GetChat(ctx context.Context, req gen.GetChatRequestObject) (gen
 
 // GetHistory implements GET /history/{chat_id}.
 func (s *Server) GetHistory(ctx context.Context, req gen.GetHistoryRequestObject) (gen.GetHistoryResponseObject, error) {
-	q := chat.HistoryQuery{Limit: 50, AfterSeq: req.Params.AfterSeq, BeforeSeq: req.Params.BeforeSeq}
+	q := chat.HistoryQuery{Limit: 50, AfterSeq: req.Params.AfterSeq, BeforeSeq: req.Params.BeforeSeq, AfterRev: req.Params.AfterRev}
 	if req.Params.Limit != nil {
 		q.Limit = *req.Params.Limit
 	}
@@ -185,7 +185,7 @@ func (s *Server) SendMessage(ctx context.Context, req gen.SendMessageRequestObje
 	if err := s.svc.AllowUserSend(ctx, userID(ctx)); err != nil {
 		return fail(err)
 	}
-	m, dup, err := s.svc.Send(ctx, userID(ctx), req.ChatID, req.Body.ClientMsgID, req.Body.Text)
+	m, dup, err := s.svc.Send(ctx, userID(ctx), req.ChatID, req.Body.ClientMsgID, req.Body.Text, req.Body.ReplyToSeq)
 	if err != nil {
 		return fail(err)
 	}
@@ -193,6 +193,42 @@ func (s *Server) SendMessage(ctx context.Context, req gen.SendMessageRequestObje
 		return gen.SendMessage200JSONResponse(m.API()), nil
 	}
 	return gen.SendMessage201JSONResponse(m.API()), nil
+}
+
+// EditMessage implements PATCH /chats/{chat_id}/messages/{seq}.
+func (s *Server) EditMessage(ctx context.Context, req gen.EditMessageRequestObject) (gen.EditMessageResponseObject, error) {
+	m, err := s.svc.Edit(ctx, userID(ctx), req.ChatID, req.Seq, req.Body.Text)
+	if err != nil {
+		return fail(err)
+	}
+	return gen.EditMessage200JSONResponse(m.API()), nil
+}
+
+// DeleteMessage implements DELETE /chats/{chat_id}/messages/{seq}.
+func (s *Server) DeleteMessage(ctx context.Context, req gen.DeleteMessageRequestObject) (gen.DeleteMessageResponseObject, error) {
+	m, err := s.svc.Delete(ctx, userID(ctx), req.ChatID, req.Seq)
+	if err != nil {
+		return fail(err)
+	}
+	return gen.DeleteMessage200JSONResponse(m.API()), nil
+}
+
+// AddReaction implements PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji}.
+func (s *Server) AddReaction(ctx context.Context, req gen.AddReactionRequestObject) (gen.AddReactionResponseObject, error) {
+	m, err := s.svc.React(ctx, userID(ctx), req.ChatID, req.Seq, req.Emoji, true)
+	if err != nil {
+		return fail(err)
+	}
+	return gen.AddReaction200JSONResponse(m.API()), nil
+}
+
+// RemoveReaction implements DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji}.
+func (s *Server) RemoveReaction(ctx context.Context, req gen.RemoveReactionRequestObject) (gen.RemoveReactionResponseObject, error) {
+	m, err := s.svc.React(ctx, userID(ctx), req.ChatID, req.Seq, req.Emoji, false)
+	if err != nil {
+		return fail(err)
+	}
+	return gen.RemoveReaction200JSONResponse(m.API()), nil
 }
 
 // MarkRead implements POST /chats/{chat_id}/read.

@@ -65,6 +65,21 @@ var wsFrameRows = map[string]func(chatID int64, cmid string) map[string]any{
 	"sync": func(chatID int64, _ string) map[string]any {
 		return map[string]any{"type": "sync", "chat_id": chatID, "since_seq": 0}
 	},
+	"message.edit": func(chatID int64, _ string) map[string]any {
+		return map[string]any{"type": "message.edit", "chat_id": chatID, "seq": 1, "text": "mine now"}
+	},
+	"message.delete": func(chatID int64, _ string) map[string]any {
+		return map[string]any{"type": "message.delete", "chat_id": chatID, "seq": 1}
+	},
+	"reaction.add": func(chatID int64, _ string) map[string]any {
+		return map[string]any{"type": "reaction.add", "chat_id": chatID, "seq": 1, "emoji": "👀"}
+	},
+	"reaction.remove": func(chatID int64, _ string) map[string]any {
+		return map[string]any{"type": "reaction.remove", "chat_id": chatID, "seq": 1, "emoji": "👀"}
+	},
+	"typing": func(chatID int64, _ string) map[string]any {
+		return map[string]any{"type": "typing", "chat_id": chatID}
+	},
 }
 
 // clientFrameTypes returns the discriminator values of the spec's
@@ -336,7 +351,8 @@ func TestWSAuthorizationForeignFrames(t *testing.T) {
 		}
 		for c := range foreign {
 			after := f.chatAsX(t, c)
-			if after.LastSeq == nil || *after.LastSeq != 2 || !slices.Equal(after.Members, before[c].Members) {
+			if after.LastSeq == nil || *after.LastSeq != 2 || !slices.Equal(after.Members, before[c].Members) ||
+				after.LastMessage == nil || after.LastMessage.Rev != before[c].LastMessage.Rev {
 				t.Errorf("chat %d changed: before %+v after %+v", c, before[c], after)
 			}
 			h, err := s.Client.GetHistoryWithResponse(bg, c, nil, f.y.Auth())

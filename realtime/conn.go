@@ -42,7 +42,7 @@ type conn struct {
 	cancel context.CancelFunc
 
 	// Rate limits of client frames; used by the read goroutine only.
-	sendLimit, syncLimit, readLimit *rate.Limiter
+	sendLimit, syncLimit, readLimit, typingLimit *rate.Limiter
 
 	space chan struct{} // capacity 1: the writer drained the queue
 
@@ -58,8 +58,8 @@ type conn struct {
 	peerClosed bool            // the peer sent its close frame
 	finished   bool            // readLoop has ended
 	tasks      []func(ctx context.Context)
-	working    bool            // a task goroutine runs
-	syncs      map[int64]int64 // queued syncs by chat: the latest since wins
+	working    bool             // a task goroutine runs
+	syncs      map[int64]replay // queued syncs by chat: the latest wins
 	fillTimer  *time.Timer
 	pingTimer  *time.Timer
 	expiry     *time.Timer
@@ -98,7 +98,7 @@ const (
 // holds one only while it writes.
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 
-func newConn(h *Hub, userID, chatID int64, nc net.Conn, br *bufio.Reader, starts map[int64]int64) *conn {
+func newConn(h *Hub, userID, chatID int64, nc net.Conn, br *bufio.Reader, starts map[int64]start) *conn {
 	c := &conn{
 		hub: h, id: h.connSeq.Add(1), userID: userID, chatID: chatID, nc: nc, br: br,
 		space: make(chan struct{}, 1), streams: make(map[int64]*stream, len(starts)),
@@ -108,9 +108,11 @@ func newConn(h *Hub, userID, chatID int64, nc net.Conn, br *bufio.Reader, starts
 		c.sendLimit = rate.NewLimiter(rate.Limit(h.cfg.SendRate), h.cfg.SendBurst)
 	}
 	c.syncLimit = rate.NewLimiter(rate.Limit(h.cfg.SyncRate), h.cfg.SyncBurst)
+	c.typingLimit = rate.NewLimiter(rate.Every(time.Second), 5)
 	c.readLimit = rate.NewLimiter(rate.Limit(h.cfg.ReadRate), h.cfg.ReadBurst)
-	for id, last := range starts {
-		c.streams[id] = &stream{last: last}
+	for id, st := range starts {
+		c.streams[id] = newStream(st.rev)
+		c.streams[id].minSeq = st.minSeq
 	}
 	return c
 }
@@ -213,17 +215,25 @@ func (c *conn) cutLocked(chatID int64) {
 // hold reports whether e is this connection's own message still waiting
 // for its ack.
 func (c *conn) hold(e entry) bool {
-	return e.it.sender == c.userID && c.sending[sendKey{e.it.chatID, e.it.cmid}] > 0
+	return e.it.rev == e.it.createdRev && e.it.sender == c.userID && c.sending[sendKey{e.it.chatID, e.it.cmid}] > 0
 }
 
-// emitLocked queues the frames of delivered entries.
+// emitLocked queues the frames of delivered entries: message.ack for the
+// connection's own sends, message.new for a message it has not seen
+// created, message.updated for one it has.
 func (c *conn) emitLocked(es []entry) {
 	for _, e := range es {
-		if e.ack {
+		switch {
+		case e.ack:
 			c.enqueueLocked(ws.OpText, event.AckFrame(e.it.cmid, false, e.it.msg))
 			continue
+		case e.isNew == (e.it.rev == e.it.createdRev):
+			c.enqueueLocked(ws.OpText, e.it.frame) // the frame built once for every connection
+		case e.isNew:
+			c.enqueueLocked(ws.OpText, event.NewFrame(e.it.msg)) // created and changed while away
+		default:
+			c.enqueueLocked(ws.OpText, event.UpdatedFrame(e.it.msg))
 		}
-		c.enqueueLocked(ws.OpText, e.it.frame)
 		c.hub.delivered(e.it)
 	}
 }
@@ -249,8 +259,8 @@ func (c *conn) endSendLocked(k sendKey) {
 
 // acked answers one of the connection's sends; the sequencer calls it
 // after the batch was published. A message the broker brought before its
-// ack waited in its stream (hold); the ack takes its place in seq order.
-func (c *conn) acked(chatID int64, cmid string, o chat.SendOutcome) {
+// ack waited in its stream (hold); the ack takes its place in rev order.
+func (c *conn) acked(chatID int64, cmid string, o chat.Outcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.endSendLocked(sendKey{chatID, cmid})
@@ -258,16 +268,13 @@ func (c *conn) acked(chatID int64, cmid string, o chat.SendOutcome) {
 		return
 	}
 	if o.Err != nil {
-		c.enqueueLocked(ws.OpText, encodeError(&frameError{code: errorFrameCode(o.Err), msg: errorMessage(o.Err), clientMsgID: cmid, chatID: chatID}))
-		if errorFrameCode(o.Err) == gen.ErrorFrameCodeInternal {
-			c.hub.log.Error("send failed", "event", "ws.error", "conn_id", c.id, "chat_id", chatID, "err", o.Err)
-		}
+		c.failedLocked(o.Err, &frameError{clientMsgID: cmid, chatID: chatID})
 		return
 	}
 	m := o.Message
 	raw := mustJSON(m.API())
 	st := c.streams[chatID]
-	if o.Duplicate || st == nil || m.Seq <= st.last {
+	if o.Duplicate || st == nil || m.Rev <= st.last {
 		// A repeat, or a chat this connection does not follow: answer now.
 		c.enqueueLocked(ws.OpText, event.AckFrame(cmid, o.Duplicate, raw))
 		if st != nil {
@@ -275,11 +282,35 @@ func (c *conn) acked(chatID int64, cmid string, o chat.SendOutcome) {
 		}
 		return
 	}
-	it := &item{chatID: chatID, seq: m.Seq, sender: m.SenderID, cmid: cmid, msg: raw}
+	it := &item{chatID: chatID, rev: m.Rev, createdRev: m.CreatedRev, seq: m.Seq, sender: m.SenderID, cmid: cmid, msg: raw}
 	before := st.fillAt
 	c.emitLocked(st.offer(entry{it: it, ack: true}, time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
 	if st.fillAt != before {
 		c.armFillLocked()
+	}
+}
+
+// changed answers one of the connection's edits, deletes or reaction
+// changes: on success the connection hears of it through the broker as
+// message.updated like every other connection; an error gets an error
+// frame naming the message.
+func (c *conn) changed(chatID, seq int64, o chat.Outcome) {
+	if o.Err == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateOpen {
+		c.failedLocked(o.Err, &frameError{chatID: chatID, seq: seq})
+	}
+}
+
+// failedLocked queues the error frame of a failed operation.
+func (c *conn) failedLocked(err error, fe *frameError) {
+	fe.code, fe.msg = errorFrameCode(err), errorMessage(err)
+	c.enqueueLocked(ws.OpText, encodeError(fe))
+	if fe.code == gen.ErrorFrameCodeInternal {
+		c.hub.log.Error("operation failed", "event", "ws.error", "conn_id", c.id, "chat_id", fe.chatID, "err", err)
 	}
 }
 
@@ -753,7 +784,7 @@ func (c *conn) follow(ctx context.Context, chatID, start int64) bool {
 		c.mu.Unlock()
 		return true
 	}
-	st := &stream{last: start}
+	st := newStream(start)
 	c.streams[chatID] = st
 	c.hub.index(c, chatID)
 	c.mu.Unlock()
@@ -825,39 +856,65 @@ func (c *conn) join(ctx context.Context, chatID int64, frames []json.RawMessage)
 	c.fill(ctx, chatID, false)
 }
 
-// requestSync queues a sync of chatID from since; syncs of one chat that
-// wait in the queue collapse into the latest, so a burst of sync frames
-// replays the chat once.
-func (c *conn) requestSync(chatID, since int64) {
+// replay is where a sync (or a resume at the handshake) starts: after
+// revision rev, or, for a resume by seq, after message seq (new messages
+// only).
+type replay struct {
+	bySeq bool
+	pos   int64 // the seq or the rev
+}
+
+// requestSync queues a sync of chatID; syncs of one chat that wait in the
+// queue collapse into the latest, so a burst of sync frames replays the
+// chat once.
+func (c *conn) requestSync(chatID int64, from replay) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.syncs == nil {
-		c.syncs = map[int64]int64{}
+		c.syncs = map[int64]replay{}
 	}
 	_, queued := c.syncs[chatID]
-	c.syncs[chatID] = since
+	c.syncs[chatID] = from
 	if !queued {
 		c.addTaskLocked(func(ctx context.Context) { c.sync(ctx, chatID) })
 	}
 }
 
-// sync replays every message of chatID above the requested seq, then
-// continues live.
+// sync replays chatID from the requested position, then continues live.
 func (c *conn) sync(ctx context.Context, chatID int64) {
 	c.mu.Lock()
-	since, ok := c.syncs[chatID]
+	from, ok := c.syncs[chatID]
 	delete(c.syncs, chatID)
-	st := c.streams[chatID]
-	if ok && st != nil {
-		st.reset(since)
-		c.armFillLocked()
-	}
 	c.mu.Unlock()
 	if !ok {
 		return
 	}
-	if st == nil && !c.follow(ctx, chatID, since) {
-		return
+	rev, minSeq := from.pos, int64(0)
+	if from.bySeq {
+		var err error
+		if rev, err = c.hub.svc.RevAtSeq(ctx, chatID, from.pos); err != nil {
+			c.frame(encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), chatID: chatID}))
+			return
+		}
+		minSeq = from.pos
+	}
+	c.mu.Lock()
+	st := c.streams[chatID]
+	if st != nil {
+		st.reset(rev)
+		st.minSeq = minSeq
+		c.armFillLocked()
+	}
+	c.mu.Unlock()
+	if st == nil {
+		if !c.follow(ctx, chatID, rev) {
+			return
+		}
+		c.mu.Lock()
+		if st := c.streams[chatID]; st != nil {
+			st.minSeq = minSeq
+		}
+		c.mu.Unlock()
 	}
 	c.fill(ctx, chatID, false)
 }
@@ -887,10 +944,10 @@ func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
 			c.mu.Unlock()
 			return
 		}
-		from := st.last
+		from, minSeq := st.last, st.minSeq
 		c.mu.Unlock()
 
-		ms, err := c.hub.svc.MessagesAfter(ctx, chatID, from, fillPage)
+		ms, head, err := c.hub.svc.ChangesAfter(ctx, chatID, from, minSeq, fillPage)
 		now := time.Now()
 		c.mu.Lock()
 		if c.streams[chatID] != st {
@@ -907,14 +964,24 @@ func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
 		out := c.scratch[:0]
 		for _, m := range ms {
 			raw := mustJSON(m.API())
-			out = st.offer(entry{it: newItem(chatID, m.Seq, m.SenderID, m.ClientMsgID, raw, 0)}, now, hb, c.hold, out)
+			out = st.offer(entry{it: newItem(chatID, m.Rev, m.CreatedRev, m.Seq, m.SenderID, m.ClientMsgID, raw, 0)}, now, hb, c.hold, out)
+		}
+		done := len(ms) < fillPage
+		if done {
+			// Every change up to head has been read: revs below it that
+			// did not come were superseded (or, in a resume by seq, are
+			// changes of older messages, which it leaves out).
+			out = st.raise(head, now, hb, c.hold, out)
+			st.minSeq = 0
+		} else {
+			out = st.raise(ms[len(ms)-1].Rev, now, hb, c.hold, out)
 		}
 		c.emitLocked(out)
 		c.scratch = out[:0]
-		done := len(ms) < fillPage || st.last == from
-		if done {
+		if done || st.last == from {
 			st.filled(now, hb)
 			c.armFillLocked()
+			done = true
 		}
 		c.mu.Unlock()
 		if done || !c.waitSpace(ctx) {

@@ -26,14 +26,14 @@ func TestDropNeverBlocksTheDeliverer(t *testing.T) {
 	h := testHub(Config{QueueSize: 16, WriteTimeout: time.Hour})
 	server, client := net.Pipe() // writes block until the client reads: it never does
 	defer client.Close()
-	c := newConn(h, 1, 0, server, bufio.NewReader(server), map[int64]int64{7: 0})
+	c := newConn(h, 1, 0, server, bufio.NewReader(server), map[int64]start{7: {}})
 	msg := json.RawMessage(`{"chat_id":7,"seq":1}`)
 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for i := 1; i <= 10*h.cfg.QueueSize; i++ {
-			c.deliver(7, []*item{newItem(7, int64(i), 2, "x", msg, 0)}, nil, time.Now())
+			c.deliver(7, []*item{newItem(7, int64(i), int64(i), int64(i), 2, "x", msg, 0)}, nil, time.Now())
 		}
 	}()
 	select {

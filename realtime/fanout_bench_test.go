@@ -184,7 +184,7 @@ func newFanOut(b *testing.B, n int) *fanOut {
 	// A first message through the service: every connection gets it from
 	// the hub, or from the database if its sync was not through yet.
 	run := f.start(0, 1)
-	if _, _, err := srv.Service.Send(f.ctx, f.owner, g.ID, "warm-up", "hello"); err != nil {
+	if _, _, err := srv.Service.Send(f.ctx, f.owner, g.ID, "warm-up", "hello", nil); err != nil {
 		b.Fatal(err)
 	}
 	f.await(b, run, 1)

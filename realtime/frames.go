@@ -28,6 +28,9 @@ type clientFrame struct {
 	Text        *string `json:"text"`
 	Seq         *int64  `json:"seq"`
 	SinceSeq    *int64  `json:"since_seq"`
+	SinceRev    *int64  `json:"since_rev"`
+	ReplyToSeq  *int64  `json:"reply_to_seq"`
+	Emoji       *string `json:"emoji"`
 }
 
 // frameError is a problem with a client frame, answered with an error frame.
@@ -36,6 +39,7 @@ type frameError struct {
 	msg         string
 	clientMsgID string
 	chatID      int64
+	seq         int64 // the message an edit, delete or reaction was about
 }
 
 func (e *frameError) Error() string { return string(e.code) + ": " + e.msg }
@@ -84,7 +88,7 @@ func decodeFrame(data []byte, defaultChat int64) (any, *frameError) {
 			err.clientMsgID = cmid
 			return nil, err
 		}
-		return gen.MessageSendFrame{Type: gen.MessageSend, ChatID: &chatID, ClientMsgID: cmid, Text: *f.Text}, nil
+		return gen.MessageSendFrame{Type: gen.MessageSend, ChatID: &chatID, ClientMsgID: cmid, Text: *f.Text, ReplyToSeq: f.ReplyToSeq}, nil
 	case string(gen.MessageReadFrameTypeMessageRead):
 		if f.Seq == nil {
 			return nil, badRequest("message.read needs seq")
@@ -97,16 +101,51 @@ func decodeFrame(data []byte, defaultChat int64) (any, *frameError) {
 		}
 		return gen.MessageReadFrame{Type: gen.MessageReadFrameTypeMessageRead, ChatID: &chatID, Seq: *f.Seq}, nil
 	case string(gen.Sync):
-		if f.SinceSeq == nil {
-			return nil, badRequest("sync needs since_seq")
+		if (f.SinceSeq == nil) == (f.SinceRev == nil) {
+			return nil, badRequest("sync needs since_seq or since_rev (one of them)")
 		}
-		if *f.SinceSeq < 0 {
-			return nil, badRequest("since_seq must be >= 0")
+		if f.SinceSeq != nil && *f.SinceSeq < 0 || f.SinceRev != nil && *f.SinceRev < 0 {
+			return nil, badRequest("since_seq and since_rev must be >= 0")
 		}
 		if err := needChat(); err != nil {
 			return nil, err
 		}
-		return gen.SyncFrame{Type: gen.Sync, ChatID: &chatID, SinceSeq: *f.SinceSeq}, nil
+		return gen.SyncFrame{Type: gen.Sync, ChatID: &chatID, SinceSeq: f.SinceSeq, SinceRev: f.SinceRev}, nil
+	case string(gen.MessageEdit), string(gen.MessageDelete), string(gen.ReactionAdd), string(gen.ReactionRemove):
+		if f.Seq == nil || *f.Seq < 1 {
+			return nil, badRequest("%s needs seq (>= 1)", f.Type)
+		}
+		seq := *f.Seq
+		if err := needChat(); err != nil {
+			err.seq = seq
+			return nil, err
+		}
+		fail := func(format string) *frameError {
+			e := badRequest(format, f.Type)
+			e.chatID, e.seq = chatID, seq
+			return e
+		}
+		switch f.Type {
+		case string(gen.MessageEdit):
+			if f.Text == nil {
+				return nil, fail("%s needs text")
+			}
+			return gen.MessageEditFrame{Type: gen.MessageEdit, ChatID: &chatID, Seq: seq, Text: *f.Text}, nil
+		case string(gen.MessageDelete):
+			return gen.MessageDeleteFrame{Type: gen.MessageDelete, ChatID: &chatID, Seq: seq}, nil
+		}
+		if f.Emoji == nil {
+			return nil, fail("%s needs emoji")
+		}
+		if f.Type == string(gen.ReactionAdd) {
+			return gen.ReactionAddFrame{Type: gen.ReactionAdd, ChatID: &chatID, Seq: seq, Emoji: *f.Emoji}, nil
+		}
+		return gen.ReactionRemoveFrame{Type: gen.ReactionRemove, ChatID: &chatID, Seq: seq, Emoji: *f.Emoji}, nil
+	case string(gen.TypingFrameTypeTyping):
+		if err := needChat(); err != nil {
+			return nil, err
+		}
+		return gen.TypingFrame{Type: gen.TypingFrameTypeTyping, ChatID: &chatID}, nil
 	case "":
 		return nil, badRequest("frame has no type")
 	}
@@ -116,7 +155,8 @@ func decodeFrame(data []byte, defaultChat int64) (any, *frameError) {
 // errorFrameCode maps a service error to an error frame code.
 func errorFrameCode(err error) gen.ErrorFrameCode {
 	switch chat.CodeOf(err) {
-	case chat.CodeInvalid:
+	case chat.CodeInvalid, chat.CodeMessageDeleted, chat.CodeTooManyReactions:
+		// SPEC §4's codes have no conflict: these are refusals of the frame.
 		return gen.ErrorFrameCodeBadRequest
 	case chat.CodeTooLarge:
 		return gen.ErrorFrameCodeTooLarge
@@ -147,6 +187,9 @@ func encodeError(e *frameError) []byte {
 	}
 	if e.chatID != 0 {
 		f.ChatID = &e.chatID
+	}
+	if e.seq != 0 {
+		f.Seq = &e.seq
 	}
 	return mustJSON(f)
 }

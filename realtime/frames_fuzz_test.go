@@ -49,8 +49,29 @@ func FuzzDecodeFrame(f *testing.F) {
 				t.Fatalf("bad read frame accepted: %q", data)
 			}
 		case gen.SyncFrame:
-			if fr.ChatID == nil || *fr.ChatID < 1 || fr.SinceSeq < 0 {
+			if fr.ChatID == nil || *fr.ChatID < 1 || (fr.SinceSeq == nil) == (fr.SinceRev == nil) ||
+				fr.SinceSeq != nil && *fr.SinceSeq < 0 || fr.SinceRev != nil && *fr.SinceRev < 0 {
 				t.Fatalf("bad sync frame accepted: %q", data)
+			}
+		case gen.MessageEditFrame:
+			if fr.ChatID == nil || *fr.ChatID < 1 || fr.Seq < 1 {
+				t.Fatalf("bad edit frame accepted: %q", data)
+			}
+		case gen.MessageDeleteFrame:
+			if fr.ChatID == nil || *fr.ChatID < 1 || fr.Seq < 1 {
+				t.Fatalf("bad delete frame accepted: %q", data)
+			}
+		case gen.ReactionAddFrame:
+			if fr.ChatID == nil || *fr.ChatID < 1 || fr.Seq < 1 {
+				t.Fatalf("bad reaction frame accepted: %q", data)
+			}
+		case gen.ReactionRemoveFrame:
+			if fr.ChatID == nil || *fr.ChatID < 1 || fr.Seq < 1 {
+				t.Fatalf("bad reaction frame accepted: %q", data)
+			}
+		case gen.TypingFrame:
+			if fr.ChatID == nil || *fr.ChatID < 1 {
+				t.Fatalf("typing frame without a chat: %q", data)
 			}
 		default:
 			t.Fatalf("decoder returned %T for %q", v, data)

@@ -219,7 +219,7 @@ func (h *Hub) Receive(channel string, payload []byte) {
 	case event.Messages:
 		items := make([]*item, len(env.Items))
 		for i, it := range env.Items {
-			items[i] = newItem(env.ChatID, it.Seq, it.Sender, it.CMID, it.Msg, env.SentAt)
+			items[i] = newItem(env.ChatID, it.Rev, it.CreatedRev, it.Seq, it.Sender, it.CMID, it.Msg, env.SentAt)
 		}
 		now := time.Now()
 		h.each(h.connsOfChat(env.ChatID), func(c *conn) { c.deliver(env.ChatID, items, env.Frames, now) })

@@ -7,40 +7,56 @@ import (
 	"github.com/windi-chat/windi/event"
 )
 
-// item is one message on its way to sockets. Items that came through the
-// broker are shared by every socket of the chat on this replica and never
-// modified.
+// item is one change of a chat's timeline (a new message, or a changed
+// one) on its way to sockets. Items that came through the broker are
+// shared by every socket of the chat on this replica and never modified.
 type item struct {
-	chatID int64
-	seq    int64
-	sender int64
-	cmid   string
-	msg    json.RawMessage // the encoded gen.Message
-	frame  []byte          // its message.new frame, encoded once
-	sentAt int64           // Unix nanoseconds when committed; 0 when unknown
+	chatID     int64
+	rev        int64 // its position in the chat's stream
+	createdRev int64 // the rev that created the message
+	seq        int64
+	sender     int64
+	cmid       string
+	msg        json.RawMessage // the encoded gen.Message
+	frame      []byte          // message.new for a new message, else message.updated, encoded once
+	sentAt     int64           // Unix nanoseconds when committed; 0 when unknown
 }
 
-func newItem(chatID, seq, sender int64, cmid string, msg json.RawMessage, sentAt int64) *item {
-	return &item{chatID: chatID, seq: seq, sender: sender, cmid: cmid, msg: msg, frame: event.NewFrame(msg), sentAt: sentAt}
+func newItem(chatID, rev, createdRev, seq, sender int64, cmid string, msg json.RawMessage, sentAt int64) *item {
+	it := &item{chatID: chatID, rev: rev, createdRev: createdRev, seq: seq, sender: sender, cmid: cmid, msg: msg, sentAt: sentAt}
+	if rev == createdRev {
+		it.frame = event.NewFrame(msg)
+	} else {
+		it.frame = event.UpdatedFrame(msg)
+	}
+	return it
 }
 
 // entry is an item waiting in a stream, and how to answer it.
 type entry struct {
 	it  *item
 	ack bool // the socket sent it: answer with message.ack
+	// isNew: deliver as message.new (the socket has not seen the message
+	// created), else message.updated; decided when it is delivered.
+	isNew bool
 }
 
 // stream is one chat's delivery position on one socket: the ordering state
-// machine. It delivers each seq once, in order, without gaps: an item above
-// the next expected seq waits until the gap closes, either because the
-// missing items arrive (from the broker, a fill or the socket's own ack) or
-// because a fill from the database brings them.
+// machine, keyed on the chat's revisions (SPEC §11.1). It delivers each rev
+// once, in order, without gaps: an item above the next expected rev waits
+// until the gap closes, either because the missing items arrive (from the
+// broker, a fill or the socket's own ack) or because a fill from the
+// database covers them. A fill that has read every change up to the
+// chat's head raises the floor: revs at or below it that never arrive
+// were superseded by later changes of the same message, and are skipped.
 //
 // A stream does no I/O and reads no clock: callers pass the time, so its
 // hold-back and retry schedule is tested with a fake clock. It is guarded
 // by its socket's mutex.
 type stream struct {
-	last    int64           // highest seq delivered here
+	last    int64           // highest rev delivered (or skipped) here
+	floor   int64           // revs up to it may be skipped when missing
+	known   int64           // highest rev delivered, or the start: messages created up to it are known to the socket
 	pending map[int64]entry // above last, waiting for the gap to close
 	// fillAt is when a fill from the database is due: the gap's hold-back
 	// after it opened, then a growing backoff while fills do not close it.
@@ -50,10 +66,17 @@ type stream struct {
 	// subscribed reports that the socket holds a reference on the chat's
 	// broker subscription (released when the stream goes).
 	subscribed bool
-	// behind is the chat's last seq as the previous periodic check saw it;
+	// behind is the chat's last rev as the previous periodic check saw it;
 	// a stream still below it at the next check missed a publication.
 	behind int64
+	// minSeq, set for a resume by seq, keeps the next fill to messages with
+	// a greater seq (new messages only).
+	minSeq int64
 }
+
+// newStream returns a stream positioned after rev: everything up to it is
+// known to the socket (delivered before, or there before it connected).
+func newStream(rev int64) *stream { return &stream{last: rev, floor: rev, known: rev} }
 
 // Hold-back schedule: the first fill waits the hold-back; each fill that
 // does not close the gap doubles the wait, up to maxFillBackoff.
@@ -65,46 +88,60 @@ type held func(e entry) bool
 
 // offer takes e and appends to out whatever is now deliverable, in order.
 func (s *stream) offer(e entry, now time.Time, holdback time.Duration, hold held, out []entry) []entry {
-	if e.it.seq <= s.last {
+	if e.it.rev <= s.last {
 		return out // delivered already: a repeat from another path
 	}
 	if s.pending == nil {
 		s.pending = map[int64]entry{}
 	}
-	if old, ok := s.pending[e.it.seq]; !ok || e.ack && !old.ack {
-		s.pending[e.it.seq] = e
+	if old, ok := s.pending[e.it.rev]; !ok || e.ack && !old.ack {
+		s.pending[e.it.rev] = e
 	}
 	return s.drain(now, holdback, hold, out)
 }
 
-// drain appends consecutive pending entries to out. It stops at a gap, and
-// at a message the socket is sending until its outcome is known.
+// raise sets the floor to rev: a fill has read every change up to it.
+func (s *stream) raise(rev int64, now time.Time, holdback time.Duration, hold held, out []entry) []entry {
+	s.floor = max(s.floor, rev)
+	return s.drain(now, holdback, hold, out)
+}
+
+// drain appends consecutive pending entries to out, skipping missing revs
+// at or below the floor. It stops at a gap, and at a message the socket is
+// sending until its outcome is known. Each delivered entry is marked new
+// when the socket has not seen its message created (created after the
+// position it is delivered at).
 func (s *stream) drain(now time.Time, holdback time.Duration, hold held, out []entry) []entry {
 	for {
 		e, ok := s.pending[s.last+1]
 		if !ok {
+			if s.last < s.floor {
+				s.last++ // missing at or below the floor: superseded by a later change
+				continue
+			}
 			break
 		}
 		if !e.ack && hold != nil && hold(e) {
 			break // ours, in flight: the ack decides how to answer
 		}
-		delete(s.pending, e.it.seq)
+		delete(s.pending, e.it.rev)
+		e.isNew = e.it.createdRev > s.known
 		out = append(out, e)
-		s.last = e.it.seq
+		s.last, s.known = e.it.rev, e.it.rev
 	}
 	s.schedule(now, holdback)
 	return out
 }
 
-// gap reports whether the stream waits for a seq it has not seen: pending
-// items exist and the next expected one is missing. Waiting for the
-// socket's own ack is not a gap: the ack always comes.
+// gap reports whether the stream waits for a rev it has not seen: pending
+// items exist and the next expected one is missing (and not skippable).
+// Waiting for the socket's own ack is not a gap: the ack always comes.
 func (s *stream) gap() bool {
 	if len(s.pending) == 0 {
 		return false
 	}
 	_, next := s.pending[s.last+1]
-	return !next
+	return !next && s.last >= s.floor
 }
 
 // schedule opens or closes the fill schedule after the pending set changed.
@@ -136,7 +173,7 @@ func (s *stream) filled(now time.Time, holdback time.Duration) {
 	s.fillAt = now.Add(min(wait, maxFillBackoff))
 }
 
-// reset moves the stream to since (a sync), forgetting what waits.
+// reset moves the stream to rev since (a sync), forgetting what waits.
 func (s *stream) reset(since int64) {
-	s.last, s.pending, s.fillAt, s.fails = since, nil, time.Time{}, 0
+	*s = stream{last: since, floor: since, known: since, subscribed: s.subscribed, behind: s.behind}
 }

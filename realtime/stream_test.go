@@ -8,7 +8,13 @@ import (
 
 const hb = 100 * time.Millisecond
 
-func it(seq int64) *item { return &item{seq: seq, sender: 1, cmid: fmt.Sprint(seq)} }
+// it is a new message whose seq and rev are both n.
+func it(n int64) *item { return &item{rev: n, createdRev: n, seq: n, sender: 1, cmid: fmt.Sprint(n)} }
+
+// change is a change at rev to a message created at createdRev.
+func change(rev, createdRev int64) *item {
+	return &item{rev: rev, createdRev: createdRev, seq: createdRev, sender: 1, cmid: fmt.Sprint(createdRev)}
+}
 
 func seqsOf(es []entry) []int64 {
 	out := make([]int64, len(es))
@@ -28,7 +34,7 @@ func wantDelivered(t *testing.T, got []entry, want ...int64) {
 
 func TestStreamDeliversInOrderOnce(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	s := &stream{last: 10}
+	s := newStream(10)
 	wantDelivered(t, s.offer(entry{it: it(11)}, t0, hb, nil, nil), 11)
 	wantDelivered(t, s.offer(entry{it: it(11)}, t0, hb, nil, nil)) // a repeat
 	wantDelivered(t, s.offer(entry{it: it(9)}, t0, hb, nil, nil))  // before the start
@@ -44,7 +50,7 @@ func TestStreamDeliversInOrderOnce(t *testing.T) {
 
 func TestStreamFillScheduleBacksOffWithoutSpinning(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	s := &stream{last: 0}
+	s := newStream(0)
 	s.offer(entry{it: it(2)}, t0, hb, nil, nil)
 	if s.fillDue(t0.Add(hb - time.Nanosecond)) {
 		t.Fatal("fill due before the hold-back passed")
@@ -82,7 +88,7 @@ func TestStreamFillScheduleBacksOffWithoutSpinning(t *testing.T) {
 
 func TestStreamWaitsForOwnAckWithoutAFill(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	s := &stream{last: 4}
+	s := newStream(4)
 	inFlight := map[int64]bool{5: true}
 	hold := func(e entry) bool { return inFlight[e.it.seq] }
 	// The socket's own message 5 arrives through the broker before its ack,
@@ -103,7 +109,7 @@ func TestStreamWaitsForOwnAckWithoutAFill(t *testing.T) {
 
 func TestStreamAckReplacesPendingNew(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	s := &stream{last: 0}
+	s := newStream(0)
 	s.offer(entry{it: it(2)}, t0, hb, nil, nil)
 	s.offer(entry{it: it(2), ack: true}, t0, hb, nil, nil)
 	got := s.offer(entry{it: it(1)}, t0, hb, nil, nil)
@@ -115,11 +121,62 @@ func TestStreamAckReplacesPendingNew(t *testing.T) {
 
 func TestStreamReset(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	s := &stream{last: 7}
+	s := newStream(7)
 	s.offer(entry{it: it(9)}, t0, hb, nil, nil)
 	s.reset(3)
 	if s.last != 3 || s.gap() || !s.fillAt.IsZero() {
 		t.Fatalf("after reset: last %d gap %v fillAt %v", s.last, s.gap(), s.fillAt)
 	}
 	wantDelivered(t, s.offer(entry{it: it(4)}, t0, hb, nil, nil), 4)
+}
+
+// TestStreamFloorSkipsSupersededRevs: a fill that has read every change up
+// to the chat's head raises the floor; revs below it that never arrive
+// (earlier states of messages changed again) are skipped, and what comes
+// after the head is delivered live.
+func TestStreamFloorSkipsSupersededRevs(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := newStream(4)
+	// Live: rev 7 arrives, 5 and 6 are missing: a gap.
+	wantDelivered(t, s.offer(entry{it: change(7, 2)}, t0, hb, nil, nil))
+	if !s.gap() {
+		t.Fatal("no gap for missing revs above the floor")
+	}
+	// The fill reads changes after 4 up to head 8: message 3 changed at 8
+	// (its rev 5 and 6 states were superseded); rev 7 is there already.
+	got := s.offer(entry{it: change(8, 3)}, t0, hb, nil, nil)
+	wantDelivered(t, got)
+	got = s.raise(8, t0, hb, nil, nil)
+	if g := seqsOf(got); len(g) != 2 || got[0].it.rev != 7 || got[1].it.rev != 8 {
+		t.Fatalf("after raising the floor to 8: delivered revs %v, want 7 then 8", g)
+	}
+	if s.last != 8 || s.gap() || !s.fillAt.IsZero() {
+		t.Fatalf("last %d gap %v fillAt %v, want 8, no gap, no fill due", s.last, s.gap(), s.fillAt)
+	}
+	// Revs at or below the floor that turn up late are repeats.
+	wantDelivered(t, s.offer(entry{it: change(6, 3)}, t0, hb, nil, nil))
+	wantDelivered(t, s.offer(entry{it: it(9)}, t0, hb, nil, nil), 9)
+}
+
+// TestStreamMarksNewAndUpdated: a message is new to a socket when it was
+// created after the socket's position: a live new message, or one created
+// and changed while the socket was away; a change to one it has seen (or
+// that existed before it connected) is an update.
+func TestStreamMarksNewAndUpdated(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := newStream(10)
+	got := s.offer(entry{it: it(11)}, t0, hb, nil, nil)                        // created live
+	got = s.offer(entry{it: change(12, 3)}, t0, hb, nil, got)                  // an old message edited
+	got = s.offer(entry{it: change(13, 11)}, t0, hb, nil, got)                 // the new one edited
+	got = append(got, s.offer(entry{it: change(15, 14)}, t0, hb, nil, nil)...) // created at 14 (missed) and edited at 15
+	got = append(got, s.raise(15, t0, hb, nil, nil)...)
+	want := []bool{true, false, false, true}
+	if len(got) != len(want) {
+		t.Fatalf("delivered %v, want 4 entries", seqsOf(got))
+	}
+	for i, e := range got {
+		if e.isNew != want[i] {
+			t.Errorf("entry %d (rev %d, created %d): isNew %v, want %v", i, e.it.rev, e.it.createdRev, e.isNew, want[i])
+		}
+	}
 }

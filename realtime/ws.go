@@ -15,6 +15,7 @@ import (
 
 	"github.com/windi-chat/windi/chat"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/repo"
 )
 
 // Why gobwas/ws and not melody (the stack's first choice): melody gives
@@ -119,33 +120,9 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 		}
 		return err
 	}
-	var since *int64
-	if v := r.URL.Query().Get("since_seq"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return echo.NewHTTPError(http.StatusBadRequest, "since_seq must be a non-negative integer")
-		}
-		since = &n
-	}
-	starts := map[int64]int64{}
-	if chatID != 0 {
-		ch, err := h.svc.Authorize(ctx, userID, chatID)
-		if err != nil {
-			return err
-		}
-		starts[chatID] = ch.LastSeq
-		if since != nil {
-			// A position past the end is clamped: live messages from the
-			// chat's end on still arrive.
-			starts[chatID] = min(*since, ch.LastSeq)
-		}
-	} else {
-		if since != nil {
-			return echo.NewHTTPError(http.StatusBadRequest, "since_seq applies to /ws/{chat_id}; on /ws send a sync frame per chat")
-		}
-		if starts, err = h.store.MemberChatHeads(ctx, userID); err != nil {
-			return err
-		}
+	starts, err := h.starts(ctx, r.URL.Query(), userID, chatID)
+	if err != nil {
+		return err
 	}
 	if err := h.reserve(userID); err != nil {
 		status := http.StatusServiceUnavailable
@@ -192,6 +169,108 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 	return nil
 }
 
+// start is where a connection's delivery of one chat begins: after
+// revision rev; with minSeq set, its first fill replays only messages with
+// a greater seq (a resume by seq: new messages only).
+type start struct{ rev, minSeq int64 }
+
+// starts fixes where each chat's delivery starts. Without a resume
+// position a chat starts at its last revision as of the handshake; the
+// query may give one: since_seq or since_rev on /ws/{chat_id}, since
+// (chat:seq,…) or since_rev (chat:rev,…) on /ws. Positions past a chat's
+// end are clamped to it, so live changes still arrive; chats in a list that
+// the user is not a member of are ignored.
+func (h *Hub) starts(ctx context.Context, q url.Values, userID, chatID int64) (map[int64]start, error) {
+	bySeq, byRev := map[int64]int64{}, map[int64]int64{}
+	parseOne := func(name string, into map[int64]int64) error {
+		v := q.Get(name)
+		if v == "" {
+			return nil
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return echo.NewHTTPError(http.StatusBadRequest, name+" must be a non-negative integer")
+		}
+		into[chatID] = n
+		return nil
+	}
+	parseList := func(name string, into map[int64]int64) error {
+		v := q.Get(name)
+		if v == "" {
+			return nil
+		}
+		for _, part := range strings.Split(v, ",") {
+			id, pos, ok := strings.Cut(strings.TrimSpace(part), ":")
+			c, err1 := strconv.ParseInt(id, 10, 64)
+			n, err2 := strconv.ParseInt(pos, 10, 64)
+			if !ok || err1 != nil || err2 != nil || c < 1 || n < 0 {
+				return echo.NewHTTPError(http.StatusBadRequest, name+" must list chat_id:position pairs such as 12:35,14:0")
+			}
+			into[c] = n
+		}
+		return nil
+	}
+	if chatID != 0 {
+		if q.Has("since") {
+			return nil, echo.NewHTTPError(http.StatusBadRequest, "since lists positions on /ws; on /ws/{chat_id} use since_seq or since_rev")
+		}
+		if err := parseOne("since_seq", bySeq); err != nil {
+			return nil, err
+		}
+		if err := parseOne("since_rev", byRev); err != nil {
+			return nil, err
+		}
+	} else {
+		if q.Has("since_seq") {
+			return nil, echo.NewHTTPError(http.StatusBadRequest, "since_seq applies to /ws/{chat_id}; on /ws list positions with since=chat_id:seq,… or send sync frames")
+		}
+		if err := parseList("since", bySeq); err != nil {
+			return nil, err
+		}
+		if err := parseList("since_rev", byRev); err != nil {
+			return nil, err
+		}
+	}
+	for id := range bySeq {
+		if _, both := byRev[id]; both {
+			return nil, echo.NewHTTPError(http.StatusBadRequest, "a chat's position is a seq or a rev, not both")
+		}
+	}
+	heads := map[int64]repo.ChatHead{}
+	if chatID != 0 {
+		ch, err := h.svc.Authorize(ctx, userID, chatID)
+		if err != nil {
+			return nil, err
+		}
+		heads[chatID] = repo.ChatHead{ChatID: chatID, LastSeq: ch.LastSeq, LastRev: ch.LastRev}
+	} else {
+		hs, err := h.store.MemberHeads(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		for _, hd := range hs {
+			heads[hd.ChatID] = hd
+		}
+	}
+	out := make(map[int64]start, len(heads))
+	for id, hd := range heads {
+		st := start{rev: hd.LastRev}
+		if n, ok := byRev[id]; ok {
+			st.rev = min(n, hd.LastRev)
+		}
+		if n, ok := bySeq[id]; ok {
+			n = min(n, hd.LastSeq)
+			rev, err := h.svc.RevAtSeq(ctx, id, n)
+			if err != nil {
+				return nil, err
+			}
+			st = start{rev: rev, minSeq: n}
+		}
+		out[id] = st
+	}
+	return out, nil
+}
+
 // onFrame handles one client frame on the connection's read goroutine, in
 // the order the client sent them. Sends do not wait for their commit: the
 // sequencer answers them (acked) once published, and one connection's sends
@@ -217,12 +296,45 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 		}
 		k := sendKey{chatID, cmid}
 		c.startSend(k)
-		err := h.svc.SendAsync(c.ctx, c.userID, chatID, cmid, f.Text, func(o chat.SendOutcome) { c.acked(chatID, cmid, o) })
+		err := h.svc.SendAsync(c.ctx, c.userID, chatID, cmid, f.Text, f.ReplyToSeq, func(o chat.Outcome) { c.acked(chatID, cmid, o) })
 		if err != nil {
 			c.mu.Lock()
 			c.endSendLocked(k)
 			c.mu.Unlock()
 			fail(err, chatID, cmid)
+		}
+	case gen.MessageEditFrame, gen.MessageDeleteFrame, gen.ReactionAddFrame, gen.ReactionRemoveFrame:
+		if c.sendLimit != nil && !c.sendLimit.Allow() {
+			limited("changes", 0, "")
+			return
+		}
+		var chatID, seq int64
+		var err error
+		switch f := f.(type) {
+		case gen.MessageEditFrame:
+			chatID, seq = *f.ChatID, f.Seq
+			err = h.svc.EditAsync(c.ctx, c.userID, chatID, seq, f.Text, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+		case gen.MessageDeleteFrame:
+			chatID, seq = *f.ChatID, f.Seq
+			err = h.svc.DeleteAsync(c.ctx, c.userID, chatID, seq, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+		case gen.ReactionAddFrame:
+			chatID, seq = *f.ChatID, f.Seq
+			err = h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, true, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+		case gen.ReactionRemoveFrame:
+			chatID, seq = *f.ChatID, f.Seq
+			err = h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, false, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+		}
+		if err != nil {
+			c.changed(chatID, seq, chat.Outcome{Err: err})
+		}
+	case gen.TypingFrame:
+		if !c.typingLimit.Allow() {
+			return // typing is relayed at most every 2 s anyway: extra frames are dropped silently
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, taskTimeout)
+		defer cancel()
+		if err := h.svc.Typing(ctx, c.userID, *f.ChatID); err != nil {
+			fail(err, *f.ChatID, "")
 		}
 	case gen.MessageReadFrame:
 		if !c.readLimit.Allow() {
@@ -251,6 +363,11 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 			c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: chatID}))
 			return
 		}
-		c.requestSync(chatID, min(f.SinceSeq, ch.LastSeq))
+		// A position past the chat's end is clamped to it.
+		if f.SinceSeq != nil {
+			c.requestSync(chatID, replay{bySeq: true, pos: min(*f.SinceSeq, ch.LastSeq)})
+		} else {
+			c.requestSync(chatID, replay{pos: min(*f.SinceRev, ch.LastRev)})
+		}
 	}
 }

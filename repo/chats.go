@@ -276,6 +276,9 @@ func (s *Store) ChatsForUser(ctx context.Context, userID int64) ([]ChatSummary, 
 	err = s.db.NewSelect().Model(&last).
 		Join("JOIN chats AS c ON c.id = m.chat_id AND c.last_seq = m.seq").
 		Where("m.chat_id IN (?)", bun.List(ids)).Scan(ctx)
+	if err == nil {
+		err = s.withReactions(ctx, last)
+	}
 	if err != nil {
 		return nil, wrap("chats for user: last messages", err)
 	}
@@ -396,18 +399,19 @@ func minReadSeq(ctx context.Context, db bun.IDB, chatID int64) (int64, error) {
 	return n, err
 }
 
-// ChatHead is a chat's id and message counter.
+// ChatHead is a chat's id and counters.
 type ChatHead struct {
 	ChatID  int64 `bun:"chat_id"`
 	LastSeq int64 `bun:"last_seq"`
+	LastRev int64 `bun:"last_rev"`
 }
 
-// MemberChatHeads returns the last_seq of every chat userID belongs to, by
+// MemberChatHeads returns the last_rev of every chat userID belongs to, by
 // chat id. WebSocket connections start from these.
 func (s *Store) MemberChatHeads(ctx context.Context, userID int64) (map[int64]int64, error) {
 	var rows []ChatHead
 	err := s.db.NewSelect().Model((*Member)(nil)).
-		ColumnExpr("cm.chat_id AS chat_id").ColumnExpr("c.last_seq AS last_seq").
+		ColumnExpr("cm.chat_id AS chat_id").ColumnExpr("c.last_seq AS last_seq").ColumnExpr("c.last_rev AS last_rev").
 		Join("JOIN chats AS c ON c.id = cm.chat_id").
 		Where("cm.user_id = ?", userID).Scan(ctx, &rows)
 	if err != nil {
@@ -415,13 +419,26 @@ func (s *Store) MemberChatHeads(ctx context.Context, userID int64) (map[int64]in
 	}
 	out := make(map[int64]int64, len(rows))
 	for _, r := range rows {
-		out[r.ChatID] = r.LastSeq
+		out[r.ChatID] = r.LastRev
 	}
 	return out, nil
 }
 
-// MemberHeadsOf returns, for each of userIDs, the last_seq of every chat
-// it belongs to (user id to chat id to last seq); users without chats are
+// MemberHeads returns the counters of every chat userID belongs to.
+func (s *Store) MemberHeads(ctx context.Context, userID int64) ([]ChatHead, error) {
+	var rows []ChatHead
+	err := s.db.NewSelect().Model((*Member)(nil)).
+		ColumnExpr("cm.chat_id AS chat_id, c.last_seq AS last_seq, c.last_rev AS last_rev").
+		Join("JOIN chats AS c ON c.id = cm.chat_id").
+		Where("cm.user_id = ?", userID).Scan(ctx, &rows)
+	if err != nil {
+		return nil, wrap("member heads", err)
+	}
+	return rows, nil
+}
+
+// MemberHeadsOf returns, for each of userIDs, the last_rev of every chat
+// it belongs to (user id to chat id to last rev); users without chats are
 // missing. The realtime hub checks its connections with it.
 func (s *Store) MemberHeadsOf(ctx context.Context, userIDs []int64) (map[int64]map[int64]int64, error) {
 	if len(userIDs) == 0 {
@@ -430,10 +447,10 @@ func (s *Store) MemberHeadsOf(ctx context.Context, userIDs []int64) (map[int64]m
 	var rows []struct {
 		UserID  int64 `bun:"user_id"`
 		ChatID  int64 `bun:"chat_id"`
-		LastSeq int64 `bun:"last_seq"`
+		LastRev int64 `bun:"last_rev"`
 	}
 	err := s.db.NewSelect().Model((*Member)(nil)).
-		ColumnExpr("cm.user_id AS user_id, cm.chat_id AS chat_id, c.last_seq AS last_seq").
+		ColumnExpr("cm.user_id AS user_id, cm.chat_id AS chat_id, c.last_rev AS last_rev").
 		Join("JOIN chats AS c ON c.id = cm.chat_id").
 		Where("cm.user_id IN (?)", bun.List(userIDs)).Scan(ctx, &rows)
 	if err != nil {
@@ -446,7 +463,7 @@ func (s *Store) MemberHeadsOf(ctx context.Context, userIDs []int64) (map[int64]m
 			m = map[int64]int64{}
 			out[r.UserID] = m
 		}
-		m[r.ChatID] = r.LastSeq
+		m[r.ChatID] = r.LastRev
 	}
 	return out, nil
 }

@@ -3,6 +3,7 @@ package repo_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -281,7 +282,7 @@ func TestChatsForUser(t *testing.T) {
 			t.Fatalf("got chats %v, want %v", got, []int64{ab.ID, g.ID})
 		}
 		p := list[0]
-		if p.LastMessage == nil || *p.LastMessage != last {
+		if p.LastMessage == nil || !reflect.DeepEqual(*p.LastMessage, last) {
 			t.Errorf("got last message %+v, want %+v", p.LastMessage, last)
 		}
 		if p.MyLastReadSeq != 2 {

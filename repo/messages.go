@@ -14,6 +14,11 @@ const defaultHistoryLimit = 50
 // clientMsgID, or ErrNotFound.
 func (s *Store) MessageByClientID(ctx context.Context, chatID, senderID int64, clientMsgID string) (Message, error) {
 	m, err := findByClientMsgID(ctx, s.db, chatID, senderID, clientMsgID)
+	if err == nil {
+		ms := []Message{m}
+		err = s.withReactions(ctx, ms)
+		m = ms[0]
+	}
 	if err != nil {
 		return Message{}, wrap("message by client id", err)
 	}
@@ -30,11 +35,15 @@ func findByClientMsgID(ctx context.Context, db bun.IDB, chatID, senderID int64, 
 
 // MessageBySeq returns message seq of chatID, or ErrNotFound.
 func (s *Store) MessageBySeq(ctx context.Context, chatID, seq int64) (Message, error) {
-	var m Message
-	if err := s.db.NewSelect().Model(&m).Where("m.chat_id = ? AND m.seq = ?", chatID, seq).Scan(ctx); err != nil {
+	ms := make([]Message, 1)
+	err := s.db.NewSelect().Model(&ms[0]).Where("m.chat_id = ? AND m.seq = ?", chatID, seq).Scan(ctx)
+	if err == nil {
+		err = s.withReactions(ctx, ms)
+	}
+	if err != nil {
 		return Message{}, wrap("message by seq", err)
 	}
-	return m, nil
+	return ms[0], nil
 }
 
 // HistoryQuery selects a page of a chat's history.
@@ -48,6 +57,10 @@ type HistoryQuery struct {
 	AfterSeq *int64
 	// BeforeSeq, when set, keeps messages with a smaller seq.
 	BeforeSeq *int64
+	// AfterRev, when set, selects the messages changed after that
+	// revision (created, edited, deleted, reacted to), ascending by rev;
+	// the seq cursors and Offset still apply.
+	AfterRev *int64
 }
 
 // History returns a page of chatID's messages in ascending seq. With only
@@ -66,13 +79,20 @@ func (s *Store) History(ctx context.Context, chatID int64, q HistoryQuery) ([]Me
 	if q.BeforeSeq != nil {
 		sel = sel.Where("m.seq < ?", *q.BeforeSeq)
 	}
-	newestFirst := q.BeforeSeq != nil && q.AfterSeq == nil
-	if newestFirst {
+	newestFirst := q.BeforeSeq != nil && q.AfterSeq == nil && q.AfterRev == nil
+	switch {
+	case q.AfterRev != nil:
+		sel = sel.Where("m.rev > ?", *q.AfterRev).OrderExpr("m.rev ASC")
+	case newestFirst:
 		sel = sel.OrderExpr("m.seq DESC")
-	} else {
+	default:
 		sel = sel.OrderExpr("m.seq ASC")
 	}
-	if err := sel.Scan(ctx); err != nil {
+	err := sel.Scan(ctx)
+	if err == nil {
+		err = s.withReactions(ctx, msgs)
+	}
+	if err != nil {
 		return nil, wrap("history", err)
 	}
 	if newestFirst {
@@ -81,17 +101,47 @@ func (s *Store) History(ctx context.Context, chatID int64, q HistoryQuery) ([]Me
 	return msgs, nil
 }
 
-// MessagesAfter returns chatID's messages with seq greater than after,
-// ascending, at most limit of them (all when limit is below one). It serves
-// replay and gap filling.
-func (s *Store) MessagesAfter(ctx context.Context, chatID, after int64, limit int) ([]Message, error) {
+// ChangesAfter returns the current state of chatID's messages whose
+// latest change has a rev in (afterRev, head], ascending by rev, at most
+// limit of them, where head is the chat's last_rev read first (returned).
+// With minSeq above zero only messages with a greater seq count (a resume
+// by seq: new messages only). A rev in that range that no message carries
+// any more was superseded by a later change of the same message, so a
+// reader that has taken every page may move its position to head: what
+// comes after reaches it live. It serves replays and gap fills.
+func (s *Store) ChangesAfter(ctx context.Context, chatID, afterRev, minSeq int64, limit int) ([]Message, int64, error) {
+	var head int64
+	if err := s.db.NewSelect().Model((*Chat)(nil)).Column("c.last_rev").Where("c.id = ?", chatID).Scan(ctx, &head); err != nil {
+		return nil, 0, wrap("changes after", err)
+	}
 	msgs := []Message{}
-	sel := s.db.NewSelect().Model(&msgs).Where("m.chat_id = ? AND m.seq > ?", chatID, after).OrderExpr("m.seq ASC")
+	sel := s.db.NewSelect().Model(&msgs).Where("m.chat_id = ? AND m.rev > ? AND m.rev <= ?", chatID, afterRev, head).OrderExpr("m.rev ASC")
+	if minSeq > 0 {
+		sel = sel.Where("m.seq > ?", minSeq)
+	}
 	if limit > 0 {
 		sel = sel.Limit(int64(limit))
 	}
-	if err := sel.Scan(ctx); err != nil {
-		return nil, wrap("messages after", err)
+	err := sel.Scan(ctx)
+	if err == nil {
+		err = s.withReactions(ctx, msgs)
 	}
-	return msgs, nil
+	if err != nil {
+		return nil, 0, wrap("changes after", err)
+	}
+	return msgs, head, nil
+}
+
+// RevAtSeq is the chat revision right after message seq was created: the
+// position a resume "after seq" starts from (0 for seq 0).
+func (s *Store) RevAtSeq(ctx context.Context, chatID, seq int64) (int64, error) {
+	if seq <= 0 {
+		return 0, nil
+	}
+	var rev int64
+	err := s.db.NewSelect().Model((*Message)(nil)).Column("m.created_rev").Where("m.chat_id = ? AND m.seq = ?", chatID, seq).Scan(ctx, &rev)
+	if err != nil {
+		return 0, wrap("rev at seq", err)
+	}
+	return rev, nil
 }

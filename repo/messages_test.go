@@ -3,6 +3,7 @@ package repo_test
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -27,14 +28,14 @@ func TestInsertMessage(t *testing.T) {
 		if err != nil {
 			t.Fatalf("message by seq: %v", err)
 		}
-		if stored != m1 {
+		if !reflect.DeepEqual(stored, m1) {
 			t.Errorf("stored: got %+v, want %+v", stored, m1)
 		}
 
 		// A repeat returns the original and consumes no seq.
 		r, err := insertOne(ctx, s, chat.ID, a.ID, "c1", "one again")
 		dup, isDup := r.Message, r.Duplicate
-		if err != nil || !isDup || dup != m1 {
+		if err != nil || !isDup || !reflect.DeepEqual(dup, m1) {
 			t.Errorf("repeat: got %+v dup=%v err=%v, want %+v dup=true", dup, isDup, err, m1)
 		}
 		// The same client id from another sender is another message.
@@ -105,7 +106,7 @@ func TestInsertMessageConcurrentSeq(t *testing.T) {
 		if err != nil || c.LastSeq != n {
 			t.Errorf("got last_seq %d (err %v), want %d", c.LastSeq, err, n)
 		}
-		msgs, err := s.MessagesAfter(ctx, g.ID, 0, 0)
+		msgs, _, err := s.ChangesAfter(ctx, g.ID, 0, 0, 0)
 		if err != nil {
 			t.Fatalf("messages after: %v", err)
 		}
@@ -147,7 +148,7 @@ func TestInsertMessageConcurrentDuplicate(t *testing.T) {
 			if !dups[i] {
 				fresh++
 			}
-			if msgs[i] != msgs[0] {
+			if !reflect.DeepEqual(msgs[i], msgs[0]) {
 				t.Errorf("send %d: got %+v, want %+v", i, msgs[i], msgs[0])
 			}
 		}
@@ -157,7 +158,7 @@ func TestInsertMessageConcurrentDuplicate(t *testing.T) {
 		if msgs[0].Seq != 1 {
 			t.Errorf("got seq %d, want 1", msgs[0].Seq)
 		}
-		all, err := s.MessagesAfter(ctx, g.ID, 0, 0)
+		all, _, err := s.ChangesAfter(ctx, g.ID, 0, 0, 0)
 		if err != nil || len(all) != 1 {
 			t.Errorf("got %d rows (err %v), want 1", len(all), err)
 		}
@@ -215,7 +216,7 @@ func TestHistory(t *testing.T) {
 			}
 		}
 
-		after, err := s.MessagesAfter(ctx, g.ID, 6, 2)
+		after, err := s.History(ctx, g.ID, repo.HistoryQuery{AfterSeq: ptr(int64(6)), Limit: 2})
 		if err != nil {
 			t.Fatalf("messages after: %v", err)
 		}

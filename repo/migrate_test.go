@@ -3,8 +3,10 @@ package repo_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/uptrace/bun/migrate"
@@ -105,4 +107,81 @@ func TestMigrateDownAndUp(t *testing.T) {
 		}
 		mustUser(t, s, "a")
 	})
+}
+
+// TestRevisionsMigrationKeepsData: a database with the first schema only
+// (what the previous release created), holding chats and messages, upgrades
+// in place: every message keeps its text and seq and takes rev =
+// created_rev = seq, every chat last_rev = last_seq, and the timeline goes
+// on from there.
+func TestRevisionsMigrationKeepsData(t *testing.T) {
+	targets := map[string]func(t *testing.T) (string, string){
+		repo.DialectSQLite:   func(t *testing.T) (string, string) { return "", t.TempDir() },
+		repo.DialectPostgres: func(t *testing.T) (string, string) { return repotest.NewPostgresURL(t), "" },
+	}
+	for _, dialect := range []string{repo.DialectSQLite, repo.DialectPostgres} {
+		t.Run(dialect, func(t *testing.T) {
+			ctx := context.Background()
+			url, dir := targets[dialect](t)
+			s := openUnmigrated(t, url, dir)
+			fsys, err := migrations.ForDialect(dialect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first := fstest.MapFS{}
+			for _, name := range []string{"00001_init.tx.up.sql", "00001_init.tx.down.sql"} {
+				b, err := fs.ReadFile(fsys, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				first[name] = &fstest.MapFile{Data: b}
+			}
+			ms := migrate.NewMigrations()
+			if err := ms.Discover(first); err != nil {
+				t.Fatal(err)
+			}
+			m := migrate.NewMigrator(s.DB(), ms)
+			if err := m.Init(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Migrate(ctx); err != nil {
+				t.Fatalf("migrate to the first schema: %v", err)
+			}
+			// Data as the previous release wrote it.
+			for _, q := range []string{
+				"INSERT INTO users (name, email, password_hash) VALUES ('a', 'a@x.io', 'h'), ('b', 'b@x.io', 'h')",
+				"INSERT INTO chats (name, type, last_seq) VALUES ('G', 'group', 3)",
+				"INSERT INTO groups (id, name, creator_id) VALUES (1, 'G', 1)",
+				"INSERT INTO chat_members (chat_id, user_id, role, last_read_seq) VALUES (1, 1, 'owner', 3), (1, 2, 'member', 1)",
+				"INSERT INTO messages (chat_id, seq, sender_id, text, client_msg_id) VALUES (1, 1, 1, 'one', 'c1'), (1, 2, 2, 'two', 'c2'), (1, 3, 1, 'three', 'c3')",
+			} {
+				if _, err := s.DB().ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			if err := s.Migrate(ctx); err != nil {
+				t.Fatalf("upgrade: %v", err)
+			}
+			c, err := s.ChatByID(ctx, 1)
+			if err != nil || c.LastSeq != 3 || c.LastRev != 3 {
+				t.Fatalf("chat after upgrade: %+v %v", c, err)
+			}
+			h, err := s.History(ctx, 1, repo.HistoryQuery{})
+			if err != nil || len(h) != 3 {
+				t.Fatalf("history after upgrade: %v %v", h, err)
+			}
+			for i, m := range h {
+				if m.Seq != int64(i+1) || m.Rev != m.Seq || m.CreatedRev != m.Seq || m.Deleted || m.EditedAt != nil || m.Text != []string{"one", "two", "three"}[i] {
+					t.Errorf("message %d after upgrade: %+v", i, m)
+				}
+			}
+			// The timeline goes on: an edit takes rev 4, a send seq 4 rev 5.
+			if r := apply1(t, s, repo.Op{Kind: repo.OpEdit, ChatID: 1, UserID: 2, Seq: 2, Text: "two!"}); r.Err != nil || r.Message.Rev != 4 {
+				t.Fatalf("edit after upgrade: %+v", r)
+			}
+			if m := mustSend(t, s, 1, 1, "c4", "four"); m.Seq != 4 || m.Rev != 5 {
+				t.Fatalf("send after upgrade: %+v", m)
+			}
+		})
+	}
 }

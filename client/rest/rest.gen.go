@@ -225,6 +225,36 @@ func (e MessageAckFrameType) Valid() bool {
 	}
 }
 
+// Defines values for MessageDeleteFrameType.
+const (
+	MessageDelete MessageDeleteFrameType = "message.delete"
+)
+
+// Valid indicates whether the value is a known member of the MessageDeleteFrameType enum.
+func (e MessageDeleteFrameType) Valid() bool {
+	switch e {
+	case MessageDelete:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MessageEditFrameType.
+const (
+	MessageEdit MessageEditFrameType = "message.edit"
+)
+
+// Valid indicates whether the value is a known member of the MessageEditFrameType enum.
+func (e MessageEditFrameType) Valid() bool {
+	switch e {
+	case MessageEdit:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for MessageNewFrameType.
 const (
 	MessageNew MessageNewFrameType = "message.new"
@@ -285,6 +315,21 @@ func (e MessageSendFrameType) Valid() bool {
 	}
 }
 
+// Defines values for MessageUpdatedFrameType.
+const (
+	MessageUpdated MessageUpdatedFrameType = "message.updated"
+)
+
+// Valid indicates whether the value is a known member of the MessageUpdatedFrameType enum.
+func (e MessageUpdatedFrameType) Valid() bool {
+	switch e {
+	case MessageUpdated:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for PresenceFrameType.
 const (
 	Presence PresenceFrameType = "presence"
@@ -309,12 +354,14 @@ const (
 	ProblemCodeGroupFull            ProblemCode = "group_full"
 	ProblemCodeInternal             ProblemCode = "internal"
 	ProblemCodeInvalidCredentials   ProblemCode = "invalid_credentials"
+	ProblemCodeMessageDeleted       ProblemCode = "message_deleted"
 	ProblemCodeMethodNotAllowed     ProblemCode = "method_not_allowed"
 	ProblemCodeNotAGroup            ProblemCode = "not_a_group"
 	ProblemCodeNotFound             ProblemCode = "not_found"
 	ProblemCodeOwnerCannotBeRemoved ProblemCode = "owner_cannot_be_removed"
 	ProblemCodePayloadTooLarge      ProblemCode = "payload_too_large"
 	ProblemCodeRateLimited          ProblemCode = "rate_limited"
+	ProblemCodeTooManyReactions     ProblemCode = "too_many_reactions"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
 	ProblemCodeUnsupportedMediaType ProblemCode = "unsupported_media_type"
@@ -338,6 +385,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeInvalidCredentials:
 		return true
+	case ProblemCodeMessageDeleted:
+		return true
 	case ProblemCodeMethodNotAllowed:
 		return true
 	case ProblemCodeNotAGroup:
@@ -350,6 +399,8 @@ func (e ProblemCode) Valid() bool {
 		return true
 	case ProblemCodeRateLimited:
 		return true
+	case ProblemCodeTooManyReactions:
+		return true
 	case ProblemCodeUnauthorized:
 		return true
 	case ProblemCodeUnavailable:
@@ -357,6 +408,36 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodeUnsupportedMediaType:
 		return true
 	case ProblemCodeValidationFailed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReactionAddFrameType.
+const (
+	ReactionAdd ReactionAddFrameType = "reaction.add"
+)
+
+// Valid indicates whether the value is a known member of the ReactionAddFrameType enum.
+func (e ReactionAddFrameType) Valid() bool {
+	switch e {
+	case ReactionAdd:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReactionRemoveFrameType.
+const (
+	ReactionRemove ReactionRemoveFrameType = "reaction.remove"
+)
+
+// Valid indicates whether the value is a known member of the ReactionRemoveFrameType enum.
+func (e ReactionRemoveFrameType) Valid() bool {
+	switch e {
+	case ReactionRemove:
 		return true
 	default:
 		return false
@@ -387,6 +468,36 @@ const (
 func (e TokenTokenType) Valid() bool {
 	switch e {
 	case Bearer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TypingEventFrameType.
+const (
+	TypingEventFrameTypeTyping TypingEventFrameType = "typing"
+)
+
+// Valid indicates whether the value is a known member of the TypingEventFrameType enum.
+func (e TypingEventFrameType) Valid() bool {
+	switch e {
+	case TypingEventFrameTypeTyping:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for TypingFrameType.
+const (
+	TypingFrameTypeTyping TypingFrameType = "typing"
+)
+
+// Valid indicates whether the value is a known member of the TypingFrameType enum.
+func (e TypingFrameType) Valid() bool {
+	switch e {
+	case TypingFrameTypeTyping:
 		return true
 	default:
 		return false
@@ -465,13 +576,22 @@ type CreatePrivateChat struct {
 // CreatePrivateChatType defines model for CreatePrivateChat.Type.
 type CreatePrivateChatType string
 
+// EditMessageRequest defines model for EditMessageRequest.
+type EditMessageRequest struct {
+	// Text 1..4096 characters after trimming.
+	Text MessageText `json:"text"`
+}
+
 // ErrorFrame defines model for ErrorFrame.
 type ErrorFrame struct {
 	ChatID      *int64         `json:"chat_id,omitempty"`
 	ClientMsgID *string        `json:"client_msg_id,omitempty"`
 	Code        ErrorFrameCode `json:"code"`
 	Message     string         `json:"message"`
-	Type        ErrorFrameType `json:"type"`
+
+	// Seq The message an edit, delete or reaction that failed was about.
+	Seq  *int64         `json:"seq,omitempty"`
+	Type ErrorFrameType `json:"type"`
 }
 
 // ErrorFrameType defines model for ErrorFrame.Type.
@@ -549,10 +669,25 @@ type Message struct {
 	ChatID      int64     `json:"chat_id"`
 	ClientMsgID string    `json:"client_msg_id"`
 	CreatedAt   time.Time `json:"created_at"`
-	ID          int64     `json:"id"`
+
+	// Deleted Deleted messages stay as tombstones (empty text, no reactions) so seqs keep no gaps.
+	Deleted bool `json:"deleted"`
+
+	// EditedAt When the text was last edited; null until then.
+	EditedAt *time.Time `json:"edited_at"`
+	ID       int64      `json:"id"`
+
+	// Reactions Emoji on the message, in order of first use.
+	Reactions []Reaction `json:"reactions"`
 
 	// Read Every other current member's watermark has reached this seq.
-	Read     bool   `json:"read"`
+	Read bool `json:"read"`
+
+	// ReplyToSeq The seq of the message this one answers, in the same chat; null for none.
+	ReplyToSeq *int64 `json:"reply_to_seq"`
+
+	// Rev The chat revision of the message's latest change (creation, edit, delete, reaction).
+	Rev      int64  `json:"rev"`
 	SenderID int64  `json:"sender_id"`
 	Seq      int64  `json:"seq"`
 	Text     string `json:"text"`
@@ -568,6 +703,29 @@ type MessageAckFrame struct {
 
 // MessageAckFrameType defines model for MessageAckFrame.Type.
 type MessageAckFrameType string
+
+// MessageDeleteFrame Delete a message (its sender, or the group's owner).
+type MessageDeleteFrame struct {
+	ChatID *int64                 `json:"chat_id,omitempty"`
+	Seq    int64                  `json:"seq"`
+	Type   MessageDeleteFrameType `json:"type"`
+}
+
+// MessageDeleteFrameType defines model for MessageDeleteFrame.Type.
+type MessageDeleteFrameType string
+
+// MessageEditFrame Edit one's own message; answered with `message.updated` like every connection.
+type MessageEditFrame struct {
+	ChatID *int64 `json:"chat_id,omitempty"`
+	Seq    int64  `json:"seq"`
+
+	// Text 1..4096 characters after trimming.
+	Text MessageText          `json:"text"`
+	Type MessageEditFrameType `json:"type"`
+}
+
+// MessageEditFrameType defines model for MessageEditFrame.Type.
+type MessageEditFrameType string
 
 // MessageNewFrame defines model for MessageNewFrame.
 type MessageNewFrame struct {
@@ -605,6 +763,7 @@ type MessageSendFrame struct {
 
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
 	ClientMsgID ClientMsgID `json:"client_msg_id"`
+	ReplyToSeq  *int64      `json:"reply_to_seq,omitempty"`
 
 	// Text 1..4096 characters after trimming.
 	Text MessageText          `json:"text"`
@@ -616,6 +775,15 @@ type MessageSendFrameType string
 
 // MessageText 1..4096 characters after trimming.
 type MessageText = string
+
+// MessageUpdatedFrame A message changed (edit, delete, reaction); its current state.
+type MessageUpdatedFrame struct {
+	Message Message                 `json:"message"`
+	Type    MessageUpdatedFrameType `json:"type"`
+}
+
+// MessageUpdatedFrameType defines model for MessageUpdatedFrame.Type.
+type MessageUpdatedFrameType string
 
 // NullValue The JSON value null and nothing else (a nullable reference is `anyOf` of it and the referenced schema).
 type NullValue = map[string]interface{}
@@ -652,6 +820,37 @@ type Problem struct {
 // ProblemCode A stable machine-readable error code.
 type ProblemCode string
 
+// Reaction defines model for Reaction.
+type Reaction struct {
+	Count int    `json:"count"`
+	Emoji string `json:"emoji"`
+
+	// UserIds Who reacted with this emoji, in the order they did.
+	UserIds []int64 `json:"user_ids"`
+}
+
+// ReactionAddFrame defines model for ReactionAddFrame.
+type ReactionAddFrame struct {
+	ChatID *int64               `json:"chat_id,omitempty"`
+	Emoji  string               `json:"emoji"`
+	Seq    int64                `json:"seq"`
+	Type   ReactionAddFrameType `json:"type"`
+}
+
+// ReactionAddFrameType defines model for ReactionAddFrame.Type.
+type ReactionAddFrameType string
+
+// ReactionRemoveFrame defines model for ReactionRemoveFrame.
+type ReactionRemoveFrame struct {
+	ChatID *int64                  `json:"chat_id,omitempty"`
+	Emoji  string                  `json:"emoji"`
+	Seq    int64                   `json:"seq"`
+	Type   ReactionRemoveFrameType `json:"type"`
+}
+
+// ReactionRemoveFrameType defines model for ReactionRemoveFrame.Type.
+type ReactionRemoveFrameType string
+
 // ReadRequest defines model for ReadRequest.
 type ReadRequest struct {
 	Seq int64 `json:"seq"`
@@ -670,6 +869,9 @@ type SendMessageRequest struct {
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
 	ClientMsgID ClientMsgID `json:"client_msg_id"`
 
+	// ReplyToSeq Answer this message of the same chat (deleted ones too).
+	ReplyToSeq *int64 `json:"reply_to_seq,omitempty"`
+
 	// Text 1..4096 characters after trimming.
 	Text MessageText `json:"text"`
 }
@@ -679,10 +881,15 @@ type ServerFrame struct {
 	union json.RawMessage
 }
 
-// SyncFrame Replay every message with a greater seq, then continue live.
+// SyncFrame Replay, then continue live. With `since_seq`: every message with a
+// greater seq, as `message.new` (new messages only). With `since_rev`
+// instead: the current state of every message changed after that
+// revision, in rev order, created ones as `message.new` and older ones
+// as `message.updated`. Exactly one of the two.
 type SyncFrame struct {
 	ChatID   *int64        `json:"chat_id,omitempty"`
-	SinceSeq int64         `json:"since_seq"`
+	SinceRev *int64        `json:"since_rev,omitempty"`
+	SinceSeq *int64        `json:"since_seq,omitempty"`
 	Type     SyncFrameType `json:"type"`
 }
 
@@ -701,6 +908,25 @@ type Token struct {
 // TokenTokenType defines model for Token.TokenType.
 type TokenTokenType string
 
+// TypingEventFrame Another member is typing in the chat (show it for about 5 s).
+type TypingEventFrame struct {
+	ChatID int64                `json:"chat_id"`
+	Type   TypingEventFrameType `json:"type"`
+	UserID int64                `json:"user_id"`
+}
+
+// TypingEventFrameType defines model for TypingEventFrame.Type.
+type TypingEventFrameType string
+
+// TypingFrame The user is typing; relayed to the chat's other members at most once per 2 s.
+type TypingFrame struct {
+	ChatID *int64          `json:"chat_id,omitempty"`
+	Type   TypingFrameType `json:"type"`
+}
+
+// TypingFrameType defines model for TypingFrame.Type.
+type TypingFrameType string
+
 // User defines model for User.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -712,8 +938,14 @@ type User struct {
 // ChatID defines model for ChatId.
 type ChatID = int64
 
+// Emoji defines model for Emoji.
+type Emoji = string
+
 // GroupID defines model for GroupId.
 type GroupID = int64
+
+// Seq defines model for Seq.
+type Seq = int64
 
 // UserID defines model for UserId.
 type UserID = int64
@@ -761,6 +993,11 @@ type GetHistoryParams struct {
 
 	// BeforeSeq Only messages with a smaller seq (exclusive cursor).
 	BeforeSeq *int64 `form:"before_seq,omitempty" json:"before_seq,omitempty"`
+
+	// AfterRev Only messages changed after this chat revision (created, edited,
+	// deleted or reacted to), in their current state, ascending by rev
+	// instead of seq. A client that saw revision N catches up with it.
+	AfterRev *int64 `form:"after_rev,omitempty" json:"after_rev,omitempty"`
 }
 
 // SearchUsersParams defines parameters for SearchUsers.
@@ -777,6 +1014,9 @@ type CreateChatJSONRequestBody = CreateChatRequest
 
 // SendMessageJSONRequestBody defines body for SendMessage for application/json ContentType.
 type SendMessageJSONRequestBody = SendMessageRequest
+
+// EditMessageJSONRequestBody defines body for EditMessage for application/json ContentType.
+type EditMessageJSONRequestBody = EditMessageRequest
 
 // MarkReadJSONRequestBody defines body for MarkRead for application/json ContentType.
 type MarkReadJSONRequestBody = ReadRequest
@@ -889,6 +1129,176 @@ func (t *ClientFrame) MergeSyncFrame(v SyncFrame) error {
 	return err
 }
 
+// AsMessageEditFrame returns the union data inside the ClientFrame as a MessageEditFrame
+func (t ClientFrame) AsMessageEditFrame() (MessageEditFrame, error) {
+	var body MessageEditFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageEditFrame overwrites any union data inside the ClientFrame as the provided MessageEditFrame
+func (t *ClientFrame) FromMessageEditFrame(v MessageEditFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.edit"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageEditFrame performs a merge with any union data inside the ClientFrame, using the provided MessageEditFrame
+func (t *ClientFrame) MergeMessageEditFrame(v MessageEditFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.edit"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsMessageDeleteFrame returns the union data inside the ClientFrame as a MessageDeleteFrame
+func (t ClientFrame) AsMessageDeleteFrame() (MessageDeleteFrame, error) {
+	var body MessageDeleteFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageDeleteFrame overwrites any union data inside the ClientFrame as the provided MessageDeleteFrame
+func (t *ClientFrame) FromMessageDeleteFrame(v MessageDeleteFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.delete"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageDeleteFrame performs a merge with any union data inside the ClientFrame, using the provided MessageDeleteFrame
+func (t *ClientFrame) MergeMessageDeleteFrame(v MessageDeleteFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.delete"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsReactionAddFrame returns the union data inside the ClientFrame as a ReactionAddFrame
+func (t ClientFrame) AsReactionAddFrame() (ReactionAddFrame, error) {
+	var body ReactionAddFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromReactionAddFrame overwrites any union data inside the ClientFrame as the provided ReactionAddFrame
+func (t *ClientFrame) FromReactionAddFrame(v ReactionAddFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.add"}`))
+	t.union = b
+	return err
+}
+
+// MergeReactionAddFrame performs a merge with any union data inside the ClientFrame, using the provided ReactionAddFrame
+func (t *ClientFrame) MergeReactionAddFrame(v ReactionAddFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.add"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsReactionRemoveFrame returns the union data inside the ClientFrame as a ReactionRemoveFrame
+func (t ClientFrame) AsReactionRemoveFrame() (ReactionRemoveFrame, error) {
+	var body ReactionRemoveFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromReactionRemoveFrame overwrites any union data inside the ClientFrame as the provided ReactionRemoveFrame
+func (t *ClientFrame) FromReactionRemoveFrame(v ReactionRemoveFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.remove"}`))
+	t.union = b
+	return err
+}
+
+// MergeReactionRemoveFrame performs a merge with any union data inside the ClientFrame, using the provided ReactionRemoveFrame
+func (t *ClientFrame) MergeReactionRemoveFrame(v ReactionRemoveFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"reaction.remove"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsTypingFrame returns the union data inside the ClientFrame as a TypingFrame
+func (t ClientFrame) AsTypingFrame() (TypingFrame, error) {
+	var body TypingFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromTypingFrame overwrites any union data inside the ClientFrame as the provided TypingFrame
+func (t *ClientFrame) FromTypingFrame(v TypingFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	t.union = b
+	return err
+}
+
+// MergeTypingFrame performs a merge with any union data inside the ClientFrame, using the provided TypingFrame
+func (t *ClientFrame) MergeTypingFrame(v TypingFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t ClientFrame) Discriminator() (string, error) {
 	var discriminator struct {
 		Discriminator string `json:"type"`
@@ -903,12 +1313,22 @@ func (t ClientFrame) ValueByDiscriminator() (interface{}, error) {
 		return nil, err
 	}
 	switch discriminator {
+	case "message.delete":
+		return t.AsMessageDeleteFrame()
+	case "message.edit":
+		return t.AsMessageEditFrame()
 	case "message.read":
 		return t.AsMessageReadFrame()
 	case "message.send":
 		return t.AsMessageSendFrame()
+	case "reaction.add":
+		return t.AsReactionAddFrame()
+	case "reaction.remove":
+		return t.AsReactionRemoveFrame()
 	case "sync":
 		return t.AsSyncFrame()
+	case "typing":
+		return t.AsTypingFrame()
 	default:
 		return nil, errors.New("unknown discriminator value: " + discriminator)
 	}
@@ -1297,6 +1717,74 @@ func (t *ServerFrame) MergeErrorFrame(v ErrorFrame) error {
 	return err
 }
 
+// AsMessageUpdatedFrame returns the union data inside the ServerFrame as a MessageUpdatedFrame
+func (t ServerFrame) AsMessageUpdatedFrame() (MessageUpdatedFrame, error) {
+	var body MessageUpdatedFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromMessageUpdatedFrame overwrites any union data inside the ServerFrame as the provided MessageUpdatedFrame
+func (t *ServerFrame) FromMessageUpdatedFrame(v MessageUpdatedFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.updated"}`))
+	t.union = b
+	return err
+}
+
+// MergeMessageUpdatedFrame performs a merge with any union data inside the ServerFrame, using the provided MessageUpdatedFrame
+func (t *ServerFrame) MergeMessageUpdatedFrame(v MessageUpdatedFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"message.updated"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
+// AsTypingEventFrame returns the union data inside the ServerFrame as a TypingEventFrame
+func (t ServerFrame) AsTypingEventFrame() (TypingEventFrame, error) {
+	var body TypingEventFrame
+	err := json.Unmarshal(t.union, &body)
+	return body, err
+}
+
+// FromTypingEventFrame overwrites any union data inside the ServerFrame as the provided TypingEventFrame
+func (t *ServerFrame) FromTypingEventFrame(v TypingEventFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	t.union = b
+	return err
+}
+
+// MergeTypingEventFrame performs a merge with any union data inside the ServerFrame, using the provided TypingEventFrame
+func (t *ServerFrame) MergeTypingEventFrame(v TypingEventFrame) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	b, err = runtime.JSONMerge(b, []byte(`{"type":"typing"}`))
+	if err != nil {
+		return err
+	}
+
+	merged, err := runtime.JSONMerge(t.union, b)
+	t.union = merged
+	return err
+}
+
 func (t ServerFrame) Discriminator() (string, error) {
 	var discriminator struct {
 		Discriminator string `json:"type"`
@@ -1325,8 +1813,12 @@ func (t ServerFrame) ValueByDiscriminator() (interface{}, error) {
 		return t.AsMessageNewFrame()
 	case "message.read":
 		return t.AsMessageReadEventFrame()
+	case "message.updated":
+		return t.AsMessageUpdatedFrame()
 	case "presence":
 		return t.AsPresenceFrame()
+	case "typing":
+		return t.AsTypingEventFrame()
 	default:
 		return nil, errors.New("unknown discriminator value: " + discriminator)
 	}
@@ -1454,6 +1946,53 @@ type ClientInterface interface {
 	// Corresponds with POST /chats/{chat_id}/messages (the `SendMessage` operationId).
 	SendMessage(ctx context.Context, chatID ChatID, body SendMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeleteMessage Delete a message (its sender, or the group's owner)
+	//
+	// The message becomes a tombstone: `text` is empty, `deleted` true,
+	// reactions are cleared and it takes a new revision; its seq stays, so
+	// seqs keep no gaps. Deleting it again changes nothing.
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+	DeleteMessage(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EditMessageWithBody Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithBody(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EditMessage Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessage(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RemoveReaction Take one's emoji off a message
+	//
+	// Removing a reaction that is not there changes nothing.
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+	RemoveReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AddReaction React to a message with an emoji
+	//
+	// One reaction per (message, user, emoji): adding it twice changes
+	// nothing. A message takes at most 20 distinct emoji
+	// (`too_many_reactions`); deleted messages take none (409).
+	//
+	// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+	AddReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetPresence Ids of the chat's members online now, on any replica
 	//
 	// Corresponds with GET /chats/{chat_id}/presence (the `GetPresence` operationId).
@@ -1490,6 +2029,7 @@ type ClientInterface interface {
 
 	// GetHistory Messages of a chat, oldest first
 	//
+	// Messages in their current state (edits, tombstones, reactions).
 	// `offset` counts from the oldest matching message. `after_seq` and
 	// `before_seq` are exclusive cursors. With `before_seq` alone the page is
 	// the `limit` newest messages below it (offset then counts from the
@@ -1640,6 +2180,103 @@ func (c *Client) SendMessage(ctx context.Context, chatID ChatID, body SendMessag
 	return c.Client.Do(req)
 }
 
+// DeleteMessage Delete a message (its sender, or the group's owner)
+//
+// The message becomes a tombstone: `text` is empty, `deleted` true,
+// reactions are cleared and it takes a new revision; its seq stays, so
+// seqs keep no gaps. Deleting it again changes nothing.
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+func (c *Client) DeleteMessage(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteMessageRequest(c.Server, chatID, seq)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EditMessageWithBody Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *Client) EditMessageWithBody(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEditMessageRequestWithBody(c.Server, chatID, seq, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EditMessage Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *Client) EditMessage(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEditMessageRequest(c.Server, chatID, seq, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RemoveReaction Take one's emoji off a message
+//
+// Removing a reaction that is not there changes nothing.
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+func (c *Client) RemoveReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRemoveReactionRequest(c.Server, chatID, seq, emoji)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AddReaction React to a message with an emoji
+//
+// One reaction per (message, user, emoji): adding it twice changes
+// nothing. A message takes at most 20 distinct emoji
+// (`too_many_reactions`); deleted messages take none (409).
+//
+// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+func (c *Client) AddReaction(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAddReactionRequest(c.Server, chatID, seq, emoji)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // GetPresence Ids of the chat's members online now, on any replica
 //
 // Corresponds with GET /chats/{chat_id}/presence (the `GetPresence` operationId).
@@ -1736,6 +2373,7 @@ func (c *Client) Healthz(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 
 // GetHistory Messages of a chat, oldest first
 //
+// Messages in their current state (edits, tombstones, reactions).
 // `offset` counts from the oldest matching message. `after_seq` and
 // `before_seq` are exclusive cursors. With `before_seq` alone the page is
 // the `limit` newest messages below it (offset then counts from the
@@ -2015,6 +2653,197 @@ func NewSendMessageRequestWithBody(server string, chatID ChatID, contentType str
 	return req, nil
 }
 
+// NewDeleteMessageRequest constructs an http.Request for the DeleteMessage method
+func NewDeleteMessageRequest(server string, chatID ChatID, seq Seq) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEditMessageRequest calls the generic EditMessage builder with application/json body
+func NewEditMessageRequest(server string, chatID ChatID, seq Seq, body EditMessageJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEditMessageRequestWithBody(server, chatID, seq, "application/json", bodyReader)
+}
+
+// NewEditMessageRequestWithBody constructs an http.Request for the EditMessage method, with any body, and a specified content type
+func NewEditMessageRequestWithBody(server string, chatID ChatID, seq Seq, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewRemoveReactionRequest constructs an http.Request for the RemoveReaction method
+func NewRemoveReactionRequest(server string, chatID ChatID, seq Seq, emoji Emoji) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam2 string
+
+	pathParam2, err = runtime.StyleParamWithOptions("simple", false, "emoji", emoji, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s/reactions/%s", pathParam0, pathParam1, pathParam2)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAddReactionRequest constructs an http.Request for the AddReaction method
+func NewAddReactionRequest(server string, chatID ChatID, seq Seq, emoji Emoji) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "chat_id", chatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "seq", seq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam2 string
+
+	pathParam2, err = runtime.StyleParamWithOptions("simple", false, "emoji", emoji, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/chats/%s/messages/%s/reactions/%s", pathParam0, pathParam1, pathParam2)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewGetPresenceRequest constructs an http.Request for the GetPresence method
 func NewGetPresenceRequest(server string, chatID ChatID) (*http.Request, error) {
 	var err error
@@ -2279,6 +3108,18 @@ func NewGetHistoryRequest(server string, chatID ChatID, params *GetHistoryParams
 		if params.BeforeSeq != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_seq", *params.BeforeSeq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.AfterRev != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after_rev", *params.AfterRev, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -2588,6 +3429,59 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /chats/{chat_id}/messages (the `SendMessage` operationId).
 	SendMessageWithResponse(ctx context.Context, chatID ChatID, body SendMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*SendMessageResponse, error)
 
+	// DeleteMessageWithResponse Delete a message (its sender, or the group's owner)
+	//
+	// The message becomes a tombstone: `text` is empty, `deleted` true,
+	// reactions are cleared and it takes a new revision; its seq stays, so
+	// seqs keep no gaps. Deleting it again changes nothing.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+	DeleteMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*DeleteMessageResponse, error)
+
+	// EditMessageWithBodyWithResponse Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithBodyWithResponse(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EditMessageResponse, error)
+
+	// EditMessageWithResponse Edit a message's text (its sender only)
+	//
+	// Same text limits as a send; `edited_at` is set and the message takes
+	// a new revision, announced as `message.updated` to every connection of
+	// every member. An edit to the same text changes nothing.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+	EditMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*EditMessageResponse, error)
+
+	// RemoveReactionWithResponse Take one's emoji off a message
+	//
+	// Removing a reaction that is not there changes nothing.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+	RemoveReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*RemoveReactionResponse, error)
+
+	// AddReactionWithResponse React to a message with an emoji
+	//
+	// One reaction per (message, user, emoji): adding it twice changes
+	// nothing. A message takes at most 20 distinct emoji
+	// (`too_many_reactions`); deleted messages take none (409).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+	AddReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*AddReactionResponse, error)
+
 	// GetPresenceWithResponse Ids of the chat's members online now, on any replica
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -2632,6 +3526,7 @@ type ClientWithResponsesInterface interface {
 
 	// GetHistoryWithResponse Messages of a chat, oldest first
 	//
+	// Messages in their current state (edits, tombstones, reactions).
 	// `offset` counts from the oldest matching message. `after_seq` and
 	// `before_seq` are exclusive cursors. With `before_seq` alone the page is
 	// the `limit` newest messages below it (offset then counts from the
@@ -3032,6 +3927,387 @@ func (r SendMessageResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r SendMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeleteMessageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeleteMessageResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeleteMessageResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteMessageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteMessageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteMessageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EditMessageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EditMessageResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON409() *Conflict {
+	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EditMessageResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EditMessageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EditMessageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EditMessageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EditMessageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RemoveReactionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RemoveReactionResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RemoveReactionResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RemoveReactionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RemoveReactionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RemoveReactionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RemoveReactionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AddReactionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Message
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationProblemJSON409 *Conflict
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AddReactionResponse) GetJSON200() *Message {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON409() *Conflict {
+	return r.ApplicationProblemJSON409
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r AddReactionResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r AddReactionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AddReactionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AddReactionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AddReactionResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -3952,6 +5228,89 @@ func (c *ClientWithResponses) SendMessageWithResponse(ctx context.Context, chatI
 	return ParseSendMessageResponse(rsp)
 }
 
+// DeleteMessageWithResponse Delete a message (its sender, or the group's owner)
+//
+// The message becomes a tombstone: `text` is empty, `deleted` true,
+// reactions are cleared and it takes a new revision; its seq stays, so
+// seqs keep no gaps. Deleting it again changes nothing.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq} (the `DeleteMessage` operationId).
+func (c *ClientWithResponses) DeleteMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, reqEditors ...RequestEditorFn) (*DeleteMessageResponse, error) {
+	rsp, err := c.DeleteMessage(ctx, chatID, seq, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteMessageResponse(rsp)
+}
+
+// EditMessageWithBodyWithResponse Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *ClientWithResponses) EditMessageWithBodyWithResponse(ctx context.Context, chatID ChatID, seq Seq, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EditMessageResponse, error) {
+	rsp, err := c.EditMessageWithBody(ctx, chatID, seq, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEditMessageResponse(rsp)
+}
+
+// EditMessageWithResponse Edit a message's text (its sender only)
+//
+// Same text limits as a send; `edited_at` is set and the message takes
+// a new revision, announced as `message.updated` to every connection of
+// every member. An edit to the same text changes nothing.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /chats/{chat_id}/messages/{seq} (the `EditMessage` operationId).
+func (c *ClientWithResponses) EditMessageWithResponse(ctx context.Context, chatID ChatID, seq Seq, body EditMessageJSONRequestBody, reqEditors ...RequestEditorFn) (*EditMessageResponse, error) {
+	rsp, err := c.EditMessage(ctx, chatID, seq, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEditMessageResponse(rsp)
+}
+
+// RemoveReactionWithResponse Take one's emoji off a message
+//
+// Removing a reaction that is not there changes nothing.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `RemoveReaction` operationId).
+func (c *ClientWithResponses) RemoveReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*RemoveReactionResponse, error) {
+	rsp, err := c.RemoveReaction(ctx, chatID, seq, emoji, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRemoveReactionResponse(rsp)
+}
+
+// AddReactionWithResponse React to a message with an emoji
+//
+// One reaction per (message, user, emoji): adding it twice changes
+// nothing. A message takes at most 20 distinct emoji
+// (`too_many_reactions`); deleted messages take none (409).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /chats/{chat_id}/messages/{seq}/reactions/{emoji} (the `AddReaction` operationId).
+func (c *ClientWithResponses) AddReactionWithResponse(ctx context.Context, chatID ChatID, seq Seq, emoji Emoji, reqEditors ...RequestEditorFn) (*AddReactionResponse, error) {
+	rsp, err := c.AddReaction(ctx, chatID, seq, emoji, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAddReactionResponse(rsp)
+}
+
 // GetPresenceWithResponse Ids of the chat's members online now, on any replica
 //
 // Returns a wrapper object for the known response body format(s).
@@ -4032,6 +5391,7 @@ func (c *ClientWithResponses) HealthzWithResponse(ctx context.Context, reqEditor
 
 // GetHistoryWithResponse Messages of a chat, oldest first
 //
+// Messages in their current state (edits, tombstones, reactions).
 // `offset` counts from the oldest matching message. `after_seq` and
 // `before_seq` are exclusive cursors. With `before_seq` alone the page is
 // the `limit` newest messages below it (offset then counts from the
@@ -4426,6 +5786,327 @@ func ParseSendMessageResponse(rsp *http.Response) (*SendMessageResponse, error) 
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeleteMessageResponse parses an HTTP response from a DeleteMessageWithResponse call
+func ParseDeleteMessageResponse(rsp *http.Response) (*DeleteMessageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteMessageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEditMessageResponse parses an HTTP response from a EditMessageWithResponse call
+func ParseEditMessageResponse(rsp *http.Response) (*EditMessageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EditMessageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRemoveReactionResponse parses an HTTP response from a RemoveReactionWithResponse call
+func ParseRemoveReactionResponse(rsp *http.Response) (*RemoveReactionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RemoveReactionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAddReactionResponse parses an HTTP response from a AddReactionWithResponse call
+func ParseAddReactionResponse(rsp *http.Response) (*AddReactionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AddReactionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Message
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Conflict
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
 	}
 
 	return response, nil

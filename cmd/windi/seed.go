@@ -199,7 +199,7 @@ func seedDemo(ctx context.Context, svc *chat.Service, store *repo.Store) (seedRe
 		} else {
 			res.privateMessages++
 		}
-		_, dup, err := svc.Send(ctx, ids[m.from], chatID, m.clientMsgID, m.text)
+		_, dup, err := svc.Send(ctx, ids[m.from], chatID, m.clientMsgID, m.text, nil)
 		if err != nil {
 			return res, fmt.Errorf("message %s: %w", m.clientMsgID, err)
 		}

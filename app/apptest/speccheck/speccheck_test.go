@@ -46,7 +46,7 @@ const (
 	jsonCT    = "application/json"
 	problemCT = "application/problem+json"
 	user      = `{"id":1,"name":"Alice","email":"alice@example.com","created_at":"2026-12-01T10:00:00Z"}`
-	message   = `{"id":7,"chat_id":1,"seq":7,"sender_id":1,"text":"hi","client_msg_id":"a-1","created_at":"2026-12-01T10:00:00Z","read":false}`
+	message   = `{"id":7,"chat_id":1,"seq":7,"sender_id":1,"text":"hi","client_msg_id":"a-1","created_at":"2026-12-01T10:00:00Z","read":false,"rev":7,"edited_at":null,"deleted":false,"reply_to_seq":null,"reactions":[]}`
 )
 
 func problem(status int, code string) string {

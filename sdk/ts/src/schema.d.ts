@@ -122,7 +122,8 @@ export interface paths {
         };
         /**
          * Messages of a chat, oldest first
-         * @description `offset` counts from the oldest matching message. `after_seq` and
+         * @description Messages in their current state (edits, tombstones, reactions).
+         *     `offset` counts from the oldest matching message. `after_seq` and
          *     `before_seq` are exclusive cursors. With `before_seq` alone the page is
          *     the `limit` newest messages below it (offset then counts from the
          *     newest end), still returned oldest first.
@@ -151,6 +152,72 @@ export interface paths {
         /** Send a message (same dedup and delivery as over WebSocket) */
         post: operations["sendMessage"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chats/{chat_id}/messages/{seq}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete a message (its sender, or the group's owner)
+         * @description The message becomes a tombstone: `text` is empty, `deleted` true,
+         *     reactions are cleared and it takes a new revision; its seq stays, so
+         *     seqs keep no gaps. Deleting it again changes nothing.
+         */
+        delete: operations["deleteMessage"];
+        options?: never;
+        head?: never;
+        /**
+         * Edit a message's text (its sender only)
+         * @description Same text limits as a send; `edited_at` is set and the message takes
+         *     a new revision, announced as `message.updated` to every connection of
+         *     every member. An edit to the same text changes nothing.
+         */
+        patch: operations["editMessage"];
+        trace?: never;
+    };
+    "/chats/{chat_id}/messages/{seq}/reactions/{emoji}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+                /** @description The emoji (URL-escaped), 1..16 characters, no whitespace. */
+                emoji: components["parameters"]["Emoji"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * React to a message with an emoji
+         * @description One reaction per (message, user, emoji): adding it twice changes
+         *     nothing. A message takes at most 20 distinct emoji
+         *     (`too_many_reactions`); deleted messages take none (409).
+         */
+        put: operations["addReaction"];
+        post?: never;
+        /**
+         * Take one's emoji off a message
+         * @description Removing a reaction that is not there changes nothing.
+         */
+        delete: operations["removeReaction"];
         options?: never;
         head?: never;
         patch?: never;
@@ -297,7 +364,7 @@ export interface components {
          * @description A stable machine-readable error code.
          * @enum {string}
          */
-        ProblemCode: "bad_request" | "validation_failed" | "unauthorized" | "invalid_credentials" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "email_taken" | "not_a_group" | "owner_cannot_be_removed" | "group_full" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "unavailable" | "internal";
+        ProblemCode: "bad_request" | "validation_failed" | "unauthorized" | "invalid_credentials" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "email_taken" | "not_a_group" | "owner_cannot_be_removed" | "group_full" | "message_deleted" | "too_many_reactions" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "unavailable" | "internal";
         FieldError: {
             field: string;
             message: string;
@@ -407,6 +474,34 @@ export interface components {
             created_at: string;
             /** @description Every other current member's watermark has reached this seq. */
             read: boolean;
+            /**
+             * Format: int64
+             * @description The chat revision of the message's latest change (creation, edit, delete, reaction).
+             */
+            rev: number;
+            /**
+             * Format: date-time
+             * @description When the text was last edited; null until then.
+             */
+            edited_at: string | null;
+            /** @description Deleted messages stay as tombstones (empty text, no reactions) so seqs keep no gaps. */
+            deleted: boolean;
+            /**
+             * Format: int64
+             * @description The seq of the message this one answers, in the same chat; null for none.
+             */
+            reply_to_seq: number | null;
+            /** @description Emoji on the message, in order of first use. */
+            reactions: components["schemas"]["Reaction"][];
+        };
+        Reaction: {
+            emoji: string;
+            count: number;
+            /** @description Who reacted with this emoji, in the order they did. */
+            user_ids: number[];
+        };
+        EditMessageRequest: {
+            text: components["schemas"]["MessageText"];
         };
         /** @description The sender's id for this send (1..64 printable ASCII); repeats are collapsed. */
         ClientMsgId: string;
@@ -415,6 +510,11 @@ export interface components {
         SendMessageRequest: {
             client_msg_id: components["schemas"]["ClientMsgId"];
             text: components["schemas"]["MessageText"];
+            /**
+             * Format: int64
+             * @description Answer this message of the same chat (deleted ones too).
+             */
+            reply_to_seq?: number;
         };
         ReadRequest: {
             /** Format: int64 */
@@ -438,9 +538,9 @@ export interface components {
             };
         };
         /** @description A WebSocket frame from client to server (JSON text frame). */
-        ClientFrame: components["schemas"]["MessageSendFrame"] | components["schemas"]["MessageReadFrame"] | components["schemas"]["SyncFrame"];
+        ClientFrame: components["schemas"]["MessageSendFrame"] | components["schemas"]["MessageReadFrame"] | components["schemas"]["SyncFrame"] | components["schemas"]["MessageEditFrame"] | components["schemas"]["MessageDeleteFrame"] | components["schemas"]["ReactionAddFrame"] | components["schemas"]["ReactionRemoveFrame"] | components["schemas"]["TypingFrame"];
         /** @description A WebSocket frame from server to client (JSON text frame). */
-        ServerFrame: components["schemas"]["MessageAckFrame"] | components["schemas"]["MessageNewFrame"] | components["schemas"]["MessageReadEventFrame"] | components["schemas"]["ChatReadFrame"] | components["schemas"]["PresenceFrame"] | components["schemas"]["MemberAddedFrame"] | components["schemas"]["MemberRemovedFrame"] | components["schemas"]["ErrorFrame"];
+        ServerFrame: components["schemas"]["MessageAckFrame"] | components["schemas"]["MessageNewFrame"] | components["schemas"]["MessageReadEventFrame"] | components["schemas"]["ChatReadFrame"] | components["schemas"]["PresenceFrame"] | components["schemas"]["MemberAddedFrame"] | components["schemas"]["MemberRemovedFrame"] | components["schemas"]["ErrorFrame"] | components["schemas"]["MessageUpdatedFrame"] | components["schemas"]["TypingEventFrame"];
         /** @description Send a message; on `/ws/{chat_id}` the chat_id may be omitted. */
         MessageSendFrame: {
             /**
@@ -452,6 +552,8 @@ export interface components {
             chat_id?: number;
             client_msg_id: components["schemas"]["ClientMsgId"];
             text: components["schemas"]["MessageText"];
+            /** Format: int64 */
+            reply_to_seq?: number;
         };
         /** @description Move the read watermark; on `/ws/{chat_id}` the chat_id may be omitted. */
         MessageReadFrame: {
@@ -465,7 +567,13 @@ export interface components {
             /** Format: int64 */
             seq: number;
         };
-        /** @description Replay every message with a greater seq, then continue live. */
+        /**
+         * @description Replay, then continue live. With `since_seq`: every message with a
+         *     greater seq, as `message.new` (new messages only). With `since_rev`
+         *     instead: the current state of every message changed after that
+         *     revision, in rev order, created ones as `message.new` and older ones
+         *     as `message.updated`. Exactly one of the two.
+         */
         SyncFrame: {
             /**
              * @description discriminator enum property added by openapi-typescript
@@ -475,7 +583,89 @@ export interface components {
             /** Format: int64 */
             chat_id?: number;
             /** Format: int64 */
-            since_seq: number;
+            since_seq?: number;
+            /** Format: int64 */
+            since_rev?: number;
+        };
+        /** @description Edit one's own message; answered with `message.updated` like every connection. */
+        MessageEditFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "message.edit";
+            /** Format: int64 */
+            chat_id?: number;
+            /** Format: int64 */
+            seq: number;
+            text: components["schemas"]["MessageText"];
+        };
+        /** @description Delete a message (its sender, or the group's owner). */
+        MessageDeleteFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "message.delete";
+            /** Format: int64 */
+            chat_id?: number;
+            /** Format: int64 */
+            seq: number;
+        };
+        ReactionAddFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "reaction.add";
+            /** Format: int64 */
+            chat_id?: number;
+            /** Format: int64 */
+            seq: number;
+            emoji: string;
+        };
+        ReactionRemoveFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "reaction.remove";
+            /** Format: int64 */
+            chat_id?: number;
+            /** Format: int64 */
+            seq: number;
+            emoji: string;
+        };
+        /** @description The user is typing; relayed to the chat's other members at most once per 2 s. */
+        TypingFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "typing";
+            /** Format: int64 */
+            chat_id?: number;
+        };
+        /** @description A message changed (edit, delete, reaction); its current state. */
+        MessageUpdatedFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "message.updated";
+            message: components["schemas"]["Message"];
+        };
+        /** @description Another member is typing in the chat (show it for about 5 s). */
+        TypingEventFrame: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            type: "typing";
+            /** Format: int64 */
+            chat_id: number;
+            /** Format: int64 */
+            user_id: number;
         };
         MessageAckFrame: {
             /**
@@ -564,6 +754,11 @@ export interface components {
             client_msg_id?: string;
             /** Format: int64 */
             chat_id?: number;
+            /**
+             * Format: int64
+             * @description The message an edit, delete or reaction that failed was about.
+             */
+            seq?: number;
         };
         /** @enum {string} */
         ErrorFrameCode: "bad_request" | "forbidden" | "not_found" | "too_large" | "rate_limited" | "unavailable" | "internal";
@@ -663,6 +858,10 @@ export interface components {
         };
     };
     parameters: {
+        /** @description The message's seq in its chat. */
+        Seq: number;
+        /** @description The emoji (URL-escaped), 1..16 characters, no whitespace. */
+        Emoji: string;
         /** @description The chat's id. */
         ChatId: number;
         /** @description The group's id (the same number as its chat's id). */
@@ -888,6 +1087,12 @@ export interface operations {
                 after_seq?: number;
                 /** @description Only messages with a smaller seq (exclusive cursor). */
                 before_seq?: number;
+                /**
+                 * @description Only messages changed after this chat revision (created, edited,
+                 *     deleted or reacted to), in their current state, ascending by rev
+                 *     instead of seq. A client that saw revision N catches up with it.
+                 */
+                after_rev?: number;
             };
             header?: never;
             path: {
@@ -898,7 +1103,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Messages ascending by seq */
+            /** @description Messages ascending by seq (by rev with after_rev) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -956,6 +1161,145 @@ export interface operations {
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    deleteMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The tombstone */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    editMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EditMessageRequest"];
+            };
+        };
+        responses: {
+            /** @description The message after the edit */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    addReaction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+                /** @description The emoji (URL-escaped), 1..16 characters, no whitespace. */
+                emoji: components["parameters"]["Emoji"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The message with its reactions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    removeReaction: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id. */
+                chat_id: components["parameters"]["ChatId"];
+                /** @description The message's seq in its chat. */
+                seq: components["parameters"]["Seq"];
+                /** @description The emoji (URL-escaped), 1..16 characters, no whitespace. */
+                emoji: components["parameters"]["Emoji"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The message with its reactions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["Unprocessable"];
             503: components["responses"]["Unavailable"];
             default: components["responses"]["Error"];
         };
