@@ -2930,6 +2930,11 @@ type SendMessageResponse429Headers struct {
 	RetryAfter *int
 }
 
+// SendMessageResponse503Headers the declared response headers of an HTTP 503 response for SendMessage
+type SendMessageResponse503Headers struct {
+	RetryAfter *int
+}
+
 type SendMessageResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2957,6 +2962,8 @@ type SendMessageResponse struct {
 	ApplicationProblemJSONDefault *Error
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *SendMessageResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *SendMessageResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3520,8 +3527,18 @@ func (r GetHistoryResponse) ContentType() string {
 	return ""
 }
 
+// LoginResponse200Headers the declared response headers of an HTTP 200 response for Login
+type LoginResponse200Headers struct {
+	CacheControl string
+}
+
 // LoginResponse429Headers the declared response headers of an HTTP 429 response for Login
 type LoginResponse429Headers struct {
+	RetryAfter *int
+}
+
+// LoginResponse503Headers the declared response headers of an HTTP 503 response for Login
+type LoginResponse503Headers struct {
 	RetryAfter *int
 }
 
@@ -3540,10 +3557,16 @@ type LoginResponse struct {
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationProblemJSON429 *TooManyRequests
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *LoginResponse200Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *LoginResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *LoginResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3574,6 +3597,11 @@ func (r LoginResponse) GetApplicationProblemJSON422() *Unprocessable {
 // GetApplicationProblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r LoginResponse) GetApplicationProblemJSON429() *TooManyRequests {
 	return r.ApplicationProblemJSON429
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r LoginResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -3670,6 +3698,11 @@ type RegisterResponse429Headers struct {
 	RetryAfter *int
 }
 
+// RegisterResponse503Headers the declared response headers of an HTTP 503 response for Register
+type RegisterResponse503Headers struct {
+	RetryAfter *int
+}
+
 type RegisterResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3685,10 +3718,14 @@ type RegisterResponse struct {
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationProblemJSON429 *TooManyRequests
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *RegisterResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RegisterResponse503Headers
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
@@ -3719,6 +3756,11 @@ func (r RegisterResponse) GetApplicationProblemJSON422() *Unprocessable {
 // GetApplicationProblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RegisterResponse) GetApplicationProblemJSON429() *TooManyRequests {
 	return r.ApplicationProblemJSON429
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RegisterResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -4431,6 +4473,16 @@ func ParseSendMessageResponse(rsp *http.Response) (*SendMessageResponse, error) 
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers SendMessageResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -4882,6 +4934,13 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 		}
 		response.ApplicationProblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -4892,6 +4951,16 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 200:
+		var headers LoginResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = value
+		}
+		response.Headers200 = &headers
 	case rsp.StatusCode == 429:
 		var headers LoginResponse429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -4902,6 +4971,16 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers LoginResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -5003,6 +5082,13 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 		}
 		response.ApplicationProblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -5023,6 +5109,16 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RegisterResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -5508,7 +5604,14 @@ type TooManyRequestsApplicationProblemPlusJSONResponse struct {
 
 type UnauthorizedApplicationProblemPlusJSONResponse Problem
 
-type UnavailableApplicationProblemPlusJSONResponse Problem
+type UnavailableResponseHeaders struct {
+	RetryAfter *int
+}
+type UnavailableApplicationProblemPlusJSONResponse struct {
+	Body Problem
+
+	Headers UnavailableResponseHeaders
+}
 
 type UnprocessableApplicationProblemPlusJSONResponse Problem
 
@@ -5979,10 +6082,13 @@ type SendMessage503ApplicationProblemPlusJSONResponse struct {
 func (response SendMessage503ApplicationProblemPlusJSONResponse) VisitSendMessageResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -6692,15 +6798,23 @@ type LoginResponseObject interface {
 	VisitLoginResponse(w http.ResponseWriter) error
 }
 
-type Login200JSONResponse Token
+type Login200ResponseHeaders struct {
+	CacheControl string
+}
+
+type Login200JSONResponse struct {
+	Body    Token
+	Headers Login200ResponseHeaders
+}
 
 func (response Login200JSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", fmt.Sprint(response.Headers.CacheControl))
 	w.WriteHeader(200)
 	_, err := buf.WriteTo(w)
 	return err
@@ -6785,6 +6899,25 @@ func (response Login429ApplicationProblemPlusJSONResponse) VisitLoginResponse(w 
 		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
 	}
 	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Login503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response Login503ApplicationProblemPlusJSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -6959,6 +7092,25 @@ func (response Register429ApplicationProblemPlusJSONResponse) VisitRegisterRespo
 		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
 	}
 	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Register503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response Register503ApplicationProblemPlusJSONResponse) VisitRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -7653,84 +7805,86 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7F3/V+M4kv9X9Hz73sCdIcAwczvwE8tOz7A39PQD+uaHhksUu5JosSUjyYRsv9zffq9K8pc4dhJoSM/t",
-	"zm9NbEmlqlJ9+VTJ/TmIVJopCdKa4ORzkHHNU7Cg6a/zCbcXMf4rBhNpkVmhZHAS3EyARRNuvzFMxPtB",
-	"GAj8NeN2EoSB5CkEJwE+74s4CAMND7nQEAcnVucQBiaaQMpx1pHSKbfBSSCk/f44CINUSJHmaXByGAZ2",
-	"loF7BGPQwXweBj9plWddBI3xIVHEduwEmOEpMJmnQ9CMGyasqWje7SCa5nhtqj8a0F1E5wb0Ki7i89el",
-	"Z45TmUxJAyTjv/D4Ch5yMBb/ipS0IOmfPMsSEXEktpdpNUwg/Y+/G6T8c23xP2kYBSfBv/UqPeq5p6b3",
-	"wY1yiy7vXbtlmTAs5QnuAuJgHgbnSo4SEX01eiK/vmFTYScMdSnKtQZpmbHcAtL4o9ZKb5PAM8lyCU8Z",
-	"RBZiBrT8PAzeKT0UcQxym7S8V5bxJFFTiNmOxD9YCnjOQoZ/IcPUVILeRQrfK/tO5TLeLoHM5NGEaTAq",
-	"1xFJ7EapSy5nXtfNNsm54hZYIlJhIT5lBoANrsDq2d7ZyIIeBGEwAR57m1t7smwyriFSMjbMKjblwgZ1",
-	"M7B80tH2SJ7bidLiH7BVCVwKY4Qch0zIR56ImCnN4ClDA8YiDTFIK3hiAkfiIxcJHyaw7RMfc8uH3ABS",
-	"h1o71OoeNBqkvCLqFJV6IuSYTblhxioNccg0ismRn2kVgTHb3sAZGwlIYjKfjtu4Dc9vR5nJs0xpC/El",
-	"xILfkIJsl8NDFc+QQrQLauRsqVueob46W5GBJhKY5fdgyGf66YsghEITjS9a4dxWpIFbiPvuWekCY25h",
-	"z4oUgtL1GauFHCNDRNzqLpsHJwwSbmw/RZmOiWNczn4dBSefVrPi0g+Yh6vfe58nyX/zJIdgftfGMwlT",
-	"dEN+/ZJtE25PmcyThE0nIJmwbMKRsRIwdnjaG6s9v5N/ryhxWzHwsDKIK5aKVC4taLZj4AHXxZhpkRoK",
-	"nDbgoPMHJClhITXr1AiFfEljcLSfj2vN6Yy5YGhV0IdveO6MlGaZFo9odHF/BknGJ+6AuuhpSTesPxzr",
-	"iKRDNA+DXGrgLUGdZ71hHC24kxxPEorycASbcgs65fp+P2iNFqs471NAgR+943kQ1vW+4nJDY0vq7soV",
-	"1PDvEFmKripOLx0qmgVHFhqzgaS1StYyzq13hW8i63xMu8n8DYbUwmGcLGxQ3LXfK+DxO+2VqGFHfJqy",
-	"2WY3Z0uhTyAxEP9E6+w3hFJoX2OTXuBVArVqazeNdbzmB6HLZVpWC4PzRIC0JUOabuU3GF6r6B4sG+Er",
-	"bKRVyiIag4GHAf2INuJv17++Zxae/GtkGWKBU6VCcuvC45RnGa6K/3Ta6Ziw2oRW8grLYQbkumHXIMth",
-	"ZiajrtevZzJy783DQh1m713CZf35VhI2N/nVwuts/9IG1w2o0XpXiu7SjLsSSmSTTynJEtqJMPQj2znc",
-	"3//+GE2jtGgK2dn1+cXF7inTkAG3hnGNHiBJeGaA8tGUP/0Ccmwnwcn3x5RWFn8ehpinWtC47P98Ynv/",
-	"e/f5MPz+eP6nNr97TjbLHcQy01ylKk51u6wwzUZQAIUGYanzKwd8cC/RkC8Ve9uMm4yoiHbCbPy4ZJyc",
-	"fe+LeNGRPivhJzFeuKGHBwcH3d61Ju5DfG9R3p0es7A8Xfam3brRoq1GbYm3S2yxHTavzdatcjZrcJsW",
-	"qovZ2ggnSOBVvIyztf3UjP2YpV1FKl7rdCt6zvHteWlKW2ds8tQhDBv7KlyhWmA1e8498cVSQx73Pfbi",
-	"gkuPaISBVLY/IvAgDKxS/YRrCm80t9D3CTVFO1UGGRIjteRJqzq8w5SpBG8WhUTpVCtzuhnXYIebYjUj",
-	"fgae4Jla1hGI7ulfPI4FmnSefGjR+yWh1eY2ltvc1Jmr7hsMWitSP0cb6b+osZDvlE5bqHc626Wv7qmB",
-	"SINtfWOsubT9pZPNjZkqHbfKsnxYP1Xljwvu6/Dozy0TmEhl7acBz3l30gEpFwnjcazBmIajPPrueB2D",
-	"y8nDtv1V3HZR81kcw+sEr03mOu+yz3GBZ9vOzexlFcOuspw+PYBUPb7tVrVb4vewWZ81lcd0KkGXGV0r",
-	"gW6gmQgMFuS4nUdyDC2B4TueGHCwQZGQMrKr9GdaTsx4gtH5jHHDuLl3UaAnZKhUAlzSaX6WLNIy2Vwk",
-	"6rcJ2IlPkZFhTJgSSG5kz+1kfIHElkVV0hmWbGyXXukJ3tjDvyW+1Q5d/PgIesYUCaUoeDimfGMq2IJQ",
-	"Jw08mkBcZBcP7QJyucibZNfwZNd7YxLrYhpdJ8pP05RGA2PpBFK8KpxF910ma62Q49zBr3UnVONfLezY",
-	"DHdssXsueebR/eaxXIMbFZGr4xpPxnuYdvDj9bYjYbrxdjYgGbPxHx/rkMjXwYgWEJJt+ahueGkJq1gG",
-	"O9Wjg/AXkc1TpiQb9Kam99mvNx+UGHZfxCzlMzYEplJhrXMymzN8da7bxfxy1MErCKKdtWvYWGFELVU9",
-	"GZProxe/IveWLNZKSKMGRdVM8gZH+wZfXcF2gvpeaq6IjhVyuPF0LorgcH//+OCH75HHmkcWdAnga5Gm",
-	"Qo4bYT6+vBYhqQo9rWkEAaiP+NwVLriMy1IjYMC2w1lRt2AaRqBBRoBh0oAKUgNXoqFx7hD6V2LmGE6Q",
-	"rGcuTnTXWQepuPRBg8E5XsUUKpkI2eHclkEct/AWDZ8n766VDa6suQyPS3b17pz9cPzdfzJfMWWxivIU",
-	"pG05ihvgNH6pAqSJwXKRtIYLhMmYlvBeQBLvJfAICaPqr6umjrhIcg2UoW5UhKuBIy1FOCGN5SigNtIq",
-	"4KHFugqbrAadmhWIj1cXNYWXHA8gqXjBcRxIyv3E0ywhMocqtyfDhMv7YEPL4egqafco1gptKICrJrnG",
-	"4ekpjyZCwh56DfqB5MVw1tpBbMBdlbz6KK8Cz6qaNpDx9FK/3jfRjZOlYCcq7uNPvkeHduZbqsKAwIu+",
-	"5fflSN530G3ostB+xCX+PIR+kS/7YlJ/lCcJoRazRPG4X4fk8qrZoJ9CLHjfc/nlWB0GHrWCweLJeomj",
-	"bwJdHQ77CsbCWNCdaxMLlxXhfALRPcSYPP+kvjFMgu0RUpRxbcAUgBGYU99FwlA8OuK+3FLuxc2/DlZa",
-	"rPlXbHshnP9cNK023Z/XHTiPdhX7Wol6YTBURp4dAthqnNKEDjaNN66pTvq8KquvrVpV1FufXWWt6swr",
-	"mhjq9VUH9K+tIZQAiccLV1b6a5hl2MTeVrcI1DHAcCF9XS2qMgsPF5LE1YPKVDV8bnG6li2GVeTS6eDr",
-	"IdUrlZzLDW9YcS73+owKdW2Xa+ubC1q17u0mRzbpHqnp1GYDFnRp3ZCaolNptiq7Lx3dK8gSPmNAaFnR",
-	"OUWdwpyNCTnSzMBDiAGLpG43IXNgiXiEV810hYyg/zr5LjVLbJznlgu3Wb0bde+akRf3yaMIjOnb4uly",
-	"bEvNoaYvZHfXay6tSCgOpHl8Q6nZbwdX8JWlgtIQuIYN6poL9C5MtkBqGwc+mrbWqpfguWWc8XKktwgG",
-	"NgBKG066RvDyLglpiXIt7OwaT5Dbo2PuWe6qm+6vdwWNf/vtpmhXpkzQCaKceWJtRkYQQ9+jD7VgZFEX",
-	"fsXpj1gRQrBRoqanZQ0B94AJsi2qdBRXJWrqL7dUs1LtD38tVOWjToKToJeosZC0wWLLRJDrbxVypFoK",
-	"GUL+9YKhBXQlDIqVyTKAHJMxQKe+z65+vL5hkXokcCGiXksTuhbF8FbSKEPJ/ERgfDg7rcUIO4Pe1AzC",
-	"Ji60yyKutQBD5uVWenNkQofIaYhAZNbNWripfXYzgWb44bp/3L6GEN/KCWjASLa0lR5TMGxnUOsfQ5Jq",
-	"gc5glxnFLLJiDBIw9o9v5fVf/8uUKIUPccwEF7QTEJqyObN/K2+lK0G4vAl5WUu2B129yoMy//ZW+Fb6",
-	"hGyAqddg/xZPcCIikIbOgr9ac3mBCpmT2FH7zEmvpzKQ7srAvtLjnh9kevhulcnWJX724QKzONCmAJIO",
-	"9g9IkTOQPBPBSfDt/sH+txT22gnpYY9kTo1OrhpedkBfYPDxizD2nN5oXNU5OjhY0b+93Le9ceftcrq/",
-	"3M1NFDkO+4JhyBJe61NGAbu+U9dHHBatwzyy4lHYGRsJbWit44PDLrLKDfcWri4QOSOeJ3b9QI9goI3K",
-	"05TrWa3Z2RTt1Dg3JtMRqijZDrRFfGyK8qAJMA7IlGmRUNXQ5i9mgbF/UfHsWdJZ3y5W75ibL9psq3OY",
-	"f6F6rNeK9p5+eBLGCjle6LJ2fBWGZVyQ5zlyMn5zaiRMiQCnVwfr1aN24e2lqnh8cLx+UHnxCQccfrfJ",
-	"Ki33NXDw0dEmg+vXUL70uPyagWS8IWDNXExQuLiWAzMPvXGrfFSnmfsJbHmCvoIWb19nvl0/qLrO9yIt",
-	"+wqKIuvHf3OzWrtm3JHvVq/0/DVkSsya6tUrQp7m7eVnTNtl5mtQ1BvZ+Rawa8uGvqy2t10wK0v/1EHu",
-	"wmylxVhInhR+/7Vt/QqCqL/dIae1xf+ZDvD23cTx0Q/rRzXvzs7D4LtNuFG/2vmllmaxSM526Hp/DHGe",
-	"UeQZA2ZAmlrXMMWqEpzdzfxUr4Lxuh1WAVy9WmS+cZdId2D+K1Uxi8Y5EZuQcROBjD1W8IeD+xK1u4hN",
-	"/QYmXZak7Ie56jGTahoyJRmXM6aBhP7WLq9o33tld3fJ9f0VTv02vq5eztvIyR23t01UnYjCMG5ZApiF",
-	"ooDG4hEkM/DAdvyFbi8yylMNPOz+4S++alrR0S/GRkpPuY7ZTqqkskqKKGQRzzKIUcCtgmy36Q5E630u",
-	"vuMy7/E47mMY2vvs+z7mzz85xWdnuooItVf9t166D9lZHNN0l0W38RtGdo1+8Y6Iqtl7/c92Rg42CHDK",
-	"T858nXNxFmNoQ4KwqkSQd6gdA/3M7JSJGNJMoVbUdd/pe6fyu5rr70r/XVXud3oE6t+yIYeeKg1/nIet",
-	"nwenJMWRoM6I8lCUXxdiTrsNCkpJYMPcMmENJKPTSojFO+5B59GZ0J28f3SG/j/752+oq/5aYIeGeu6S",
-	"ncZE56Us9kW74OTTXZ3hv2DkBMbU+GNmxkJa8MdVpFpRvUViB2o0MmAHrgZgnPBIZklM3xHhNqIO16Lj",
-	"gg2o0bZv4GGAmdytHAxhpDT4XzQweIqS3IhH+g6XUdrss9+EnbDFFxNUAmoSxPxQmFuJfwyo9WzQ+IyJ",
-	"YUNI1JQJy3YcwUW1foHoW+mHgYx3Q2asSBKmweZaQlzsiKoarsi0lC/+7PgWLIX/yxJOVZ08q/w65Xfh",
-	"HnKgiXz1ira18P2nUh2+O6BuLd874Fu/Vlx0Xurqb4iIqDH3Igv9B2LiJanulD94hk3b5bPbtR0nhPb9",
-	"HKzr6vu8nBHPKuKXWzPYTlOjOukqdTPY7It7L6fPpPSZmGfSV3E4ePknAe+2UWdcutbTjWhU39ApcAw2",
-	"nCFj/oAzvjgDK1irRoxTVhUu2LHXhi5cOwVGnK3RIF0o3xhveNqbTqd7qNt7uU5ARiqGeHMPW91e3zLG",
-	"7nqi2j/q6BqNXEPTVtX7/w/U/JpxjhozIavverZ1E7Gd1k6ieuyIrPSREd2X7g4cr9zjrxI30trouy2/",
-	"B2Y1H41EVMPu33j598oSzjM7ZQP3bYsBM3xm2HQiogmLIQMZg4xmzF98eF1R4+4FxrRsp/zMI5dx8Y1H",
-	"usGMmrnbFfNqfw2g23oVFwXeDDBdvIewkdV6vUIc9TGuaLqg4u5LLdZzc9B/SWt17tstZNEu2G6CUBDd",
-	"3WTXwHU0+WjcdwJXpiHn3MCekAakERaDz0zDSDwV9Q8yiR5YJ5N4yiDN7IwlwljjGqL91yjbQtXFCHXt",
-	"J1M6cyTa7hclSEfPS5C2Eh5/NJtV+8rkjNgQYmAs/bWCrYUO2w9b3wkZe8EPZ9SYVFNMoUvVLJqXi1Pi",
-	"jkbtmPTSlfXdS3hLV73KorY0zny1RsmVTTwlSxcN12L396c7PMDNXu5Pd3iWXANwFwxS3ICacOv+bVxb",
-	"YdHjW7bs9ghk9lQt39FA1+m/KoxeP/GJRpHWI5XLNgYFxGKhIfKoTe0r/Kbl/Q/1z8zSOg5VDIsWbvqt",
-	"7FBa+L8R2ub7yXeOF6h14z8maBvi4i9aRxcRTzXMBzTzu/n/BQAA//8=",
+	"7H1vc9s4kvdXQfHZqrGfoy0n45nbsV95vZOZ7E0yKdu5eRH7JIhsSViTAA2AlrUp3We/6gb4RxQp0Y6t",
+	"TG3lnUUSQKO70ej+dQP+HEQqzZQEaU1w8jnIuOYpWND063zG7dsY/4rBRFpkVigZnARXM2DRjNvvDBPx",
+	"YRAGAp9m3M6CMJA8heAkwPdDEQdhoOEuFxri4MTqHMLARDNIOfY6UTrlNjgJhLQ/HgdhkAop0jwNTl6F",
+	"gV1k4F7BFHSwXIbBL1rlWRdBU3xJFLE9OwNmeApM5ukYNOOGCWsqmvc7iKY+npvqjwZ0F9G5Ab2Ji/j+",
+	"eelZYlcmU9IAyfhvPL6AuxyMxV+RkhYk/cmzLBERR2IHmVbjBNL/+KdByj/XBv+LhklwEvy/QaVHA/fW",
+	"DD64Vm7Q9blrNywThqU8wVlAHCzD4FzJSSKir0ZP5Mc3bC7sjKEuRbnWIC0zlltAGn/WWuldEngmWS7h",
+	"IYPIQsyAhl+GwRulxyKOQe6SlvfKMp4kag4x25P4g6WA6yxk+AsZpuYS9D5S+F7ZNyqX8W4JZCaPZkyD",
+	"UbmOSGJXSr3jcuF13eySnAtugSUiFRbiU2YA2OgCrF4cnE0s6FEQBjPgsbe5tTfrJuMSIiVjw6xicy5s",
+	"UDcD6ysdbY/kuZ0pLf4FO5XAO2GMkNOQCXnPExEzpRk8ZGjAWKQhBmkFT0zgSLznIuHjBHa94mNu+Zgb",
+	"QOpQa8da3YJGg5RXRIXFWwP63r21SrFxbhZsxs1MyCnLuDFzpZ1kLL8FZmfCMA1TYaymGWAviZoKyaSa",
+	"n+JCoZZzbpixSkMcMo2iZ3scZb+qIsx4wc9nIJkgmzkV9yD3n648oeusNrNbqeamj05lWkVgzK5FdsYm",
+	"ApKYNgynX8hUr2FOlUyeZUpbiN9BLPgVkb9bnRqreIEUoiVUE7d7uOEZctNZxwy8UqCumFN6GIPlImG4",
+	"8Rv3lQQUNX1CjoSnoPDMyF/T2JcVbi+PNHAL8dC9K/2CmFs4sCKFoPQHjNVCTpFnIm71IZqSD4OEGztM",
+	"UexTYiqXi98nwcmnzdx65xssw83fvc+T5L95kkOwvGljq4Q57s1+/JKzM25PmcyTpFwZM468l4AO1cPB",
+	"VB34mfz/ihI3FQN3Gz3bYqhI5RIX5J6BOxwXHclVasib7MFBt0mSpISF1GzTNBTyO2qDrX1/XGu+wN/O",
+	"Q9zkCeMXnjsTpVmmxT3uRDg/gyTjG7eGnUu5phvWr59tRNI6W4ZBLjXwFk/Xs94wZ9pIcjxJyPXFFmzO",
+	"LeiU69vDoNWFrpzfTwF5w/SN50FY1/uKyw2NLam7KUdQ439CZMnlrDi9tqioF2xZaEwPSWuVbGWcG+8C",
+	"v0TWeUe/T/8NhtRiBOwsbFDcNd8L4PEb7ZWoYUd87NZvsv3ZUugTSIxOPtE4hw2hFNrXmKQXeBVVbpra",
+	"VWMcr/lB6AK8ltHC4DwRIG3JkObO8weML1V0C5ZN8BM20SplEbXBDdXvoHv/uPz9PbPw4D8jyxAL7CoV",
+	"klsXM6Q8y3BU/NNpp2PCZhNaySssmxmQ25pdgiybmYWMuj6/XMjIfbcMC3VYvHdRqPXrW0nob/KrgbfZ",
+	"/rUJbmtQo/WmFN07M+2KspFNPs4mS0jOGT5ke68OD388RtMoLZpCdnZ5/vbt/inTkAG3hnGNO0CS8MwA",
+	"Bekpf/gN5NTOgpMfjynWLn6+CjF4t6Bx2P/5xA7+9+bzq/DH4+Vf2vbdc7JZbiGW4fcmVXGq22WFqTfC",
+	"R8g1CEud39jgg/uImnyp2Nt67NOiItoJs/FwzTg5+z4U8epG+igUhMT41jV9dXR01L271sT9Cr9blXfn",
+	"jllYni57027daNBWo7bG2zW22A6b12brNm02W8CsFqqL3toIJ5zkWXYZZ2uHqZn6NmuzilS8ddOt6DnH",
+	"r5elKW3tsclTB7v03qtwhGqAzew598QXQ415PPSAlHMuPcwTBlLZ4YQQlTCwSg0Trsm90dzC0KMM5O1U",
+	"YXVIjNSSJ63q8AajqhLRWhUSRVytzOlmXIMdrovNjPgVeIJral1HILqlv3gcCzTpPPnQovdrQqv1bSy3",
+	"uakzV902GLRVpL6PNtJ/w6D+jdJpC/VOZ7v01b01EGmwrV9MNZd2uLayPdjQKsvyZX1VlQ9Xtq9Xr//a",
+	"0oGJVNa+GnCddwcdkGL0yuNYgzGNjfL1D8fbGFx2HrbNr+K285rP4hiex3ltMtftLoccB3i07exnLysf",
+	"dpPl9OEBpOr+Zaeq3RB/hsn6qKlcpnMJuozoWgl0Dc1MoLMgp+08klNocQzf8MRAhYFhQMrIrtLPtOyY",
+	"8QS98wXjhnFz67xAT8hYqQS4pNX8KFmkZbC5StQfM7AzHyIjw5gwJbreiJ7byfgCia2LqqQzLNnYLr1y",
+	"J3jhHf4l8a126OLne9ALpkgoRRbIMeU7U8EWhDpp4NEM4iK6uGsXkItFXiS6hge7fTcmsa6G0XWifDdN",
+	"aTQwlk4gxavCWXTbZbK2CjnOHUJb34Rq/Ku5Hf1wxxa754JnHt329+Ua3KiI3OzXeDLew7yDH883HQnz",
+	"3tPpQTJG4z/f1yGRr4MRrSAku9qjuuGlNaxiHexU9w7lX0U2T5mSbDSYm8FnP95yVGLYQxGzlC/YGJhK",
+	"hbVuk+nP8M2xbhfzy1ZHzyCIdtZuYWOFEbVkq2RMWx99+BW5t2axNkIaNSiqZpJ7LO0r/HQD2wnqe6q5",
+	"Ijo2yOHK07kqgleHh8dHP/2IPNY8sqBLAF+LNBVy2nDz8eOtCEmV6GkNIwhAvcf3LnHBZVzmSgEdtj3O",
+	"irwF0zABDTICdJNGlJAauRQNtXOL0H8SM8dwgmQ9c7Gjm848SMWlDxoM9vEsplDJRMiOzW0dxHED79Dw",
+	"efJuWtngMp/r8LhkF2/O2U/HP/wn80lVFqsoT0HalqXYA6fxQxUgjcuNtroLhMmYFvdeQBIfJHAPCaME",
+	"sUu4TrhIcg0UofZKwtXAkZYknJDGchRQG2kV8NBiXYVNNoNOzQzEx4u3NYWXHBcgqXjBcWxIyv3A0ywh",
+	"MscqtyfjhMvboKflcHSVtHsUa4M2FMBVk1zj8PSURzMh4QB3DXpA8mLYa20hNuCuSl5DlFeBZ1WVLMh4",
+	"+mhYLybpxslSsDMVD/GRL1yimfk6szAg8GJo+W3Zkg8ddBu6KHQYcYmPxzAs4mWfTBpO8iQh1GKRKB4P",
+	"65BcXtUjDFOIBR96Lj8dq0PHo5YwWF1ZT9nom0BXx4Z9QaUsoDvHJhauK8L5DKJbiDF4/kV9Z5gEOyCk",
+	"KOPagCkAIzCnvgyGoXh0xH26pZyL638brLSa86/Y9kQ4/7FoWq27v25bcB7tKua1EfVCZ6j0PDsEsFM/",
+	"pQkd9PU3LilP+rgsq8+tWlXkWx+dZa3yzBuKGOr5VQf0b80hlACJxws3ZvprmGXYxN42lwjUMcBwJXzd",
+	"LKoyCg9XgsTNjcpQNXxscroWLYaV59K5wdddqmdKOZcT7plxLuf6iAx1bZZb85srWrXt6yZH+lSP1HSq",
+	"X4MVXdrWpKbolJqt0u5rS/cCsoQvGBBaVlROUfk0Z1NCjjQzcBeiwyKpIE7IHFgi7uFZI10hIxg+T7xL",
+	"xRK949xy4Dard6VuXYX26jx5FIExQ1u8XfdtqWLWDIXsrubMpRUJ+YHUj6+yNYft4Ap+spZQGgPX0COv",
+	"uULvSmcrpLZx4KNpK616Cp5b+hlPR3oLZ6AHUNrYpGsEr8+SkJYo18IuLnEFuTk65p7lLrvpfr0paPzH",
+	"H1dFvS1Fgk4QZc8zazMyguj6vv5Qc0ZWdeF37P51WYXMJoman5Y5BJwDVS0XWTryqxI19yd+ql4p94dP",
+	"C1X5qJPgJBhQ3TJNsJgyEeRKYIWcqJZEhpB/f8vQAroUBvnKZBlATskY4KZ+yC5+vrxikboncCGiWksT",
+	"uhLF8FpSK0PB/Eygf7g4rfkIe6PB3IzCJi60zyKutQBD5uVaenNkQofIaYhAZNb1WmxTh+xqBk33w1X/",
+	"uHmNIb6WM9CAnmxpKz2mYNjeqFY/hiTVHJ3RPjOKWWTFFCSg7x9fy8u//5cpUQrv4pgZDmhnIDRFc+bw",
+	"Wl5Ll4JwcRPyshZsj7rKmUdl/O2t8LX0AdkIQ6/R4TWu4EREIA2tBX/e6N1bVMicxI7aZ04GA5WBdOco",
+	"DpWeDnwjM8Bvq0i2LvGzD28xigNtCiDp6PCIFDkDyTMRnATfHx4dfk9ur52RHg5I5lTo5LLhZZH0W3Q+",
+	"fhPGntMXjfNLr4+ONpR4r5d29668XQ/31wu+iSLHYZ8wDFnCa3XKKGBXd+rqiMOidJhHVtwLu2AToQ2N",
+	"dXz0qouscsKDlfMcRM6E54nd3tAjGGij8jTlelErdjZFOTX2jcF0hCpKtgNtEZ+aIj1oAvQDMmVaJFQV",
+	"tPnTamDs31S8eJR0tpeL1Svmlqs22+ocll+oHtu1or3sHx6EsXQUpFZl7fgqDMu4oJ3ntZPxi1MjYU4E",
+	"OL062q4etVOAT1XF46Pj7Y3K02DY4NUPfUZpOdKBjV+/7tO4flLlS5fL7xlIxhsC1sz5BMUW17JglqE3",
+	"btUe1WnmfgFbrqCvoMW715nvtzeqzjg+Scu+gqLI+vLvb1ZrZ6874t3qk4E/m02BWVO9BoXL0zzS/Yhu",
+	"u8x8DYp6ITvfAnbt2NCX2fa2M2hl6p8qyJ2brbSYCsmTYt9/blu/gSCqb3fIaW3wf6cFvPtt4vj1T9tb",
+	"NQ8UL8Pghz7cqJ93/VJLs5okZ3t050EMcZ6R5xkDRkCaStcwxKoCnP1++9SggvG6N6wCuHo2z7x3lUi3",
+	"Y/47ZTGLwjkRm5BxE4GMPVbwbYP7ErV7G5v6CUw6LEnRD3PZYybVPGRKMi4XTAMJ/aW3vKJ875m3u3dc",
+	"315g1y+z19XTeb02ueP2somqElEYxi1LAKNQFBAdE2cG7tieP8fuRUZxqoG7/W/7xVcNKzrqxdhE6TnX",
+	"MdtLlVRWSRGFLOJZBjEKuFWQ7TbdgWiDz8XlNssBj+MhuqGDz77uY/n4lVPcxdOVRKh96i/A6V5kZ3FM",
+	"3b0rqo1f0LNr1It3eFTN2ut/tzVy1MPBKe/h+Trr4ixG14YEYVWJIO9ROQbuM4tTJmJIM4VaUdd9p++d",
+	"yu9yrn8q/XdZuT/pEqhf8EMbeqo0fFsPO18PTkmKJUGVEeWiKK9cYk67DQpKSWDj3DJhDSST00qIxTfu",
+	"RefSmdGZvH91uv6/+vcvqKv+WGCHhnrukp3GQOepLPZJu+Dk002d4b+h5wTG1PhjFsZCWvDHZaRaUb1V",
+	"YkdqMjFgRy4HYJzwSGZJTPeIcBtRhWtRccFGVGg7NHA3wkjuWo7GMFEa/BMNDB6iJDfini4nM0qbQ/aH",
+	"sDO2+mGCSkBFghgfCnMt8ceISs9GjWtMDBtDouZMWLbnCC6y9StEX0vfDGS8HzJjRZIwDTbXEuJiRpTV",
+	"cEmmtXjxV8e3YM39X5dwqurkWeXHKS/Lu8uBOvLZK5rWygVGpTr8cETVWr52wJd+bTjovFbV3xARUWNu",
+	"RRb6C2LiNanulQ88w+bt8tnvmo4TQvt8jrZV9X1ej4gXFfHrpRlsr6lRnXSVuhn0u4bw6fSZlK6JeSR9",
+	"FYeDp9+TeLOLPOPasZ5uRKO6Q6fAMdh4gYz5Bmd8cQRWsFZNGKeoKlyxY88NXbhyCvQ4W71BOlDeG294",
+	"OJjP5weo2we5TkBGKoa4/w5bnV7fMcbuaqLab7p0hUasKDSqXXB3zqMZHJwrabVqqTY+S+Z8YdhIqgPC",
+	"xEchM4pJxSJsx24BMlPVSh1uvFa1qI4q+mqrj1rucu19w8H7Om5qyoSsbm9tK49ie62lUXVnGNnvXT06",
+	"AN7tCV+411/FEaaxq2snNZ9MRFQTwgsP/15ZAq4Wp2zkLusYMYNrcD4T0YzFkIGMQUYL5k9yPK+ocfYC",
+	"nXS2V17myWVc3ORJR7JRw/a7nHjtzzV0m+Pi5MOLIcCrByt6meHnyyxSYeaGKhLKVj/Vyj02qP5m4Xqq",
+	"/bmvOZFFzWS72ULhdZfUXQLX0eyjcZclbozFzrmBAyENSCMseuCZhol4KJJAZEZ9doHM6CmDNLMLlghj",
+	"jasK91dytvnrq2761ntjOgNFmu4XRYmvHxcl7iRG+Gj6pTzLCJXYEGJ0IP3Zip25KLv33d8IGXvBjxdU",
+	"nVVTTKFL1SwquItV4pZGbZkM0o1J7nfwktv7JivcUj301apFN1YylSxdNVyrJfCfbnABNwvaP93gWnJV",
+	"0F1YUHEMbMat+9u42sqi0LmsWx4Q0u6pWj+oUruSGz2FxEdbBbaBVK7bGBQQi4WGyENXtf/PYFq+/1C/",
+	"a5fGcdBqWNSx07OyTGvlv2a09feLL58voPvGv6xoa+J8NhpHF15S1cw7Qcub5f8FAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,
