@@ -121,7 +121,6 @@ func (s *Service) Close() { s.seq.close() }
 // Tokens returns the token issuer and verifier.
 func (s *Service) Tokens() *auth.Tokens { return s.tokens }
 
-
 // hasNUL reports whether s holds a NUL byte, which no stored string may:
 // the storage layer refuses such strings (a query fails, which would be a
 // 500) and PostgreSQL text cannot hold one. Free text is checked here so
