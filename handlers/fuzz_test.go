@@ -50,6 +50,9 @@ func FuzzRequests(f *testing.F) {
 		// invalid UTF-8 in a string, an oversized body.
 		{"BREW", "/register", "", ""},
 		{"OPTIONS", "/chats/1", "", ""},
+		{"PATCH", "/login", "", ""},
+		{"PUT", "/nowhere", "application/json", "1 2"},
+		{"DELETE", "/register", "application/json", `{"x":1} trailing`},
 		{"POST", "/register", "application/json", `{"name":"a","email":"t@b.io","password":"12345678"} {}`},
 		{"POST", "/register", "application/json", "{\"name\":\"\xff\",\"email\":\"u@b.io\",\"password\":\"12345678\"}"},
 		{"POST", "/chats", "application/json", `{"type":"group","name":"` + strings.Repeat("x", 70000) + `"}`},

@@ -93,9 +93,7 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 		}
 	})
 	e.Use(echomw.OapiRequestValidatorWithOptions(spec, &echomw.Options{
-		// OPTIONS is in no operation of the spec: echo's router answers it
-		// (204 with Allow) instead of the validator's bare 405.
-		Skipper:               func(c echo.Context) bool { return c.Request().Method == http.MethodOptions || unvalidated(c) },
+		Skipper:               unvalidated,
 		DoNotValidateServers:  true,
 		SilenceServersWarning: true,
 		ErrorHandler:          validationError,
@@ -438,8 +436,12 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			// RFC 9110 §15.5.6: a 405 names the methods the resource
 			// allows. echo's router found them; the validator, which
 			// answers first, does not set the header.
-			if allow, ok := c.Get(echo.ContextKeyHeaderAllow).(string); ok && allow != "" {
-				c.Response().Header().Set(echo.HeaderAllow, allow)
+			// echo lists OPTIONS first, always; the API answers no OPTIONS
+			// (the spec declares none, so it is a 405 too).
+			if allow, ok := c.Get(echo.ContextKeyHeaderAllow).(string); ok {
+				if allow = strings.TrimPrefix(allow, http.MethodOptions+", "); allow != "" && allow != http.MethodOptions {
+					c.Response().Header().Set(echo.HeaderAllow, allow)
+				}
 			}
 		}
 		if status == http.StatusRequestEntityTooLarge {
@@ -535,6 +537,11 @@ func readBody(next echo.HandlerFunc) echo.HandlerFunc {
 		if r.Body == nil || r.Body == http.NoBody {
 			return next(c)
 		}
+		if c.Path() == "" || c.Get(echo.ContextKeyHeaderAllow) != nil {
+			// No route (404) or not this method (405): that is the answer,
+			// whatever the body; it is not read.
+			return next(c)
+		}
 		if r.ContentLength > MaxBodyBytes {
 			return echo.ErrStatusRequestEntityTooLarge
 		}
@@ -547,13 +554,15 @@ func readBody(next echo.HandlerFunc) echo.HandlerFunc {
 			return echo.ErrStatusRequestEntityTooLarge
 		case err != nil:
 			// A body cut off, or trickled past the server's ReadTimeout:
-			// the connection is done for.
+			// the connection is done for. 400, which every operation with
+			// a body declares (a 408 would be undocumented).
 			c.Response().Header().Set(echo.HeaderConnection, "close")
+			detail := "the request body could not be read"
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return writeProblem(c, newProblem(http.StatusRequestTimeout, gen.ProblemCodeBadRequest, "the request body did not arrive in time"))
+				detail = "the request body did not arrive in time"
 			}
-			return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, "the request body could not be read"))
+			return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, detail))
 		}
 		if len(body) > 0 && isJSON(r.Header.Get(echo.HeaderContentType)) {
 			if p := checkJSON(body); p != nil {

@@ -414,18 +414,14 @@ func TestOddInput(t *testing.T) {
 		})
 		t.Run("405 names the allowed methods", func(t *testing.T) {
 			for _, c := range []struct{ method, path, allow string }{
-				{"BREW", "/register", "OPTIONS, POST"}, {"GET", "/login", "OPTIONS, POST"}, {"DELETE", "/chats/1", "OPTIONS, GET"},
-				{"PUT", "/chats", "OPTIONS, GET, POST"},
+				{"BREW", "/register", "POST"}, {"GET", "/login", "POST"}, {"DELETE", "/chats/1", "GET"},
+				{"PUT", "/chats", "GET, POST"}, {"OPTIONS", "/chats", "GET, POST"},
 			} {
 				code, hdr, body := s.Do(t, c.method, c.path, "", nil, u.Token)
 				wantProblem(t, code, hdr, body, 405, gen.ProblemCodeMethodNotAllowed)
 				if got := hdr.Get("Allow"); got != c.allow {
 					t.Errorf("%s %s: got Allow %q, want %q", c.method, c.path, got, c.allow)
 				}
-			}
-			code, hdr, _ := s.Do(t, "OPTIONS", "/chats", "", nil, "")
-			if code != 204 || hdr.Get("Allow") != "OPTIONS, GET, POST" {
-				t.Errorf("OPTIONS /chats: got %d Allow %q, want 204 with OPTIONS, GET, POST", code, hdr.Get("Allow"))
 			}
 		})
 		t.Run("tokens are not cached", func(t *testing.T) {
