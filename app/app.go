@@ -4,6 +4,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -51,12 +52,19 @@ type Main struct {
 	// servers this way). BrokerOptions configure the one Open builds.
 	Broker        broker.Broker
 	BrokerOptions broker.Options
-	// Realtime tunes WebSocket delivery; Open fills in the logger and the
-	// allowed origins.
+	// Realtime tunes WebSocket delivery; Open fills in the logger, the
+	// allowed origins and the replica id.
 	Realtime realtime.Config
 	// WrapHandler, when set before Open, wraps the HTTP handler the server
 	// serves: tests check every response against api/openapi.yaml this way.
 	WrapHandler func(http.Handler) http.Handler
+	// HTTP bounds how long a client may hold a connection; zero fields
+	// take the defaults of DefaultHTTPTimeouts (tests shorten them).
+	HTTP HTTPTimeouts
+	// HashSlots and HashWait bound concurrent password hashing (see
+	// chat.Config); zero means GOMAXPROCS and auth.DefaultHashWait.
+	HashSlots int
+	HashWait  time.Duration
 
 	Metrics *metrics.Metrics
 	Store   *repo.Store
@@ -67,6 +75,27 @@ type Main struct {
 	ln   net.Listener
 	http *http.Server
 }
+
+// HTTPTimeouts are the public server's connection timeouts.
+type HTTPTimeouts struct {
+	// ReadHeader bounds the request line and headers; Read bounds the
+	// whole request, body included, so a body trickled a byte at a time
+	// cannot hold a connection (and a goroutine) for ever. WebSockets are
+	// hijacked before it runs out, and the WebSocket code sets its own
+	// deadlines. Idle is how long a keep-alive connection may wait for its
+	// next request: longer than nginx's upstream keepalive_timeout (60 s),
+	// so that nginx, not this server, closes idle upstream connections and
+	// never sends a request on one being closed.
+	ReadHeader, Read, Idle time.Duration
+}
+
+// DefaultHTTPTimeouts are the production timeouts.
+var DefaultHTTPTimeouts = HTTPTimeouts{ReadHeader: 10 * time.Second, Read: 30 * time.Second, Idle: 75 * time.Second}
+
+// MaxHeaderBytes bounds a request's line and headers (net/http allows 1
+// MiB by default): a bearer token is a few hundred bytes, and nginx itself
+// refuses header lines over 8 KiB by default. Larger requests get 431.
+const MaxHeaderBytes = 16 << 10
 
 // New returns a Main for cfg that logs to logger.
 func New(cfg Config, logger *slog.Logger) *Main {
@@ -101,7 +130,9 @@ func (m *Main) Open(ctx context.Context) error {
 	svc, err := chat.New(chat.Config{
 		Store: store, Broker: m.Broker, Metrics: m.Metrics, Logger: m.Logger,
 		Tokens: auth.NewTokens(secret, m.Config.JWTTTL), Argon2: m.Argon2,
-		Limits:    chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, UserSendRate: lim.UserSendRate},
+		HashSlots: m.HashSlots, HashWait: m.HashWait,
+		Limits: chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, RegisterPerIP: lim.RegisterPerIP,
+			UserSendRate: lim.UserSendRate},
 		Sequencer: chat.SequencerConfig{Shards: m.Config.SendShards},
 	})
 	if err != nil {
@@ -119,6 +150,9 @@ func (m *Main) Open(ctx context.Context) error {
 	if rc.MaxConnsPerUser == 0 {
 		rc.MaxConnsPerUser = lim.MaxConnsPerUser
 	}
+	if rc.MaxConns == 0 {
+		rc.MaxConns = lim.MaxConns
+	}
 	rc.Logger = m.Logger
 	rc.Metrics = m.Metrics
 	if rc.PresenceTTL == 0 {
@@ -127,11 +161,26 @@ func (m *Main) Open(ctx context.Context) error {
 	if rc.AllowedOrigins == nil {
 		rc.AllowedOrigins = m.Config.AllowedOrigins
 	}
+	name := m.Config.ReplicaName
+	if name == "" {
+		name = randomHex(4)
+	}
+	if rc.Replica == "" {
+		// Presence entries are keyed by this id, so it must differ between
+		// processes even when operators give two replicas one name.
+		rc.Replica = name + "-" + randomHex(3)
+	}
 	m.Hub = realtime.New(rc, svc, store, m.Broker)
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	replica := m.Hub.Replica()
+	// The replica's name, not its host name and pid (which tell an attacker
+	// about the machine), unless debugging.
+	replica := name
+	if m.Config.LogLevel <= slog.LevelDebug {
+		host, _ := os.Hostname()
+		replica = fmt.Sprintf("%s; id=%s; host=%s; pid=%d", name, m.Hub.Replica(), host, os.Getpid())
+	}
 	e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			// Tells clients (and the end-to-end test) which replica answered.
@@ -140,10 +189,15 @@ func (m *Main) Open(ctx context.Context) error {
 		}
 	})
 	srv := handlers.NewServer(svc, dbCheck{store}, brokerCheck{m.Broker})
+	trusted := m.Config.TrustedProxies
+	if trusted == nil {
+		trusted, _ = parseTrustedProxies(DefaultTrustedProxies)
+	}
 	if err := handlers.Mount(e, srv, svc, handlers.Options{
-		Logger:      m.Logger,
-		Metrics:     m.Metrics,
-		Unvalidated: NonSpecPaths,
+		Logger:         m.Logger,
+		Metrics:        m.Metrics,
+		Unvalidated:    NonSpecPaths,
+		TrustedProxies: trusted,
 	}); err != nil {
 		return err
 	}
@@ -162,7 +216,16 @@ func (m *Main) Open(ctx context.Context) error {
 	if m.WrapHandler != nil {
 		handler = m.WrapHandler(e)
 	}
-	m.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn)}
+	to := m.HTTP
+	def := DefaultHTTPTimeouts
+	m.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cmp.Or(to.ReadHeader, def.ReadHeader),
+		ReadTimeout:       cmp.Or(to.Read, def.Read),
+		IdleTimeout:       cmp.Or(to.Idle, def.Idle),
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+	}
 	if m.Config.PprofAddr != "" {
 		m.startPprof()
 	}
@@ -243,11 +306,7 @@ func (m *Main) jwtSecret() ([]byte, error) {
 	if err := os.MkdirAll(m.Config.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return nil, err
-	}
-	secret := hex.EncodeToString(raw)
+	secret := randomHex(32)
 	// Write a private temporary file, then link it into place: the link fails
 	// when another process got there first, and nobody reads a half-written
 	// secret.
@@ -293,6 +352,14 @@ func NewBroker(ctx context.Context, cfg Config, opts broker.Options) (broker.Bro
 		return nil, fmt.Errorf("connect to redis: %w", err)
 	}
 	return b, nil
+}
+
+// randomHex returns n random bytes in hex. crypto/rand.Read never fails
+// (it panics if the system's source breaks).
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 type brokerCheck struct{ b broker.Broker }

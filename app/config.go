@@ -28,7 +28,18 @@ type Config struct {
 	RedisPrefix    string        // WINDI_REDIS_PREFIX: keys and channels of this deployment
 	PprofAddr      string        // WINDI_PPROF_ADDR: serve net/http/pprof there when set
 	SendShards     int           // WINDI_SEND_SHARDS: send transactions in flight per replica
+	// TrustedProxies (WINDI_TRUSTED_PROXIES) are the peers whose
+	// X-Forwarded-For is believed; nil means DefaultTrustedProxies, empty
+	// means none.
+	TrustedProxies []*net.IPNet
+	// ReplicaName (WINDI_REPLICA_NAME) is what X-Windi-Replica shows;
+	// empty means a random id chosen at start-up.
+	ReplicaName string
 }
+
+// DefaultTrustedProxies is WINDI_TRUSTED_PROXIES's default: loopback only,
+// a proxy on the same host (as in CI and the end-to-end tests).
+const DefaultTrustedProxies = "127.0.0.0/8,::1/128"
 
 // EnvVar documents one environment variable for --help.
 type EnvVar struct {
@@ -49,6 +60,8 @@ var EnvVars = []EnvVar{
 	{"WINDI_REDIS_PREFIX", "windi:", "prefix of every Redis key and channel, so deployments can share one Redis"},
 	{"WINDI_PPROF_ADDR", "", "serve Go's pprof profiles on this address (e.g. 127.0.0.1:6060); unset: off"},
 	{"WINDI_SEND_SHARDS", "1", "send transactions in flight per replica: chats are spread over this many sequencer workers, each committing everything queued for its chats in one transaction"},
+	{"WINDI_TRUSTED_PROXIES", DefaultTrustedProxies, "comma-separated CIDRs (or addresses) of the proxies whose X-Forwarded-For is believed for the client IP; none: believe no one"},
+	{"WINDI_REPLICA_NAME", "", "name shown in the X-Windi-Replica response header (letters, digits, . _ -; up to 64); unset: a random id per process"},
 }
 
 // LoadConfig reads the configuration through getenv. A variable set to the
@@ -113,6 +126,12 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		if fi, err := os.Stat(cfg.DataDir); err == nil && !fi.IsDir() {
 			return Config{}, fmt.Errorf("WINDI_DATA_DIR: %q is not a directory", cfg.DataDir)
 		}
+	}
+	if cfg.TrustedProxies, err = parseTrustedProxies(get("WINDI_TRUSTED_PROXIES")); err != nil {
+		return Config{}, fmt.Errorf("WINDI_TRUSTED_PROXIES: %v", err)
+	}
+	if cfg.ReplicaName = get("WINDI_REPLICA_NAME"); cfg.ReplicaName != "" && !validReplicaName(cfg.ReplicaName) {
+		return Config{}, fmt.Errorf("WINDI_REPLICA_NAME: %q is not 1..64 letters, digits, '.', '_' or '-'", cfg.ReplicaName)
 	}
 	for _, o := range strings.Split(get("WINDI_ALLOWED_ORIGINS"), ",") {
 		if o = strings.TrimSpace(o); o != "" {
@@ -209,4 +228,53 @@ func checkOrigin(o string) error {
 		return fmt.Errorf("has a trailing slash; browsers send origins without one")
 	}
 	return nil
+}
+
+// parseTrustedProxies reads WINDI_TRUSTED_PROXIES: comma-separated CIDRs
+// or single addresses, or "none".
+func parseTrustedProxies(v string) ([]*net.IPNet, error) {
+	out := []*net.IPNet{}
+	if strings.EqualFold(strings.TrimSpace(v), "none") {
+		return out, nil
+	}
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if !strings.Contains(item, "/") {
+			ip := net.ParseIP(item)
+			if ip == nil {
+				return nil, fmt.Errorf("%q is neither a CIDR such as 10.0.0.0/8 nor an address", item)
+			}
+			bits := 128
+			if ip.To4() != nil {
+				ip, bits = ip.To4(), 32
+			}
+			out = append(out, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+			continue
+		}
+		_, n, err := net.ParseCIDR(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is neither a CIDR such as 10.0.0.0/8 nor an address", item)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no CIDR given (use none to trust no proxy)")
+	}
+	return out, nil
+}
+
+// validReplicaName accepts what is safe in a header and in logs.
+func validReplicaName(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return s != ""
 }

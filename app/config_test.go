@@ -87,3 +87,62 @@ func TestLoadConfigRedisCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadConfigSecurity(t *testing.T) {
+	cfg, err := app.LoadConfig(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nets []string
+	for _, n := range cfg.TrustedProxies {
+		nets = append(nets, n.String())
+	}
+	if strings.Join(nets, ",") != "127.0.0.0/8,::1/128" || cfg.ReplicaName != "" {
+		t.Errorf("got trusted proxies %v, replica name %q; want loopback only and no name", nets, cfg.ReplicaName)
+	}
+	l := cfg.Limits
+	if l.RegisterPerIP != 20 || l.MaxConns != 10000 || l.LoginPerEmail != 10 || l.LoginPerIP != 120 {
+		t.Errorf("got limits %+v, want register 20/min per IP and 10000 connections by default", l)
+	}
+	cfg, err = app.LoadConfig(env(map[string]string{
+		"WINDI_TRUSTED_PROXIES": " 172.30.80.10 , 10.0.0.0/8,fd00::/8", "WINDI_REPLICA_NAME": "windi-1",
+		"WINDI_REGISTER_LIMIT_IP": "0", "WINDI_MAX_CONNS": "0",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets = nets[:0]
+	for _, n := range cfg.TrustedProxies {
+		nets = append(nets, n.String())
+	}
+	if strings.Join(nets, ",") != "172.30.80.10/32,10.0.0.0/8,fd00::/8" || cfg.ReplicaName != "windi-1" ||
+		cfg.Limits.RegisterPerIP != 0 || cfg.Limits.MaxConns != 0 {
+		t.Errorf("got %v, %q, %+v", nets, cfg.ReplicaName, cfg.Limits)
+	}
+	cfg, err = app.LoadConfig(env(map[string]string{"WINDI_TRUSTED_PROXIES": "none"}))
+	if err != nil || cfg.TrustedProxies == nil || len(cfg.TrustedProxies) != 0 {
+		t.Errorf("none: got %v, %v; want an empty, non-nil list", cfg.TrustedProxies, err)
+	}
+	for name, kv := range map[string]map[string]string{
+		"WINDI_TRUSTED_PROXIES":   {"WINDI_TRUSTED_PROXIES": "10.0.0.0/33"},
+		"WINDI_REPLICA_NAME":      {"WINDI_REPLICA_NAME": "has space"},
+		"WINDI_REGISTER_LIMIT_IP": {"WINDI_REGISTER_LIMIT_IP": "-1"},
+		"WINDI_MAX_CONNS":         {"WINDI_MAX_CONNS": "many"},
+	} {
+		if _, err := app.LoadConfig(env(kv)); err == nil || !strings.HasPrefix(err.Error(), name+":") {
+			t.Errorf("%v: got %v, want an error starting with %s:", kv, err, name)
+		}
+	}
+	if _, err := app.LoadConfig(env(map[string]string{"WINDI_REPLICA_NAME": strings.Repeat("n", 65)})); err == nil {
+		t.Error("a 65-character replica name was accepted")
+	}
+	help := map[string]bool{}
+	for _, v := range app.EnvVars {
+		help[v.Name] = true
+	}
+	for _, name := range []string{"WINDI_TRUSTED_PROXIES", "WINDI_REPLICA_NAME", "WINDI_REGISTER_LIMIT_IP", "WINDI_MAX_CONNS"} {
+		if !help[name] {
+			t.Errorf("%s is not in EnvVars (windi --help)", name)
+		}
+	}
+}

@@ -22,7 +22,10 @@ var ErrInvalidToken = errors.New("invalid token")
 
 // Argon2Params are the argon2id cost parameters. The defaults follow the
 // OWASP recommendation (19 MiB, 2 passes, 1 lane), which costs about 30 ms on
-// one core of the reference machine.
+// one core of the reference machine. Memory is allocated in full by every
+// computation (a hash at registration, a check at login) while it runs, so
+// concurrent computations cost Memory KiB each: Hasher bounds how many run
+// at once.
 type Argon2Params struct {
 	Memory  uint32 // KiB
 	Time    uint32

@@ -101,7 +101,7 @@ else
 fi
 # Limits off for throughput: sends per connection and per user, logins per
 # IP and email (the tool registers and logs in hundreds of users from one IP).
-export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0
+export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0 WINDI_REGISTER_LIMIT_IP=0
 export WINDI_LOG_LEVEL=${WINDI_LOG_LEVEL:-warn}
 
 urls=()

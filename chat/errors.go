@@ -3,6 +3,7 @@ package chat
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -29,16 +30,45 @@ const (
 )
 
 // Error is a rule violation with a client-safe message. Field names the
-// offending input where there is one.
+// offending input where there is one; Fields lists every offending input
+// when a request breaks several rules at once (Field and Message are then
+// the first of them).
 type Error struct {
 	Code    Code
 	Message string
 	Field   string
+	Fields  []FieldError
 	// RetryAfter tells a rate-limited caller when to try again.
 	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// FieldError is one offending input of a CodeInvalid error.
+type FieldError struct {
+	Field, Message string
+}
+
+// fieldErrors collects the rule violations of one request, so that a
+// client learns every field to fix at once.
+type fieldErrors []FieldError
+
+func (fe *fieldErrors) add(err *Error) {
+	*fe = append(*fe, FieldError{Field: err.Field, Message: err.Message})
+}
+
+// err is nil when nothing was added, else one CodeInvalid error naming
+// every field.
+func (fe fieldErrors) err() error {
+	if len(fe) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(fe))
+	for i, f := range fe {
+		msgs[i] = f.Message
+	}
+	return &Error{Code: CodeInvalid, Field: fe[0].Field, Message: strings.Join(msgs, "; "), Fields: fe}
+}
 
 func errorf(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}

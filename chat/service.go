@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/mail"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -41,30 +40,37 @@ type HitCounter interface {
 
 // Limits are the service's abuse limits; zero turns one off.
 type Limits struct {
-	LoginPerEmail int // failed login attempts per email per minute
-	LoginPerIP    int // failed login attempts per client IP per minute
+	LoginPerEmail int // login attempts per email per minute
+	LoginPerIP    int // login attempts per client IP (IPv6: per /64) per minute
+	RegisterPerIP int // registrations per client IP (IPv6: per /64) per minute
 	UserSendRate  int // REST sends per user per second
 }
 
-type ipKey struct{}
+type clientIPKey struct{}
 
 // WithClientIP returns ctx carrying the caller's IP address, for per-IP
 // limits.
 func WithClientIP(ctx context.Context, ip string) context.Context {
-	return context.WithValue(ctx, ipKey{}, ip)
+	return context.WithValue(ctx, clientIPKey{}, ip)
 }
 
 func clientIP(ctx context.Context) string {
-	ip, _ := ctx.Value(ipKey{}).(string)
+	ip, _ := ctx.Value(clientIPKey{}).(string)
 	return ip
 }
 
 // Config holds the service's dependencies; Store, Tokens and Broker are
 // required.
 type Config struct {
-	Store     *repo.Store
-	Tokens    *auth.Tokens
-	Argon2    auth.Argon2Params
+	Store  *repo.Store
+	Tokens *auth.Tokens
+	Argon2 auth.Argon2Params
+	// HashSlots bounds the argon2id computations running at once (each
+	// holds Argon2.Memory); 0 means GOMAXPROCS. HashWait is how long a
+	// registration or login waits for a slot before it is answered
+	// CodeUnavailable; 0 means auth.DefaultHashWait.
+	HashSlots int
+	HashWait  time.Duration
 	Logger    *slog.Logger
 	Broker    Broker
 	Limits    Limits
@@ -76,7 +82,7 @@ type Config struct {
 type Service struct {
 	store     *repo.Store
 	tokens    *auth.Tokens
-	argon     auth.Argon2Params
+	hasher    *auth.Hasher
 	log       *slog.Logger
 	broker    Broker
 	hits      HitCounter
@@ -89,7 +95,7 @@ type Service struct {
 // New returns a Service and starts its sequencer; Close stops it.
 func New(cfg Config) (*Service, error) {
 	s := &Service{
-		store: cfg.Store, tokens: cfg.Tokens, argon: cfg.Argon2, log: cfg.Logger,
+		store: cfg.Store, tokens: cfg.Tokens, hasher: auth.NewHasher(cfg.Argon2, cfg.HashSlots, cfg.HashWait), log: cfg.Logger,
 		broker: cfg.Broker, hits: cfg.Broker, limits: cfg.Limits, metrics: cfg.Metrics,
 	}
 	if s.store == nil || s.tokens == nil || s.broker == nil {
@@ -99,7 +105,7 @@ func New(cfg Config) (*Service, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("component", "chat")
-	h, err := auth.HashPassword("not a real password", s.argon)
+	h, err := auth.HashPassword("not a real password", cfg.Argon2)
 	if err != nil {
 		return nil, err
 	}
@@ -115,38 +121,58 @@ func (s *Service) Close() { s.seq.close() }
 // Tokens returns the token issuer and verifier.
 func (s *Service) Tokens() *auth.Tokens { return s.tokens }
 
-// NormalizeEmail trims and lowercases an email address.
-func NormalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
-
 // hasNUL reports whether s holds a NUL byte, which no stored string may:
 // the storage layer refuses such strings (a query fails, which would be a
 // 500) and PostgreSQL text cannot hold one. Free text is checked here so
 // that it is refused as invalid, or, in lookups, matches nothing.
 func hasNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
-// Register creates an account. Errors: CodeInvalid, CodeEmailTaken.
+// Register creates an account. Errors: CodeInvalid (naming every bad
+// field), CodeRateLimited (too many registrations from the caller's
+// address), CodeUnavailable (storage down, or password hashing at capacity:
+// retry after RetryAfter), CodeEmailTaken.
 func (s *Service) Register(ctx context.Context, name, email, password string) (repo.User, error) {
+	var bad fieldErrors
 	name = strings.TrimSpace(name)
 	if n := utf8.RuneCountInString(name); n < 1 || n > MaxNameChars {
-		return repo.User{}, invalid("name", "name must be 1..%d characters", MaxNameChars)
+		bad.add(invalid("name", "name must be 1..%d characters", MaxNameChars))
+	} else if hasNUL(name) {
+		bad.add(invalid("name", "name must not contain NUL characters"))
 	}
-	if hasNUL(name) {
-		return repo.User{}, invalid("name", "name must not contain NUL characters")
-	}
+	raw := email
 	email = NormalizeEmail(email)
 	if err := validEmail(email); err != nil {
-		return repo.User{}, err
+		bad.add(err)
 	}
 	if n := utf8.RuneCountInString(password); n < MinPasswordChars || n > MaxPasswordChars {
-		return repo.User{}, invalid("password", "password must be %d..%d characters", MinPasswordChars, MaxPasswordChars)
+		bad.add(invalid("password", "password must be %d..%d characters", MinPasswordChars, MaxPasswordChars))
 	}
-	hash, err := auth.HashPassword(password, s.argon)
-	if err != nil {
+	if err := bad.err(); err != nil {
 		return repo.User{}, err
+	}
+	// Counted before the hash, so that concurrent requests cannot all slip
+	// under the limit while the first ones are still hashing.
+	if ip := clientIP(ctx); ip != "" {
+		if err := s.limit(ctx, ipKey("register", ip), s.limits.RegisterPerIP, time.Minute); err != nil {
+			return repo.User{}, err
+		}
+	}
+	// An account stored before NFKC normalization keeps its old form; the
+	// new form of the same address must not register beside it.
+	if old := legacyEmail(raw); old != email && !hasNUL(old) {
+		if _, err := s.store.UserByEmail(ctx, old); err == nil {
+			return repo.User{}, emailTaken()
+		} else if !errors.Is(err, repo.ErrNotFound) {
+			return repo.User{}, classify(err)
+		}
+	}
+	hash, err := s.hasher.Hash(ctx, password)
+	if err != nil {
+		return repo.User{}, hashFailed(err)
 	}
 	u, err := s.store.CreateUser(ctx, name, email, hash)
 	if errors.Is(err, repo.ErrConflict) {
-		return repo.User{}, &Error{Code: CodeEmailTaken, Field: "email", Message: "email is already registered"}
+		return repo.User{}, emailTaken()
 	}
 	if err != nil {
 		return repo.User{}, classify(err)
@@ -155,15 +181,18 @@ func (s *Service) Register(ctx context.Context, name, email, password string) (r
 	return u, nil
 }
 
-func validEmail(email string) error {
-	if len(email) == 0 || len(email) > MaxEmailBytes {
-		return invalid("email", "email must be a valid address up to %d bytes", MaxEmailBytes)
+func emailTaken() error {
+	return &Error{Code: CodeEmailTaken, Field: "email", Message: "email is already registered"}
+}
+
+// hashFailed turns a hashing failure into the caller's answer: busy is
+// "unavailable, retry in a second"; a request that went away gets its
+// context's error.
+func hashFailed(err error) error {
+	if errors.Is(err, auth.ErrBusy) {
+		return &Error{Code: CodeUnavailable, Message: "the server is busy; retry shortly", RetryAfter: time.Second}
 	}
-	addr, err := mail.ParseAddress(email)
-	if err != nil || addr.Address != email || addr.Name != "" {
-		return invalid("email", "email must be a valid address")
-	}
-	return nil
+	return err
 }
 
 // LoginResult is an issued access token.
@@ -175,29 +204,35 @@ type LoginResult struct {
 
 // Login checks credentials and issues a token. An unknown email and a wrong
 // password fail identically (CodeUnauthorized) and cost the same time.
+// Every attempt counts against the per-email and per-IP limits before the
+// password is hashed (CodeRateLimited once a limit is used up, even for the
+// right password); CodeUnavailable when hashing stays at capacity.
 func (s *Service) Login(ctx context.Context, email, password string) (LoginResult, error) {
+	raw := email
 	email = NormalizeEmail(email)
-	// Failed attempts count; once an email or an address has used up its
-	// failures for the minute, even the right password waits.
+	// Counting first is what makes the limits hold under concurrency: a
+	// burst of attempts for one email or from one address gets no more
+	// hashes than the limit, however many arrive at once.
 	keys := []struct {
 		key string
 		max int
-	}{{"login:email:" + email, s.limits.LoginPerEmail}}
+	}{{emailKey("login", email), s.limits.LoginPerEmail}}
 	if ip := clientIP(ctx); ip != "" {
 		keys = append(keys, struct {
 			key string
 			max int
-		}{"login:ip:" + ip, s.limits.LoginPerIP})
+		}{ipKey("login", ip), s.limits.LoginPerIP})
 	}
+	var limited error
 	for _, k := range keys {
-		if err := s.blocked(ctx, k.key, k.max, time.Minute); err != nil {
-			return LoginResult{}, err
+		if err := s.limit(ctx, k.key, k.max, time.Minute); err != nil && limited == nil {
+			limited = err
 		}
 	}
-	u, err := repo.User{}, repo.ErrNotFound // no registered address has a NUL byte (validEmail)
-	if !hasNUL(email) {
-		u, err = s.store.UserByEmail(ctx, email)
+	if limited != nil {
+		return LoginResult{}, limited
 	}
+	u, err := s.userByEmail(ctx, email, legacyEmail(raw))
 	if err != nil && !errors.Is(err, repo.ErrNotFound) {
 		return LoginResult{}, classify(err)
 	}
@@ -205,14 +240,12 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 	if err == nil {
 		hash = u.PasswordHash
 	}
-	ok := auth.CheckPassword(hash, password)
+	ok, herr := s.hasher.Check(ctx, hash, password)
+	if herr != nil {
+		return LoginResult{}, hashFailed(herr)
+	}
 	if err != nil || !ok {
 		s.log.InfoContext(ctx, "login failed", "event", "login.failed", "user_id", u.ID)
-		for _, k := range keys {
-			if k.max > 0 {
-				_ = s.limit(ctx, k.key, k.max, time.Minute) // count the failure; the next attempt is refused
-			}
-		}
 		return LoginResult{}, errorf(CodeUnauthorized, "incorrect email or password")
 	}
 	tok, exp, err := s.tokens.Issue(u.ID)
@@ -221,6 +254,20 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 	}
 	s.log.InfoContext(ctx, "login ok", "event", "login.ok", "user_id", u.ID)
 	return LoginResult{Token: tok, ExpiresIn: time.Until(exp).Round(time.Second), UserID: u.ID}, nil
+}
+
+// userByEmail finds the account of a normalized address, or of its
+// pre-NFKC form (old accounts), or returns repo.ErrNotFound. No stored
+// address holds a NUL byte (validEmail), so such input is not looked up.
+func (s *Service) userByEmail(ctx context.Context, email, legacy string) (repo.User, error) {
+	if hasNUL(email) {
+		return repo.User{}, repo.ErrNotFound
+	}
+	u, err := s.store.UserByEmail(ctx, email)
+	if errors.Is(err, repo.ErrNotFound) && legacy != email {
+		return s.store.UserByEmail(ctx, legacy)
+	}
+	return u, err
 }
 
 // AllowUserSend applies the per-user send limit of REST sends
@@ -234,33 +281,17 @@ func (s *Service) AllowUserSend(ctx context.Context, userID int64) error {
 // max; max 0 is off. A broker failure lets the request through: limits
 // protect the service, they must not take it down.
 func (s *Service) limit(ctx context.Context, key string, max int, window time.Duration) error {
-	return s.rate(ctx, key, max, window, true)
-}
-
-// blocked refuses when key already holds max hits in the current window,
-// without counting.
-func (s *Service) blocked(ctx context.Context, key string, max int, window time.Duration) error {
-	return s.rate(ctx, key, max, window, false)
-}
-
-// rate implements limit (count: hit, then compare) and blocked (peek).
-func (s *Service) rate(ctx context.Context, key string, max int, window time.Duration, count bool) error {
 	if max <= 0 {
 		return nil
 	}
-	hits := s.hits.Hits
-	if count {
-		hits = s.hits.Hit
-	}
-	n, err := hits(ctx, key, window)
+	n, err := s.hits.Hit(ctx, key, window)
 	if err != nil {
 		s.metrics.BrokerError("hit")
 		s.log.WarnContext(ctx, "rate limit check failed; allowing", "event", "broker.error", "op", "hit", "err", err)
 		return nil
 	}
-	// After counting, the window may hold max (this hit included); before,
-	// it must leave room for one more.
-	if count && n <= int64(max) || !count && n < int64(max) {
+	// After counting, the window may hold max (this hit included).
+	if n <= int64(max) {
 		return nil
 	}
 	return s.limited(ctx, key, window)

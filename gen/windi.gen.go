@@ -3825,6 +3825,11 @@ type SendMessageResponse429Headers struct {
 	RetryAfter *int
 }
 
+// SendMessageResponse503Headers the declared response headers of an HTTP 503 response for SendMessage
+type SendMessageResponse503Headers struct {
+	RetryAfter *int
+}
+
 type SendMessageResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3852,6 +3857,8 @@ type SendMessageResponse struct {
 	ApplicationProblemJSONDefault *Error
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *SendMessageResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *SendMessageResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -3938,6 +3945,11 @@ func (r SendMessageResponse) ContentType() string {
 	return ""
 }
 
+// DeleteMessageResponse503Headers the declared response headers of an HTTP 503 response for DeleteMessage
+type DeleteMessageResponse503Headers struct {
+	RetryAfter *int
+}
+
 type DeleteMessageResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -3957,6 +3969,8 @@ type DeleteMessageResponse struct {
 	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *DeleteMessageResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -4028,6 +4042,11 @@ func (r DeleteMessageResponse) ContentType() string {
 	return ""
 }
 
+// EditMessageResponse503Headers the declared response headers of an HTTP 503 response for EditMessage
+type EditMessageResponse503Headers struct {
+	RetryAfter *int
+}
+
 type EditMessageResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4051,6 +4070,8 @@ type EditMessageResponse struct {
 	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *EditMessageResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -4132,6 +4153,11 @@ func (r EditMessageResponse) ContentType() string {
 	return ""
 }
 
+// RemoveReactionResponse503Headers the declared response headers of an HTTP 503 response for RemoveReaction
+type RemoveReactionResponse503Headers struct {
+	RetryAfter *int
+}
+
 type RemoveReactionResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4151,6 +4177,8 @@ type RemoveReactionResponse struct {
 	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RemoveReactionResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -4222,6 +4250,11 @@ func (r RemoveReactionResponse) ContentType() string {
 	return ""
 }
 
+// AddReactionResponse503Headers the declared response headers of an HTTP 503 response for AddReaction
+type AddReactionResponse503Headers struct {
+	RetryAfter *int
+}
+
 type AddReactionResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4243,6 +4276,8 @@ type AddReactionResponse struct {
 	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *AddReactionResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -4796,8 +4831,18 @@ func (r GetHistoryResponse) ContentType() string {
 	return ""
 }
 
+// LoginResponse200Headers the declared response headers of an HTTP 200 response for Login
+type LoginResponse200Headers struct {
+	CacheControl string
+}
+
 // LoginResponse429Headers the declared response headers of an HTTP 429 response for Login
 type LoginResponse429Headers struct {
+	RetryAfter *int
+}
+
+// LoginResponse503Headers the declared response headers of an HTTP 503 response for Login
+type LoginResponse503Headers struct {
 	RetryAfter *int
 }
 
@@ -4816,10 +4861,16 @@ type LoginResponse struct {
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationProblemJSON429 *TooManyRequests
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *LoginResponse200Headers
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *LoginResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *LoginResponse503Headers
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
@@ -4850,6 +4901,11 @@ func (r LoginResponse) GetApplicationProblemJSON422() *Unprocessable {
 // GetApplicationProblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r LoginResponse) GetApplicationProblemJSON429() *TooManyRequests {
 	return r.ApplicationProblemJSON429
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r LoginResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -4946,6 +5002,11 @@ type RegisterResponse429Headers struct {
 	RetryAfter *int
 }
 
+// RegisterResponse503Headers the declared response headers of an HTTP 503 response for Register
+type RegisterResponse503Headers struct {
+	RetryAfter *int
+}
+
 type RegisterResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4961,10 +5022,14 @@ type RegisterResponse struct {
 	ApplicationProblemJSON422 *Unprocessable
 	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
 	ApplicationProblemJSON429 *TooManyRequests
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
 	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationProblemJSONDefault *Error
 	// Headers429 the parsed response headers for an HTTP 429 response
 	Headers429 *RegisterResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RegisterResponse503Headers
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
@@ -4995,6 +5060,11 @@ func (r RegisterResponse) GetApplicationProblemJSON422() *Unprocessable {
 // GetApplicationProblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
 func (r RegisterResponse) GetApplicationProblemJSON429() *TooManyRequests {
 	return r.ApplicationProblemJSON429
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RegisterResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
 }
 
 // GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -5791,6 +5861,16 @@ func ParseSendMessageResponse(rsp *http.Response) (*SendMessageResponse, error) 
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers SendMessageResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -5866,6 +5946,19 @@ func ParseDeleteMessageResponse(rsp *http.Response) (*DeleteMessageResponse, err
 		}
 		response.ApplicationProblemJSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers DeleteMessageResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -5957,6 +6050,19 @@ func ParseEditMessageResponse(rsp *http.Response) (*EditMessageResponse, error) 
 
 	}
 
+	switch {
+	case rsp.StatusCode == 503:
+		var headers EditMessageResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
 	return response, nil
 }
 
@@ -6030,6 +6136,19 @@ func ParseRemoveReactionResponse(rsp *http.Response) (*RemoveReactionResponse, e
 		}
 		response.ApplicationProblemJSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers RemoveReactionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -6112,6 +6231,19 @@ func ParseAddReactionResponse(rsp *http.Response) (*AddReactionResponse, error) 
 		}
 		response.ApplicationProblemJSONDefault = &dest
 
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers AddReactionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -6563,6 +6695,13 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 		}
 		response.ApplicationProblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6573,6 +6712,16 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 	}
 
 	switch {
+	case rsp.StatusCode == 200:
+		var headers LoginResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = value
+		}
+		response.Headers200 = &headers
 	case rsp.StatusCode == 429:
 		var headers LoginResponse429Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
@@ -6583,6 +6732,16 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers LoginResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -6684,6 +6843,13 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 		}
 		response.ApplicationProblemJSON429 = &dest
 
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Error
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
@@ -6704,6 +6870,16 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 			headers.RetryAfter = &value
 		}
 		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RegisterResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
 	}
 
 	return response, nil
@@ -7324,7 +7500,14 @@ type TooManyRequestsApplicationProblemPlusJSONResponse struct {
 
 type UnauthorizedApplicationProblemPlusJSONResponse Problem
 
-type UnavailableApplicationProblemPlusJSONResponse Problem
+type UnavailableResponseHeaders struct {
+	RetryAfter *int
+}
+type UnavailableApplicationProblemPlusJSONResponse struct {
+	Body Problem
+
+	Headers UnavailableResponseHeaders
+}
 
 type UnprocessableApplicationProblemPlusJSONResponse Problem
 
@@ -7795,10 +7978,13 @@ type SendMessage503ApplicationProblemPlusJSONResponse struct {
 func (response SendMessage503ApplicationProblemPlusJSONResponse) VisitSendMessageResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -7931,10 +8117,13 @@ type DeleteMessage503ApplicationProblemPlusJSONResponse struct {
 func (response DeleteMessage503ApplicationProblemPlusJSONResponse) VisitDeleteMessageResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -8100,10 +8289,13 @@ type EditMessage503ApplicationProblemPlusJSONResponse struct {
 func (response EditMessage503ApplicationProblemPlusJSONResponse) VisitEditMessageResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -8237,10 +8429,13 @@ type RemoveReaction503ApplicationProblemPlusJSONResponse struct {
 func (response RemoveReaction503ApplicationProblemPlusJSONResponse) VisitRemoveReactionResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -8390,10 +8585,13 @@ type AddReaction503ApplicationProblemPlusJSONResponse struct {
 func (response AddReaction503ApplicationProblemPlusJSONResponse) VisitAddReactionResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
 	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
@@ -9103,15 +9301,23 @@ type LoginResponseObject interface {
 	VisitLoginResponse(w http.ResponseWriter) error
 }
 
-type Login200JSONResponse Token
+type Login200ResponseHeaders struct {
+	CacheControl string
+}
+
+type Login200JSONResponse struct {
+	Body    Token
+	Headers Login200ResponseHeaders
+}
 
 func (response Login200JSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", fmt.Sprint(response.Headers.CacheControl))
 	w.WriteHeader(200)
 	_, err := buf.WriteTo(w)
 	return err
@@ -9196,6 +9402,25 @@ func (response Login429ApplicationProblemPlusJSONResponse) VisitLoginResponse(w 
 		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
 	}
 	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Login503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response Login503ApplicationProblemPlusJSONResponse) VisitLoginResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -9370,6 +9595,25 @@ func (response Register429ApplicationProblemPlusJSONResponse) VisitRegisterRespo
 		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
 	}
 	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Register503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response Register503ApplicationProblemPlusJSONResponse) VisitRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
 	_, err := buf.WriteTo(w)
 	return err
 }
@@ -10205,109 +10449,111 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1bc9s4lvBfQfGbqpa/ZSQn4+6dtp88maQns510yna2H2KvBBFHEsYkQAOgZU3K+9u3cABexItEO7Kc",
-	"6cqbLRLAwcG5X8AvQSSTVAoQRgfHX4KUKpqAAYX/vV5Q847ZvxjoSPHUcCmC4+BiASRaUPODJpwNgzDg",
-	"9teUmkUQBoImEBwH9vmYsyAMFNxkXAELjo3KIAx0tICE2llnUiXUBMcBF+anoyAMEi54kiXB8cswMKsU",
-	"3COYgwru78PgTSL/ydvBAfuIDD6d/foCdERTYAcheTkcvvzJQqpoZPcUEiHJcsEN6JRG0AE5TrUR7oTe",
-	"/QpibhbB8U9HCHX+bwm3NoqLOYL9i5JZ2oXHuX2IiCQDswCiaQJEZMkUFKGacKNLVB90QIxz7BrZ53DT",
-	"DnECWtM5/KCJhhvCRQFjB3QabnYK2CcNqgubmQa1iSrt890i6t5OpVMpNCDP/JWyM7jJQBv7XySFAYF/",
-	"0jSNeUQtsKNUyWkMyX/8U1vIv1QW/5OCWXAc/L9RyZcj91SPPrpRbtHm3pVblnBNEhrbXQAL7sPgtRSz",
-	"mEfPBk/k19dkyc2CWCKPMqVAGKINNWBhfKOUVPsE8FSQTMBdCpEBRgCXvw+Dt1JNOWMg9gnLB2kIjWO5",
-	"BEYGwv5DErACwMorgwiTSwHqwEL4QZq3MhNsvwASnUULokDLTEV4YhdSvqdi5Wld7xOcM2qAxDzhBtgJ",
-	"0QBkcgZGrV6czgyoSRAGC6DM67DKk6bIOIdICqaJkWRJuQmqYqDJ6Vb2CJqZhVT8X7DXE3jPteZiHhIu",
-	"bmnMGZGKwF1qBRiJFDAQhtNYBw7EW8pjOo1h3xzPqKFTqsFCZ6l2quQ1KCuQshKoE0vUCy7mZEk10UYq",
-	"YCFR9pgc+KmSkVUxe97AKZlxiBmKT4dtuw2PbweZztJUKgPsPTBOL5BA9ovhqWQrC6GVC3LmZKlbnlh6",
-	"dbIiBYUgEEOvQaPO9NPnRh2aesq+aLhTW5ECaoCN3bNCBTJq4IXhCQQNwyYMOGtVl3XGCYOYajP2ZgOi",
-	"Sax+mwXHnzej4r0fcB9ufu9DFsf/TeMMgvurNpwJWFo15Ncv0Lag5oSILI7JcgHWiCELahEr0C68ezGX",
-	"L/xO/n8JiduK7jKNvKWWLxXJTBhQZGANJTlDQ2kdGrToemDQ6QM8KW4g0dvIyB7yexxjR/v5qFIUecwZ",
-	"Q5usUfuGx85MKpIqfmuFrt2ftiDbJ45BnfXUoA3jmWMbkMhE92GQCQW0xajzqNeEWgnuTo7GMVp5dgRZ",
-	"UgMqoep6GLRai6Wd9zlAww/f8TgIq3RfYrlGsQV0V8UKcvpPiAxaVyWmG0yFs9iROcX0OGkl462Ic+ud",
-	"2Tct6rxN22f+GkIq5rCdLKxB3LXfM6DsrfJEVJMj3u3rt9n+aMnpCYQ1xD/jOsPaoVRcruom/YGXDumm",
-	"rV3U1vGUH4TOyWpZLQxexxyEKRBSVyu/w/RcRtdgyMy+QmZKJiTCMdbw0KBurYz4x/lvH4iBO/8aSgbG",
-	"7VQJF9Q48zihaWpXtX866hwyiMHAFiH6N3zJgRgWQ4Fxs2XgG8ZNfZjj1I3DSgoph2kQ24adgyiGKaCR",
-	"xeGQss5hZ/6dU9YcpiCRt7Bt5Bm+lQ/WKxF1jThfiSh/z6zcKbS/eYFP3bv3Yc4gqw/OBTVe4kkB/ZVg",
-	"iZht2rBxANsGlPvqOXVJEj0HVIlv25DGifYdUD3IbWPWDuiq4OD3et4VV7C06yMLqBDNgmv8kQxeDoc/",
-	"HVkNKYzViOT0/PW7dwcnREEK1GhClTUE4pimGjAssTF6lFJjQNll/+czefG/V19ehj8d3f+pzfx6jarL",
-	"yeMi4LBJYjgJ1qWMcTYMVaGFGBaib+OAj+4lHPK1tN42Y58RJdDuMGs/NnSUU/NjztbtqQfFffAY37mh",
-	"Lw8PD7uNrMpxv7TvbYwWNhVdl9ppV3K4aKtua+C2gRbTofraVN4mm2NL+K4F6ny2NsCttClkWkHmNcjh",
-	"zmy3mXCOC/tqAwz7Y+viSkm1E0vH6ftxoud+TAOlkWRbDb8Sntf27ftCubbOqLdEcAkVxJoAIXE2hPV3",
-	"c/VJzIIaMqM8BoaOOp3KzPT0VuqU5MJrvQ01u7VyZ5vP5bXHWr7UlLKxDzw6WH04LwyENOMZRs7CwEg5",
-	"jqlC215RA2MfTUJTvwyfhLgpJWjcygRvOcSsiFyuUwfGElpPpfvEauhwU2xGxN+BxlaSNIkTomv8izLG",
-	"7YHS+GMLtzcET2VubajJdBW58rqGoK1H6udoA/1XOefirVRJC/SOWboYxT3VECkwrW/MFRVm3JBnVOul",
-	"VKz1LIuHVXYuflxT2i9f/aVlAh3JtJ0NrXTr9rghoTwmlDEFWtfMg1c/Hm1DcDF52La/EtvOZTxlDHbj",
-	"udWR63SqtdWBPVhj9NMSpQO3SV943xitwSfdqvMvvonN+pBBwaZLAaoIZ7QC6AbqBbcmkpi340jMocUc",
-	"fktjDS5mlkdjCMpV/DcpJiY0to7iiljloa+d7esBmUoZAxXIzQ86i6SItKwD9fsCzMLHhyzCCNdFFqUW",
-	"OmoH4ytOrHlUBZxhgcb20ys0wRObFo8I7jqToOX8nTfHciNCE20oHrKRyVQbKUCTASSpWWE0A3PuuVWh",
-	"D4iWRMONJtcAqX00p6luPxJrmhRAN47bUR/GS6x5ElNtiBvh45aZMDy2L4k1q6W66a1RzN5nUGywCSsW",
-	"LRApPHsg0kLCBZGKgSJyRmZcaWPJFpPWfcK7udPbFtxtj6O+uQW1IhKZJM++OiL9QZcxVAyB270sgOU+",
-	"7k376ShI49XYyO5guA96V7btppTCWp56iQUZ3OEFqx4qIXnrY+eh+Ab6O45t7ThuuwP0RMEt19bGXYfu",
-	"B0tFBjPWyLRkgHzDpQjXzOSwIOe+0XsXPXiSsKj3fDYbCSiS1uOfVaD8NHVJUguOI1051FZ5s5QUNZqo",
-	"MsUG6XcaXXdp6a1yjWUu3Va1uyokWrG0++WZWlS9C13S6Lq/+1JDYgnkZlO+JVjWIXtRszmGGnCjfXAq",
-	"zLOueQ7H1QwMg/AB2mVzyKOLLjeP6kKqD1z3xWtX1L4RlWzKPsaNlToOJznuTrwQsv4tNwsyyeHKUqsj",
-	"2ITE/BoIoOCMpBDg4srPj8+HRju6jwATAA85gLA7VuKX/ADLDn7eHTsKWPaGugfLnQFlb26rKZznyWmt",
-	"5Vf25VZsZay1ZF8tOStvXcnBeib2xFo7k9FSj7749e4nRc59zBlJ6IpMgciEG+P8gr1x1OEODuJR8qnM",
-	"4LRUIQlWyvRnxF5D426MvVdyJi324PMJNcwzPlZbbxNvFx7O9RN8ORweHf5cLTXOnU7Fk4SLeS2wY1/e",
-	"mgnwK35y6qgzvVwUmzhPkww6bNUTV6dbrbxs0s7uZLTXojuR02WFT6tRj5nzW/vcOQ9UsKLGDGINZEBJ",
-	"7jMQBTNQICIgXJMJViJNXG0OjnPSzL/CiNswGlF+g3aiq04fpIT5owJt59iJTpEi5qLDym2mbdzCe9Qg",
-	"HryrVjS4erYm4Qpy9vY1+fnox/8kvlSOMBllCQjTItN6JEf8UnlmhIGhPG71GzAf0eKqY0D/RQy3EBMs",
-	"+3NldDPK40yB7u2eVxIDLQ46F9pQe0CtOZsi6N4iI7mJYUPsvikbPp29qxC8oFYUIYnnGLcDkbjvaJLG",
-	"COZUZuZ4GlNxHfRkXQdXAbvP4GyghjxpUwdXuwx6QqMFF/DCql/8Ac+L2FkrjFhL9ZTnNXZZK5eqKKt1",
-	"LeLxpXG1YLY7R5SAWUg2tj/54mzcma+lDwMM3I8NvS5G0rFL1oYuAjuOqLA/T2Gcx4p9FdF4lsVxKfPG",
-	"pQdtpBwnVKzGpe8cBildxZKycTVrlZXFqOMEGKdjfxiPT2cVQaWmsJKZMO00CXlLTpeo0W3ROx8RzF0v",
-	"DAvhTEVAyAXHzAJWhPlujs48fZdBl7NcjWrz/h63qwqgbRTbqEd5kCTfbPMUuHtIP9GuvPC18qqHuYAO",
-	"7k3Yqhbj/OEQ5gvLdogz1lnZ8Bh/pp6C7fBLzmDOtQHVuTYKuCb3vl5AdA2MUE1+kT9oIsCMMIeZUqVB",
-	"56lM0Ce+uJ9Y4aki6sufir24+bclPNdLsctDfWR5zUPzvJXp/rLtwH0eNt/Xxnys9fm2lbXs0h2rG196",
-	"Cb6KrVYXX0TiycCrJYIpHSNle7h7x35dPbnW1z87xzLahxXh+tJbI/Ny3AcX4ZZlyBtq3KvFsK4UZmt5",
-	"T5FC9Bn1jYXglax+WM9Ob64gr2bJw7Vo9+ajKoL24VpMbvOgIjL44EriSnAubDiYm4evec9h6Rx1+hBV",
-	"r61foW8Fuh1V+xbo7VlgW2D2AcXBa1Bv79PoX0+8jsLtENUouN+ANcrdNqTCVj0RtEY1/aqJq/i8svKo",
-	"KKtuSKMzSGO6CjE3je1bXGRAYn4LQ/I7piI0FxFY0T059gmIXEqjvUwvxRxTc4pouAmtKp5U+HBCBgKW",
-	"ZYJeinh1sD61gtvJpbCeKFB23OzJtdpgfeE8vJQXU1BzKfJEKlrtCm6d1R4Snzd0iqMBHBWMyBhz3wL0",
-	"pai+kOdehuTNHY1MvMJssVdNZimHl2KX0eIcF4+IGRdHtIN4M7Yd9LMn21TfhbyGFq+NRhFoPTb502YY",
-	"BBtI9ZiL7s7YooqC4Dy+6VQP290u+0qj7m4KVEGP8s81eNcmWwO1FQN1FmyxeFztgy8J4po40Z77m87i",
-	"0Qu5JNxg+QEGQsiPRD8whbr9uL1Sec7CsWoHROdFCiWWToiCmK6AWVvJlI2OVZxqQg1JpDZEighICoq8",
-	"InqX6YneeOzLOJ90W9feY6qlCl/p8SVEuUPTo5Sj5mhUAG7uEv3fKFPcrM6twnJ7dDx5mrnaYfff2xzG",
-	"f/x+kXfCY6zZ8W8x88KYFE0ampnFq48Vh2qdjH6z078iuRtEZrFcnhQVenYPSGB5DSw6F7Fc+ntoylmx",
-	"stb+mkuYTyoOjoNRLOdc4AbzLSNArnWai5lsiTxx8bd3xNozrkAQo3Go4kDMUZtah2BIzt6cX5BI3iJV",
-	"Rxgo0qHrfg2t7pVZqlGPLbj1cVcnFf9iMBkt9SSsp/AOSESV4qBR0V+KXDuHLnmqIAKeGjdrbqUOiWXF",
-	"muviOorcvqbALsUCFFgtW5gmPmuhyWBSaU20IFWcpAmW4mGV/xwEKEtBl+L8b/+lizyId4/0wi5oFsAV",
-	"xov18FJcCldQ5iKzFpeVcP6kqw1+UkT4CzvGh3wnkWQwcdo95hEIjbzgb215/84SZIbHbqlPH49GMgXh",
-	"bqMYSjUf+UF6ZN8tY+XVEz/9+C4IA3umedLucHiIhJyCoCkPjoM/Dw+Hf0bX3SyQDkd45tg85WrNi+b6",
-	"d9bz+JVr8xrfqN0C8+rwcMPVAM0rAXo3dbdENxsXBSBEDsNeNIeuPrLs+2DEtTS7FvUw70qnkeG33Kxc",
-	"SaJd6+jwZRdYxYZHa7diIDgzmsVm+0CfI7EyKksSqlaVMj2dm312bhAGa6gYyg4ri+hc58W3OrAGdyp1",
-	"ywmVTXL+zh/Q5q+SrR50Ottb0KpdePfrMtuoDO6/kjy2U0X7dRFwx7WxVk61gd/hlWuSUo6a55U74yeH",
-	"xjolkafhI4eBzeRRuUvpsaR4dHi0fVBxp44d8PLHPqu0XAViB7961Wdw9YaTr2WX31IQhNYOWHkXLFdx",
-	"LQxzH3rhVuqoTjH3C5iCg56BivdPM3/ePqi8KepRVPYMhCKq7N9frFZuBOyIXpWvjPyNgRgBqZPXKDd5",
-	"6hcNPmDaLjFfCac/kZxvCdjvWdAXRTdtdxcVVcZYDXzic6h8zgWNc72/a1m/ASCs/3fZn8rifyQG3r+a",
-	"OHr18/ZR9WvZ7sPgxz7YqN4a9rWSZr2ekQwwpcSAZSlangysB6SwZ8i6WKWDc9BPTxWCZPRFw829c/Pc",
-	"JSibup2nEEl0n8pOpWMyMXBnJgTrD1KzCsnEZ70mBAu7LkVRieFucoitN8xwI9y4G7YIRdMmj4a6QjsN",
-	"N9gZpUOi5aVo9jwRLObHEJQhdE658DFWnRevOXdoXdC5DoCqqNu/tLnAaKBH4XfF/Bws9ohGkB1q93Dr",
-	"m+dw47Q1NdGiJbpsJQKmWbFSCZME1GuuSdFbhGypoSzMLNrILNddinW2CwkVQmZYttmWUiBGNpo5iJxd",
-	"ijzPgXlTcuruRMgDnbqAtAdzVu6qeCIrpOU2jG/HClm7WqLoucUekz+YkDjsoYmLa3efx1rYu0jCLita",
-	"aaZErqnIJZeHfJSKHxVKePQFK6k2Kn1MDlvFSmvXmfiLMw1GTOv83OBml2MuqiKfn6cwomfxWRaHfle+",
-	"z0DpF/QafD+hu3ZezmYl5e9fz25/zV2cjwo5a2lf+U1AySkpKDIo+tQzbQ0K3ObBMaGMeYPVLHlU8NCl",
-	"yJmInK4r6SIn+OqQMIxFRsbNdikGk2a18+TghLD6BQN2JuwGJ4Ojw58P2jTvKWPfGfVbVoD/HpyNNGRN",
-	"P1oruBEkrxrvo7zKKrPugGpeJrWzzNHDy+IbNPwb9vEUNRJMh4TqCATzuezvAdivIa53TFcvn8Z7ol3h",
-	"hOufIkIuQyIFoWJFFOChP3VINr8sZMfh2PdUXZ/l90Xs3guqlsz3cn+O2iND5b0nHDVVDFS77y3M+S0I",
-	"jOEMvDPtjwzzqBpuDr7HM5817dXRek5mUi2pYmSQSCGNFDwKSUTTFJg94NaDbJfprshj9CX/ts79iDI2",
-	"tubQ6IuvrLp/OOfknwLqYbP5z9x0M9kpYzjd+/yuqSc0e2q3hXXYP/Wbt75bPXvni1PGCHUHgWaMq3Aa",
-	"YAgQHfATwhkkqbRUUaV9R++dxO/6Cb4p+nf++TfKAtXP+KBCT6SC7/ywd35wRJKzBHb9FExRfFiJOOrW",
-	"9qCsmznNjHXfIJ6dlIeYv+MedLLOAm9k/Ven6f93//wJadVfCttBoR67KKdjfvtoFPui0uD481UV4b9a",
-	"ywm0ruBHr7SBJMePq5hsrTrp+PSHK9HmqtaigBdd6LBy72BYuWhweCkmcjbTYCauyE2708dDjxl+g4Wa",
-	"CC+JyFMFZIJha2y8IFSwSzGZwkwq8L8oIHAXxZnmt9gvoaXSeV/F2ouxpSLss7cuJNeXwv4zwWTHpPYJ",
-	"GE2mELuy84EDOG8MWQP6UvhhINhBSLThcUwUmEwJYPmOsGyvLT7yC5i/O8QHDf+hJY4hq+AZ6dcpvql3",
-	"kwFO5MszcVtr384q6OnHQ2yp9EXdvj9zw+3gDRqoHRFCo695GvqP67DGqQ6KHzzClu3nc9C1HXcI7fs5",
-	"3NZ62wytxasSeBdMIJXmHTKoU1QnXAVtBv2+Vvh4+HSCn9h5IHwlhoOv+LzjZgDrXUhc1650HPhi+NBf",
-	"BhpeiqKNVRW3Dhh5EHaIlUrIg0ytH35b9ElZ713DzZCcFp9vsWtrWiYhyQcSWZIFTbI0jwM6huw+Unel",
-	"4mOP9GofpceNC3+6g0jlF5uqeERScvj0VJZv/eB7ZOmrneGi029GKDJEuKYRdh1Fcp0X1vhvNczxZvfe",
-	"oZ+7F8vl8oWl+ReZikFEkgHrb+yU18jvORHuuu7aPy3qWtlcy9xeyfvfpyptlyanxDa+4uuybY1HZNDa",
-	"dFQ14y0qvZGKF5d32/Bn7vGzmPC4Nlan0GsgRtHZjEeVZMkTL/9BGgy5rU7IxH1kYkI0XWmyXPBoQRik",
-	"IBiIaOW/HbLjo7a759a9IIPiY6NUsPxLo3h1taXMgy73Q/lbT7qlV34vypPFrtevXekltXZXs4stjxv6",
-	"M7AO/LES69uvivkGpNVr35kh8s7CdhFkD6K78ewcqIoWn7T7WuVGh+411fCCCw1Cc2PN+FTBjN/lqSgU",
-	"iT7HgSLxxFXCkphro13FnL+Ivc2CXbf1t367pNPbxO1+lav56mGu5l7M5k+6X+K1cHMRDaE1mIW/T2Rv",
-	"psP+zda3XDB/8NMV9jBVCJOrgjTzPuecSxxrVNhklGxMtb9/0kLpTRK1pcfm2XoqN/b7FChdF1zrjeKf",
-	"rywD19u+P19ZXnK9wl0BpfyiJXSX7d/a+e55O3DR3TvCeL+HqlnXZ1Wn/7a11fqxdzRyb9pC2ZQx9oAI",
-	"4woiH//yr7s9N9//WP3YMa7jArxh3u2NvxXNTMV8zrVqzveLbzLPEwjlCB84bg5x9heuo3KLpxzmDZr7",
-	"q/v/CwAA//8=",
+	"7H1bc9s4lvBfQfGbqpa/pSUn4+6dtp88nqQns510yk62H+KsBBFHEsYkQAOgZU3K+9u3cABexItEO7Kc",
+	"6cpbYhHgwblfwS9BJJNUChBGBydfgpQqmoABhf87X1Dzhtl/MdCR4qnhUgQnwYcFkGhBzQ+acDYMwoDb",
+	"v6bULIIwEDSB4CSwv485C8JAwU3GFbDgxKgMwkBHC0io3XUmVUJNcBJwYX46DsIg4YInWRKcvAgDs0rB",
+	"/QRzUMH9fRi8SuQ/eTs4YH8ig48Xvx6CjmgK7CAkL4bDFz9ZSBWN7JlCIiRZLrgBndIIOiDHrTbCndC7",
+	"X0HMzSI4+ekYoc7/W8KtjeJijmD/omSWduFxbn9ERJKBWQDRNAEismQKilBNuNElqg86IMY9do3sS7hp",
+	"hzgBrekcftBEww3hooCxAzoNNzsF7KMG1YXNTIPaxJX2990i6t5upVMpNKDM/JWyC7jJQBv7v0gKAwL/",
+	"SdM05hG1wI5SJacxJP/xT20h/1J5+Z8UzIKT4P+NSrkcuV/16L1b5V7aPLtyryVck4TG9hTAgvswOJdi",
+	"FvPo2eCJ/Ps1WXKzIJbJo0wpEIZoQw1YGF8pJdU+ATwTJBNwl0JkgBHA19+HwWupppwxEPuE5Z00hMax",
+	"XAIjA2H/QxKwCsDqK4MIk0sB6sBC+E6a1zITbL8AEp1FC6JAy0xFSLEPUr6lYuV5Xe8TnAtqgMQ84QbY",
+	"KdEAZHIBRq0Oz2YG1CQIgwVQ5m1Y5ZemyriESAqmiZFkSbkJqmqgKelW9wiamYVU/F+wVwq85VpzMQ8J",
+	"F7c05oxIReAutQqMRAoYCMNprAMH4i3lMZ3GsG+JZ9TQKdVgobNcO1XyGpRVSFkJVJj/qkHdul+NlGSa",
+	"6RVZUL3gYk5SqvVSKkcZQ6+BmAXXRMGca6PwBHaXWM65IEIuT62g4Mol1UQbqYCFRFnSkwG1tF9nEaI9",
+	"4ZcLsPbLAjHntyAOHs88oduscrJrIZe6D0+lSkbWqO6ZZGdkxiFmaDAcf1mkeg5zrKSzNJXKAHsLjNMP",
+	"CP5+eWoq2cpCaDWhnDnr4V5PLDaddkzBM4XlFX2Kf2RgKI+JNfzaPSXAkhofQUfCQ5B7uuj/KruX4c6W",
+	"RwqoATZ2vxV+AaMGDg1PIGh4e2HAWasPUad8GMRUm7H3pRCTYvXbLDj5tBlbb/2C+3Dzc++yOP5vGmcQ",
+	"3H9uQ6uApbXN/v0FZhfUnBKRxXEhGQtqcS/QWb47nMtDf5L/X0LijqK7/EXvvuavimQmrEAOrPcoZ+g9",
+	"rkODbm4PDDojiZTiBhK9jdMskd/iGrva70eVoiv7f+chbnLR7RMeOzOpSKr4rbVE9nzagmx/cTLsXMoG",
+	"bxgvP9uARDm7D4NMKKAtnq5HvSZOtSHlaByj62tXkCU1oBKqrodBqwtdOr+fAvSG8RmPg7DK9yWWaxxb",
+	"QPe5eIOc/hMigy5niemGUOEudmXOMT0orWS8FXHufRf2SYs67+j32b+GkEqMYDcLaxB3nfcCKHutPBPV",
+	"9IiPhfsdtj9acn4CYaOTT/ieYY0olTi0ekhP8DJK33S0D7X3eM4PQhd5trwtDM5jDsIUCKlbnt9heimj",
+	"azBkZh8hMyUTEuEaa1C9BR384/K3d8TAnX8MNQPjdquEC2pczJDQNLVvtf903DlkEIOBLUr0b/iQAzEs",
+	"lgLjZsvCV4yb+jInqRuXlRxSLtMgti27BFEsU0Aji8MhZZ3LLvwzZ6y5TEEib2Hbygt8Kl+sVyLqWnG5",
+	"ElH+nFk5KrQ/+QF/dc/eh7mArN65uNx4jScF9DeCJWK2WcMGAbYtKM/Vc+uSJXouqDLftiUNivZdUCXk",
+	"tjVrBPpcSPBbPe9Ktlje9ekWNIjoo9s/ksGL4fCnY2shhbEWkZxdnr95c3BKFKRAjSZUWUcgjmmqAXM1",
+	"G1NqKTUGlH3t/3wih//7+cuL8Kfj+z+1uV/naLqcPi6yMJs0htNgXcYYd8P8HXqIYaH6Ni547x7CJV/L",
+	"62079llRAu2IWftjw0Y5Mz/mbN2felAyDMn4xi19cXR01O1kVcj9wj63MYXaNHRdZqfdyOFLW21bA7cN",
+	"tJgO09dm8jb5HFtymi1Q57u1AW61TaHTCjavQQ53ZrvPhHt8sI82wLB/bH25UlLtxNNx9n6c6Llf00Bp",
+	"JNlWx6+E59w+fV8Y19Yd9Za0NqGCWBcgJM6HsCFxbj6JWVBDZpTHwDDTQKcyMz2jlTonuZxjb0fNHq08",
+	"2Wa6nHus5a+aUjb22VgHq89xhoGQZjzDdGIYGCnHMVXo2ytqYOxTbOjqlzmlEA+lBI1bheA1h5gV6dx1",
+	"7sB0QytVuilWQ4fbYjMi/g40tpqkyZwQXeO/KGPcEpTG71ukvaF4KntrQ02mq8iV1zUEbSWp36MN9F/l",
+	"nIvXUiUt0Dth6RIU96uGSIFpfWKuqDDjhj7zmbZWWhY/VsW5+OOa0X7x8i8tG+hIpu1iaLVbd8QNCeUx",
+	"oYwp0LrmHrz88XgbgovNw7bzldh2IeMZY7CbyK2OXGdTra8O7MEWo5+VKAO4TfbCx8boDT7pUV188U0c",
+	"1qcMCjFdClBFOqMVQLdQL7h1kcS8HUdiDi3u8GsaaygTwBHFHFEmGP43KTYmNLaB4opY46Gvne/rAZlK",
+	"GQMVKM0PokVSZFrWgfp9AWbh80MWYYTrorRUSx21g/EVFGuSqoAzLNDYTr3CEjyxa/GI5K5zCVro76I5",
+	"ljsRmmhDkchGJlNtpABNBpCkZoXZDGxEyL0KfUC0JBpuNLkGSO1Pc5rqdpJY16QAukFux32YL7HuSUy1",
+	"IW6Fz1tmwvDYPiTWvJbqobdmMXvToDhgE1bs5CBSePFApIWECyIVA0XkjMy40sayLVby+6R386C3Lbnb",
+	"nkd9dQtqRSQKSV6Sdkz6gy5zqJgCt2dZAMtj3Jt26ihI49XYyO5kuE96V47ttpTCep56iV0q3JeRaLKW",
+	"krcxdp6Kb6C/g2xr5LjtTtATBbdcY11tDbofLBcZLOOj0JIByg2XIlxzk8OCnftm71324EnSoj7y2ewk",
+	"oEpaz39WgfLb1DVJLTmOfOVQW5XNUlPUeKIqFBu031l03WWlt+o1lrmKXNXvqrBoxdPuV2dqMfUudUmj",
+	"6/7hSw2JJZCbXfmWZFmH7kXL5gRqwI32yami2JzXcFwjxTAIH2BdNqc8uvhy86oupPrEdV+8dmXtG1nJ",
+	"pu5j3Fit43CS4+7UKyEb33KzIJMcriy1NoJNSMyvgQAqzkgKAS6v/Pz4fGi2o5sEWAB4CAHC7lyJf+U7",
+	"WHbI8+7EUcCyN9Q9RO4CKHt1Wy3hPE9Na62+sq+wYqtgrRX7asVZeeu6EtYrsafW25mMlnr0xb/vflLU",
+	"3MeckYSuyBSITLgxLi7Ym0Qd7YAQj9JPZQWnpbtGsFKnPyP2GhZ3Y+69UjNp8QefT6lhnfGx1nqbevvg",
+	"4Vyn4Ivh8Pjo52r/dR50Kp4kXMxriR378NZKgH/jR2eOOsvLRbOJizTJoMNXPXXNy9V21Cbv7E5Heyu6",
+	"Ez1ddvi0OvVYOb+1v7vggQpWNMlBrIEMKMljBqJgBgpEBIRrMsFOpInrzcF1Tpv5RxhxB0Ynyh/QbvS5",
+	"MwYpYX6vQNs9dmJTpIi56PBym2Ub9+I9WhAP3udWNLiWtybjCnLx+pz8fPzjfxLfTUeYjLIEhGnRaT2K",
+	"I/5VeWXENcW1xg1Yj2gJ1TGhfxjDLcQEOwNdp92M8jhToHuH55XCQEuAzoU21BKotWZTJN1bdCQ3MWzI",
+	"3Td1w8eLNxWGF9SqImTxHON2ITL3HU3SGMGcysycTGMqroOeouvgKmD3FZwN3JAXbergaldBT2i04AIO",
+	"rfnFPyC9iN21Ioi1Uk9Jr7GrWrlSRdnCbBGPD42rXcTdNaIEzEKysf2T71jHk/kBgzDAxP3Y0OtiJR27",
+	"Ym3oMrDjiAr75ymM81yx7yIaz7I4LnXeuIygjZTjhIrVuIydwyClq1hSNq5WrbKyX3WcAON07Inx+HJW",
+	"kVRqKiuZCdPOk5DPKXWpGt2WvfMZwTz0wrQQ7lQkhFxyzCxgRZgfcems03c5dLnI1bg2H3pyp6oA2sax",
+	"jX6UB2nyzT5PgbuHDFntKgpfa696WAjo4N6ErWozzh8OYb6xbIc4Y52dDY+JZ+ol2I645AInDEB1vhsV",
+	"XFN6zxcQXQMjVJNf5A+aCDAjrGGmVGnQeSkT9KmfTiBWeaqI+van4ixu/20Fz/VW7JKoj2yveWidt7Ld",
+	"X7YR3Ndh83NtrMfamG9bW8suw7G686WX4LvYan3xRSaeDLxZIljSMVK2p7t3HNfVi2t947NLbKN9WBOu",
+	"b701Mm/HfXATbtmGvKHHvdoM61phtrb3FCVEX1Hf2AheqeqH9er05g7yapU8XMt2byZVkbQP13JymxcV",
+	"mcEHdxJXknNhI8DcvHwteg7L4KgzhqhGbf0afSvQ7ajbt0BvzwbbArMPaA5eg3r7nEb/fuJ1FG6HqMbB",
+	"/Rasce62JRWx6omgNa7p101cxednq4+KtuqGNrqANKarEGvTOOHFRQYk5rcwJL9jKUJzEYFV3ZMTX4DI",
+	"tTT6y/RKzLE0p4iGm9Ca4klFDidkIGBZFuiliFcH61sruJ1cCRuJAmUnzUFlaw3WX5ynl/JmCmquRF5I",
+	"Ra9dwa3z2kPi64bOcDSAo4IRGWPtW4C+EtUH8trLkLy6o5GJV1gt9qbJLOXwSuwyW5zj4hE544JEO8g3",
+	"49hBP3+yzfR9kNfQErXRKAKtxyb/tZkGwalaPeaie+Kz6KIguI+fxNXD9rDLPtLou5sCVdCj/XMN3rXN",
+	"1kBtxUBdBFs8Htf74FuCuCZOtefxpvN49EIuCTfYfoCJEPIj0Q8soW4ntzcqz9k4Vp2A6LxdosTSKVEQ",
+	"0xUwHFIuBx2rONWEGpJIbYgUEZAUFHlJ9C7LE73x2FdwPuq2qb3HdEsVsdLjW4jygKZHK0ct0KgA3Dwl",
+	"xr9RprhZXVqD5c7oZPIsc73D7n+vcxj/8fuHfJQbc81OfoudF8ak6NLQzCxevq8EVOts9Jvd/mUx4E5m",
+	"sVyeFh169gzIYHkPLAYXsVz6y3nKXbGz1v411zAfVRycBCMciccD5kdGgNx0NRcz2ZJ54uJvb4j1Z1yD",
+	"IGbj0MSBmKM1tQHBkFy8uvxAInmLXB1hokiHbvo1tLZXZqlGO7bgNsZdnVbii8FktNSTsF7COyARVYqD",
+	"RkN/JXLrHLriqYIIeGrcrrmXOiRWFGuhi5socueaArsSC1BgrWzhmviqhSaDSWU00YJUCZIm2IqHXf5z",
+	"EKAsB12Jy7/9ly7qID480gv7QrMArjBfrIdX4kq4hjKXmbW4rKTzJ12T8pMiw1/4MT7lO4kkg4mz7jGP",
+	"QGiUBX+Vzds3liEzJLvlPn0yGskUhLuiYyjVfOQX6ZF9tsyVVyl+9v5NEAaWpnnR7mh4hIycgqApD06C",
+	"Pw+Phn/G0N0skA9HSHMcnnK95sX8/RsbefzKtTnHJ2pX47w8Otpwe0Dz1oDeQ90t2c3GXQIIkcOwV82h",
+	"648s5z4YcSPNbkQ9zKfSaWT4LTcr15Jo33V89KILrOLAo7WrQhCcGc1is32hr5FYHZUlCVWrSpuezt0+",
+	"uzcIgz1UDHWH1UV0rvPmWx1YhzuVuoVC5ZCcvwgJtPmrZKsHUWf7CFp1Cu9+XWcblcH9V7LHdq5ov1EC",
+	"7rg2eMtIZYDf4ZVrklKOluelo/GTQ2ODksjz8LHDwGb2qFww9VhWPD463r6ouGjILnjxY5+3tNwWYhe/",
+	"fNlncfUSlK8Vl99SEITWCKx8CJabuBaBuQ+9cittVKea+wVMIUHPwMX755k/b19UXp/1KC57BkYRVfHv",
+	"r1Yr1yR2ZK/KR0b+GkXMgNTZa5S7PPXbFx+wbZear6TTn0jPtyTs96zoi6abtuuNii5j7AY+9TVUPueC",
+	"xrnd37Wu3wAQ9v+76k/l5X8kAd6/mTh++fP2VfW76u7D4Mc+2Khepfa1mma9n5EMsKTEgGUpep4MbASk",
+	"cGbIhlhlgHPQz04VimT0RcPNvQvz3CUom6adpxBJDJ/KSaUTMjFwZyYE+w9SswrJxFe9JgQbu65E0Ynh",
+	"bnKIbTTM8CD5DVuEomuTZ0Ndo52GG5yM0iHR8ko0Z54INvNjCsoQOqdc+ByrzpvXXDi0rujcBEBV1e1f",
+	"23zAbKBH4XfD/Bwi9ohBkB1a93Drk5dw46w1NdGiJbtsNQKWWbFTCYsE1FuuSTFbhGKpoWzMLMbIrNRd",
+	"iXWxCwkVQmbYttlWUiBGNoY5iJxdibzOgXVTcubuRMgTnbqAtIdwVu6qeCIvpOU2jG/HC1m7WqKYucUZ",
+	"kz+YkjjqYYmLu4ifx1vYu0rCKStaGaZEqanoJVeHfJSJHxVGePQFO6k2Gn0sDlvDSmvXmfi7NQ1mTOvy",
+	"3JBmV2MuuiKfX6Ywo2fxWTaHfje+z8DpH+g1+HlCdxe/nM1Kzt+/nd3+mPuaABrkrGV85TcBpaSkoMig",
+	"mFPPtHUo8JgHJ4Qy5h1Ws+RRIUNXIhcicrZupIua4MsjwjAXGRm325UYTJrdzpODU8LqFwzgrchCCiCD",
+	"46OfD9os7xlj3wX1WzaA/x6SjTxkXT9aa7gRJO8a72O8yi6z7oRq3ia1s8rRw9viGzz8G87xFD0STIeE",
+	"6ggE87Xs7wnYr2GuN0xXL5/Ge6Jd44SbnyJCLkMiBaFiRRQg0Z86JZtfFrLjdOxbqq4v8vsidh8FVVvm",
+	"e4U/x+2ZofLeE46WKgaq3Uco8IZ8zOEMfDDtSYZ1VA03B9/zmc9a9uoYPSczqZZUMTJIpJBGCh6FJKJp",
+	"CswSuJWQ7TrdNXmMvuQfHLofUcbG1h0affGdVfcPl5z8+0g9fDb/7Z9uITtjDLd7m9819YRuT+22sA7/",
+	"p37z1nevZ+9yccYYoY4Q6Ma4DqcBpgAxAD8lnEGSSssVVd53/N7J/G6e4Jvifxeff6MiUP22ERr0RCr4",
+	"Lg97lwfHJLlI4NRPIRTF16aI425tCWXDzGlmbPgG8ey0JGL+jPuhU3QWeCPrvzpd/7/735+QV/2lsB0c",
+	"6rGLejrmt49GsW8qDU4+fa4i/FfrOYHWFfzolTaQ5PhxHZOtXScdn/5wLdpc1UYU8KILHVbuHQwrFw0O",
+	"r8REzmYazMQ1uWlHfSR6zPAbLNREeElEXiogE0xb4+AFoYJdickUZlKB/4sCAndRnGl+i/MSWiqdz1Ws",
+	"PRhbLsI5extCcn0l7H8mWOyY1D4Bo8kUYtd2PnAA54Mha0BfCb8MBDsIiTY8jokCkykBLD8Rtu215Ud+",
+	"AfN3h/igET+05DFkFTwj/XuKDw3eZIAb+fZMPNbax58KfvrxCEcqfVO3n8/ccDt4gwdqJEJo9DVPQ/9x",
+	"Hdag6qD4g0fYsp0+B13HcURoP8/RttHbZmotXpXAu2QCqQzvkEGdozrhKngz6PcJx8fDpxP8xM4D4Ssx",
+	"HHzFNy83A1ifQuK6dqXjwDfDh/4y0PBKFGOsqrh1wMiDsEOtVFIeZGrj8NtiTspG7xpuhuSs+HyLfbem",
+	"ZRGSvCORZVnQJEvzPKATyG6SuisVH0vSz/toPW5c+NOdRCq/2FTFI7KSw6fnsvzoB98zS18dDBeTfjNC",
+	"USDCNYuw6yySm7ywzn+rY443u/dO/dwdLpfLQ8vzh5mKQUSSAevv7JTXyO+5EO6m7tq/t+pG2Ug+ylb5",
+	"zOI5jRZweC6FUbLlcoWzeElXmkyEPMT2uUlItCRCksiuwwYiXU7jDTd+3Dcfk8r3ahuUut+n7H1vmevr",
+	"Q0ucSyy+Idw2SUUGrVNU1bjEot973XgTe3dQcuF+fpaYBN9dfvxU0dmMRxUiPPHr30mDOcTVKZm4r2ZM",
+	"iLYyuFzwaEEYpCAYiGjlP4ayY1Lb03MbL5FB8UlZKlj+PVm8i9ty2EFXPKX8NS7d6ji/6OXJkvHr98j0",
+	"UsO7a0LGGc4NAyfY2P5YLfftt/n8m2q4cz+eIvLxyna1ZYnXPX13CVRFi4/afbJzY1R7TjUccqFBaG5s",
+	"LJMqmPG7vB6HatQXelCNnrp2YBJzbbRrG/S30be58esBz9YPuHSG3Hjcr4q3Xz4s3t5L7PBR96s+F7E+",
+	"oiG0UYPwl6rszUXZv+/+mgvmCT9d4SBXhTG5KlgzH/bOpcSJRkVMRsnGfoO3T9otvkkLtwwaPdtg6cah",
+	"pwKl64prfVr+02crwPXZ90+frSy5gemurFp+2xTmDOy/tUtg5DPRxYjzCIseHqpmc2Plw/DWU4h9tJWn",
+	"FCyUTR1jCUQYVxD5JKB/3J25+fz76hef8T0uyx3mI+/4t2Kiq9jPxZfN/X7xk/Z5FaVc4bPnzSXOZ8P3",
+	"qNxLKpd5J+j+8/3/BQAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

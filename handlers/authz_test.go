@@ -311,6 +311,16 @@ var authzExtras = []authzExtra{
 		return r
 	}, 404, gen.ProblemCodeNotFound},
 	{"group owner reacts in a foreign private chat", "addReaction", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
+	// Odd input (issue 15): the body's shape is judged before the token.
+	{"JSON posted to the login form", "login", kindNone, func(_ *testing.T, f *authzFixture) authzReq {
+		return jsonReq(fmt.Sprintf(`{"username":%q,"password":%q}`, f.loginEmail, f.loginPassword))
+	}, 415, gen.ProblemCodeUnsupportedMediaType},
+	{"oversized body without a token", "createChat", kindNone, func(*testing.T, *authzFixture) authzReq {
+		return jsonReq(`{"type":"group","name":"` + strings.Repeat("n", 70_000) + `"}`)
+	}, 422, gen.ProblemCodePayloadTooLarge},
+	{"trailing bytes after the body", "sendMessage", kindMember, func(*testing.T, *authzFixture) authzReq {
+		return jsonReq(`{"client_msg_id":"authz-trailing","text":"x"} {}`)
+	}, 400, gen.ProblemCodeBadRequest},
 }
 
 // reactionReq targets O's first message in G.
@@ -601,6 +611,10 @@ func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKin
 	if status != want {
 		t.Errorf("%s %s as %s: got %d, want %d (body %s)", o.method, path, k, status, want, respBody)
 	}
+	// Nothing the API answers may be kept by a cache: tokens, private data.
+	if cc := hdr.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("%s %s as %s: got Cache-Control %q, want no-store", o.method, path, k, cc)
+	}
 	if status/100 != 2 {
 		if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
 			t.Errorf("%s %s as %s: status %d with Content-Type %q, want application/problem+json", o.method, path, k, status, ct)
@@ -661,4 +675,41 @@ func formatMatrix(ops []authzOp, got map[string]map[tokenKind]int) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// TestMethodNotAllowedFollowsSpec: on every path of the spec, a method the
+// path does not have (a standard one, OPTIONS, or a made-up one) is 405
+// with an Allow header naming exactly the spec's methods, whatever the
+// credential.
+func TestMethodNotAllowedFollowsSpec(t *testing.T) {
+	doc, _ := loadAuthzSpec(t)
+	env := apptest.NewEnv(t, "sqlite")
+	s := env.Start(t)
+	u := s.NewUser(t, "Methods")
+	for _, path := range doc.Paths.Keys() {
+		item := doc.Paths.Value(path)
+		var want []string
+		for m := range item.Operations() {
+			want = append(want, strings.ToUpper(m))
+		}
+		sort.Strings(want)
+		target := pathParam.ReplaceAllString(path, "1")
+		for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW", "X-" + strings.Repeat("Y", 100)} {
+			if slices.Contains(want, method) {
+				continue
+			}
+			for _, token := range []string{"", u.Token} {
+				code, hdr, body := s.Do(t, method, target, "", nil, token)
+				if code != 405 {
+					t.Errorf("%s %s: got %d %s, want 405", method, target, code, body)
+					continue
+				}
+				allow := strings.Split(hdr.Get("Allow"), ", ")
+				sort.Strings(allow)
+				if !slices.Equal(allow, want) {
+					t.Errorf("%s %s: got Allow %q, want %v", method, target, hdr.Get("Allow"), want)
+				}
+			}
+		}
+	}
 }

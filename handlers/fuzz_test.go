@@ -2,13 +2,17 @@ package handlers_test
 
 import (
 	"context"
+	"encoding/json"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/windi-chat/windi/app/apptest"
 	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/handlers"
 )
 
 // FuzzRequests sends arbitrary requests (register and login bodies, query
@@ -42,22 +46,28 @@ func FuzzRequests(f *testing.F) {
 		{"POST", "/chats/1/read", "application/json", `{"seq":99999999999999999999}`},
 		{"POST", "/groups/1/add_user/2", "", ""},
 		{"GET", "/chats/%ff", "", ""},
+		// Odd input (issue 15): odd methods, bytes after the JSON value,
+		// invalid UTF-8 in a string, an oversized body.
+		{"BREW", "/register", "", ""},
+		{"OPTIONS", "/chats/1", "", ""},
+		{"PATCH", "/login", "", ""},
+		{"PUT", "/nowhere", "application/json", "1 2"},
+		{"DELETE", "/register", "application/json", `{"x":1} trailing`},
+		{"POST", "/register", "application/json", `{"name":"a","email":"t@b.io","password":"12345678"} {}`},
+		{"POST", "/register", "application/json", "{\"name\":\"\xff\",\"email\":\"u@b.io\",\"password\":\"12345678\"}"},
+		{"POST", "/chats", "application/json", `{"type":"group","name":"` + strings.Repeat("x", 70000) + `"}`},
+		{"POST", "/register", "application/json", `{"name":"a","email":"p\u0430ypal@b.io","password":"12345678"}`},
 	}
 	for _, sd := range seeds {
 		f.Add(sd.method, sd.target, sd.ctype, sd.body, true)
 	}
 	f.Fuzz(func(t *testing.T, method, target, ctype, body string, auth bool) {
-		switch method {
-		case "GET", "POST", "PUT", "DELETE", "PATCH":
-		default:
-			return
-		}
 		if !strings.HasPrefix(target, "/") || strings.HasPrefix(target, "/ws") {
 			return // WebSocket upgrades are fuzzed at the frame level
 		}
 		req, err := http.NewRequest(method, "http://windi"+target, strings.NewReader(body))
 		if err != nil {
-			return
+			return // not a method token or not a URL: net/http refuses it before the server
 		}
 		if ctype != "" {
 			req.Header.Set("Content-Type", ctype)
@@ -76,6 +86,22 @@ func FuzzRequests(f *testing.F) {
 		// The handler is called directly, past the server's own check.
 		if _, err := s.Spec.CheckResponse(req, rec.Code, rec.Header(), rec.Body.Bytes()); err != nil {
 			t.Fatalf("%s (%s) %q: %v", method, ctype, body, err)
+		}
+		if rec.Code == http.StatusMethodNotAllowed && rec.Header().Get("Allow") == "" {
+			t.Fatalf("%s %s: 405 without Allow", method, target)
+		}
+		if strings.HasPrefix(rec.Header().Get("Content-Type"), "application/json") && rec.Header().Get("Cache-Control") != "no-store" {
+			t.Fatalf("%s %s: API answer %d without Cache-Control: no-store", method, target, rec.Code)
+		}
+		// A JSON body that is not exactly one JSON value, or that holds
+		// invalid UTF-8, is never accepted (encoding/json would take the
+		// first value, or replace the bytes, silently).
+		if mt, _, _ := mime.ParseMediaType(ctype); mt == "application/json" && body != "" && rec.Code < 400 &&
+			(!json.Valid([]byte(body)) || !utf8.ValidString(body)) {
+			t.Fatalf("%s %s: body %q accepted with %d", method, target, body, rec.Code)
+		}
+		if len(body) > handlers.MaxBodyBytes && rec.Code < 400 {
+			t.Fatalf("%s %s: a %d-byte body accepted with %d", method, target, len(body), rec.Code)
 		}
 	})
 }

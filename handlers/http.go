@@ -1,13 +1,21 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime"
+	"net"
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -31,6 +39,10 @@ type Options struct {
 	// docs, metrics, the web client); the request validator skips them.
 	// "/" stands for the root path alone, not for every path.
 	Unvalidated []string
+	// TrustedProxies are the peers whose X-Forwarded-For is believed. The
+	// client IP (per-IP limits, logs) is the last address in the chain
+	// that is not one of them; with none, it is the connection's peer.
+	TrustedProxies []*net.IPNet
 }
 
 // Mount installs the middleware chain and the REST API on e: request ids,
@@ -50,28 +62,10 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 	spec.Servers = nil
 
 	e.HTTPErrorHandler = errorHandler(log)
+	e.IPExtractor = ipExtractor(opts.TrustedProxies)
 	e.Use(middleware.RequestID())
 	e.Use(requestLog(log, opts.Metrics))
-	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
-		DisableStackAll: true,
-		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
-			log.Error("panic recovered", "event", "http.panic", "err", err, "request_id", requestID(c), "stack", string(stack))
-			return err
-		},
-	}))
-	e.Use(middleware.BodyLimit(fmt.Sprintf("%dB", MaxBodyBytes)))
-	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			// The client IP, for per-IP limits: X-Forwarded-For is trusted
-			// only from loopback and private addresses (the proxy).
-			r := c.Request()
-			c.SetRequest(r.WithContext(chat.WithClientIP(r.Context(), c.RealIP())))
-			return next(c)
-		}
-	})
-	e.Use(securityHeaders)
-
-	skip := func(c echo.Context) bool {
+	unvalidated := func(c echo.Context) bool {
 		p := c.Request().URL.Path
 		for _, prefix := range opts.Unvalidated {
 			if p == prefix || prefix != "/" && strings.HasPrefix(p, prefix+"/") {
@@ -80,8 +74,26 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 		}
 		return false
 	}
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		DisableStackAll: true,
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			log.Error("panic recovered", "event", "http.panic", "err", err, "request_id", requestID(c), "stack", string(stack))
+			return err
+		},
+	}))
+	e.Use(securityHeaders(unvalidated))
+	e.Use(readBody)
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			// The client IP, for per-IP limits: c.RealIP asks e.IPExtractor,
+			// which believes X-Forwarded-For only from TrustedProxies.
+			r := c.Request()
+			c.SetRequest(r.WithContext(chat.WithClientIP(r.Context(), c.RealIP())))
+			return next(c)
+		}
+	})
 	e.Use(echomw.OapiRequestValidatorWithOptions(spec, &echomw.Options{
-		Skipper:               skip,
+		Skipper:               unvalidated,
 		DoNotValidateServers:  true,
 		SilenceServersWarning: true,
 		ErrorHandler:          validationError,
@@ -90,6 +102,14 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 		},
 		Options: openapi3filter.Options{
 			AuthenticationFunc: authenticate(svc),
+			// Every violation, not only the first: a 422 names all the
+			// fields to fix (validationError sorts them out).
+			MultiError: true,
+			// format: email means what Register accepts (net/mail, NFKC,
+			// no mixed scripts), checked with the other fields.
+			SchemaValidationOptions: []openapi3.SchemaValidationOption{
+				openapi3.WithStringFormatValidator("email", openapi3.NewCallbackValidator(chat.CheckEmail)),
+			},
 		},
 	}))
 	gen.RegisterHandlers(e, gen.NewStrictHandler(srv, nil))
@@ -135,57 +155,178 @@ func authenticate(svc *chat.Service) openapi3filter.AuthenticationFunc {
 	}
 }
 
-// validationError turns the validator's verdict into a problem: schema
-// violations are 422 with the offending field, unparseable input 400.
+// validationError turns the validator's verdict into a problem. The
+// validator runs with MultiError, so it reports everything wrong with a
+// request at once: a failed authentication wins (401, or whatever the
+// authentication function answered), then a request that cannot be parsed
+// (400) or has the wrong Content-Type (415), and otherwise every schema
+// violation is listed in one 422.
 func validationError(c echo.Context, he *echo.HTTPError) error {
 	if he.Code != http.StatusBadRequest {
 		return he
 	}
-	var re *openapi3filter.RequestError
-	var me openapi3.MultiError
-	if errors.As(he.Internal, &me) {
-		// A oneOf body reports every branch; the first schema error names the
-		// field.
-		for _, err := range me {
-			var se *openapi3.SchemaError
-			if errors.As(err, &se) {
-				field := strings.Join(se.JSONPointer(), ".")
-				return writeProblem(c, validationProblem(field, schemaMessage(field, se)))
+	errs := flatten(he.Internal)
+	for _, err := range errs {
+		var sre *openapi3filter.SecurityRequirementsError
+		if errors.As(err, &sre) {
+			for _, e := range sre.Errors {
+				var h *echo.HTTPError
+				if errors.As(e, &h) {
+					return h
+				}
 			}
+			return &echo.HTTPError{Code: http.StatusForbidden, Message: "forbidden", Internal: sre}
 		}
-		return writeProblem(c, validationProblem("", firstLine(me.Error())))
 	}
-	if !errors.As(he.Internal, &re) {
+	var fields []gen.FieldError
+	var first *problem
+	for _, err := range errs {
+		fs, p := classifyValidation(err)
+		fields = append(fields, fs...)
+		if p != nil && first == nil {
+			first = p
+		}
+	}
+	switch {
+	case first != nil:
+		return writeProblem(c, first)
+	case len(fields) > 0:
+		return writeProblem(c, fieldsProblem(fields))
+	case he.Internal == nil:
 		return he
+	}
+	return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, firstLine(he.Internal.Error())))
+}
+
+// flatten lists the errors inside err: the members of (nested)
+// MultiErrors, and err itself otherwise. Only err itself is looked at, not
+// what it wraps: a RequestError wraps its parameter's MultiError, and must
+// stay whole to name the parameter.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if me, ok := err.(openapi3.MultiError); ok {
+		var out []error
+		for _, e := range me {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+// classifyValidation sorts one validator error into field errors (a 422)
+// or a problem of its own (400 unparseable, 415 wrong Content-Type).
+func classifyValidation(err error) ([]gen.FieldError, *problem) {
+	var se *openapi3.SchemaError
+	var re *openapi3filter.RequestError
+	if !errors.As(err, &re) {
+		if errors.As(err, &se) {
+			return schemaFields("", se), nil
+		}
+		return nil, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, firstLine(err.Error()))
 	}
 	field := ""
 	if re.Parameter != nil {
 		field = re.Parameter.Name
 	}
-	var se *openapi3.SchemaError
-	switch {
-	case errors.As(re.Err, &se):
-		if p := se.JSONPointer(); len(p) > 0 {
-			field = strings.Join(p, ".")
+	if inner := flatten(re.Err); len(inner) > 1 || len(inner) == 1 && errors.As(inner[0], &se) {
+		var fields []gen.FieldError
+		for _, e := range inner {
+			if errors.As(e, &se) {
+				fields = append(fields, schemaFields(field, se)...)
+				continue
+			}
+			return nil, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, firstLine(e.Error()))
 		}
-		return writeProblem(c, validationProblem(field, schemaMessage(field, se)))
+		return fields, nil
+	}
+	switch {
 	case errors.Is(re.Err, openapi3filter.ErrInvalidRequired):
 		msg := "a required value is missing"
 		if field == "" {
 			msg = "the request body is required"
 		}
-		return writeProblem(c, validationProblem(field, msg))
+		return []gen.FieldError{{Field: field, Message: msg}}, nil
 	case errors.Is(re.Err, openapi3filter.ErrInvalidEmptyValue):
-		return writeProblem(c, validationProblem(field, "an empty value is not allowed"))
+		return []gen.FieldError{{Field: field, Message: "an empty value is not allowed"}}, nil
 	}
 	var ue *openapi3filter.ParseError
 	if errors.As(re.Err, &ue) && field != "" {
-		return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, fmt.Sprintf("%s: %s", field, ue.Reason)))
+		return nil, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, fmt.Sprintf("%s: %s", field, ue.Reason))
 	}
 	if strings.Contains(re.Error(), "Content-Type") {
-		return writeProblem(c, newProblem(http.StatusUnsupportedMediaType, gen.ProblemCodeUnsupportedMediaType, "unsupported Content-Type"))
+		return nil, unsupportedMediaType(re)
 	}
-	return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, firstLine(re.Error())))
+	return nil, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, firstLine(re.Error()))
+}
+
+// unsupportedMediaType says which Content-Type the operation takes: a
+// client that posts JSON to /login learns it must send a form.
+func unsupportedMediaType(re *openapi3filter.RequestError) *problem {
+	got := "none"
+	var accepted []string
+	if in := re.Input; in != nil {
+		if ct := in.Request.Header.Get("Content-Type"); ct != "" {
+			got = ct
+		}
+		if rb := re.RequestBody; rb != nil {
+			for mt := range rb.Content {
+				accepted = append(accepted, mt)
+			}
+		}
+	}
+	sort.Strings(accepted)
+	detail := fmt.Sprintf("unsupported Content-Type %q", got)
+	switch {
+	case len(accepted) == 1 && accepted[0] == echo.MIMEApplicationForm:
+		detail += "; this endpoint takes a form (Content-Type application/x-www-form-urlencoded), not JSON"
+	case len(accepted) > 0:
+		detail += "; this endpoint takes " + strings.Join(accepted, " or ")
+	}
+	return newProblem(http.StatusUnsupportedMediaType, gen.ProblemCodeUnsupportedMediaType, detail)
+}
+
+// schemaFields names the offending field of a schema error. A oneOf or
+// anyOf body that matched no branch reports each branch's reasons in
+// Origin; they are unwrapped so the client sees fields, not branches.
+func schemaFields(field string, se *openapi3.SchemaError) []gen.FieldError {
+	p := se.JSONPointer()
+	if se.Origin != nil {
+		var inner []gen.FieldError
+		branch := []error{se.Origin}
+		var me openapi3.MultiError
+		if errors.As(se.Origin, &me) { // the branch's reasons, wrapped with fmt.Errorf
+			branch = flatten(me)
+		}
+		for _, e := range branch {
+			var ise *openapi3.SchemaError
+			if errors.As(e, &ise) {
+				// The branch's pointers start at the oneOf.
+				prefix := field
+				if len(p) > 0 {
+					prefix = strings.Join(p, ".")
+				}
+				for _, f := range schemaFields("", ise) {
+					name := f.Field
+					if prefix != "" && name != "" {
+						name = prefix + "." + name
+					} else if name == "" {
+						name = prefix
+					}
+					inner = append(inner, gen.FieldError{Field: name, Message: schemaMessage(name, ise)})
+				}
+			}
+		}
+		if len(inner) > 0 {
+			return inner
+		}
+	}
+	if len(p) > 0 {
+		field = strings.Join(p, ".")
+	}
+	return []gen.FieldError{{Field: field, Message: schemaMessage(field, se)}}
 }
 
 func schemaMessage(field string, se *openapi3.SchemaError) string {
@@ -194,6 +335,28 @@ func schemaMessage(field string, se *openapi3.SchemaError) string {
 		return reason
 	}
 	return field + ": " + reason
+}
+
+// fieldsProblem is the 422 listing every field error, in the order the
+// validator found them (the spec's property order), without repeats.
+func fieldsProblem(fields []gen.FieldError) *problem {
+	seen := map[gen.FieldError]bool{}
+	uniq := fields[:0:0]
+	for _, f := range fields {
+		if !seen[f] {
+			seen[f] = true
+			uniq = append(uniq, f)
+		}
+	}
+	msgs := make([]string, len(uniq))
+	for i, f := range uniq {
+		msgs[i] = f.Message
+	}
+	p := newProblem(http.StatusUnprocessableEntity, gen.ProblemCodeValidationFailed, strings.Join(msgs, "; "))
+	if len(uniq) > 1 || uniq[0].Field != "" {
+		p.Errors = &uniq
+	}
+	return p
 }
 
 func validationProblem(field, msg string) *problem {
@@ -269,6 +432,18 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		if status == http.StatusNotFound && detail == "" {
 			detail = "no such route"
 		}
+		if status == http.StatusMethodNotAllowed {
+			// RFC 9110 §15.5.6: a 405 names the methods the resource
+			// allows. echo's router found them; the validator, which
+			// answers first, does not set the header.
+			// echo lists OPTIONS first, always; the API answers no OPTIONS
+			// (the spec declares none, so it is a 405 too).
+			if allow, ok := c.Get(echo.ContextKeyHeaderAllow).(string); ok {
+				if allow = strings.TrimPrefix(allow, http.MethodOptions+", "); allow != "" && allow != http.MethodOptions {
+					c.Response().Header().Set(echo.HeaderAllow, allow)
+				}
+			}
+		}
 		if status == http.StatusRequestEntityTooLarge {
 			// SPEC §5 answers every limit with 422; the code still says
 			// what happened.
@@ -311,13 +486,188 @@ func requestLog(log *slog.Logger, mx *metrics.Metrics) echo.MiddlewareFunc {
 	}
 }
 
-// securityHeaders sets the headers every API response carries.
-func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+// securityHeaders sets the headers every response carries. API responses
+// (everything but the paths skip names: web client, docs, WebSocket,
+// metrics, which set their own caching) are never stored by a browser or
+// a shared cache: they carry tokens (/login) and private data.
+func securityHeaders(skip func(echo.Context) bool) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			h := c.Response().Header()
+			h.Set("X-Content-Type-Options", "nosniff")
+			h.Set("X-Frame-Options", "DENY")
+			h.Set("Referrer-Policy", "no-referrer")
+			if !skip(c) {
+				h.Set("Cache-Control", "no-store")
+			}
+			return next(c)
+		}
+	}
+}
+
+// ipExtractor believes X-Forwarded-For only from trusted peers: echo's
+// extractor walks the chain from the right (the entry the nearest proxy
+// added) and stops at the first address that is not trusted, so entries a
+// client wrote itself, on the left, are never used. echo trusts loopback
+// and private networks by default; here only the configured ranges count.
+// The result is always a parsed address (or the peer's), never header
+// text.
+func ipExtractor(trusted []*net.IPNet) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, n := range trusted {
+		opts = append(opts, echo.TrustIPRange(n))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
+}
+
+// readBody reads the whole request body, at most MaxBodyBytes, before the
+// validator and the handlers see it, and checks JSON bodies. echo's
+// BodyLimit middleware limits bodies lazily instead: a chunked body that
+// runs over is noticed by whichever reader reaches the limit (the
+// validator), which then answers 400, or 403 on a secured operation, with
+// echo's internal "code=413" text. Reading up front gives every oversized
+// body the same answer, 422 payload_too_large (SPEC §5), and costs nothing
+// extra: the validator reads the whole body anyway.
+func readBody(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		h := c.Response().Header()
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		r := c.Request()
+		if r.Body == nil || r.Body == http.NoBody {
+			return next(c)
+		}
+		if c.Path() == "" || c.Get(echo.ContextKeyHeaderAllow) != nil {
+			// No route (404) or not this method (405): that is the answer,
+			// whatever the body; it is not read.
+			return next(c)
+		}
+		if r.ContentLength > MaxBodyBytes {
+			return echo.ErrStatusRequestEntityTooLarge
+		}
+		// The net/http writer, not echo's wrapper: MaxBytesReader tells it
+		// to close the connection after an oversized body.
+		body, err := io.ReadAll(http.MaxBytesReader(c.Response().Writer, r.Body, MaxBodyBytes))
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			return echo.ErrStatusRequestEntityTooLarge
+		case err != nil:
+			// A body cut off, or trickled past the server's ReadTimeout:
+			// the connection is done for. 400, which every operation with
+			// a body declares (a 408 would be undocumented).
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+			detail := "the request body could not be read"
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				detail = "the request body did not arrive in time"
+			}
+			return writeProblem(c, newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, detail))
+		}
+		if len(body) > 0 && isJSON(r.Header.Get(echo.HeaderContentType)) {
+			if p := checkJSON(body); p != nil {
+				return writeProblem(c, p)
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
 		return next(c)
+	}
+}
+
+// isJSON reports whether a Content-Type is JSON (application/json or
+// application/*+json).
+func isJSON(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == echo.MIMEApplicationJSON || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+// checkJSON checks what encoding/json, which the generated handlers decode
+// with, lets pass silently: bytes after the JSON value (its Decoder stops
+// after one value; 400), and invalid UTF-8 inside strings (replaced by
+// U+FFFD on decoding, so something the client never sent would be stored;
+// 422 naming the field). A body that is not JSON at all is left to the
+// validator, whose 400 says where it broke.
+func checkJSON(body []byte) *problem {
+	if !json.Valid(body) {
+		dec := json.NewDecoder(bytes.NewReader(body))
+		var v any
+		if dec.Decode(&v) == nil {
+			return newProblem(http.StatusBadRequest, gen.ProblemCodeBadRequest, "unexpected data after the JSON body")
+		}
+		return nil
+	}
+	if utf8.Valid(body) {
+		return nil
+	}
+	return validationProblem(invalidUTF8Field(body), "a string holds invalid UTF-8")
+}
+
+// invalidUTF8Field returns the path ("a.b.0", as the validator names
+// fields) of the first JSON string, key or value, that holds invalid UTF-8
+// in body, which must be valid JSON.
+func invalidUTF8Field(body []byte) string {
+	type level struct {
+		object  bool
+		wantKey bool
+		key     string
+		index   int
+	}
+	var stack []*level
+	path := func(extra ...string) string {
+		var parts []string
+		for _, l := range stack {
+			if l.object {
+				parts = append(parts, l.key)
+			} else {
+				parts = append(parts, strconv.Itoa(l.index))
+			}
+		}
+		return strings.Join(append(parts, extra...), ".")
+	}
+	valueDone := func() {
+		if n := len(stack); n > 0 {
+			if top := stack[n-1]; top.object {
+				top.wantKey = true
+			} else {
+				top.index++
+			}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var prev int64
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return path()
+		}
+		raw := body[prev:dec.InputOffset()]
+		prev = dec.InputOffset()
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{', '[':
+				stack = append(stack, &level{object: t == '{', wantKey: t == '{'})
+			default:
+				stack = stack[:len(stack)-1]
+				valueDone()
+			}
+		case string:
+			if n := len(stack); n > 0 && stack[n-1].object && stack[n-1].wantKey {
+				top := stack[n-1]
+				top.key, top.wantKey = t, false
+				if !utf8.Valid(raw) {
+					return path()
+				}
+				continue
+			}
+			if !utf8.Valid(raw) {
+				return path()
+			}
+			valueDone()
+		default:
+			valueDone()
+		}
 	}
 }

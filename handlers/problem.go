@@ -60,10 +60,17 @@ func problemFor(err error) *problem {
 		return nil
 	}
 	p := newProblem(m.status, m.code, ce.Message)
-	if ce.Field != "" {
+	switch {
+	case len(ce.Fields) > 0:
+		errs := make([]gen.FieldError, len(ce.Fields))
+		for i, f := range ce.Fields {
+			errs[i] = gen.FieldError{Field: f.Field, Message: f.Message}
+		}
+		p.Errors = &errs
+	case ce.Field != "":
 		p.Errors = &[]gen.FieldError{{Field: ce.Field, Message: ce.Message}}
 	}
-	if ce.Code == chat.CodeRateLimited {
+	if ce.Code == chat.CodeRateLimited || ce.Code == chat.CodeUnavailable && ce.RetryAfter > 0 {
 		p.retryAfter = max(1, int((ce.RetryAfter+time.Second-1)/time.Second))
 	}
 	return p

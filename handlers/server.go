@@ -75,7 +75,11 @@ func (s *Server) Login(ctx context.Context, req gen.LoginRequestObject) (gen.Log
 	if err != nil {
 		return fail(err)
 	}
-	return gen.Login200JSONResponse{AccessToken: res.Token, TokenType: gen.Bearer, ExpiresIn: int(res.ExpiresIn / time.Second)}, nil
+	return gen.Login200JSONResponse{
+		Body: gen.Token{AccessToken: res.Token, TokenType: gen.Bearer, ExpiresIn: int(res.ExpiresIn / time.Second)},
+		// No cache, private or shared, may keep a token (RFC 6749 §5.1).
+		Headers: gen.Login200ResponseHeaders{CacheControl: "no-store"},
+	}, nil
 }
 
 // GetMe implements GET /users/me.

@@ -132,14 +132,33 @@ func (m *Metrics) BrokerError(op string) {
 	}
 }
 
-// HTTPRequest counts one HTTP request; route is the route template, never
-// the raw path.
+// knownMethods are the HTTP methods that get a label value of their own.
+var knownMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true,
+	http.MethodConnect: true, http.MethodTrace: true,
+}
+
+// Label values that stand for everything else, so that no request, even an
+// unauthenticated one, can add a series: each series costs memory on every
+// scrape for ever.
+const (
+	OtherMethod    = "other"
+	UnmatchedRoute = "unmatched"
+)
+
+// HTTPRequest counts one HTTP request. route is the route template, never
+// the raw path; "" (no route matched) becomes UnmatchedRoute, and a method
+// outside RFC 9110's becomes OtherMethod.
 func (m *Metrics) HTTPRequest(method, route string, status int, d time.Duration) {
 	if m == nil {
 		return
 	}
+	if !knownMethods[method] {
+		method = OtherMethod
+	}
 	if route == "" {
-		route = "unmatched"
+		route = UnmatchedRoute
 	}
 	m.httpRequests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
 	m.httpDuration.WithLabelValues(method, route).Observe(d.Seconds())

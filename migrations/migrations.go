@@ -1,13 +1,16 @@
 // Package migrations embeds the numbered SQL migrations of WinDI Chat, one
 // set per database dialect, in the file naming that bun/migrate discovers
 // (<version>_<name>.tx.up.sql and .tx.down.sql, statements separated by
-// --bun:split lines).
+// --bun:split lines), and holds the few migrations that must be Go
+// (<version>_<name>.go, one for both dialects). Collect returns them all.
 package migrations
 
 import (
 	"embed"
 	"fmt"
 	"io/fs"
+
+	"github.com/uptrace/bun/migrate"
 )
 
 //go:embed postgres/*.sql
@@ -32,6 +35,25 @@ func ForDialect(dialect string) (fs.FS, error) {
 	default:
 		return nil, fmt.Errorf("migrations: unknown dialect %q", dialect)
 	}
+}
+
+// Collect returns every migration of dialect, SQL and Go, ready for a
+// migrate.Migrator.
+func Collect(dialect string) (*migrate.Migrations, error) {
+	fsys, err := ForDialect(dialect)
+	if err != nil {
+		return nil, err
+	}
+	ms := migrate.NewMigrations()
+	if err := ms.Discover(fsys); err != nil {
+		return nil, fmt.Errorf("migrations: discover: %w", err)
+	}
+	for _, register := range []func(*migrate.Migrations) error{registerNFKCEmails} {
+		if err := register(ms); err != nil {
+			return nil, fmt.Errorf("migrations: %w", err)
+		}
+	}
+	return ms, nil
 }
 
 // mustSub panics when dir is missing, which only a broken build can cause.

@@ -73,3 +73,22 @@ func TestUnknownDialect(t *testing.T) {
 		t.Error("got nil error for mysql, want one")
 	}
 }
+
+func TestCollectAddsGoMigrations(t *testing.T) {
+	for _, dialect := range []string{"postgres", "sqlite"} {
+		ms, err := migrations.Collect(dialect)
+		if err != nil {
+			t.Fatalf("%s: %v", dialect, err)
+		}
+		var names []string
+		for _, m := range ms.Sorted() {
+			if m.Up == nil || m.Down == nil {
+				t.Errorf("%s: migration %s lacks up or down", dialect, m.Name)
+			}
+			names = append(names, m.Name+"_"+m.Comment)
+		}
+		if !slices.Contains(names, "00002_nfkc_emails") {
+			t.Errorf("%s: got %v, want 00002_nfkc_emails among them", dialect, names)
+		}
+	}
+}

@@ -87,13 +87,9 @@ func TestMigrateClearsStaleLockOnPostgres(t *testing.T) {
 func TestMigrateDownAndUp(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, s *repo.Store) {
 		ctx := context.Background()
-		fsys, err := migrations.ForDialect(s.Dialect())
+		ms, err := migrations.Collect(s.Dialect())
 		if err != nil {
 			t.Fatalf("migrations: %v", err)
-		}
-		ms := migrate.NewMigrations()
-		if err := ms.Discover(fsys); err != nil {
-			t.Fatalf("discover: %v", err)
 		}
 		m := migrate.NewMigrator(s.DB(), ms)
 		if _, err := m.Rollback(ctx); err != nil {
@@ -184,4 +180,46 @@ func TestRevisionsMigrationKeepsData(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMigrateNormalizesEmails runs migration 00002 over accounts stored
+// before emails were NFKC-normalized: each moves to its normal form unless
+// another account already holds that form, and ASCII addresses stay as
+// they are.
+func TestMigrateNormalizesEmails(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		stored := map[string]string{ // as stored before → after the migration
+			"\ufb01nn@example.com":      "finn@example.com", // the ligature ﬁ
+			"ｂｏｂ@example.com":           "bob@example.com",  // fullwidth
+			"carol@example.com":         "carol@example.com",
+			"fix@example.com":           "fix@example.com",
+			"\ufb01x@example.com":       "\ufb01x@example.com", // its normal form is taken: kept
+			"a\u030angstrom@example.se": "\u00e5ngstrom@example.se",
+		}
+		ids := map[string]int64{}
+		for email := range stored {
+			u, err := s.CreateUser(ctx, "Legacy", email, "hash")
+			if err != nil {
+				t.Fatalf("create %q: %v", email, err)
+			}
+			ids[email] = u.ID
+		}
+		// Run 00002 again, as on a database that predates it.
+		if _, err := s.DB().NewDelete().Table("bun_migrations").Where("name = ?", "00002").Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+		for before, after := range stored {
+			u, err := s.UserByID(ctx, ids[before])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Email != after {
+				t.Errorf("%q: got %q after the migration, want %q", before, u.Email, after)
+			}
+		}
+	})
 }

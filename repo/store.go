@@ -130,13 +130,9 @@ func escapeSQLitePath(p string) string {
 // a lock row that stays for staleLockAfter is taken as stale, which is safe
 // because each migration file runs in one transaction.
 func (s *Store) Migrate(ctx context.Context) error {
-	fsys, err := migrations.ForDialect(s.dialect)
+	ms, err := migrations.Collect(s.dialect)
 	if err != nil {
 		return fmt.Errorf("repo: migrate: %w", err)
-	}
-	ms := migrate.NewMigrations()
-	if err := ms.Discover(fsys); err != nil {
-		return fmt.Errorf("repo: migrate: discover: %w", err)
 	}
 
 	release, err := s.migrationMutex(ctx)

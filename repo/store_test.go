@@ -2,7 +2,6 @@ package repo_test
 
 import (
 	"context"
-	"io/fs"
 	"testing"
 
 	"github.com/windi-chat/windi/migrations"
@@ -26,11 +25,12 @@ func TestMigrateIdempotent(t *testing.T) {
 		if err := s.DB().NewSelect().Table("bun_migrations").ColumnExpr("count(*)").Scan(ctx, &n); err != nil {
 			t.Fatalf("count migrations: %v", err)
 		}
-		fsys, _ := migrations.ForDialect(s.Dialect())
-		ups, _ := fs.Glob(fsys, "*.up.sql")
-		gos, _ := fs.Glob(fsys, "*.go")
-		if want := len(ups) + len(gos); n != want {
-			t.Errorf("got %d applied migrations, want %d, once each", n, want)
+		ms, err := migrations.Collect(s.Dialect())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := len(ms.Sorted()); n != want {
+			t.Errorf("got %d applied migrations, want %d (each once)", n, want)
 		}
 	})
 }

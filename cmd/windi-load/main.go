@@ -52,9 +52,10 @@ when it sees one. For throughput runs start the server with the send limit
 off or raised (WINDI_SEND_RATE=0, or WINDI_SEND_RATE/WINDI_SEND_BURST).
 Registration hashes each password with argon2id on the server (tens of ms
 each), so -users / -members in the hundreds take a while: -setup-concurrency
-bounds it. Logins are limited per IP (WINDI_LOGIN_LIMIT_IP, default 120 a
-minute): 429 answers are retried after Retry-After, but setups of more than
-~100 users go faster with WINDI_LOGIN_LIMIT_IP=0. WINDI_MAX_CONNS_PER_USER
+bounds it. Registrations and logins are limited per IP
+(WINDI_REGISTER_LIMIT_IP, default 20 a minute; WINDI_LOGIN_LIMIT_IP, 120):
+429 and 503 answers are retried after Retry-After, but setups of more than
+~20 users go much faster with WINDI_REGISTER_LIMIT_IP=0 WINDI_LOGIN_LIMIT_IP=0. WINDI_MAX_CONNS_PER_USER
 (default 64 per replica) caps -devices and idle -conns/-users.
 
 Output: a table, then one JSON line (the last line of stdout). Exit status

@@ -126,7 +126,7 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 	limited := func(what string, d time.Duration) {
 		warned.Do(func() {
 			warn("setup: the server limits %s (429/503); retrying after %v. For big setups start it with the login limits off "+
-				"(WINDI_LOGIN_LIMIT_IP=0)", what, d)
+				"(WINDI_REGISTER_LIMIT_IP=0 WINDI_LOGIN_LIMIT_IP=0)", what, d)
 		})
 	}
 	err := pool(ctx, n, conc, func(ctx context.Context, i int) error {

@@ -809,7 +809,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description The body is not of the content type the operation takes */
+        /** @description The body is not of the content type the operation takes; the detail names the one it takes */
         UnsupportedMediaType: {
             headers: {
                 [name: string]: unknown;
@@ -838,9 +838,11 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description The database or the broker is unavailable; nothing was stored, retry */
+        /** @description The database or the broker is unavailable, or the server is too busy hashing passwords to take this registration or login now; nothing was stored, retry (after `Retry-After` seconds when it is given) */
         Unavailable: {
             headers: {
+                /** @description Seconds to wait, when the server knows */
+                "Retry-After"?: number;
                 [name: string]: unknown;
             };
             content: {
@@ -902,6 +904,7 @@ export interface operations {
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
             default: components["responses"]["Error"];
         };
     };
@@ -921,6 +924,8 @@ export interface operations {
             /** @description An access token */
             200: {
                 headers: {
+                    /** @description Always `no-store`, so no cache keeps the token. */
+                    "Cache-Control": "no-store";
                     [name: string]: unknown;
                 };
                 content: {
@@ -932,6 +937,7 @@ export interface operations {
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
             default: components["responses"]["Error"];
         };
     };
