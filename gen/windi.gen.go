@@ -670,6 +670,12 @@ type RegisterRequest struct {
 	Password string `json:"password"`
 }
 
+// SearchHit A message found by a search, with the chat it belongs to.
+type SearchHit struct {
+	ChatID  int64   `json:"chat_id"`
+	Message Message `json:"message"`
+}
+
 // SendMessageRequest defines model for SendMessageRequest.
 type SendMessageRequest struct {
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
@@ -766,6 +772,24 @@ type GetHistoryParams struct {
 
 	// BeforeSeq Only messages with a smaller seq (exclusive cursor).
 	BeforeSeq *int64 `form:"before_seq,omitempty" json:"before_seq,omitempty"`
+}
+
+// SearchMessagesParams defines parameters for SearchMessages.
+type SearchMessagesParams struct {
+	// Q The words to find; 1..200 characters after trimming, at most 16 words.
+	Q string `form:"q" json:"q"`
+
+	// ChatID Search this chat only (403 if the caller is not a member, 404 if there is no such chat).
+	ChatID *int64 `form:"chat_id,omitempty" json:"chat_id,omitempty"`
+
+	// Limit The most messages to return.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// BeforeSeq Only messages with a smaller seq (exclusive cursor); needs `chat_id`.
+	BeforeSeq *int64 `form:"before_seq,omitempty" json:"before_seq,omitempty"`
+
+	// BeforeID Only messages with a smaller id (exclusive cursor), with or without `chat_id`.
+	BeforeID *int64 `form:"before_id,omitempty" json:"before_id,omitempty"`
 }
 
 // SearchUsersParams defines parameters for SearchUsers.
@@ -1536,6 +1560,24 @@ type ClientInterface interface {
 	// Corresponds with POST /register (the `Register` operationId).
 	Register(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// SearchMessages Full-text search over the messages of the caller's chats
+	//
+	// Finds the messages whose current text holds every word of `q`, each
+	// as a whole word or as the beginning of one, case-insensitively, in
+	// any script (`прив` finds "Привет"). Words are the runs of letters
+	// and digits; everything else in `q`, punctuation and search
+	// operators included, only separates words, and a `q` without any
+	// word finds nothing. Only chats the caller is a member of now are
+	// searched; deleted messages (empty text) are never found.
+	//
+	// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+	// across chats (within a chat both orders agree). To page, pass the
+	// `id` of the last message of a page as `before_id`; within one chat
+	// its `seq` as `before_seq` works too.
+	//
+	// Corresponds with GET /search (the `SearchMessages` operationId).
+	SearchMessages(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// SearchUsers Find users by a prefix of their name or email
 	//
 	// Corresponds with GET /users (the `SearchUsers` operationId).
@@ -1832,6 +1874,34 @@ func (c *Client) RegisterWithBody(ctx context.Context, contentType string, body 
 // Corresponds with POST /register (the `Register` operationId).
 func (c *Client) Register(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRegisterRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SearchMessages Full-text search over the messages of the caller's chats
+//
+// Finds the messages whose current text holds every word of `q`, each
+// as a whole word or as the beginning of one, case-insensitively, in
+// any script (`прив` finds "Привет"). Words are the runs of letters
+// and digits; everything else in `q`, punctuation and search
+// operators included, only separates words, and a `q` without any
+// word finds nothing. Only chats the caller is a member of now are
+// searched; deleted messages (empty text) are never found.
+//
+// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+// across chats (within a chat both orders agree). To page, pass the
+// `id` of the last message of a page as `before_id`; within one chat
+// its `seq` as `before_seq` works too.
+//
+// Corresponds with GET /search (the `SearchMessages` operationId).
+func (c *Client) SearchMessages(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSearchMessagesRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2414,6 +2484,104 @@ func NewRegisterRequestWithBody(server string, contentType string, body io.Reade
 	return req, nil
 }
 
+// NewSearchMessagesRequest constructs an http.Request for the SearchMessages method
+func NewSearchMessagesRequest(server string, params *SearchMessagesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/search")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.ChatID != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "chat_id", *params.ChatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.BeforeSeq != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_seq", *params.BeforeSeq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.BeforeID != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_id", *params.BeforeID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewSearchUsersRequest constructs an http.Request for the SearchUsers method
 func NewSearchUsersRequest(server string, params *SearchUsersParams) (*http.Request, error) {
 	var err error
@@ -2681,6 +2849,26 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /register (the `Register` operationId).
 	RegisterWithResponse(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterResponse, error)
+
+	// SearchMessagesWithResponse Full-text search over the messages of the caller's chats
+	//
+	// Finds the messages whose current text holds every word of `q`, each
+	// as a whole word or as the beginning of one, case-insensitively, in
+	// any script (`прив` finds "Привет"). Words are the runs of letters
+	// and digits; everything else in `q`, punctuation and search
+	// operators included, only separates words, and a `q` without any
+	// word finds nothing. Only chats the caller is a member of now are
+	// searched; deleted messages (empty text) are never found.
+	//
+	// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+	// across chats (within a chat both orders agree). To page, pass the
+	// `id` of the last message of a page as `before_id`; within one chat
+	// its `seq` as `before_seq` works too.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /search (the `SearchMessages` operationId).
+	SearchMessagesWithResponse(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*SearchMessagesResponse, error)
 
 	// SearchUsersWithResponse Find users by a prefix of their name or email
 	//
@@ -3755,6 +3943,89 @@ func (r RegisterResponse) ContentType() string {
 	return ""
 }
 
+type SearchMessagesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]SearchHit
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SearchMessagesResponse) GetJSON200() *[]SearchHit {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r SearchMessagesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SearchMessagesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SearchMessagesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SearchMessagesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type SearchUsersResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -4116,6 +4387,32 @@ func (c *ClientWithResponses) RegisterWithResponse(ctx context.Context, body Reg
 		return nil, err
 	}
 	return ParseRegisterResponse(rsp)
+}
+
+// SearchMessagesWithResponse Full-text search over the messages of the caller's chats
+//
+// Finds the messages whose current text holds every word of `q`, each
+// as a whole word or as the beginning of one, case-insensitively, in
+// any script (`прив` finds "Привет"). Words are the runs of letters
+// and digits; everything else in `q`, punctuation and search
+// operators included, only separates words, and a `q` without any
+// word finds nothing. Only chats the caller is a member of now are
+// searched; deleted messages (empty text) are never found.
+//
+// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+// across chats (within a chat both orders agree). To page, pass the
+// `id` of the last message of a page as `before_id`; within one chat
+// its `seq` as `before_seq` works too.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /search (the `SearchMessages` operationId).
+func (c *ClientWithResponses) SearchMessagesWithResponse(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*SearchMessagesResponse, error) {
+	rsp, err := c.SearchMessages(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSearchMessagesResponse(rsp)
 }
 
 // SearchUsersWithResponse Find users by a prefix of their name or email
@@ -5028,6 +5325,74 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 	return response, nil
 }
 
+// ParseSearchMessagesResponse parses an HTTP response from a SearchMessagesWithResponse call
+func ParseSearchMessagesResponse(rsp *http.Response) (*SearchMessagesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SearchMessagesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []SearchHit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseSearchUsersResponse parses an HTTP response from a SearchUsersWithResponse call
 func ParseSearchUsersResponse(rsp *http.Response) (*SearchUsersResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -5163,6 +5528,9 @@ type ServerInterface interface {
 	// Register Create an account
 	// (POST /register)
 	Register(ctx echo.Context) error
+	// SearchMessages Full-text search over the messages of the caller's chats
+	// (GET /search)
+	SearchMessages(ctx echo.Context, params SearchMessagesParams) error
 	// SearchUsers Find users by a prefix of their name or email
 	// (GET /users)
 	SearchUsers(ctx echo.Context, params SearchUsersParams) error
@@ -5388,6 +5756,52 @@ func (w *ServerInterfaceWrapper) Register(ctx echo.Context) error {
 	return err
 }
 
+// SearchMessages converts echo context to params.
+func (w *ServerInterfaceWrapper) SearchMessages(ctx echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params SearchMessagesParams
+	// ------------- Required query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "q", ctx.QueryParams(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter q: %s", err))
+	}
+
+	// ------------- Optional query parameter "chat_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "chat_id", ctx.QueryParams(), &params.ChatID, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "before_seq" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "before_seq", ctx.QueryParams(), &params.BeforeSeq, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter before_seq: %s", err))
+	}
+
+	// ------------- Optional query parameter "before_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "before_id", ctx.QueryParams(), &params.BeforeID, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter before_id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.SearchMessages(ctx, params)
+	return err
+}
+
 // SearchUsers converts echo context to params.
 func (w *ServerInterfaceWrapper) SearchUsers(ctx echo.Context) error {
 	var err error
@@ -5477,6 +5891,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/chats", wrapper.CreateChat, options.OperationMiddlewares["createChat"]...)
 	router.GET(options.BaseURL+"/chats/:chat_id", wrapper.GetChat, options.OperationMiddlewares["getChat"]...)
 	router.GET(options.BaseURL+"/history/:chat_id", wrapper.GetHistory, options.OperationMiddlewares["getHistory"]...)
+	router.GET(options.BaseURL+"/search", wrapper.SearchMessages, options.OperationMiddlewares["searchMessages"]...)
 	router.POST(options.BaseURL+"/chats/:chat_id/messages", wrapper.SendMessage, options.OperationMiddlewares["sendMessage"]...)
 	router.POST(options.BaseURL+"/chats/:chat_id/read", wrapper.MarkRead, options.OperationMiddlewares["markRead"]...)
 	router.GET(options.BaseURL+"/chats/:chat_id/presence", wrapper.GetPresence, options.OperationMiddlewares["getPresence"]...)
@@ -6980,6 +7395,125 @@ func (response RegisterdefaultApplicationProblemPlusJSONResponse) VisitRegisterR
 	return err
 }
 
+type SearchMessagesRequestObject struct {
+	Params SearchMessagesParams
+}
+
+type SearchMessagesResponseObject interface {
+	VisitSearchMessagesResponse(w http.ResponseWriter) error
+}
+
+type SearchMessages200JSONResponse []SearchHit
+
+func (response SearchMessages200JSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages400ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages401ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages403ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages404ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages422ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessagesdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response SearchMessagesdefaultApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type SearchUsersRequestObject struct {
 	Params SearchUsersParams
 }
@@ -7162,6 +7696,9 @@ type StrictServerInterface interface {
 	// Register Create an account
 	// (POST /register)
 	Register(ctx context.Context, request RegisterRequestObject) (RegisterResponseObject, error)
+	// SearchMessages Full-text search over the messages of the caller's chats
+	// (GET /search)
+	SearchMessages(ctx context.Context, request SearchMessagesRequestObject) (SearchMessagesResponseObject, error)
 	// SearchUsers Find users by a prefix of their name or email
 	// (GET /users)
 	SearchUsers(ctx context.Context, request SearchUsersRequestObject) (SearchUsersResponseObject, error)
@@ -7600,6 +8137,31 @@ func (sh *strictHandler) Register(ctx echo.Context) error {
 	return nil
 }
 
+// SearchMessages operation middleware
+func (sh *strictHandler) SearchMessages(ctx echo.Context, params SearchMessagesParams) error {
+	var request SearchMessagesRequestObject
+
+	request.Params = params
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.SearchMessages(ctx.Request().Context(), request.(SearchMessagesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "SearchMessages")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(SearchMessagesResponseObject); ok {
+		return validResponse.VisitSearchMessagesResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
 // SearchUsers operation middleware
 func (sh *strictHandler) SearchUsers(ctx echo.Context, params SearchUsersParams) error {
 	var request SearchUsersRequestObject
@@ -7653,84 +8215,94 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7F3/V+M4kv9X9Hz73sCdIcAwczvwE8tOz7A39PQD+uaHhksUu5JosSUjyYRsv9zffq9K8pc4dhJoSM/t",
-	"zm9NbEmlqlJ9+VTJ/TmIVJopCdKa4ORzkHHNU7Cg6a/zCbcXMf4rBhNpkVmhZHAS3EyARRNuvzFMxPtB",
-	"GAj8NeN2EoSB5CkEJwE+74s4CAMND7nQEAcnVucQBiaaQMpx1pHSKbfBSSCk/f44CINUSJHmaXByGAZ2",
-	"loF7BGPQwXweBj9plWddBI3xIVHEduwEmOEpMJmnQ9CMGyasqWje7SCa5nhtqj8a0F1E5wb0Ki7i89el",
-	"Z45TmUxJAyTjv/D4Ch5yMBb/ipS0IOmfPMsSEXEktpdpNUwg/Y+/G6T8c23xP2kYBSfBv/UqPeq5p6b3",
-	"wY1yiy7vXbtlmTAs5QnuAuJgHgbnSo4SEX01eiK/vmFTYScMdSnKtQZpmbHcAtL4o9ZKb5PAM8lyCU8Z",
-	"RBZiBrT8PAzeKT0UcQxym7S8V5bxJFFTiNmOxD9YCnjOQoZ/IcPUVILeRQrfK/tO5TLeLoHM5NGEaTAq",
-	"1xFJ7EapSy5nXtfNNsm54hZYIlJhIT5lBoANrsDq2d7ZyIIeBGEwAR57m1t7smwyriFSMjbMKjblwgZ1",
-	"M7B80tH2SJ7bidLiH7BVCVwKY4Qch0zIR56ImCnN4ClDA8YiDTFIK3hiAkfiIxcJHyaw7RMfc8uH3ABS",
-	"h1o71OoeNBqkvCLqFJV6IuSYTblhxioNccg0ismRn2kVgTHb3sAZGwlIYjKfjtu4Dc9vR5nJs0xpC/El",
-	"xILfkIJsl8NDFc+QQrQLauRsqVueob46W5GBJhKY5fdgyGf66YsghEITjS9a4dxWpIFbiPvuWekCY25h",
-	"z4oUgtL1GauFHCNDRNzqLpsHJwwSbmw/RZmOiWNczn4dBSefVrPi0g+Yh6vfe58nyX/zJIdgftfGMwlT",
-	"dEN+/ZJtE25PmcyThE0nIJmwbMKRsRIwdnjaG6s9v5N/ryhxWzHwsDKIK5aKVC4taLZj4AHXxZhpkRoK",
-	"nDbgoPMHJClhITXr1AiFfEljcLSfj2vN6Yy5YGhV0IdveO6MlGaZFo9odHF/BknGJ+6AuuhpSTesPxzr",
-	"iKRDNA+DXGrgLUGdZ71hHC24kxxPEorycASbcgs65fp+P2iNFqs471NAgR+943kQ1vW+4nJDY0vq7soV",
-	"1PDvEFmKripOLx0qmgVHFhqzgaS1StYyzq13hW8i63xMu8n8DYbUwmGcLGxQ3LXfK+DxO+2VqGFHfJqy",
-	"2WY3Z0uhTyAxEP9E6+w3hFJoX2OTXuBVArVqazeNdbzmB6HLZVpWC4PzRIC0JUOabuU3GF6r6B4sG+Er",
-	"bKRVyiIag4GHAf2INuJv17++Zxae/GtkGWKBU6VCcuvC45RnGa6K/3Ta6Ziw2oRW8grLYQbkumHXIMth",
-	"ZiajrtevZzJy783DQh1m713CZf35VhI2N/nVwuts/9IG1w2o0XpXiu7SjLsSSmSTTynJEtqJMPQj2znc",
-	"3//+GE2jtGgK2dn1+cXF7inTkAG3hnGNHiBJeGaA8tGUP/0Ccmwnwcn3x5RWFn8ehpinWtC47P98Ynv/",
-	"e/f5MPz+eP6nNr97TjbLHcQy01ylKk51u6wwzUZQAIUGYanzKwd8cC/RkC8Ve9uMm4yoiHbCbPy4ZJyc",
-	"fe+LeNGRPivhJzFeuKGHBwcH3d61Ju5DfG9R3p0es7A8Xfam3brRoq1GbYm3S2yxHTavzdatcjZrcJsW",
-	"qovZ2ggnSOBVvIyztf3UjP2YpV1FKl7rdCt6zvHteWlKW2ds8tQhDBv7KlyhWmA1e8498cVSQx73Pfbi",
-	"gkuPaISBVLY/IvAgDKxS/YRrCm80t9D3CTVFO1UGGRIjteRJqzq8w5SpBG8WhUTpVCtzuhnXYIebYjUj",
-	"fgae4Jla1hGI7ulfPI4FmnSefGjR+yWh1eY2ltvc1Jmr7hsMWitSP0cb6b+osZDvlE5bqHc626Wv7qmB",
-	"SINtfWOsubT9pZPNjZkqHbfKsnxYP1Xljwvu6/Dozy0TmEhl7acBz3l30gEpFwnjcazBmIajPPrueB2D",
-	"y8nDtv1V3HZR81kcw+sEr03mOu+yz3GBZ9vOzexlFcOuspw+PYBUPb7tVrVb4vewWZ81lcd0KkGXGV0r",
-	"gW6gmQgMFuS4nUdyDC2B4TueGHCwQZGQMrKr9GdaTsx4gtH5jHHDuLl3UaAnZKhUAlzSaX6WLNIy2Vwk",
-	"6rcJ2IlPkZFhTJgSSG5kz+1kfIHElkVV0hmWbGyXXukJ3tjDvyW+1Q5d/PgIesYUCaUoeDimfGMq2IJQ",
-	"Jw08mkBcZBcP7QJyucibZNfwZNd7YxLrYhpdJ8pP05RGA2PpBFK8KpxF910ma62Q49zBr3UnVONfLezY",
-	"DHdssXsueebR/eaxXIMbFZGr4xpPxnuYdvDj9bYjYbrxdjYgGbPxHx/rkMjXwYgWEJJt+ahueGkJq1gG",
-	"O9Wjg/AXkc1TpiQb9Kam99mvNx+UGHZfxCzlMzYEplJhrXMymzN8da7bxfxy1MErCKKdtWvYWGFELVU9",
-	"GZProxe/IveWLNZKSKMGRdVM8gZH+wZfXcF2gvpeaq6IjhVyuPF0LorgcH//+OCH75HHmkcWdAnga5Gm",
-	"Qo4bYT6+vBYhqQo9rWkEAaiP+NwVLriMy1IjYMC2w1lRt2AaRqBBRoBh0oAKUgNXoqFx7hD6V2LmGE6Q",
-	"rGcuTnTXWQepuPRBg8E5XsUUKpkI2eHclkEct/AWDZ8n766VDa6suQyPS3b17pz9cPzdfzJfMWWxivIU",
-	"pG05ihvgNH6pAqSJwXKRtIYLhMmYlvBeQBLvJfAICaPqr6umjrhIcg2UoW5UhKuBIy1FOCGN5SigNtIq",
-	"4KHFugqbrAadmhWIj1cXNYWXHA8gqXjBcRxIyv3E0ywhMocqtyfDhMv7YEPL4egqafco1gptKICrJrnG",
-	"4ekpjyZCwh56DfqB5MVw1tpBbMBdlbz6KK8Cz6qaNpDx9FK/3jfRjZOlYCcq7uNPvkeHduZbqsKAwIu+",
-	"5fflSN530G3ostB+xCX+PIR+kS/7YlJ/lCcJoRazRPG4X4fk8qrZoJ9CLHjfc/nlWB0GHrWCweLJeomj",
-	"bwJdHQ77CsbCWNCdaxMLlxXhfALRPcSYPP+kvjFMgu0RUpRxbcAUgBGYU99FwlA8OuK+3FLuxc2/DlZa",
-	"rPlXbHshnP9cNK023Z/XHTiPdhX7Wol6YTBURp4dAthqnNKEDjaNN66pTvq8KquvrVpV1FufXWWt6swr",
-	"mhjq9VUH9K+tIZQAiccLV1b6a5hl2MTeVrcI1DHAcCF9XS2qMgsPF5LE1YPKVDV8bnG6li2GVeTS6eDr",
-	"IdUrlZzLDW9YcS73+owKdW2Xa+ubC1q17u0mRzbpHqnp1GYDFnRp3ZCaolNptiq7Lx3dK8gSPmNAaFnR",
-	"OUWdwpyNCTnSzMBDiAGLpG43IXNgiXiEV810hYyg/zr5LjVLbJznlgu3Wb0bde+akRf3yaMIjOnb4uly",
-	"bEvNoaYvZHfXay6tSCgOpHl8Q6nZbwdX8JWlgtIQuIYN6poL9C5MtkBqGwc+mrbWqpfguWWc8XKktwgG",
-	"NgBKG066RvDyLglpiXIt7OwaT5Dbo2PuWe6qm+6vdwWNf/vtpmhXpkzQCaKceWJtRkYQQ9+jD7VgZFEX",
-	"fsXpj1gRQrBRoqanZQ0B94AJsi2qdBRXJWrqL7dUs1LtD38tVOWjToKToJeosZC0wWLLRJDrbxVypFoK",
-	"GUL+9YKhBXQlDIqVyTKAHJMxQKe+z65+vL5hkXokcCGiXksTuhbF8FbSKEPJ/ERgfDg7rcUIO4Pe1AzC",
-	"Ji60yyKutQBD5uVWenNkQofIaYhAZNbNWripfXYzgWb44bp/3L6GEN/KCWjASLa0lR5TMGxnUOsfQ5Jq",
-	"gc5glxnFLLJiDBIw9o9v5fVf/8uUKIUPccwEF7QTEJqyObN/K2+lK0G4vAl5WUu2B129yoMy//ZW+Fb6",
-	"hGyAqddg/xZPcCIikIbOgr9ac3mBCpmT2FH7zEmvpzKQ7srAvtLjnh9kevhulcnWJX724QKzONCmAJIO",
-	"9g9IkTOQPBPBSfDt/sH+txT22gnpYY9kTo1OrhpedkBfYPDxizD2nN5oXNU5OjhY0b+93Le9ceftcrq/",
-	"3M1NFDkO+4JhyBJe61NGAbu+U9dHHBatwzyy4lHYGRsJbWit44PDLrLKDfcWri4QOSOeJ3b9QI9goI3K",
-	"05TrWa3Z2RTt1Dg3JtMRqijZDrRFfGyK8qAJMA7IlGmRUNXQ5i9mgbF/UfHsWdJZ3y5W75ibL9psq3OY",
-	"f6F6rNeK9p5+eBLGCjle6LJ2fBWGZVyQ5zlyMn5zaiRMiQCnVwfr1aN24e2lqnh8cLx+UHnxCQccfrfJ",
-	"Ki33NXDw0dEmg+vXUL70uPyagWS8IWDNXExQuLiWAzMPvXGrfFSnmfsJbHmCvoIWb19nvl0/qLrO9yIt",
-	"+wqKIuvHf3OzWrtm3JHvVq/0/DVkSsya6tUrQp7m7eVnTNtl5mtQ1BvZ+Rawa8uGvqy2t10wK0v/1EHu",
-	"wmylxVhInhR+/7Vt/QqCqL/dIae1xf+ZDvD23cTx0Q/rRzXvzs7D4LtNuFG/2vmllmaxSM526Hp/DHGe",
-	"UeQZA2ZAmlrXMMWqEpzdzfxUr4Lxuh1WAVy9WmS+cZdId2D+K1Uxi8Y5EZuQcROBjD1W8IeD+xK1u4hN",
-	"/QYmXZak7Ie56jGTahoyJRmXM6aBhP7WLq9o33tld3fJ9f0VTv02vq5eztvIyR23t01UnYjCMG5ZApiF",
-	"ooDG4hEkM/DAdvyFbi8yylMNPOz+4S++alrR0S/GRkpPuY7ZTqqkskqKKGQRzzKIUcCtgmy36Q5E630u",
-	"vuMy7/E47mMY2vvs+z7mzz85xWdnuooItVf9t166D9lZHNN0l0W38RtGdo1+8Y6Iqtl7/c92Rg42CHDK",
-	"T858nXNxFmNoQ4KwqkSQd6gdA/3M7JSJGNJMoVbUdd/pe6fyu5rr70r/XVXud3oE6t+yIYeeKg1/nIet",
-	"nwenJMWRoM6I8lCUXxdiTrsNCkpJYMPcMmENJKPTSojFO+5B59GZ0J28f3SG/j/752+oq/5aYIeGeu6S",
-	"ncZE56Us9kW74OTTXZ3hv2DkBMbU+GNmxkJa8MdVpFpRvUViB2o0MmAHrgZgnPBIZklM3xHhNqIO16Lj",
-	"gg2o0bZv4GGAmdytHAxhpDT4XzQweIqS3IhH+g6XUdrss9+EnbDFFxNUAmoSxPxQmFuJfwyo9WzQ+IyJ",
-	"YUNI1JQJy3YcwUW1foHoW+mHgYx3Q2asSBKmweZaQlzsiKoarsi0lC/+7PgWLIX/yxJOVZ08q/w65Xfh",
-	"HnKgiXz1ira18P2nUh2+O6BuLd874Fu/Vlx0Xurqb4iIqDH3Igv9B2LiJanulD94hk3b5bPbtR0nhPb9",
-	"HKzr6vu8nBHPKuKXWzPYTlOjOukqdTPY7It7L6fPpPSZmGfSV3E4ePknAe+2UWdcutbTjWhU39ApcAw2",
-	"nCFj/oAzvjgDK1irRoxTVhUu2LHXhi5cOwVGnK3RIF0o3xhveNqbTqd7qNt7uU5ARiqGeHMPW91e3zLG",
-	"7nqi2j/q6BqNXEPTVtX7/w/U/JpxjhozIavverZ1E7Gd1k6ieuyIrPSREd2X7g4cr9zjrxI30trouy2/",
-	"B2Y1H41EVMPu33j598oSzjM7ZQP3bYsBM3xm2HQiogmLIQMZg4xmzF98eF1R4+4FxrRsp/zMI5dx8Y1H",
-	"usGMmrnbFfNqfw2g23oVFwXeDDBdvIewkdV6vUIc9TGuaLqg4u5LLdZzc9B/SWt17tstZNEu2G6CUBDd",
-	"3WTXwHU0+WjcdwJXpiHn3MCekAakERaDz0zDSDwV9Q8yiR5YJ5N4yiDN7IwlwljjGqL91yjbQtXFCHXt",
-	"J1M6cyTa7hclSEfPS5C2Eh5/NJtV+8rkjNgQYmAs/bWCrYUO2w9b3wkZe8EPZ9SYVFNMoUvVLJqXi1Pi",
-	"jkbtmPTSlfXdS3hLV73KorY0zny1RsmVTTwlSxcN12L396c7PMDNXu5Pd3iWXANwFwxS3ICacOv+bVxb",
-	"YdHjW7bs9ghk9lQt39FA1+m/KoxeP/GJRpHWI5XLNgYFxGKhIfKoTe0r/Kbl/Q/1z8zSOg5VDIsWbvqt",
-	"7FBa+L8R2ub7yXeOF6h14z8maBvi4i9aRxcRTzXMBzTzu/n/BQAA//8=",
+	"7F3vchs5cn8V1OSqTkpGpOSVnTvpk0+33vVl7XVJcvaDpZDgoEniNANQAEYUz6VUKi+Sd0hVqvItr7D3",
+	"RqluYP5wOENSsiRvLvvN4uBPo7vR6P51A/4cJTqbaQXK2ejoczTjhmfgwNBfJ1Pu3gr8lwCbGDlzUqvo",
+	"KDqfAkum3P3WMil6URxJ/HXG3TSKI8UziI4i/D6QIoojA9e5NCCiI2dyiCObTCHjOOpYm4y76CiSyr06",
+	"jOIok0pmeRYdHcSRW8zAf4IJmOjuLo6+MzqfdRE0wY9EEdtxU2CWZ8BUno3AMG6ZdLaiebeDaBrjsan+",
+	"aMF0EZ1bMOu4iN8fl547HMrOtLJAMv4DF6dwnYN1+FeilQNF/+SzWSoTjsT2Z0aPUsj+4c8WKf9cm/w3",
+	"BsbRUfR3/UqP+v6r7X/wvfykq2s3flomLct4iqsAEd3F0YlW41QmX42eJMxv2Vy6KUNdSnJjQDlmHXeA",
+	"NH5rjDbPSeBrxXIFtzNIHAgGNP1dHL3RZiSFAPWctLzXjvE01XMQbEfhHywD3Gcxw7+QYXquwOwihe+1",
+	"e6NzJZ6XQGbzZMoMWJ2bhCR2rvU7rhZB1+1zknPKHbBUZtKBOGYWgA1PwZnF3uuxAzOM4mgKXASbW/uy",
+	"ajLOINFKWOY0m3PporoZWN3paHsUz91UG/kXeFYJvJPWSjWJmVQ3PJWCacPgdoYGjCUGBCgneWojT+IN",
+	"lykfpfDcO15wx0fcAlKHWjsy+goMGqS8IuoYlXoq1YTNuWXWaQMiZgbF5MmfGZ2Atc+9gNdsLCEVZD49",
+	"t3EZgd+eMpvPZto4EO9ASH5OCvK8HB5psUAK0S7osbelfnqG+uptxQwMkcAcvwJLZ2YYvnBCyDUx2NBJ",
+	"f2wlBrgDMfDfyiNQcAd7TmYQlUefdUaqCTJEitbjsrlx4ijl1g0ylOmEOMbV4sdxdPRpPSvehQ538fp2",
+	"7/M0/Wee5hDdXbbxTMEcj6Ewf8m2KXfHTOVpyuZTUEw6NuXIWAXoO9zuTfReWMnfV5T4pVi4XuvEFVMl",
+	"OlcODNuxcI3zos+0TA05Tltw0J8HJCnpILOb1AiF/I76YO8wHjeG0x7zztA6pw9bBO6MtWEzI2/Q6OL6",
+	"LJKMX/wG9d7Tim64sDk2EUmb6C6OcmWAtzh1gfWWcbTgXnI8TcnLwx5szh2YjJurXtTqLVZ+3qeIHD9q",
+	"E3gQ1/W+4nJDY0vqLssZ9OjPkDjyripOr2wqGgV7FhqzhaSNTjcyzs93ii2RdcGn3Wb8BkNq7jAOFjco",
+	"7lrvKXDxxgQlatiREKZst9jt2VLoEyh0xD/RPL2GUArtaywyCLwKoNYt7bwxT9D8KPaxTMtscXSSSlCu",
+	"ZEjzWPkJRmc6uQLHxtiEjY3OWEJ90PGwYG7QRvzp7Mf3zMFtaEaWQUgcKpOKO+8eZ3w2w1nxn147PRPW",
+	"m9BKXnHZzYLa1O0MVNnNLlTS1fxsoRLf7i4u1GHx3gdcLuxvrWB7k19NvMn2ryxwU4carZel6N7ZSVdA",
+	"iWwKISVZQjeVln5kOwe93qtDNI3KoSlkr89O3r7dPWYGZsCdZdzgCZCmfGaB4tGM3/4AauKm0dGrQwor",
+	"iz8PYoxTHRic9l8+sb1/vfx8EL86vPtN27l7QjbLb8Qy0lynKl51u6wwjUZQALkGcanzazt88I2oy5eK",
+	"vW3EbXpURHthNn5cMU7evg+kWD5I7xXwkxjf+q4H+/v73adrTdwH2G5Z3p0nZmF5uuxNu3WjSVuN2gpv",
+	"V9jiOmxem61bd9hswG1aqC5GayOcIIFHOWW8rR1kdhL6rKwq0WLjoVvRc4Kt70pT2jpik6ceYdj6rMIZ",
+	"qgnWs+ckEF9MNeJiELAX71wGRCOOlHaDMYEHceS0HqTckHtjuINBCKjJ26kiyJgYaRRPW9XhDYZMJXiz",
+	"LCQKp1qZ0824Bjv8EOsZ8T3wFPfUqo5AckX/4kJINOk8/dCi9ytCq41tHXe5rTNXXzUYtFGkYYw20n/Q",
+	"E6neaJO1UO91tktf/VcLiQHX2mJiuHKDlZ3NrZ1rI1plWX6s76ryx6Xj6+DF71oGsImete8G3OfdQQdk",
+	"XKaMC2HA2sZB+eLl4SYGl4PHbeuruO295tdCwOM4r03m+tOlx3GCe9vO7exl5cOus5whPIBM3zztUo2f",
+	"4pew2BA1ldt0rsCUEV0rgb6jnUp0FtSknUdqAi2O4RueWvCwQRGQMrKr9GdWDsx4it75gnHLuL3yXmAg",
+	"ZKR1ClzRbr6XLLIy2Fwm6qcpuGkIkZFhTNoSSG5Ez+1kfIHEVkVV0hmXbGyXXnkSPPEJ/5T4Vjt08e0N",
+	"mAXTJJQi4eGZ8ltbwRaEOhngyRREEV1ctwvIxyJPEl3Drdt8GpNYl8PoOlFhmKY0GhhLJ5ASVOF1ctVl",
+	"sjYKWeQefq0fQjX+1dyO7XDHFrvng2eeXG3vyzW4URG53q8JZLyHeQc/Hm85CuZbL2cLkjEa//amDol8",
+	"HYxoCSF5rjOqG15awSpWwU594yH8ZWTzmGnFhv257X8O890NSwx7IAXL+IKNgOlMOucPme0Zvj7W7WJ+",
+	"2Wv/EQTRztoNbKwwopasnhJ09FHDr8i9FYu1FtKoQVE1k7zF1j7HpmvYTlDfQ80V0bFGDueBzmURHPR6",
+	"h/u/f4U8NjxxYEoA38gsk2rScPOx8UaEpEr0tIYRBKDe4HefuOBKlKlGQIdth7Mib8EMjMGASgDdpCEl",
+	"pIY+RUP9/CYMTQTzDCdINjAXB7rszINUXPpgwOIYj2IKtUql6jjcVkEcP/EzGr5A3mUrG3xacxUeV+z0",
+	"zQn7/eHLf2QhY8qETvIMlGvZilvgNGGqAqQR4LhMW90FwmRsi3svIRV7KdxAyij767OpYy7T3ABFqFsl",
+	"4WrgSEsSTirrOAqojbQKeGixrtKl60GnZgbi4+nbmsIrjhuQVLzgOHYk5b7l2SwlMkc6d0ejlKuraEvL",
+	"4ekqaQ8o1hptKICrJrnW4+kZT6ZSwR6eGvQDyYvhqLWN2IC7KnkNUF4FnlUVbSDjqdGgXjfRjZNl4KZa",
+	"DPCnUKNDKwslVXFE4MXA8auyJx946Db2Uegg4Qp/HsGgiJdDMmkwztOUUItFqrkY1CG5vCo2GGQgJB8E",
+	"Lj8cq0PHo5YwWN5ZDznom0BXx4F9ChNpHZjOuYmFq4pwMoXkCgQGz9/p31qmwPUJKZpxY8EWgBHY41BF",
+	"wlA8JuEh3VKuxY+/CVZazvlXbHsgnH9fNK023O82bbiAdhXrWot6nQE3yfR76dp2WlGo4MGL0YJxZql9",
+	"XKvVm3KHx+IIUq0mljl9PxepDcG4X+DSWH2Vli+mbV+3EqXH3aF4z+qfNSGTbf2sM8oP3y+7HHLKThd5",
+	"5ntnl6v8+prijXpe2Sc4NuZOSmAo4KRrKxxqWG3cxBzXl0bUsc94KWxfL6oSfYiXguP1ncoQPb5vUr4W",
+	"JceVx9bp2NRdyUdKtZcL3jLTXq71Hpn52io35nWXtGpT6yZHtqmaqenUdh2WdGlTl5qiU0q6KjdY2bqn",
+	"MEv5ggGhhIUhJqvL2YQQM8MsXMdohBVV+UmVA0vlDTxqhC9VAoPHifOpSGTr+L6cuM3qnesrX4S9vE6e",
+	"JGDtwBVfV316Koq1A6m6q31z5WRKZxuNEwppba8dVMImK4m0EXADW+Rzl+hdGmyJ1DYOfLRtJWUPwbFL",
+	"/+rhCHfhBG0BEDeckxrBq6skhCnJjXSLM9xBfo2eua9zn9X1f70paPzTT+dFmTZFwF4Q5chT52ZkBNHl",
+	"f/Gh5oQt68KPOPwLVrhObJzq+XGZO8E1MGnpb1oI+ZOpnodLPdWolPPEXwtV+WjS6Cjqp3oiFS2wWDIR",
+	"5Ot6pRrrlgSOVH98y07I3bJkBHQ+I8sAakLGAA/1Hjv99uycJfqGQJWEakxt7Esz4wtFvSyBGFOJfvHi",
+	"uOYj7Az7czuMm3jYLku4MRIsmZcLFcyRjT0SaSABOXN+1OKY6rHzKTTdD1/15Nc1AnGhpmAAPfjSVgYs",
+	"xbKdYa1uDkmqOTrDXWY1c8iKCSjAmEdcqLM//pMt0Zng4tgpTuimIA1FsbZ3oS6UT734eBF5WQMZhl01",
+	"2sMSdwhW+EKFQHSIIeewd4E7OJUJKEt7IVwpevcWFTInsaP22aN+X89A+asSPW0m/dDJ9rFtFcHXJf76",
+	"w1uMXsHYAkDb7+2TIs9A8ZmMjqJvevu9b8jdd1PSwz7JnAq8fBVAWfn9Fp2PH6R1J9SicUXpxf7+mrr1",
+	"1Xr1rSuOV2GO1Sp2oshzOCRKY5byWn02CtjX2/r66bgomeaJkzfSLdhYGktzHe4fdJFVLri/dGWDyBnz",
+	"PHWbOwbkBm1UnmXcLGpF3rYoI8exQTlK6AiyHWiL+MQWaVEboR8w07ZFQlUhX7iQBtb9QYvFvaSzuUyu",
+	"Xil4t2yzncnh7gvVY7NWtN9lgFtpnVSTpepyz1dp2YxLOnleeBk/OTUK5kSA16v9zepRu+j3UFU83D/c",
+	"3Km88IUdDl5uM0vLPRXs/OLFNp3r12++dLv8OAPFeEPAhnmfoDjiWjbMXRyMW3VGdZq578CVO+graPHz",
+	"68w3mztV1xgfpGVfQVFUfftvb1Zr16s74t2qST9cv6bArKle/cLlad7avsewXWa+BkU9kZ1vAbue2dBX",
+	"YF3Lxbqy5IEq572brY2cSMXT4tx/bFu/hiCq6/eIcW3yv6UN/PzHxOGL32/u1bwzfBdHL7fhRv1K65da",
+	"muXiALZDzxoIEPmMPE8BGAEZKtnDEKsKcHa3O6f6FYzXfWAVwNWjeeZbV8d0O+Y/Uva2KBiUwsaM2wSU",
+	"CFjBrwfcl6jdW2HrN0/pkihFP8xnzZnS85hpxbhaMAMk9Kc+8oqyxUc+7t5xc3WKQz/NWVdPY251yB22",
+	"l4tUFZjSMu5YChiFooAm8gYUs3DNdsJF9iAyilMtXO/+el581bCio06OjbWZcyPYTqaVdlrJJGYJn81A",
+	"oIBbBdlu0z2I1v9cvF9z1+dCDNAN7X8O9S539985xXM7XUmEWtPwxk33JnstBA33rqiyfkLPrlEn3+FR",
+	"NWvO/9b2yP4WDk751M7X2RevBbo2JAinSwR5h8pQ8JxZHDMpIJtp1Iq67nt971R+n3P9Rem/z8r9QrdA",
+	"/Q0fOtAzbeDX/fDs+8ErSbElqDKi3BTlq0rMa7dFQWkFbJQ7Jp2FdHxcCbFo4z90bp0p3UX8S6fr/334",
+	"/oS6Gq5Ddmho4C7ZaQx0HsrikLSLjj5d1hn+A3pOYG2NP3ZhHWQFf3xGqhXVWyZ2qMdjC27ocwDWC49k",
+	"lgp6P4W7hCp7i4oLNqQC44GF6yFGchdqOIKxNhB+McDgNklzK2/o/TGrje2xn6SbsuWGKSoBFUdifCjt",
+	"hcI/hlRyN2w832KpKmrOpGM7nuAiW79E9IUK3UCJ3ZhZJ9OUGXC5USCKFVFWwyeZVuLF7z3fohX3f1XC",
+	"ma6T53SYp3wP7zoHGihkr2hZS+9elerwcp+q1ELtQCh5W3PBe+U2Q0NERI29krM4PIwjVqS6U/4QGDZv",
+	"l89u13K8ENrXs7+pmvHzakS8qIhfLc1gO02N6qSr1M1ou5cGH06fzeh5nHvSV3E4evhTiJfPkWdcuc7U",
+	"jWhUbwcVOAYbLZAxv8IZXxyBFazVY8YpqoqX7NhjQxe+nAI9zlZvkC7Sb4033O7N5/M91O293KSgEi1A",
+	"bH/CVrf2nxlj9zVR7Y9Z+kIjX9D0rOr9fwdqfkw/R0+YVFWNdFs1EdtprSSq+47IyuAZ0T3xbsfx1H/+",
+	"Kn4jzY1nt+NXwJzh47FMatj9E0//XjvCeRbHbOjf9BgyyxeWzacymTIBM1ACVLJg4cLH44oaVy/Rp2U7",
+	"5fOWXInibUu6uY2audvl85pw/aHbehUXJJ4MMF2+f7GV1Xq8RBzVMa4puqDk7kMt1n1j0P+X1uoklFuo",
+	"olyw3QT5mx+dEdkbSS/l0gMXhcs51bZ6zJluF0x1KmwoaiZTqMdseD2MGe6TC8Ut49gthfCV3hKnt2Jh",
+	"IpWiV1fHTCuIWcIt7EllQVnp5A2ki5hJdaG4WjBPGNsZ/vw/f/23n//75/8csjHRdxH9/B/+l5//66//",
+	"fhHt9thP2ghfl0iQca7Ia0nBoZuBwwkm5EQ6e+zprt0YlcoTP8tV4nJ/DRDbe1ZdKL+PtbFMqiTNBYiY",
+	"cDZmAT0ZhzzC2WPqxXEwOjR07hhXiwvlTwuiPFxV7TFy632RWfXc5dJrHnrMlJ7jki6UJwXEMROQgqty",
+	"2pbtQDZzC5LLLq1f4fr8ZR8qk3zvgyzy2I7QNx5SiIUUSoVC8DUZO8MQrg93Y2xV5E6HUgwvFE+MtjYQ",
+	"vBP6ep+QjbSbMm0ElapODMBuj51riqxjOi19dIwDFdmxpVpA8i4pDue2DAOlGB43abxQ0tlAfq2pX442",
+	"V+gZ6bbg2l+PKtzZbQJsEigehyi2Y3bQ673Y3+++6Bwz7nxQfvDK9+2Kwa7Xvkpfv7y28frZaqzo1+lL",
+	"63yhDWrZzuH+N0yOG3q2/AT54f5haGLAf/WPgeMonfFk7ZWQh77z/7Tgxos6uPHy3tjGA0LvY6YAhGXl",
+	"ZnrSWPx+FEvRQnC4A6hNabK2Jf2LBP8sKEJ1K3ILHOG8fuaR9SxrkmulyL/CCQ+HE97kabpH/oM/znzp",
+	"zZKvocfLjz8nobK99Lm99+JdGfQpuwvjvfA/Wv/U81qDf9LwQdjMwFjeFtRQdBdqBCi6O2b+zE2ldcEN",
+	"Cg+Kd1n8dgvf+updp0Wk5T6eOdyM9T7LHv1otytcKnFmYgN5KCrckHy2XfkVtoxUIgie7m0vKaY0pWoW",
+	"97CKfeK3Rm2b9LO1pWrv4ClRh3XBYUsN8Fe787G2Hrlk6XIMtnyR7dMlbuDmtbRPl7iX/F2mLoezuMyN",
+	"Xhv923o3rriuVN4+6lO+PFC1et10Iq0zVQyTBsy0yFAglas2BgXEhDSQhARU7T9Ssi3tP9T/pwCaxydI",
+	"4+I2Gv2WVf52zWFsG++7cAmuSMA3/m+pti5fcJiEocNZsjq0R6loCabAhWrdPOxzd3n3vwEAAP//",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -91,3 +91,4 @@ func (p *problem) VisitReadyzResponse(w http.ResponseWriter) error            { 
 func (p *problem) VisitRegisterResponse(w http.ResponseWriter) error          { return p.write(w) }
 func (p *problem) VisitSearchUsersResponse(w http.ResponseWriter) error       { return p.write(w) }
 func (p *problem) VisitGetMeResponse(w http.ResponseWriter) error             { return p.write(w) }
+func (p *problem) VisitSearchMessagesResponse(w http.ResponseWriter) error    { return p.write(w) }
