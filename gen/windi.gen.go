@@ -869,6 +869,12 @@ type RegisterRequest struct {
 	Password string `json:"password"`
 }
 
+// SearchHit A message found by a search, with the chat it belongs to.
+type SearchHit struct {
+	ChatID  int64   `json:"chat_id"`
+	Message Message `json:"message"`
+}
+
 // SendMessageRequest defines model for SendMessageRequest.
 type SendMessageRequest struct {
 	// ClientMsgID The sender's id for this send (1..64 printable ASCII); repeats are collapsed.
@@ -1003,6 +1009,24 @@ type GetHistoryParams struct {
 	// deleted or reacted to), in their current state, ascending by rev
 	// instead of seq. A client that saw revision N catches up with it.
 	AfterRev *int64 `form:"after_rev,omitempty" json:"after_rev,omitempty"`
+}
+
+// SearchMessagesParams defines parameters for SearchMessages.
+type SearchMessagesParams struct {
+	// Q The words to find; 1..200 characters after trimming, at most 16 words.
+	Q string `form:"q" json:"q"`
+
+	// ChatID Search this chat only (403 if the caller is not a member, 404 if there is no such chat).
+	ChatID *int64 `form:"chat_id,omitempty" json:"chat_id,omitempty"`
+
+	// Limit The most messages to return.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// BeforeSeq Only messages with a smaller seq (exclusive cursor); needs `chat_id`.
+	BeforeSeq *int64 `form:"before_seq,omitempty" json:"before_seq,omitempty"`
+
+	// BeforeID Only messages with a smaller id (exclusive cursor), with or without `chat_id`.
+	BeforeID *int64 `form:"before_id,omitempty" json:"before_id,omitempty"`
 }
 
 // SearchUsersParams defines parameters for SearchUsers.
@@ -2076,6 +2100,24 @@ type ClientInterface interface {
 	// Corresponds with POST /register (the `Register` operationId).
 	Register(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// SearchMessages Full-text search over the messages of the caller's chats
+	//
+	// Finds the messages whose current text holds every word of `q`, each
+	// as a whole word or as the beginning of one, case-insensitively, in
+	// any script (`прив` finds "Привет"). Words are the runs of letters
+	// and digits; everything else in `q`, punctuation and search
+	// operators included, only separates words, and a `q` without any
+	// word finds nothing. Only chats the caller is a member of now are
+	// searched; deleted messages (empty text) are never found.
+	//
+	// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+	// across chats (within a chat both orders agree). To page, pass the
+	// `id` of the last message of a page as `before_id`; within one chat
+	// its `seq` as `before_seq` works too.
+	//
+	// Corresponds with GET /search (the `SearchMessages` operationId).
+	SearchMessages(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// SearchUsers Find users by a prefix of their name or email
 	//
 	// Corresponds with GET /users (the `SearchUsers` operationId).
@@ -2470,6 +2512,34 @@ func (c *Client) RegisterWithBody(ctx context.Context, contentType string, body 
 // Corresponds with POST /register (the `Register` operationId).
 func (c *Client) Register(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRegisterRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SearchMessages Full-text search over the messages of the caller's chats
+//
+// Finds the messages whose current text holds every word of `q`, each
+// as a whole word or as the beginning of one, case-insensitively, in
+// any script (`прив` finds "Привет"). Words are the runs of letters
+// and digits; everything else in `q`, punctuation and search
+// operators included, only separates words, and a `q` without any
+// word finds nothing. Only chats the caller is a member of now are
+// searched; deleted messages (empty text) are never found.
+//
+// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+// across chats (within a chat both orders agree). To page, pass the
+// `id` of the last message of a page as `before_id`; within one chat
+// its `seq` as `before_seq` works too.
+//
+// Corresponds with GET /search (the `SearchMessages` operationId).
+func (c *Client) SearchMessages(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewSearchMessagesRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3255,6 +3325,104 @@ func NewRegisterRequestWithBody(server string, contentType string, body io.Reade
 	return req, nil
 }
 
+// NewSearchMessagesRequest constructs an http.Request for the SearchMessages method
+func NewSearchMessagesRequest(server string, params *SearchMessagesParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/search")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.ChatID != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "chat_id", *params.ChatID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.BeforeSeq != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_seq", *params.BeforeSeq, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.BeforeID != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "before_id", *params.BeforeID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewSearchUsersRequest constructs an http.Request for the SearchUsers method
 func NewSearchUsersRequest(server string, params *SearchUsersParams) (*http.Request, error) {
 	var err error
@@ -3576,6 +3744,26 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /register (the `Register` operationId).
 	RegisterWithResponse(ctx context.Context, body RegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*RegisterResponse, error)
+
+	// SearchMessagesWithResponse Full-text search over the messages of the caller's chats
+	//
+	// Finds the messages whose current text holds every word of `q`, each
+	// as a whole word or as the beginning of one, case-insensitively, in
+	// any script (`прив` finds "Привет"). Words are the runs of letters
+	// and digits; everything else in `q`, punctuation and search
+	// operators included, only separates words, and a `q` without any
+	// word finds nothing. Only chats the caller is a member of now are
+	// searched; deleted messages (empty text) are never found.
+	//
+	// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+	// across chats (within a chat both orders agree). To page, pass the
+	// `id` of the last message of a page as `before_id`; within one chat
+	// its `seq` as `before_seq` works too.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /search (the `SearchMessages` operationId).
+	SearchMessagesWithResponse(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*SearchMessagesResponse, error)
 
 	// SearchUsersWithResponse Find users by a prefix of their name or email
 	//
@@ -5101,6 +5289,89 @@ func (r RegisterResponse) ContentType() string {
 	return ""
 }
 
+type SearchMessagesResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]SearchHit
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON403 the response for an HTTP 403 `application/problem+json` response
+	ApplicationProblemJSON403 *Forbidden
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r SearchMessagesResponse) GetJSON200() *[]SearchHit {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON403 returns the response for an HTTP 403 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON403() *Forbidden {
+	return r.ApplicationProblemJSON403
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r SearchMessagesResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r SearchMessagesResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r SearchMessagesResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r SearchMessagesResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r SearchMessagesResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type SearchUsersResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -5546,6 +5817,32 @@ func (c *ClientWithResponses) RegisterWithResponse(ctx context.Context, body Reg
 		return nil, err
 	}
 	return ParseRegisterResponse(rsp)
+}
+
+// SearchMessagesWithResponse Full-text search over the messages of the caller's chats
+//
+// Finds the messages whose current text holds every word of `q`, each
+// as a whole word or as the beginning of one, case-insensitively, in
+// any script (`прив` finds "Привет"). Words are the runs of letters
+// and digits; everything else in `q`, punctuation and search
+// operators included, only separates words, and a `q` without any
+// word finds nothing. Only chats the caller is a member of now are
+// searched; deleted messages (empty text) are never found.
+//
+// Newest first: by `seq` within one chat (`chat_id`), by message `id`
+// across chats (within a chat both orders agree). To page, pass the
+// `id` of the last message of a page as `before_id`; within one chat
+// its `seq` as `before_seq` works too.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /search (the `SearchMessages` operationId).
+func (c *ClientWithResponses) SearchMessagesWithResponse(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*SearchMessagesResponse, error) {
+	rsp, err := c.SearchMessages(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSearchMessagesResponse(rsp)
 }
 
 // SearchUsersWithResponse Find users by a prefix of their name or email
@@ -6885,6 +7182,74 @@ func ParseRegisterResponse(rsp *http.Response) (*RegisterResponse, error) {
 	return response, nil
 }
 
+// ParseSearchMessagesResponse parses an HTTP response from a SearchMessagesWithResponse call
+func ParseSearchMessagesResponse(rsp *http.Response) (*SearchMessagesResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &SearchMessagesResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []SearchHit
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseSearchUsersResponse parses an HTTP response from a SearchUsersWithResponse call
 func ParseSearchUsersResponse(rsp *http.Response) (*SearchUsersResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7032,6 +7397,9 @@ type ServerInterface interface {
 	// Register Create an account
 	// (POST /register)
 	Register(ctx echo.Context) error
+	// SearchMessages Full-text search over the messages of the caller's chats
+	// (GET /search)
+	SearchMessages(ctx echo.Context, params SearchMessagesParams) error
 	// SearchUsers Find users by a prefix of their name or email
 	// (GET /users)
 	SearchUsers(ctx echo.Context, params SearchUsersParams) error
@@ -7376,6 +7744,52 @@ func (w *ServerInterfaceWrapper) Register(ctx echo.Context) error {
 	return err
 }
 
+// SearchMessages converts echo context to params.
+func (w *ServerInterfaceWrapper) SearchMessages(ctx echo.Context) error {
+	var err error
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params SearchMessagesParams
+	// ------------- Required query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "q", ctx.QueryParams(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter q: %s", err))
+	}
+
+	// ------------- Optional query parameter "chat_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "chat_id", ctx.QueryParams(), &params.ChatID, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter chat_id: %s", err))
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", ctx.QueryParams(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter limit: %s", err))
+	}
+
+	// ------------- Optional query parameter "before_seq" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "before_seq", ctx.QueryParams(), &params.BeforeSeq, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter before_seq: %s", err))
+	}
+
+	// ------------- Optional query parameter "before_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "before_id", ctx.QueryParams(), &params.BeforeID, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter before_id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.SearchMessages(ctx, params)
+	return err
+}
+
 // SearchUsers converts echo context to params.
 func (w *ServerInterfaceWrapper) SearchUsers(ctx echo.Context) error {
 	var err error
@@ -7465,6 +7879,7 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 	router.POST(options.BaseURL+"/chats", wrapper.CreateChat, options.OperationMiddlewares["createChat"]...)
 	router.GET(options.BaseURL+"/chats/:chat_id", wrapper.GetChat, options.OperationMiddlewares["getChat"]...)
 	router.GET(options.BaseURL+"/history/:chat_id", wrapper.GetHistory, options.OperationMiddlewares["getHistory"]...)
+	router.GET(options.BaseURL+"/search", wrapper.SearchMessages, options.OperationMiddlewares["searchMessages"]...)
 	router.POST(options.BaseURL+"/chats/:chat_id/messages", wrapper.SendMessage, options.OperationMiddlewares["sendMessage"]...)
 	router.DELETE(options.BaseURL+"/chats/:chat_id/messages/:seq", wrapper.DeleteMessage, options.OperationMiddlewares["deleteMessage"]...)
 	router.PATCH(options.BaseURL+"/chats/:chat_id/messages/:seq", wrapper.EditMessage, options.OperationMiddlewares["editMessage"]...)
@@ -9635,6 +10050,125 @@ func (response RegisterdefaultApplicationProblemPlusJSONResponse) VisitRegisterR
 	return err
 }
 
+type SearchMessagesRequestObject struct {
+	Params SearchMessagesParams
+}
+
+type SearchMessagesResponseObject interface {
+	VisitSearchMessagesResponse(w http.ResponseWriter) error
+}
+
+type SearchMessages200JSONResponse []SearchHit
+
+func (response SearchMessages200JSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages400ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages401ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages403ApplicationProblemPlusJSONResponse struct {
+	ForbiddenApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages403ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(403)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages404ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessages422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response SearchMessages422ApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type SearchMessagesdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response SearchMessagesdefaultApplicationProblemPlusJSONResponse) VisitSearchMessagesResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type SearchUsersRequestObject struct {
 	Params SearchUsersParams
 }
@@ -9829,6 +10363,9 @@ type StrictServerInterface interface {
 	// Register Create an account
 	// (POST /register)
 	Register(ctx context.Context, request RegisterRequestObject) (RegisterResponseObject, error)
+	// SearchMessages Full-text search over the messages of the caller's chats
+	// (GET /search)
+	SearchMessages(ctx context.Context, request SearchMessagesRequestObject) (SearchMessagesResponseObject, error)
 	// SearchUsers Find users by a prefix of their name or email
 	// (GET /users)
 	SearchUsers(ctx context.Context, request SearchUsersRequestObject) (SearchUsersResponseObject, error)
@@ -10396,6 +10933,31 @@ func (sh *strictHandler) Register(ctx echo.Context) error {
 	return nil
 }
 
+// SearchMessages operation middleware
+func (sh *strictHandler) SearchMessages(ctx echo.Context, params SearchMessagesParams) error {
+	var request SearchMessagesRequestObject
+
+	request.Params = params
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.SearchMessages(ctx.Request().Context(), request.(SearchMessagesRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "SearchMessages")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(SearchMessagesResponseObject); ok {
+		return validResponse.VisitSearchMessagesResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
 // SearchUsers operation middleware
 func (sh *strictHandler) SearchUsers(ctx echo.Context, params SearchUsersParams) error {
 	var request SearchUsersRequestObject
@@ -10449,111 +11011,121 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1bc9s4lvBfQfGbqpa/pSUn4+6dtp88nqQns510yk62H+KsBBFHEsYkQAOgZU3K+9u3cABexItEO7Kc",
-	"6cpbYhHgwblfwS9BJJNUChBGBydfgpQqmoABhf87X1Dzhtl/MdCR4qnhUgQnwYcFkGhBzQ+acDYMwoDb",
-	"v6bULIIwEDSB4CSwv485C8JAwU3GFbDgxKgMwkBHC0io3XUmVUJNcBJwYX46DsIg4YInWRKcvAgDs0rB",
-	"/QRzUMH9fRi8SuQ/eTs4YH8ig48Xvx6CjmgK7CAkL4bDFz9ZSBWN7JlCIiRZLrgBndIIOiDHrTbCndC7",
-	"X0HMzSI4+ekYoc7/W8KtjeJijmD/omSWduFxbn9ERJKBWQDRNAEismQKilBNuNElqg86IMY9do3sS7hp",
-	"hzgBrekcftBEww3hooCxAzoNNzsF7KMG1YXNTIPaxJX2990i6t5upVMpNKDM/JWyC7jJQBv7v0gKAwL/",
-	"SdM05hG1wI5SJacxJP/xT20h/1J5+Z8UzIKT4P+NSrkcuV/16L1b5V7aPLtyryVck4TG9hTAgvswOJdi",
-	"FvPo2eCJ/Ps1WXKzIJbJo0wpEIZoQw1YGF8pJdU+ATwTJBNwl0JkgBHA19+HwWupppwxEPuE5Z00hMax",
-	"XAIjA2H/QxKwCsDqK4MIk0sB6sBC+E6a1zITbL8AEp1FC6JAy0xFSLEPUr6lYuV5Xe8TnAtqgMQ84QbY",
-	"KdEAZHIBRq0Oz2YG1CQIgwVQ5m1Y5ZemyriESAqmiZFkSbkJqmqgKelW9wiamYVU/F+wVwq85VpzMQ8J",
-	"F7c05oxIReAutQqMRAoYCMNprAMH4i3lMZ3GsG+JZ9TQKdVgobNcO1XyGpRVSFkJVJj/qkHdul+NlGSa",
-	"6RVZUL3gYk5SqvVSKkcZQ6+BmAXXRMGca6PwBHaXWM65IEIuT62g4Mol1UQbqYCFRFnSkwG1tF9nEaI9",
-	"4ZcLsPbLAjHntyAOHs88oduscrJrIZe6D0+lSkbWqO6ZZGdkxiFmaDAcf1mkeg5zrKSzNJXKAHsLjNMP",
-	"CP5+eWoq2cpCaDWhnDnr4V5PLDaddkzBM4XlFX2Kf2RgKI+JNfzaPSXAkhofQUfCQ5B7uuj/KruX4c6W",
-	"RwqoATZ2vxV+AaMGDg1PIGh4e2HAWasPUad8GMRUm7H3pRCTYvXbLDj5tBlbb/2C+3Dzc++yOP5vGmcQ",
-	"3H9uQ6uApbXN/v0FZhfUnBKRxXEhGQtqcS/QWb47nMtDf5L/X0LijqK7/EXvvuavimQmrEAOrPcoZ+g9",
-	"rkODbm4PDDojiZTiBhK9jdMskd/iGrva70eVoiv7f+chbnLR7RMeOzOpSKr4rbVE9nzagmx/cTLsXMoG",
-	"bxgvP9uARDm7D4NMKKAtnq5HvSZOtSHlaByj62tXkCU1oBKqrodBqwtdOr+fAvSG8RmPg7DK9yWWaxxb",
-	"QPe5eIOc/hMigy5niemGUOEudmXOMT0orWS8FXHufRf2SYs67+j32b+GkEqMYDcLaxB3nfcCKHutPBPV",
-	"9IiPhfsdtj9acn4CYaOTT/ieYY0olTi0ekhP8DJK33S0D7X3eM4PQhd5trwtDM5jDsIUCKlbnt9heimj",
-	"azBkZh8hMyUTEuEaa1C9BR384/K3d8TAnX8MNQPjdquEC2pczJDQNLVvtf903DlkEIOBLUr0b/iQAzEs",
-	"lgLjZsvCV4yb+jInqRuXlRxSLtMgti27BFEsU0Aji8MhZZ3LLvwzZ6y5TEEib2Hbygt8Kl+sVyLqWnG5",
-	"ElH+nFk5KrQ/+QF/dc/eh7mArN65uNx4jScF9DeCJWK2WcMGAbYtKM/Vc+uSJXouqDLftiUNivZdUCXk",
-	"tjVrBPpcSPBbPe9Ktlje9ekWNIjoo9s/ksGL4fCnY2shhbEWkZxdnr95c3BKFKRAjSZUWUcgjmmqAXM1",
-	"G1NqKTUGlH3t/3wih//7+cuL8Kfj+z+1uV/naLqcPi6yMJs0htNgXcYYd8P8HXqIYaH6Ni547x7CJV/L",
-	"62079llRAu2IWftjw0Y5Mz/mbN2felAyDMn4xi19cXR01O1kVcj9wj63MYXaNHRdZqfdyOFLW21bA7cN",
-	"tJgO09dm8jb5HFtymi1Q57u1AW61TaHTCjavQQ53ZrvPhHt8sI82wLB/bH25UlLtxNNx9n6c6Llf00Bp",
-	"JNlWx6+E59w+fV8Y19Yd9Za0NqGCWBcgJM6HsCFxbj6JWVBDZpTHwDDTQKcyMz2jlTonuZxjb0fNHq08",
-	"2Wa6nHus5a+aUjb22VgHq89xhoGQZjzDdGIYGCnHMVXo2ytqYOxTbOjqlzmlEA+lBI1bheA1h5gV6dx1",
-	"7sB0QytVuilWQ4fbYjMi/g40tpqkyZwQXeO/KGPcEpTG71ukvaF4KntrQ02mq8iV1zUEbSWp36MN9F/l",
-	"nIvXUiUt0Dth6RIU96uGSIFpfWKuqDDjhj7zmbZWWhY/VsW5+OOa0X7x8i8tG+hIpu1iaLVbd8QNCeUx",
-	"oYwp0LrmHrz88XgbgovNw7bzldh2IeMZY7CbyK2OXGdTra8O7MEWo5+VKAO4TfbCx8boDT7pUV188U0c",
-	"1qcMCjFdClBFOqMVQLdQL7h1kcS8HUdiDi3u8GsaaygTwBHFHFEmGP43KTYmNLaB4opY46Gvne/rAZlK",
-	"GQMVKM0PokVSZFrWgfp9AWbh80MWYYTrorRUSx21g/EVFGuSqoAzLNDYTr3CEjyxa/GI5K5zCVro76I5",
-	"ljsRmmhDkchGJlNtpABNBpCkZoXZDGxEyL0KfUC0JBpuNLkGSO1Pc5rqdpJY16QAukFux32YL7HuSUy1",
-	"IW6Fz1tmwvDYPiTWvJbqobdmMXvToDhgE1bs5CBSePFApIWECyIVA0XkjMy40sayLVby+6R386C3Lbnb",
-	"nkd9dQtqRSQKSV6Sdkz6gy5zqJgCt2dZAMtj3Jt26ihI49XYyO5kuE96V47ttpTCep56iV0q3JeRaLKW",
-	"krcxdp6Kb6C/g2xr5LjtTtATBbdcY11tDbofLBcZLOOj0JIByg2XIlxzk8OCnftm71324EnSoj7y2ewk",
-	"oEpaz39WgfLb1DVJLTmOfOVQW5XNUlPUeKIqFBu031l03WWlt+o1lrmKXNXvqrBoxdPuV2dqMfUudUmj",
-	"6/7hSw2JJZCbXfmWZFmH7kXL5gRqwI32yami2JzXcFwjxTAIH2BdNqc8uvhy86oupPrEdV+8dmXtG1nJ",
-	"pu5j3Fit43CS4+7UKyEb33KzIJMcriy1NoJNSMyvgQAqzkgKAS6v/Pz4fGi2o5sEWAB4CAHC7lyJf+U7",
-	"WHbI8+7EUcCyN9Q9RO4CKHt1Wy3hPE9Na62+sq+wYqtgrRX7asVZeeu6EtYrsafW25mMlnr0xb/vflLU",
-	"3MeckYSuyBSITLgxLi7Ym0Qd7YAQj9JPZQWnpbtGsFKnPyP2GhZ3Y+69UjNp8QefT6lhnfGx1nqbevvg",
-	"4Vyn4Ivh8Pjo52r/dR50Kp4kXMxriR378NZKgH/jR2eOOsvLRbOJizTJoMNXPXXNy9V21Cbv7E5Heyu6",
-	"Ez1ddvi0OvVYOb+1v7vggQpWNMlBrIEMKMljBqJgBgpEBIRrMsFOpInrzcF1Tpv5RxhxB0Ynyh/QbvS5",
-	"MwYpYX6vQNs9dmJTpIi56PBym2Ub9+I9WhAP3udWNLiWtybjCnLx+pz8fPzjfxLfTUeYjLIEhGnRaT2K",
-	"I/5VeWXENcW1xg1Yj2gJ1TGhfxjDLcQEOwNdp92M8jhToHuH55XCQEuAzoU21BKotWZTJN1bdCQ3MWzI",
-	"3Td1w8eLNxWGF9SqImTxHON2ITL3HU3SGMGcysycTGMqroOeouvgKmD3FZwN3JAXbergaldBT2i04AIO",
-	"rfnFPyC9iN21Ioi1Uk9Jr7GrWrlSRdnCbBGPD42rXcTdNaIEzEKysf2T71jHk/kBgzDAxP3Y0OtiJR27",
-	"Ym3oMrDjiAr75ymM81yx7yIaz7I4LnXeuIygjZTjhIrVuIydwyClq1hSNq5WrbKyX3WcAON07Inx+HJW",
-	"kVRqKiuZCdPOk5DPKXWpGt2WvfMZwTz0wrQQ7lQkhFxyzCxgRZgfcems03c5dLnI1bg2H3pyp6oA2sax",
-	"jX6UB2nyzT5PgbuHDFntKgpfa696WAjo4N6ErWozzh8OYb6xbIc4Y52dDY+JZ+ol2I645AInDEB1vhsV",
-	"XFN6zxcQXQMjVJNf5A+aCDAjrGGmVGnQeSkT9KmfTiBWeaqI+van4ixu/20Fz/VW7JKoj2yveWidt7Ld",
-	"X7YR3Ndh83NtrMfamG9bW8suw7G686WX4LvYan3xRSaeDLxZIljSMVK2p7t3HNfVi2t947NLbKN9WBOu",
-	"b701Mm/HfXATbtmGvKHHvdoM61phtrb3FCVEX1Hf2AheqeqH9er05g7yapU8XMt2byZVkbQP13JymxcV",
-	"mcEHdxJXknNhI8DcvHwteg7L4KgzhqhGbf0afSvQ7ajbt0BvzwbbArMPaA5eg3r7nEb/fuJ1FG6HqMbB",
-	"/Rasce62JRWx6omgNa7p101cxednq4+KtuqGNrqANKarEGvTOOHFRQYk5rcwJL9jKUJzEYFV3ZMTX4DI",
-	"tTT6y/RKzLE0p4iGm9Ca4klFDidkIGBZFuiliFcH61sruJ1cCRuJAmUnzUFlaw3WX5ynl/JmCmquRF5I",
-	"Ra9dwa3z2kPi64bOcDSAo4IRGWPtW4C+EtUH8trLkLy6o5GJV1gt9qbJLOXwSuwyW5zj4hE544JEO8g3",
-	"49hBP3+yzfR9kNfQErXRKAKtxyb/tZkGwalaPeaie+Kz6KIguI+fxNXD9rDLPtLou5sCVdCj/XMN3rXN",
-	"1kBtxUBdBFs8Htf74FuCuCZOtefxpvN49EIuCTfYfoCJEPIj0Q8soW4ntzcqz9k4Vp2A6LxdosTSKVEQ",
-	"0xUwHFIuBx2rONWEGpJIbYgUEZAUFHlJ9C7LE73x2FdwPuq2qb3HdEsVsdLjW4jygKZHK0ct0KgA3Dwl",
-	"xr9RprhZXVqD5c7oZPIsc73D7n+vcxj/8fuHfJQbc81OfoudF8ak6NLQzCxevq8EVOts9Jvd/mUx4E5m",
-	"sVyeFh169gzIYHkPLAYXsVz6y3nKXbGz1v411zAfVRycBCMciccD5kdGgNx0NRcz2ZJ54uJvb4j1Z1yD",
-	"IGbj0MSBmKM1tQHBkFy8uvxAInmLXB1hokiHbvo1tLZXZqlGO7bgNsZdnVbii8FktNSTsF7COyARVYqD",
-	"RkN/JXLrHLriqYIIeGrcrrmXOiRWFGuhi5socueaArsSC1BgrWzhmviqhSaDSWU00YJUCZIm2IqHXf5z",
-	"EKAsB12Jy7/9ly7qID480gv7QrMArjBfrIdX4kq4hjKXmbW4rKTzJ12T8pMiw1/4MT7lO4kkg4mz7jGP",
-	"QGiUBX+Vzds3liEzJLvlPn0yGskUhLuiYyjVfOQX6ZF9tsyVVyl+9v5NEAaWpnnR7mh4hIycgqApD06C",
-	"Pw+Phn/G0N0skA9HSHMcnnK95sX8/RsbefzKtTnHJ2pX47w8Otpwe0Dz1oDeQ90t2c3GXQIIkcOwV82h",
-	"648s5z4YcSPNbkQ9zKfSaWT4LTcr15Jo33V89KILrOLAo7WrQhCcGc1is32hr5FYHZUlCVWrSpuezt0+",
-	"uzcIgz1UDHWH1UV0rvPmWx1YhzuVuoVC5ZCcvwgJtPmrZKsHUWf7CFp1Cu9+XWcblcH9V7LHdq5ov1EC",
-	"7rg2eMtIZYDf4ZVrklKOluelo/GTQ2ODksjz8LHDwGb2qFww9VhWPD463r6ouGjILnjxY5+3tNwWYhe/",
-	"fNlncfUSlK8Vl99SEITWCKx8CJabuBaBuQ+9cittVKea+wVMIUHPwMX755k/b19UXp/1KC57BkYRVfHv",
-	"r1Yr1yR2ZK/KR0b+GkXMgNTZa5S7PPXbFx+wbZear6TTn0jPtyTs96zoi6abtuuNii5j7AY+9TVUPueC",
-	"xrnd37Wu3wAQ9v+76k/l5X8kAd6/mTh++fP2VfW76u7D4Mc+2Khepfa1mma9n5EMsKTEgGUpep4MbASk",
-	"cGbIhlhlgHPQz04VimT0RcPNvQvz3CUom6adpxBJDJ/KSaUTMjFwZyYE+w9SswrJxFe9JgQbu65E0Ynh",
-	"bnKIbTTM8CD5DVuEomuTZ0Ndo52GG5yM0iHR8ko0Z54INvNjCsoQOqdc+ByrzpvXXDi0rujcBEBV1e1f",
-	"23zAbKBH4XfD/Bwi9ohBkB1a93Drk5dw46w1NdGiJbtsNQKWWbFTCYsE1FuuSTFbhGKpoWzMLMbIrNRd",
-	"iXWxCwkVQmbYttlWUiBGNoY5iJxdibzOgXVTcubuRMgTnbqAtIdwVu6qeCIvpOU2jG/HC1m7WqKYucUZ",
-	"kz+YkjjqYYmLu4ifx1vYu0rCKStaGaZEqanoJVeHfJSJHxVGePQFO6k2Gn0sDlvDSmvXmfi7NQ1mTOvy",
-	"3JBmV2MuuiKfX6Ywo2fxWTaHfje+z8DpH+g1+HlCdxe/nM1Kzt+/nd3+mPuaABrkrGV85TcBpaSkoMig",
-	"mFPPtHUo8JgHJ4Qy5h1Ws+RRIUNXIhcicrZupIua4MsjwjAXGRm325UYTJrdzpODU8LqFwzgrchCCiCD",
-	"46OfD9os7xlj3wX1WzaA/x6SjTxkXT9aa7gRJO8a72O8yi6z7oRq3ia1s8rRw9viGzz8G87xFD0STIeE",
-	"6ggE87Xs7wnYr2GuN0xXL5/Ge6Jd44SbnyJCLkMiBaFiRRQg0Z86JZtfFrLjdOxbqq4v8vsidh8FVVvm",
-	"e4U/x+2ZofLeE46WKgaq3Uco8IZ8zOEMfDDtSYZ1VA03B9/zmc9a9uoYPSczqZZUMTJIpJBGCh6FJKJp",
-	"CswSuJWQ7TrdNXmMvuQfHLofUcbG1h0affGdVfcPl5z8+0g9fDb/7Z9uITtjDLd7m9819YRuT+22sA7/",
-	"p37z1nevZ+9yccYYoY4Q6Ma4DqcBpgAxAD8lnEGSSssVVd53/N7J/G6e4Jvifxeff6MiUP22ERr0RCr4",
-	"Lg97lwfHJLlI4NRPIRTF16aI425tCWXDzGlmbPgG8ey0JGL+jPuhU3QWeCPrvzpd/7/735+QV/2lsB0c",
-	"6rGLejrmt49GsW8qDU4+fa4i/FfrOYHWFfzolTaQ5PhxHZOtXScdn/5wLdpc1UYU8KILHVbuHQwrFw0O",
-	"r8REzmYazMQ1uWlHfSR6zPAbLNREeElEXiogE0xb4+AFoYJdickUZlKB/4sCAndRnGl+i/MSWiqdz1Ws",
-	"PRhbLsI5extCcn0l7H8mWOyY1D4Bo8kUYtd2PnAA54Mha0BfCb8MBDsIiTY8jokCkykBLD8Rtu215Ud+",
-	"AfN3h/igET+05DFkFTwj/XuKDw3eZIAb+fZMPNbax58KfvrxCEcqfVO3n8/ccDt4gwdqJEJo9DVPQ/9x",
-	"Hdag6qD4g0fYsp0+B13HcURoP8/RttHbZmotXpXAu2QCqQzvkEGdozrhKngz6PcJx8fDpxP8xM4D4Ssx",
-	"HHzFNy83A1ifQuK6dqXjwDfDh/4y0PBKFGOsqrh1wMiDsEOtVFIeZGrj8NtiTspG7xpuhuSs+HyLfbem",
-	"ZRGSvCORZVnQJEvzPKATyG6SuisVH0vSz/toPW5c+NOdRCq/2FTFI7KSw6fnsvzoB98zS18dDBeTfjNC",
-	"USDCNYuw6yySm7ywzn+rY443u/dO/dwdLpfLQ8vzh5mKQUSSAevv7JTXyO+5EO6m7tq/t+pG2Ug+ylb5",
-	"zOI5jRZweC6FUbLlcoWzeElXmkyEPMT2uUlItCRCksiuwwYiXU7jDTd+3Dcfk8r3ahuUut+n7H1vmevr",
-	"Q0ucSyy+Idw2SUUGrVNU1bjEot973XgTe3dQcuF+fpaYBN9dfvxU0dmMRxUiPPHr30mDOcTVKZm4r2ZM",
-	"iLYyuFzwaEEYpCAYiGjlP4ayY1Lb03MbL5FB8UlZKlj+PVm8i9ty2EFXPKX8NS7d6ji/6OXJkvHr98j0",
-	"UsO7a0LGGc4NAyfY2P5YLfftt/n8m2q4cz+eIvLxyna1ZYnXPX13CVRFi4/afbJzY1R7TjUccqFBaG5s",
-	"LJMqmPG7vB6HatQXelCNnrp2YBJzbbRrG/S30be58esBz9YPuHSG3Hjcr4q3Xz4s3t5L7PBR96s+F7E+",
-	"oiG0UYPwl6rszUXZv+/+mgvmCT9d4SBXhTG5KlgzH/bOpcSJRkVMRsnGfoO3T9otvkkLtwwaPdtg6cah",
-	"pwKl64prfVr+02crwPXZ90+frSy5gemurFp+2xTmDOy/tUtg5DPRxYjzCIseHqpmc2Plw/DWU4h9tJWn",
-	"FCyUTR1jCUQYVxD5JKB/3J25+fz76hef8T0uyx3mI+/4t2Kiq9jPxZfN/X7xk/Z5FaVc4bPnzSXOZ8P3",
-	"qNxLKpd5J+j+8/3/BQAA//8=",
+	"7D3bchtHdr9yarJVBpMRSMm0syafuFzL1saSXZQUPxgK0Jw+AHo56Aa7ewhhVUyl8iP5h1SlKm/5Be8f",
+	"pfp0zwVzAYYURHq39CYR0z2nT5/7bT5EiVoslURpTXTyIVoyzRZoUdP/zufMvuDuXxxNosXSCiWjk+jN",
+	"HCGZM/uFAcGHURwJ99cls/MojiRbYHQSud/HgkdxpPE6Exp5dGJ1hnFkkjkumNt1qvSC2egkEtJ+fRzF",
+	"0UJIscgW0cnTOLLrJfqfcIY6ur2No28X6s+iHRx0P8Hg7cUPT9AkbIn8IIanw+HTrx2kmiXuTDFIBau5",
+	"sGiWLMEOyGmrrXAv2PsfUM7sPDr5+pigzv9bwm2sFnJGYH+nVbbswuPM/UiIhIGdIxi2QJDZ4hI1MAPC",
+	"mhLVBx0Q0x77RvZrvG6HeIHGsBl+YcDgNQhZwNgBncHrvQL21qDuwmZmUG+jSvf7fhF167YySyUNEs/8",
+	"gfELvM7QWPe/REmLkv7JlstUJMwBe7jU6jLFxT/92TjIP1Re/juN0+gk+ofDki8P/a/m8Ce/yr+0eXbt",
+	"XwvCwIKl7hTIo9s4Oldymork0eBJwvsNrISdgyPyJNMapQVjmUUH47daK/2QAJ5JyCS+X2JikQPS62/j",
+	"6LnSl4JzlA8JyytlgaWpWiGHgXT/gQU6AeDklSWEqZVEfeAgfKXsc5VJ/rAAgsmSOWg0KtMJ3dgbpV4y",
+	"uQ60bh4SnAtmEVKxEBb5KRhEmFyg1esnZ1OLehLF0RwZDzqs8ktTZLzGREluwCpYMWGjqhhocrqTPZJl",
+	"dq60+As+6A28FMYIOYtByBuWCg5KA75fOgEGiUaO0gqWmsiDeMNEyi5TfGiO58yyS2bQQeeo9lKrK9RO",
+	"IGUlUHH+q0F943+1SsFlZtYwZ2Yu5AyWzJiV0v5mLLtCsHNhQONMGKvpBG6XVM2EBKlWp45RaOWKGTBW",
+	"aeQxaHf1MGDu7jdJBEy4+NUcnf5yQMzEDcqD+xNP7DernOxKqpXpQ1NLrRKnVB/4ys5gKjDlpDA8fTmk",
+	"BgrzpGSy5VJpi/wlcsHeEPgPS1OXiq8dhE4SqqnXHv714LDppeMSA1E4WjGn9EeOlokUnOI3/imJ7qrp",
+	"ETIkAgS5pUv2r3Z7WeF1eaKRWeRj/1thF3Bm8YkVC4wa1l4cCd5qQ9RvPo5SZuw42FKESbn+cRqd/LId",
+	"Wy/Dgtt4+3OvsjT9V5ZmGN2+a0OrxJXTzeH9BWbnzJ6CzNK04Iw5c7iXZCy/fzJTT8JJ/rGExB/FdNmL",
+	"wXzNX5WoTDqGHDjrUU3JetyEhszcHhj0SpJuSlhcmF2U5i75Ja1xq8N+TGu2dv/3FuI2E909EbAzVRqW",
+	"Wtw4TeTOZxzI7hfPw96kbNCGDfyzC0jis9s4yqRG1mLpBtQb8KKNbo6lKZm+bgWsmEW9YPpqGLWa0KXx",
+	"+0tE1jA9E3AQV+m+xHKNYgvo3hVvUJd/xsSSyVliusFUtItbmVNMj5vWKt2JOP++C/ekQ10w9PvsX0NI",
+	"xUdwm8U1iLvOe4GMP9eBiGpyJPjC/Q7bHy05PaF03skv9J5h7VIqfmj1kOHCSy9929He1N4TKD+KvefZ",
+	"8rY4Ok8FSlsgpK55fsbL1yq5QgtT9whMtVpAQmucQg0adPCn1z++Aovvw2MkGbhwWy2EZNb7DAu2XLq3",
+	"un966hxyTNHiDiH6R3rIgxgXS5ELu2Pht1zY+jLPqVuXlRRSLjMody17jbJYppElDodDxjuXXYRnznhz",
+	"mcaFusFdKy/oqXyxWcuka8XrtUzy5+za30L7k2/oV//sbZwzyPqV98ttkHhKYn8lWCJmlzZsXMCuBeW5",
+	"em5dkkTPBVXi27WkcaN9F1QvcteajQt6V3DwSzPrCrY42g3hFlKIZKO7P8Lg6XD49bHTkNI6jQhnr89f",
+	"vDg4BY1LZNYA084QSFO2NEixmq0htSWzFrV77b/9Ak/+/d2Hp/HXx7e/azO/zkl1eXlcRGG2SQwvwbqU",
+	"Me1G8TuyEONC9G1d8JN/iJZ8LK237dhnRQm0v8zaHxs6yqv5seCb9tSdgmF0jS/80qdHR0fdRlblup+6",
+	"57aGUJuKrkvttCs5emmrbmvgtoEW26H62lTeNptjR0yzBep8tzbAnbQpZFpB5jXI8b3dbTPRHm/cow0w",
+	"3B9bX6610nuxdLy+Hy/MLKxpoDRRfKfhV8Jz7p6+LZRr645mR1gbmARnAsTgbQjnEufqE+ycWZgykSKn",
+	"SAO7VJnt6a3UKcnHHHsbau5o5cm238t5wFr+qkvGxyEa62ENMc44ksqOpxROjCOr1Dhlmmx7zSyOQ4iN",
+	"TP0yphTTobRkaSsTPBeY8iKcu0kdFG5ovZXuG6uhw2+xHRHfI0udJGkSJyZX9C/GuXAXytKfWri9IXgq",
+	"exvLbGaqyFVXNQTtvNKwRxvoP6iZkM+VXrRA75mli1H8rwYTjbb1iZlm0o4b8ixE2lrvsvixys7FHzeU",
+	"9tNnv2/ZwCRq2c6GTrp1e9y4YCIFxrlGY2rmwbOvjnchuNg8bjtfiW3vMp5xjvvx3OrI9TrV2erI76wx",
+	"+mmJ0oHbpi+Cb0zW4Cc9qvcvfhOHDSGDgk1XEnURzmgF0C80c+FMJDlrx5GcYYs5/JylBssAcMIoRpRJ",
+	"Tv9dFBsDS52juAanPMyVt30DIJdKpcgkcfOd7mJRRFo2gfp5jnYe4kMOYSBMkVqqhY7awfiIG2teVQFn",
+	"XKCx/fYKTfCJTYt7BHe9SdBy/96b47kRYcBYRpds1eLSWCXRwAAXS7umaAYVIuRWhTkAo8DgtYErxKX7",
+	"acaWpv1KnGlSAN24bk99FC9x5knKjAW/IsQtM2lF6h6SG1ZL9dA7o5i976A4YBNWquQAJQN7ENJiEBKU",
+	"5qhBTWEqtLGObCmT3ye8mzu9bcHd9jjqtzeo16CISfKUtCfSL0wZQ6UQuDvLHHnu4163347GZboeW9Ud",
+	"DA9B78qx/ZZKOsvTrKhKRYQ0EltshOSdj52H4hvo77i2jeu46Q7Qg8YbYSivtgHdF46KLKXxiWlhQHwj",
+	"lIw3zOS4IOe+0XsfPfgkYdHg+Ww3EkgkbcY/q0CFbeqSpBYcJ7ryqK3yZikpajRRZYot0u8suerS0jvl",
+	"Gs98Rq5qd1VItGJp98sztah6H7pkyVV/96WGxBLI7aZ8S7CsQ/aSZvMMNRDWhOBUkWzOczi+kGIYxXfQ",
+	"LttDHl10uX1VF1JD4LovXrui9o2oZFP2cWGd1PE4yXF3GoSQ82+FncMkhytbOh3BJ5CKKwQkwZkoKdHH",
+	"lR8fn3eNdnRfASUA7nIBcXesJLzyFa46+Hl/7Chx1RvqHix3gYx/e1NN4TxOTmsjv/JQbsVOxtpI9tWS",
+	"s+rGVyVsZmJPnbUzOVyZww/hfbeTIuc+FhwWbA2XCGohrPV+wYNx1NEeLuJe8qnM4LRU10heyvRHxF5D",
+	"426NvVdyJi324OMJNcoz3ldb7xJvbwKcmzf4dDg8PvqmWn+dO51aLBZCzmqBHffwzkxAeONbr44608tF",
+	"sYn3NGHQYaue+uLlajlqk3b2J6ODFt2LnC4rfFqNesqc37jfvfPAJC+K5DA1CAMGuc8AGqeoUSYIwsCE",
+	"KpEmvjaH1nlpFh7h4A9MRlQ4oNvoXacPUsL8k0bj9tiLTlEyFbLDym2mbfyLH1CDBPDetaLBl7w1CVfC",
+	"xfNz+Ob4q3+GUE0HXCXZAqVtkWk9kiPhVXlmxBfFtfoNlI9ocdUpoP8kxRtMgSoDfaXdlIk002h6u+eV",
+	"xECLgy6kscxdUGvOpgi6t8hIYVPcErtvyoa3Fy8qBC+ZE0VE4jnG3UIi7vdssUwJzEuV2ZPLlMmrqCfr",
+	"ergK2EMGZws15EmbOrjGZ9AXLJkLiU+c+qU/0H2B27XCiLVUT3lfY5+18qmKsoTZIZ4eGleriLtzRAu0",
+	"c8XH7k+hYp1OFhoM4ogC92PLroqVbOyTtbGPwI4TJt2fL3Gcx4pDFdF4mqVpKfPGpQdtlRovmFyPS985",
+	"jpZsnSrGx9WsVVbWq44XyAUbh8u4fzqrCCo1hZXKpG2nScz7lLpEjWmL3oWIYO56UViIdioCQj44Zue4",
+	"Bh5aXDrz9F0GXc5yNarNm578qSqAtlFsox7lTpJ8u81T4O4uTVb78sI3yqvu5gJ6uLdhq1qM83eHsFBY",
+	"tkec8c7Khvv4M/UUbIdfckEdBqg7300Crsm953NMrpADM/Cd+sKARHtIOcwl0wZNnspEcxq6E8AJT52w",
+	"UP5UnMXvvyvhuVmKXV7qPctr7prnrWz3+10XHvKw+bm25mNfI9PJ/Htht5n0Pq12uQYGhp6PK31lc2ad",
+	"0XqJqZIzA1bdzRNsy63dzfavnb6sls5f235uyXeV8+zTDa0bnWaFoXqv1g9QZCBgENQxUCrLKtUe5t+z",
+	"P1tPKvb1S19T+fDdio9DybFVeRnynYuPy/LrLbX91SJgXwK0s6ypSJ2GSoKtBfCVaoa4npXfXjlfrQ6I",
+	"N6L826+qSFbEG7HI7YuKiOidK6grQcm44VhvX74RNYhLp7DTd6p6q/0KnCvQ7anKuUBvz8LiArN3KIre",
+	"gHp3f0r/OupNFO6GqEbB/RZsUO6uJRW26omgDarpV0Vdxec7J4+KcvKGNLrAZcrWMeXkqbNNyAwhFTc4",
+	"hJ8pBWOETNCJ7slJSLzkUpr0HhvJGaUkNRi8jp0JMqnw4QQGEldlYYKS6fpgc2uNN5ORdB44Mn7SbNB2",
+	"2mDzxXlYLS8iYXYk8wQyeSsab7y3EkPIl3rF0QCOSQ4qpZy/RDOS1QfynNMQvn3PEpuuKUseVJNdqeFI",
+	"7jNKnuPiHrHy4or2EGendot+dnSb6nujrrDFW2VJgsaMbf5rM/xD3cRmLGR3p2tRPQK0T+hANsN2d9M9",
+	"0qg3vESmsUfZ6wa8G5ttgNqKgToLtlg8vuYjlEIJA1605362t3jMXK2cMTlV2hf6wldgDj7WoKwjJCiV",
+	"xyyYq3Z+dE7VKLF0ChpTtkZOzdllg2cVpwaYhYUyFpRMEJao4RmYfaZleuOxL+O8NW3divepEit8xPuX",
+	"TuWOXI8SlpqDVQG4eUry+5NMC7t+7RSWP6PnybPM10z7/z3PYfzTz2/yFnaKsXv+LXaeW7skk4Zldv7s",
+	"p4ojuUlGP7rtnxWN/TBN1eq0qEx0ZyACy2t/yblI1SoMJSp3pYpi99dcwrzVaXQSHdIoADpgfmQCyHeV",
+	"CzlVLRE3If/4As7JZTTAfIkIqTiUM9KmziEYwsW3r99Aom6IqhMKkJnYd/3GTveqbGlIj82F8+3XpxX/",
+	"YjA5XJlJXE9dHkDCtBZoSNGPZK6dY5801pigWFq/a26lDsGxYs118Z1U/lyXyEdyjhqdli1Mk5CtMTCY",
+	"VFoyHUgVJ2lCJYjU3TBDidpR0Ei+/uO/mCL/E9wjM3cvtHMUmuLkZjiSI+kL6XxE2uGyksaYdE0ImBSZ",
+	"jcKOCaHuSaI4Trx2T0WC0hAvhBE+L184gszo2h31mZPDQ7VE6UeTDJWeHYZF5tA9W+YIqjd+9tOLKI7c",
+	"nebJyqPhERHyEiVbiugk+nJ4NPySQhZ2TnR4SHdOTWO+xr6YO/DCeR4/CGPP6YnaSKBnR0dbpiY0pyX0",
+	"bmZvieo2ZigQRB7DQTTHvi607Hfh4Fu5fWt+nHfjs8SKG2HXvhTTvev46GkXWMWBDzdGpBA4U5aldvfC",
+	"kBtyMipbLJheV8oTTW72ub1RWqod4yQ7nCxiM5MXHZvIGdxLZVpuqGwODAOg0Ng/KL6+0+3sbr2rdh/e",
+	"bspsqzO8/Ujy2E0V7ZM08L0wlqarVAYXeLwKA0smSPM883f8yaFxTkkSaPjYY2A7eVQGa92XFI+Pjncv",
+	"KgYsuQVPv+rzlpYpKW7xs2d9FleHv3wsu/y4RAmsdsE6uGC5imthmNs4CLdSR3WKue/QFhz0CFT88DTz",
+	"5e5F5diwe1HZIxCKrLJ/f7FaGQ/ZEb0qHzkM4yMpAlInr8Pc5KlPnbzDtl1ivhJO/0RyviVg/8CCvkw4",
+	"tIx1KqqrqQr6NOSOxUxIluZ6f9+yfgtA1Pfgs16Vl/89MfDDq4njZ9/sXlWf0XcbR1/1wUZ1hNzHSprN",
+	"Ok4YUEqJI8+WZHlydB6Qpl4p52KVDs5BPz1VCJLDDwavb72b54e/bOvyvsREkftUdmidwMTiezsBqrtY",
+	"2nUMk5D1mgAVtI1kUYHiJ1ikzhvmdJB8shgwMm3yaKgvMDR4TR1hJgajRrLZ6wXUxEAhKAtsxoQMMVaT",
+	"F+15d2hT0PnOh6qoe3hp84aigQGFnxXzY7DYPRpg9qjd451PvsZrr62ZTeYt0WUnESjNShValCRgQXNN",
+	"ip4qYkuDZUFq0T7nuG4kN9kuBialyqhctS2lAFY1mlhATUcyz3NQ3hTO/CyIPNBpCkh7MGdlRscnskJa",
+	"poD8dqyQjZEaRa8x9db8nQmJox6auJjB/DjWwoOLJOouY5UmUuKailzyech7qfjDQgkffqAKsq1Kn5LD",
+	"TrGy2hiXMFPUUsS0zs8NbvY55qIa9PF5iiJ6Dp9lUexn5fsIlP6GXWHoo/TfIFDTaUn5D69ndz/mv6JA",
+	"CjlrqbT7UWLJKUvUMCj68zPjDAo65sEJMM6DwWpXIil4aCRzJoKzTSVd5ASfHQGnWGRi/W4jOZg0q7wn",
+	"B6fA64MVaBq0VBJhcHz0zUGb5j3j/DOj/pYV4N8GZxMNOdOP1QpuJOTV8n2UV1ll1h1Qzcuk9pY5uns7",
+	"QIOGf6T+paJGgpsYmElQ8pDL/hyA/RjiesFNdeg2zcf2hRO+bwykWsWgJDC5Bo106Z86JJsPSdlzOPYl",
+	"01cX+ZyM/XtB1VaBXu7PcXtkqJz3IkhTpciM//gGfRmAYjiD4EyHK6M8qsHrg8/xzEdNe3W03MNU6RXT",
+	"HAYLJZVVUiQxJGy5RO4uuPUi22W6L/I4/JB/aOn2kHE+dubQ4YdQWXV7d87JvwvVw2YL3zzqZrIzzmm7",
+	"l/mMrU9o9tSmpHXYP/WJY5+tngfnizPOgfmLIDPGVzgNKARIDvgpCI6LpXJUUaV9T++dxO/7CX5T9O/9",
+	"898oC1S/6UQKfaE0fuaHB+cHTyQ5S1DXT8EUxVe2wFO3cRfl3MzLzDr3DdPpaXmJ+TP+h07WmdMk2r90",
+	"mv7fh98/Ia2GYbgdFBqwS3I6FTf3RnEoKo1OfnlXRfgPznJCYyr4MWtjcZHjx1dMtladdHzyxJdoC11r",
+	"UaABHyauzFuMKwMWhyM5UdOpQTvxRW7G3z5desrp2zPMJjQcI08VwITC1tR4AUzykZxc4lRpDH/RCPg+",
+	"STMjbqhfwiht8r6KjQdTR0U0X8C5kMKMpPvPhJIdk9qnbwy1LlLZ+cADnDeGbAA9kmEZSn4Qg7EiTUGj",
+	"zbREnp+Iyvba4iPfof3eIz5q+A8tcQxVBc+q8J7iA4vXGdJGoTyTjrXx0auCnr46olbSUNQd+lK3TEVv",
+	"0EDtiggacyWWcfioEG/c6qD4Q0DYqv1+DrqO4y+h/TxHu1qOm6G1dF0C74MJUGnegUGdojrhKmgz6vfp",
+	"yvvDZxb0aaE7wldiOPqIb31uB7DehSRMbZTlIBTDx2EIajySRRurLqYtWHUQd4iVSsgDLp0fflP0STnv",
+	"3eD1EM6Kz9a4dxtWJiHhFSSOZNFAtszjgJ4hu6/Uj5K875W+e4jS48ago+4gUvmlqioeiZQ8PgOV5Uc/",
+	"+BxZ+mhnuOj0mwIjhog3NMK+o0i+88IZ/62GOU207x36ef9ktVo9cTT/JNMpykRx5P2NnXJ8/gMnwn3X",
+	"Xft3Zn0rG+StbJXPS56zZI5PzpW0WrUMlThLV2xtYCLVEyqfm8RgFEgFiVtHBUSm7MYbbv2ocd4mle/V",
+	"1ih1+5C897lkrq8NragvsZhx0dZJBYPWLqqqX+LQH6xumkDf7ZRc+J8fxSehd5cffdVsOhVJ5RI+8etf",
+	"KUsxxPUpTPzXQiZgHA+u5iKZA8clSo4yWYePwOz5qt3phfOXYFB8SpdJnn9Hl2aQOwo76PKndBhf0y2O",
+	"8wE3nywYvzk/p5cY3l8RMvVwbmk4ocL2+0q5336Zz9+ohDsP7Skyb69sF1t+2k9nhOC5oI8xl5l3x7XK",
+	"lLMMqARprlJuQukfiU81hcn1JAbHWzR+gLllKYZfNX3EYY5wiTMhJX0jeQpKYgwJM/hESIPSCCtuMF07",
+	"N2IkmVyDBwwGk1//76//8ev//vrfE5gSfKPo1//yf/n1f/76n6PoYAg/04euQ1sl6EyS6ZaidbaW244D",
+	"FzNhzamHuzLDU0gP/DKTic38YEb3vEfVSHreV9qAkEmacecKKedDGXTmnHU4cm+PaRVzm5GiUZkFJtcj",
+	"6TUMQV5UdZAT5pvyyi/PbnxbRE1BqpU70kh6UJC3lHJUPohxQOen6ks/4InaSl95n53M1hPnOEzIY3cQ",
+	"CknDIHyn/iSEjyYHsXsqz9ZPBJ+MJEu0MiYAPAhrvWEMl8rO/ZwKA2ymEQ+G8EZRoCYmDeuDLW6jPFu7",
+	"0TtJJjaFdZgpogqCT07rMI6ksCaAX3nUH0fpKxqp1Bar8SOxcpu+T7ym+G66u7ZTeDocPjs66h7CGxdV",
+	"OU+/9mu7XPrrrQZmdWDZzpFjTc/en7PixBOZDo6PvgQxrdFZNZwew/HRcXhEo/8VTJbMaZfO8ETluw/7",
+	"ik3sN1b2rBor++ro4wIlvSI5pyARuYGCmR4ztFODWPAWgMPcN6ULkdUX9I+6+AcJsZST8HoEWd5UdR5J",
+	"z6KHu9K6/Tmmcv+YyvMsTZ+Q/eDVmW9V2rA11HTzO+xJmARQ2OneevGmjLNDuwcJ+Mt/a/xX17cK/POa",
+	"DQJLjVPxPoeGPMJQs0Ie4anvbIJUGBvMoPBBoS6J3y7hW7/B1ykR6bj7E4e7UwcPwqNvTb9CuiJtQWgg",
+	"C0WG+XAPxpWPwDJC8nDxNKtzgzCFLkgzn1uT84lnjQqbHC62lk6+/KSNb9scypae6UebkbG1f7tA6aYP",
+	"tjn455d3joHrY3x+eed4yc9+6TI488GZlP5w/zbejMvHuxTTWg6pfiNA1ezTmAljdenDpCFwnGdHHJRN",
+	"GeMuCLjQmIR8Znjcn7n5/E+V0Qh+uI1P2Mf59B7626K0tysGY9t+34WhQXlBSLkiFAI0l3yEMglbB13S",
+	"3NpHtugIOo8lVZb5UNHtu9v/DwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

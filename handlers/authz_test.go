@@ -187,6 +187,12 @@ var authzRows = map[string]authzRow{
 	// Reactions on O's first message (never deleted): any member.
 	"addReaction":    {want: secured(403, 200, 200, 404), req: reactionReq},
 	"removeReaction": {want: secured(403, 200, 200, 404), req: reactionReq},
+	// searchMessages narrowed to G by the chat_id query parameter (the path
+	// names no chat, so there is no noChat column: a missing chat and the
+	// unnarrowed search are extras).
+	"searchMessages": {want: secured(403, 200, 200), req: func(_ *testing.T, f *authzFixture, _ tokenKind) authzReq {
+		return authzReq{query: fmt.Sprintf("q=hello&chat_id=%d", f.groupID)}
+	}},
 
 	// addGroupMember (owner only). Targets:
 	//   nonMember: X adds itself (a self-join attempt) → 403, X stays out;
@@ -321,6 +327,45 @@ var authzExtras = []authzExtra{
 	{"trailing bytes after the body", "sendMessage", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return jsonReq(`{"client_msg_id":"authz-trailing","text":"x"} {}`)
 	}, 400, gen.ProblemCodeBadRequest},
+	{"member searches a chat that does not exist", "searchMessages", kindMember, func(*testing.T, *authzFixture) authzReq {
+		return authzReq{query: fmt.Sprintf("q=hello&chat_id=%d", missingID)}
+	}, 404, gen.ProblemCodeNotFound},
+	{"group owner searches a foreign private chat", "searchMessages", kindOwner, func(_ *testing.T, f *authzFixture) authzReq {
+		return authzReq{query: fmt.Sprintf("q=hello&chat_id=%d", f.privateID)}
+	}, 403, gen.ProblemCodeForbidden},
+	// Unnarrowed, each finds the seed message of its own chats only.
+	{"outsider searches all its chats", "searchMessages", kindNonMember, func(_ *testing.T, f *authzFixture) authzReq {
+		return f.searchFinds(kindNonMember, f.privateID)
+	}, 200, ""},
+	{"group owner searches all its chats", "searchMessages", kindOwner, func(_ *testing.T, f *authzFixture) authzReq {
+		return f.searchFinds(kindOwner, f.groupID)
+	}, 200, ""},
+	{"member searches all its chats", "searchMessages", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
+		return f.searchFinds(kindMember, f.groupID, f.privateID)
+	}, 200, ""},
+}
+
+// searchFinds is an unnarrowed search for the seed messages ("hello …") as
+// kind k, which must find exactly the seed messages of chats.
+func (f *authzFixture) searchFinds(k tokenKind, chats ...int64) authzReq {
+	return authzReq{query: "q=hello", after: func(t *testing.T, status int) {
+		if status != 200 {
+			return
+		}
+		r, err := f.s.Client.SearchMessagesWithResponse(bg, &gen.SearchMessagesParams{Q: "hello"}, apptest.Bearer(f.tokens[k]))
+		wantStatus(t, r, err, 200)
+		var got []int64
+		for _, h := range *r.JSON200 {
+			if strings.HasPrefix(h.Message.ClientMsgID, "seed-") {
+				got = append(got, h.ChatID)
+			}
+		}
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(chats))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s searches hello: found seed messages of chats %v, want %v", k, got, want)
+		}
+	}}
 }
 
 // reactionReq targets O's first message in G.

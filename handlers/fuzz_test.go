@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -16,7 +17,7 @@ import (
 )
 
 // FuzzRequests sends arbitrary requests (register and login bodies, query
-// parameters, paths) through the whole HTTP stack of a real server: no
+// parameters, search queries, paths) through the whole HTTP stack of a real server: no
 // input may cause a 500, every error must be an RFC 9457 problem, and
 // every answer must match api/openapi.yaml.
 func FuzzRequests(f *testing.F) {
@@ -24,13 +25,21 @@ func FuzzRequests(f *testing.F) {
 	s := env.Start(f)
 	u := s.NewUser(f, "Fuzz")
 	// A group of u's (chat 1, the id the seeds use), so that requests on
-	// /chats/1/…, /history/1 and /groups/1/… reach the message and
-	// membership code, not only the 404 for a chat that does not exist.
+	// /chats/1/…, /history/1, /groups/1/… and /search?chat_id=1 reach the
+	// message and membership code, not only the 404 for a chat that does
+	// not exist.
 	peer := s.NewUser(f, "Peer")
 	var group gen.CreateChatRequest
 	_ = group.FromCreateGroupChat(gen.CreateGroupChat{Type: gen.CreateGroupChatTypeGroup, Name: "fuzz", MemberIds: &[]int64{peer.ID}})
 	if r, err := s.Client.CreateChatWithResponse(context.Background(), group, u.Auth()); err != nil || r.JSON201 == nil || r.JSON201.ID != 1 {
 		f.Fatalf("create the group: %v %v", err, r)
+	}
+	// Messages for searches to find.
+	for i, text := range []string{"hi there", "Привет, мир", `quotes ' " \ and :* & | !`} {
+		body := gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("fuzz-%d", i), Text: text}
+		if r, err := s.Client.SendMessageWithResponse(context.Background(), 1, body, u.Auth()); err != nil || r.JSON201 == nil {
+			f.Fatalf("send %q: %v %v", text, err, r)
+		}
 	}
 	seeds := []struct{ method, target, ctype, body string }{
 		{"POST", "/register", "application/json", `{"name":"a","email":"a@b.io","password":"12345678"}`},
@@ -57,6 +66,10 @@ func FuzzRequests(f *testing.F) {
 		{"POST", "/register", "application/json", "{\"name\":\"\xff\",\"email\":\"u@b.io\",\"password\":\"12345678\"}"},
 		{"POST", "/chats", "application/json", `{"type":"group","name":"` + strings.Repeat("x", 70000) + `"}`},
 		{"POST", "/register", "application/json", `{"name":"a","email":"p\u0430ypal@b.io","password":"12345678"}`},
+		{"GET", "/search?q=hi", "", ""},
+		{"GET", "/search?q=%D0%BF%D1%80%D0%B8%D0%B2+%22a%22*+%26+!(b%7Cc)+%3A*&chat_id=1&limit=3&before_seq=5&before_id=9", "", ""},
+		{"GET", "/search?q=%27%5C%00%ff&limit=50", "", ""},
+		{"GET", "/search?q=+&chat_id=-1&before_seq=0", "", ""},
 	}
 	for _, sd := range seeds {
 		f.Add(sd.method, sd.target, sd.ctype, sd.body, true)

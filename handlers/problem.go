@@ -104,3 +104,4 @@ func (p *problem) VisitEditMessageResponse(w http.ResponseWriter) error       { 
 func (p *problem) VisitDeleteMessageResponse(w http.ResponseWriter) error     { return p.write(w) }
 func (p *problem) VisitAddReactionResponse(w http.ResponseWriter) error       { return p.write(w) }
 func (p *problem) VisitRemoveReactionResponse(w http.ResponseWriter) error    { return p.write(w) }
+func (p *problem) VisitSearchMessagesResponse(w http.ResponseWriter) error    { return p.write(w) }

@@ -252,3 +252,40 @@ func TestConcurrentEditsSerialize(t *testing.T) {
 		}
 	})
 }
+
+// TestSearchFollowsEditsAndDeletes: search sees a message's current text
+// only; an edited message is found by its new words, not its old ones,
+// and a deleted one is never found.
+func TestSearchFollowsEditsAndDeletes(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, s *repo.Store) {
+		ctx := context.Background()
+		a := mustUser(t, s, "a")
+		g := mustGroup(t, s, "G", a.ID)
+		mustSend(t, s, g.ID, a.ID, "1", "breakfast plans")
+		mustSend(t, s, g.ID, a.ID, "2", "lunch plans")
+		find := func(q string) []int64 {
+			t.Helper()
+			ms, err := s.Search(ctx, repo.SearchQuery{UserID: a.ID, Text: q})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return seqs(ms)
+		}
+		apply1(t, s, repo.Op{Kind: repo.OpEdit, ChatID: g.ID, UserID: a.ID, Seq: 1, Text: "dinner plans"})
+		if got := find("breakfast"); len(got) != 0 {
+			t.Errorf("old words of an edited message found: %v", got)
+		}
+		if got := find("dinn"); !slices.Equal(got, []int64{1}) {
+			t.Errorf("new words of an edited message: %v, want [1]", got)
+		}
+		apply1(t, s, repo.Op{Kind: repo.OpReactAdd, ChatID: g.ID, UserID: a.ID, Seq: 2, Emoji: "👍"})
+		ms, _ := s.Search(ctx, repo.SearchQuery{UserID: a.ID, Text: "lunch"})
+		if len(ms) != 1 || len(ms[0].Reactions) != 1 {
+			t.Errorf("search hit without its reactions: %+v", ms)
+		}
+		apply1(t, s, repo.Op{Kind: repo.OpDelete, ChatID: g.ID, UserID: a.ID, Seq: 2})
+		if got := find("plans"); !slices.Equal(got, []int64{1}) {
+			t.Errorf("after deleting message 2: %v, want [1]", got)
+		}
+	})
+}

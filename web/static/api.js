@@ -84,6 +84,16 @@ export class Api {
     return this.request("GET", `/history/${chatId}?${params}`);
   }
 
+  // searchMessages finds messages of the user's chats holding every word of
+  // q (or words beginning with them), newest first; chatId narrows to one
+  // chat, beforeId pages back.
+  searchMessages({ q, chatId, limit = 20, beforeId } = {}) {
+    const params = new URLSearchParams({ q, limit: String(limit) });
+    if (chatId) params.set("chat_id", String(chatId));
+    if (beforeId) params.set("before_id", String(beforeId));
+    return this.request("GET", `/search?${params}`);
+  }
+
   presence(chatId) {
     return this.request("GET", `/chats/${chatId}/presence`);
   }

@@ -4,6 +4,7 @@
 // replay after a reconnect (a `sync` frame per chat) never shows anything
 // twice, and a chat's view is always a contiguous run of seqs.
 import { Api, ApiError, describeError } from "./api.js";
+import { setupSearch } from "./search.js";
 import { Socket } from "./socket.js";
 
 const TOKEN_KEY = "windi.token";
@@ -755,6 +756,28 @@ async function openChatById(id, { focus = true } = {}) {
   }
 }
 
+// jumpTo opens a chat at one of its messages (a search result): older
+// pages are loaded until the message is in the view, then it is scrolled
+// to and marked.
+async function jumpTo(chatId, seq) {
+  if (!state.chats.has(chatId)) await loadChat(chatId);
+  const chat = state.chats.get(chatId);
+  if (!chat) return;
+  await openChatById(chatId, { focus: false });
+  while (state.openId === chatId && chat.messages && seq < chat.oldestSeq && !chat.loadingOlder) {
+    const before = chat.oldestSeq;
+    await loadOlder();
+    if (chat.oldestSeq === before) break; // the page failed; loadOlder said why
+  }
+  if (state.openId !== chatId) return;
+  renderNow();
+  const el = view.els.get("s" + seq);
+  if (!el) return;
+  for (const old of $("messages").querySelectorAll(".msg.found")) old.classList.remove("found");
+  el.classList.add("found");
+  el.scrollIntoView({ block: "center" });
+}
+
 function onSeen(entries) {
   for (const e of entries) {
     if (!e.isIntersecting) continue;
@@ -1163,6 +1186,20 @@ function init() {
     if (chat && isOwner(chat) && chat.type === "group") membersSearch();
   });
   $("members-close").addEventListener("click", () => membersDialog.close());
+
+  const openSearch = setupSearch({
+    api,
+    h,
+    $,
+    describeError,
+    formatTime,
+    userName,
+    chatTitle: (id) => (state.chats.has(id) ? chatTitle(state.chats.get(id)) : `Chat #${id}`),
+    openChatId: () => state.openId,
+    jumpTo,
+  });
+  $("open-search").addEventListener("click", () => openSearch());
+  $("search-chat").addEventListener("click", () => openSearch({ inChat: true }));
 
   if (state.token) startSession();
   else showAuth("login");

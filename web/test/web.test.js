@@ -4,8 +4,9 @@
 // them. Both register and log in through the UI, Alice creates a group with
 // Bob, they talk both ways, read ticks turn ✓✓, Bob's network drops and
 // comes back (nothing lost or repeated), Alice adds and removes a member,
-// opens a private chat and pages back through its history, reloads, and
-// sees Bob go offline when he closes his page. No console errors anywhere.
+// opens a private chat and pages back through its history, both search
+// messages (a hit opens its chat at the message), Alice reloads, and sees
+// Bob go offline when he closes his page. No console errors anywhere.
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -269,12 +270,12 @@ step("keyboard only: Tab order, Enter sends, Shift+Enter starts a new line", asy
     });
   await a.getByRole("button", { name: "Log out" }).focus();
   const order = [];
-  for (let i = 0; i < 8; i++) {
+  for (let i = 0; i < 10; i++) {
     await a.keyboard.press("Tab");
     order.push(await describe());
     if (order.at(-1) === "composer-text") break;
   }
-  const want = ["new-private", "new-group", groupName, "show-members", "messages-scroll", "composer-text"];
+  const want = ["new-private", "new-group", "open-search", groupName, "search-chat", "show-members", "messages-scroll", "composer-text"];
   let at = -1;
   for (const w of want) {
     const i = order.findIndex((o, j) => j > at && o.includes(w));
@@ -380,6 +381,79 @@ step("a private chat from user search, with older history paged in", async () =>
   // Back to the group for the rest.
   await a.locator(".chat-item", { hasText: groupName }).click();
   await a.locator("#chat-title", { hasText: groupName }).waitFor();
+  noProblems();
+});
+
+step("search: prefixes in any case and script, across replicas and chats; a hit opens its chat at the message", async () => {
+  const a = A.page;
+  const b = B.page;
+  await send(b, "Привет из Москвы, Алиса!");
+  await msg(a, "Привет из Москвы, Алиса!").waitFor();
+
+  // Alice (replica 1) finds Bob's message (replica 2) by two prefixes.
+  await a.getByRole("button", { name: "Search messages" }).click();
+  const dlg = a.getByRole("dialog", { name: "Search messages" });
+  const box = dlg.getByLabel("Words, or their beginnings");
+  await box.fill("прив МОСК");
+  const hit = dlg.locator(".search-hit", { hasText: "Привет из Москвы" });
+  await hit.waitFor();
+  assert.equal(await dlg.locator(".search-hit").count(), 1);
+  assert.deepEqual(await hit.locator("mark").allTextContents(), ["Привет", "Москвы"]);
+  assert.match(await hit.innerText(), new RegExp(`${escape(groupName)}[\\s\\S]*${escape(bob.name)}`), "the hit names its chat and sender");
+
+  // 55 older messages in the private chat, newest first, paged by 20.
+  await box.fill("OLDER");
+  await dlg.getByText("20+ messages found.").waitFor();
+  await dlg.getByRole("button", { name: "More results" }).click();
+  await dlg.getByText("40+ messages found.").waitFor();
+  await dlg.getByRole("button", { name: "More results" }).click();
+  await dlg.getByText("55 messages found.").waitFor();
+  await dlg.getByRole("button", { name: "More results" }).waitFor({ state: "hidden" });
+  const texts = await dlg.locator(".search-hit-text").allTextContents();
+  assert.deepEqual(texts, Array.from({ length: 55 }, (_, i) => `${bob.name}: Older ${55 - i}`));
+
+  // Punctuation is no syntax: it only separates words.
+  await box.fill(`"older" & !(5*`);
+  await dlg.getByText("7 messages found.").waitFor(); // Older 5 and 50…55
+  await dlg.getByRole("button", { name: "Close" }).click();
+  await dlg.waitFor({ state: "hidden" });
+
+  // Only in this chat: the group does not hold the older messages.
+  await a.getByRole("button", { name: "Search this chat" }).click();
+  await dlg.getByLabel(`Only in ${groupName}`).waitFor();
+  assert.equal(await dlg.getByLabel(`Only in ${groupName}`).isChecked(), true);
+  await box.fill("older");
+  await dlg.getByText("No messages found.").waitFor();
+  await dlg.getByLabel(`Only in ${groupName}`).uncheck();
+  await dlg.getByText("20+ messages found.").waitFor();
+  await a.keyboard.press("Escape");
+  await dlg.waitFor({ state: "hidden" });
+
+  // Bob, on his phone, has never opened the private chat: a hit deep in
+  // its history opens it there, older pages loaded on the way.
+  await b.getByRole("button", { name: "Back to chats" }).click();
+  await b.getByRole("button", { name: "Search messages" }).click();
+  const bdlg = b.getByRole("dialog", { name: "Search messages" });
+  await bdlg.getByLabel("Words, or their beginnings").fill("older 2");
+  await bdlg.getByText("11 messages found.").waitFor(); // Older 2, 20…29
+  await shot(b, "bob-mobile-search");
+  await bdlg.locator(".search-hit", { has: b.locator(".search-hit-text", { hasText: /: Older 2$/ }) }).click();
+  await bdlg.waitFor({ state: "hidden" });
+  await b.locator("#chat-title", { hasText: alice.name }).waitFor();
+  const found = b.locator(".msg.found");
+  await found.waitFor();
+  assert.equal(await found.locator(".msg-text").textContent(), "Older 2");
+  const inView = await found.evaluate((el) => {
+    const r = el.getBoundingClientRect();
+    const s = document.getElementById("messages-scroll").getBoundingClientRect();
+    return r.top >= s.top && r.bottom <= s.bottom;
+  });
+  assert.ok(inView, "the message found is scrolled into view");
+  const seqs = await seqsOnScreen(b);
+  assert.ok(seqs[0] <= 2, `older pages were loaded (first seq on screen ${seqs[0]})`);
+  assertContiguous(seqs, "bob's private chat after the jump");
+  const width = await b.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `no horizontal scrolling at 390 px (scrollWidth ${width})`);
   noProblems();
 });
 

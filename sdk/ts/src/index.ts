@@ -10,6 +10,8 @@ export type Schemas = components["schemas"];
 export type User = Schemas["User"];
 export type Chat = Schemas["Chat"];
 export type Message = Schemas["Message"];
+/** A message found by GET /search, with its chat. */
+export type SearchHit = Schemas["SearchHit"];
 export type Problem = Schemas["Problem"];
 export type Token = Schemas["Token"];
 /** A frame the client sends on /ws or /ws/{chat_id}. */

@@ -137,6 +137,37 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Full-text search over the messages of the caller's chats
+         * @description Finds the messages whose current text holds every word of `q`, each
+         *     as a whole word or as the beginning of one, case-insensitively, in
+         *     any script (`прив` finds "Привет"). Words are the runs of letters
+         *     and digits; everything else in `q`, punctuation and search
+         *     operators included, only separates words, and a `q` without any
+         *     word finds nothing. Only chats the caller is a member of now are
+         *     searched; deleted messages (empty text) are never found.
+         *
+         *     Newest first: by `seq` within one chat (`chat_id`), by message `id`
+         *     across chats (within a chat both orders agree). To page, pass the
+         *     `id` of the last message of a page as `before_id`; within one chat
+         *     its `seq` as `before_seq` works too.
+         */
+        get: operations["searchMessages"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chats/{chat_id}/messages": {
         parameters: {
             query?: never;
@@ -502,6 +533,12 @@ export interface components {
         };
         EditMessageRequest: {
             text: components["schemas"]["MessageText"];
+        };
+        /** @description A message found by a search, with the chat it belongs to. */
+        SearchHit: {
+            message: components["schemas"]["Message"];
+            /** Format: int64 */
+            chat_id: number;
         };
         /** @description The sender's id for this send (1..64 printable ASCII); repeats are collapsed. */
         ClientMsgId: string;
@@ -1116,6 +1153,43 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Message"][];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["Unprocessable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    searchMessages: {
+        parameters: {
+            query: {
+                /** @description The words to find; 1..200 characters after trimming, at most 16 words. */
+                q: string;
+                /** @description Search this chat only (403 if the caller is not a member, 404 if there is no such chat). */
+                chat_id?: number;
+                /** @description The most messages to return. */
+                limit?: number;
+                /** @description Only messages with a smaller seq (exclusive cursor); needs `chat_id`. */
+                before_seq?: number;
+                /** @description Only messages with a smaller id (exclusive cursor), with or without `chat_id`. */
+                before_id?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The messages found, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchHit"][];
                 };
             };
             400: components["responses"]["BadRequest"];

@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 import createClient from "openapi-fetch";
 import WebSocket from "ws";
 
-import { formBody, parseServerFrame, wsURL, type Chat, type ServerFrame, type ServerFrameOf } from "../src/index.js";
+import { formBody, parseServerFrame, wsURL, type Chat, type SearchHit, type ServerFrame, type ServerFrameOf } from "../src/index.js";
 import type { components, paths } from "../src/schema.js";
 
 type Schemas = components["schemas"];
@@ -230,6 +230,20 @@ describe("WinDI Chat TypeScript SDK against " + BASE, () => {
     const mine = chats.data?.find((c) => c.id === chat.id);
     assert.equal(mine?.unread, 1);
     assert.equal(mine?.last_message?.text, "hello over REST");
+  });
+
+  test("search finds the message by a prefix of its words", async () => {
+    const found = await bob.api.GET("/search", { params: { query: { q: "HELL ov", chat_id: chat.id } } });
+    assert.equal(found.response.status, 200, JSON.stringify(found.error));
+    const hits: SearchHit[] = found.data ?? [];
+    assert.deepEqual(
+      hits.map((h) => [h.chat_id, h.message.seq, h.message.text]),
+      [[chat.id, 1, "hello over REST"]],
+    );
+    // Without q the request is refused with a problem document.
+    const bad = await bob.api.GET("/search", { params: { query: { q: "   " } } });
+    assert.equal(bad.response.status, 422);
+    assert.equal(bad.error?.code, "validation_failed");
   });
 
   test("WebSocket: message.send is acked to the sender and delivered to the other member", async () => {
