@@ -24,6 +24,7 @@ type Config struct {
 
 	Rate     float64       // messages/s in total; 0 = as fast as acks allow
 	Open     bool          // open loop: sends on a fixed schedule, latency from the scheduled time
+	CPUPIDs  []int         // processes whose CPU time the send phase is charged (servers, their database and broker)
 	Window   int           // sends in flight per sender
 	Duration time.Duration // send (or hold) phase
 	Size     int           // message text bytes
@@ -158,6 +159,7 @@ type reportConfig struct {
 	AllChatsRatio    float64  `json:"ws_all"`
 	Rate             float64  `json:"rate"`
 	Open             bool     `json:"open_loop"`
+	CPUPIDs          []int    `json:"cpu_pids,omitempty"`
 	Window           int      `json:"window"`
 	DurationS        float64  `json:"duration_s"`
 	Size             int      `json:"size"`
@@ -170,7 +172,7 @@ type reportConfig struct {
 func (c *Config) report() reportConfig {
 	r := reportConfig{
 		URLs: c.URLs, Scenario: c.Scenario, Users: c.users(), Conns: c.conns(), Senders: c.Senders,
-		AllChatsRatio: c.AllChatsRatio, Rate: c.Rate, Open: c.Open, Window: c.Window, DurationS: c.Duration.Seconds(),
+		AllChatsRatio: c.AllChatsRatio, Rate: c.Rate, Open: c.Open, CPUPIDs: c.CPUPIDs, Window: c.Window, DurationS: c.Duration.Seconds(),
 		Size: c.Size, GraceS: c.Grace.Seconds(), SetupConcurrency: c.SetupConcurrency,
 		DialConcurrency: c.DialConcurrency, AllowErrors: c.AllowErrors,
 	}

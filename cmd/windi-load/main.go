@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -105,6 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		fs.PrintDefaults()
 	}
 	urls := fs.String("url", strings.Join(cfg.URLs, ","), "comma-separated server base URLs")
+	pids := fs.String("cpu-pids", "", "comma-separated pids (local servers, Postgres, Redis) whose CPU time during the send phase is reported")
 	fs.StringVar(&cfg.Scenario, "scenario", cfg.Scenario, "private, group or idle")
 	fs.IntVar(&cfg.Chats, "chats", cfg.Chats, "private: number of private chats (pairs of users)")
 	fs.IntVar(&cfg.Members, "members", cfg.Members, "group: members of the group, creator included (2..1000)")
@@ -128,6 +130,16 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "windi-load: unexpected argument %q\n", fs.Arg(0))
 		return cfg, fmt.Errorf("unexpected argument")
+	}
+	for p := range strings.SplitSeq(*pids, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			n, err := strconv.Atoi(p)
+			if err != nil || n < 1 {
+				fmt.Fprintf(stderr, "windi-load: -cpu-pids: %q is not a pid\n", p)
+				return cfg, fmt.Errorf("bad pid")
+			}
+			cfg.CPUPIDs = append(cfg.CPUPIDs, n)
+		}
 	}
 	cfg.URLs = nil
 	for u := range strings.SplitSeq(*urls, ",") {
@@ -188,6 +200,10 @@ func printTable(w io.Writer, r Report) {
 	errs := []string{}
 	for _, k := range slices.Sorted(maps.Keys(r.ErrorFrames)) {
 		errs = append(errs, fmt.Sprintf("%s=%d", k, r.ErrorFrames[k]))
+	}
+	if r.CPU != nil {
+		row("cpu", "%.2f s over the send phase (%d processes): %.1f µs per stored message, %.2f µs per delivery",
+			r.CPU.Seconds, len(c.CPUPIDs), r.CPU.PerMessageUS, r.CPU.PerDeliveryUS)
 	}
 	row("error frames", "%s", orDash(strings.Join(errs, " ")))
 	closes := []string{}

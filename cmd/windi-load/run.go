@@ -62,6 +62,16 @@ type Report struct {
 	BadFrames        int64            `json:"bad_frames"`
 	// Errors sums every error above (error frames included).
 	Errors int64 `json:"errors"`
+	// CPU is what the -cpu-pids processes used from the first send to the
+	// end of the grace period.
+	CPU *CPUUse `json:"cpu,omitempty"`
+}
+
+// CPUUse is CPU time charged to a run's send phase.
+type CPUUse struct {
+	Seconds       float64 `json:"seconds"`
+	PerMessageUS  float64 `json:"per_stored_message_us"`
+	PerDeliveryUS float64 `json:"per_delivery_us"`
 }
 
 // plan is the scenario's users, chats and connections before any dial.
@@ -184,6 +194,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 			live = append(live, c)
 		}
 	}
+	cpu0 := cpuTicks(cfg.CPUPIDs)
 	start := time.Now()
 	end := start.Add(cfg.Duration)
 	if len(live) > 0 {
@@ -234,6 +245,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		_ = sleepCtx(ctx, cfg.Duration)
 	}
 	holdEnd := time.Since(st.base)
+	cpuUsed := float64(cpuTicks(cfg.CPUPIDs)-cpu0) / clockTicks
 
 	st.closing.Store(true)
 	closeAll(p.conns, cfg.DialConcurrency)
@@ -303,6 +315,15 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		}
 	}
 	rep.ElapsedS = round3(rep.ElapsedS)
+	if len(cfg.CPUPIDs) > 0 {
+		rep.CPU = &CPUUse{Seconds: round3(cpuUsed)}
+		if rep.Acked > 0 {
+			rep.CPU.PerMessageUS = round1(cpuUsed / float64(rep.Acked) * 1e6)
+		}
+		if rep.Deliveries > 0 {
+			rep.CPU.PerDeliveryUS = round3(cpuUsed / float64(rep.Deliveries) * 1e6)
+		}
+	}
 	var frameErrs int64
 	for _, n := range rep.ErrorFrames {
 		frameErrs += n

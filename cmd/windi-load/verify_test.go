@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -273,5 +274,21 @@ func TestScanFrameAgreesWithJSON(t *testing.T) {
 		if scanFrame([]byte(in), &f) {
 			t.Errorf("scanFrame accepted %s", in)
 		}
+	}
+}
+
+// TestCPUTicksReadsProc: the tool's own process shows CPU time after some
+// work, and a pid that does not exist counts zero.
+func TestCPUTicksReadsProc(t *testing.T) {
+	x := 0
+	for i := range 50_000_000 {
+		x ^= i
+	}
+	_ = x
+	if n := cpuTicks([]int{os.Getpid()}); n <= 0 {
+		t.Errorf("own CPU ticks %d, want > 0", n)
+	}
+	if n := cpuTicks([]int{1 << 30}); n != 0 {
+		t.Errorf("a missing pid counted %d ticks", n)
 	}
 }
