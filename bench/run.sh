@@ -122,49 +122,22 @@ for port in $PORTS; do
 done
 url_list=$(IFS=,; echo "${urls[*]}")
 
-# cpu_ticks: user+system clock ticks of the servers (and, in scaled mode,
-# of Postgres and Redis), from /proc.
-cpu_ticks() {
-	local total=0 p f
-	for p in "$@"; do
-		[ -r "/proc/$p/stat" ] || continue
-		f=$(sed 's/^.*) //' "/proc/$p/stat")
-		total=$((total + $(awk '{print $12 + $13}' <<<"$f")))
-	done
-	echo "$total"
-}
-service_pids() {
-	[ "$MODE" = scaled ] || return 0
-	pgrep -x postgres || true
-	pgrep -x redis-server || true
-}
-HZ=$(getconf CLK_TCK)
-
 summary=()
 failed=0
 run_load() {
 	local name=$1
 	shift
 	log "windi-load $name: $*"
-	local out rc=0 c0 s0 c1 s1 svc
-	svc=$(service_pids | tr '\n' ' ')
-	# shellcheck disable=SC2086 # pid lists
-	c0=$(cpu_ticks "${pids[@]}") s0=$(cpu_ticks $svc)
+	local out rc=0
+	local pid_list
+	pid_list=$(IFS=,; echo "${pids[*]}")
 	# shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
-	out=$("$work/windi-load" -url "$url_list" "$@" $LOAD_ARGS 2> >(sed "s/^/[$name] /" >&2)) || rc=$?
-	# shellcheck disable=SC2086 # pid lists
-	c1=$(cpu_ticks "${pids[@]}") s1=$(cpu_ticks $svc)
+	out=$("$work/windi-load" -url "$url_list" -cpu-pids "$pid_list" "$@" $LOAD_ARGS 2> >(sed "s/^/[$name] /" >&2)) || rc=$?
 	# The table, then the JSON line.
 	echo "$out" | sed '$d' >&2
 	local line
 	line=$(tail -n 1 <<<"$out")
 	echo "$line"
-	local acked deliveries
-	acked=$(grep -o '"acked":[0-9]*' <<<"$line" | head -n 1 | cut -d: -f2 || true)
-	deliveries=$(grep -o '"deliveries":[0-9]*' <<<"$line" | head -n 1 | cut -d: -f2 || true)
-	awk -v n="$name" -v c=$((c1 - c0)) -v s=$((s1 - s0)) -v hz="$HZ" -v a="${acked:-0}" -v d="${deliveries:-0}" 'BEGIN {
-		printf "cpu %s: windi %.2f s, postgres+redis %.2f s; windi per stored message %.1f us, per delivery %.2f us\n",
-			n, c / hz, s / hz, (a > 0 ? c / hz / a * 1e6 : 0), (d > 0 ? c / hz / d * 1e6 : 0) }' >&2
 	if [ "$rc" != 0 ]; then
 		failed=1
 	fi
