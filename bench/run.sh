@@ -17,9 +17,13 @@
 #   SCENARIOS      which to run ["private group10 group100 idle"]; also
 #                  fanout100 (one sender, 100 members online, open loop at
 #                  each of RATES msg/s) and fanout999 (999 members, open
-#                  loop at RATE999 msg/s)
+#                  loop at RATE999 msg/s), mixed (fanout100 at MIXRATE
+#                  with 10 % of the operations edits and reactions, the
+#                  final states verified) and private-mixed (private with
+#                  10 % edits and reactions)
 #   RATES          fanout100's rates ["200 500 1000 1500 2000 3000"]
 #   RATE999        fanout999's rate [100]
+#   MIXRATE        mixed's rate [1000]
 #   MODE           scaled (two replicas on Postgres + Redis) or embedded
 #                  (one server, SQLite, in-process broker) [scaled]
 #   PGBENCH=0      skip the pgbench reference
@@ -39,6 +43,7 @@ PORTS=${PORTS:-"18081 18082"}
 MODE=${MODE:-scaled}
 RATES=${RATES:-"200 500 1000 1500 2000 3000"}
 RATE999=${RATE999:-100}
+MIXRATE=${MIXRATE:-1000}
 PGBENCH=${PGBENCH:-1}
 [ "$MODE" = embedded ] && PORTS=${PORTS%% *}
 SCENARIOS=${SCENARIOS:-"private group10 group100 idle"}
@@ -168,6 +173,8 @@ for s in $SCENARIOS; do
 			run_load "fanout100@$r" -scenario group -members 100 -devices 1 -senders 1 -open -rate "$r" -duration "${DURATION}s"
 		done
 		;;
+	mixed) run_load "mixed@$MIXRATE" -scenario group -members 100 -devices 1 -senders 1 -open -rate "$MIXRATE" -mix 0.1 -duration "${DURATION}s" ;;
+	private-mixed) run_load private-mixed -scenario private -chats 50 -rate 0 -window 1 -mix 0.1 -duration "${DURATION}s" ;;
 	fanout999) run_load "fanout999@$RATE999" -scenario group -members 999 -devices 1 -senders 1 -open -rate "$RATE999" -duration "${DURATION}s" ;;
 	*) echo "unknown scenario $s" >&2; failed=1 ;;
 	esac

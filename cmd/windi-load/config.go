@@ -28,6 +28,7 @@ type Config struct {
 	Window   int           // sends in flight per sender
 	Duration time.Duration // send (or hold) phase
 	Size     int           // message text bytes
+	Mix      float64       // share of operations that edit or react to an own message instead of sending
 	Grace    time.Duration // longest wait for outstanding acks and deliveries
 
 	SetupConcurrency int
@@ -116,6 +117,12 @@ func (c *Config) normalize() error {
 	if c.Duration <= 0 {
 		return errors.New("-duration: positive")
 	}
+	if c.Mix < 0 || c.Mix > 0.5 {
+		return errors.New("-mix: a share between 0 and 0.5")
+	}
+	if c.Mix > 0 && c.Scenario == "idle" {
+		return errors.New("-mix: not for the idle scenario")
+	}
 	if c.Size < minSize || c.Size > 4096 {
 		return fmt.Errorf("-size: %d..4096 bytes", minSize)
 	}
@@ -163,6 +170,7 @@ type reportConfig struct {
 	Window           int      `json:"window"`
 	DurationS        float64  `json:"duration_s"`
 	Size             int      `json:"size"`
+	Mix              float64  `json:"mix,omitempty"`
 	GraceS           float64  `json:"grace_s"`
 	SetupConcurrency int      `json:"setup_concurrency"`
 	DialConcurrency  int      `json:"dial_concurrency"`
@@ -173,7 +181,7 @@ func (c *Config) report() reportConfig {
 	r := reportConfig{
 		URLs: c.URLs, Scenario: c.Scenario, Users: c.users(), Conns: c.conns(), Senders: c.Senders,
 		AllChatsRatio: c.AllChatsRatio, Rate: c.Rate, Open: c.Open, CPUPIDs: c.CPUPIDs, Window: c.Window, DurationS: c.Duration.Seconds(),
-		Size: c.Size, GraceS: c.Grace.Seconds(), SetupConcurrency: c.SetupConcurrency,
+		Size: c.Size, Mix: c.Mix, GraceS: c.Grace.Seconds(), SetupConcurrency: c.SetupConcurrency,
 		DialConcurrency: c.DialConcurrency, AllowErrors: c.AllowErrors,
 	}
 	switch c.Scenario {

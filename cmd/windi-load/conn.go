@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ const (
 	ftOther ftype = iota
 	ftNew
 	ftAck
+	ftUpdated
 	ftError
 )
 
@@ -29,6 +32,8 @@ func (t *ftype) UnmarshalJSON(b []byte) error {
 		*t = ftNew
 	case `"message.ack"`:
 		*t = ftAck
+	case `"message.updated"`:
+		*t = ftUpdated
 	case `"error"`:
 		*t = ftError
 	default:
@@ -51,6 +56,25 @@ func (s *stamp) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	*s = parseStamp(b[1:])
+	return nil
+}
+
+// text is a message's text as the tool reads it: the stamp at its start,
+// and its raw bytes (valid until the frame's buffer is reused), which the
+// mixed load hashes. The tool's own texts have no escapes, so the raw
+// bytes are the text.
+type text struct {
+	stamp
+	raw []byte
+}
+
+func (t *text) UnmarshalJSON(b []byte) error {
+	*t = text{}
+	if len(b) < 2 || b[0] != '"' {
+		return nil
+	}
+	t.stamp = parseStamp(b[1:])
+	t.raw = b[1 : len(b)-1]
 	return nil
 }
 
@@ -108,18 +132,22 @@ func parseCMID(b []byte) cmidRef {
 type frame struct {
 	Type        ftype   `json:"type"`
 	Code        string  `json:"code"`
+	Seq         int64   `json:"seq"` // of errors about an edit or a reaction
 	ClientMsgID cmidRef `json:"client_msg_id"`
 	Duplicate   bool    `json:"duplicate"`
 	Message     msgBody `json:"message"` // an object in acks and message.new, a string in errors
 }
 
-// msgBody is the Message of message.new and message.ack.
+// msgBody is the Message of message.new, message.ack and message.updated.
 type msgBody struct {
-	ChatID      int64   `json:"chat_id"`
-	Seq         int64   `json:"seq"`
-	SenderID    int64   `json:"sender_id"`
-	Text        stamp   `json:"text"`
-	ClientMsgID cmidRef `json:"client_msg_id"`
+	ChatID      int64          `json:"chat_id"`
+	Seq         int64          `json:"seq"`
+	Rev         int64          `json:"rev"`
+	SenderID    int64          `json:"sender_id"`
+	Text        text           `json:"text"`
+	ClientMsgID cmidRef        `json:"client_msg_id"`
+	Deleted     bool           `json:"deleted"`
+	Reactions   []reactionBody `json:"reactions"`
 }
 
 func (m *msgBody) UnmarshalJSON(b []byte) error {
@@ -137,9 +165,10 @@ type lconn struct {
 	userIdx  int
 	userID   int64
 	token    string
-	chatID   int64   // /ws/{chat_id}; 0 for /ws
-	follows  []int64 // chats whose messages it must receive
-	sendChat int64   // the chat it sends to; 0 when it does not send
+	chatID   int64    // /ws/{chat_id}; 0 for /ws
+	follows  []int64  // chats whose messages it must receive
+	sendChat int64    // the chat it sends to; 0 when it does not send
+	own      *ownMsgs // mixed load: the sender's messages and the changes it made
 
 	ws         *websocket.Conn
 	dialErr    error
@@ -148,9 +177,10 @@ type lconn struct {
 
 	// Sender side.
 	window   chan struct{} // a token per send in flight
-	sent     atomic.Int64
-	answered atomic.Int64 // acks and send errors received
-	writeErr error        // owned by the sender goroutine
+	sent     atomic.Int64  // message.send frames
+	opsSent  atomic.Int64  // mixed load: edits and reaction changes
+	answered atomic.Int64  // acks, own changes' message.updated and errors received
+	writeErr error         // owned by the sender goroutine
 	sendDone chan struct{}
 
 	// Owned by the reader goroutine; read by others once readerDone is
@@ -161,9 +191,12 @@ type lconn struct {
 	acks         int64
 	dupAcks      int64
 	sendErrors   int64
-	deliveries   int64 // message.new frames
-	unfollowed   int64 // message.new of a chat it should not get
-	wrongFrames  int64 // its own send as message.new instead of an ack
+	deliveries   int64                // message.new frames
+	updates      int64                // message.updated frames
+	opsAnswered  int64                // of them, answers to its own changes
+	views        map[viewKey]msgState // mixed load: the last message.updated of each message
+	unfollowed   int64                // message.new of a chat it should not get
+	wrongFrames  int64                // its own send as message.new instead of an ack
 	badFrames    int64
 	errCodes     map[string]int64
 	ackLat       hist // from the scheduled send time
@@ -206,6 +239,9 @@ func (c *lconn) dial(ctx context.Context) {
 	c.ws = ws
 }
 
+// viewKey names a message.
+type viewKey struct{ chat, seq int64 }
+
 // shared is the run state every connection's goroutines touch.
 type shared struct {
 	base    time.Time
@@ -214,6 +250,8 @@ type shared struct {
 	followers   atomic.Pointer[map[int64]int64]
 	deliveries  atomic.Int64 // message.new frames, all connections
 	owed        atomic.Int64 // message.new frames owed for the acks so far
+	updates     atomic.Int64 // message.updated frames, all connections
+	updatesOwed atomic.Int64 // message.updated frames owed for the changes answered so far
 	rateLimited atomic.Int64
 	anomalies   atomic.Int64
 	warn        func(format string, args ...any)
@@ -255,9 +293,9 @@ func (c *lconn) read(st *shared) {
 			return
 		}
 		now := st.now()
-		f = frame{}
+		f = frame{ClientMsgID: -1}
 		if !scanFrame(buf.Bytes(), &f) {
-			f = frame{}
+			f = frame{ClientMsgID: -1}
 			if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
 				c.badFrames++
 				continue
@@ -273,6 +311,7 @@ func (c *lconn) read(st *shared) {
 			if a == unfollowed {
 				c.unfollowed++
 			}
+			c.observeRev(st, "message.new", m)
 			if a != inOrder {
 				st.anomaly(c, "message.new", m.ChatID, m.Seq, prev, a.String())
 			}
@@ -294,8 +333,12 @@ func (c *lconn) read(st *shared) {
 				if a := c.tr.observe(m.ChatID, m.Seq); a != inOrder {
 					st.anomaly(c, "message.ack", m.ChatID, m.Seq, prev, a.String())
 				}
+				c.observeRev(st, "message.ack", m)
 				if m.ChatID == c.sendChat {
 					c.acked.set(m.Seq)
+					if c.own != nil {
+						c.own.acked(m.Seq, hashText(m.Text.raw))
+					}
 				}
 				if fl := st.followers.Load(); fl != nil {
 					st.owed.Add(max((*fl)[m.ChatID]-1, 0))
@@ -307,6 +350,23 @@ func (c *lconn) read(st *shared) {
 			}
 			c.lastAck = now
 			c.release()
+		case ftUpdated:
+			c.updates++
+			st.updates.Add(1)
+			c.observeRev(st, "message.updated", m)
+			if c.tr.chats[m.ChatID] == nil {
+				c.unfollowed++
+			}
+			if c.views != nil {
+				c.views[viewKey{m.ChatID, m.Seq}] = stateOf(m.Text.raw, m.Deleted, m.Reactions, m.SenderID)
+			}
+			if c.own != nil && m.SenderID == c.userID && int(m.ClientMsgID) == c.idx {
+				c.opsAnswered++
+				if fl := st.followers.Load(); fl != nil {
+					st.updatesOwed.Add((*fl)[m.ChatID])
+				}
+				c.release()
+			}
 		case ftError:
 			if c.errCodes == nil {
 				c.errCodes = map[string]int64{}
@@ -316,12 +376,33 @@ func (c *lconn) read(st *shared) {
 				st.warn("WARNING: the server answers rate_limited: it limits sends per connection (default 20/s, burst 200); " +
 					"start it with a higher send limit for throughput runs")
 			}
-			if int(f.ClientMsgID) == c.idx && c.sendChat != 0 {
+			// A send's error names its client_msg_id; an edit's or a
+			// reaction's names the message's seq instead.
+			if c.sendChat != 0 && (int(f.ClientMsgID) == c.idx || (c.own != nil && f.ClientMsgID == -1 && f.Seq > 0)) {
 				c.sendErrors++
 				c.release()
 			}
 		}
 	}
+}
+
+// observeRev checks that the frames carrying a chat's changes arrive in
+// increasing rev order (SPEC §11.1). Revs may be skipped: a fill collapses
+// a message's intermediate changes into its latest.
+func (c *lconn) observeRev(st *shared, kind string, m *msgBody) {
+	t := c.tr.chats[m.ChatID]
+	if t == nil {
+		return
+	}
+	if m.Rev <= t.rev {
+		t.revBack++
+		st.anomaly(c, kind, m.ChatID, m.Seq, t.max, fmt.Sprintf("rev %d after rev %d", m.Rev, t.rev))
+		return
+	}
+	if m.Rev > t.rev+1 {
+		t.revGaps++
+	}
+	t.rev = m.Rev
 }
 
 // release frees a window slot on an answer to one of this connection's
@@ -345,8 +426,12 @@ func (c *lconn) release() {
 // Each text starts with the scheduled and the actual send time, so
 // receivers measure latency from both; the client_msg_id "<conn>-<n>"
 // names the sending connection.
-func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, interval time.Duration, size int, open bool) {
+//
+// With mix > 0, that share of the operations edits or toggles a reaction
+// on one of the sender's recent messages instead (see mixOp).
+func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, interval time.Duration, size int, open bool, mix float64) {
 	defer close(c.sendDone)
+	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), uint64(c.idx)))
 	prefix := `{"type":"message.send","chat_id":` + strconv.FormatInt(c.sendChat, 10) +
 		`,"client_msg_id":"` + strconv.Itoa(c.idx) + `-`
 	pad := strings.Repeat("x", size)
@@ -396,16 +481,25 @@ func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, inte
 		if open {
 			sched = due.Sub(st.base)
 		}
-		buf = append(buf[:0], prefix...)
-		buf = strconv.AppendInt(buf, int64(n), 10)
-		buf = append(buf, `","text":"`...)
-		mark := len(buf)
-		buf = strconv.AppendInt(buf, int64(sched), 10)
-		buf = append(buf, ' ')
-		buf = strconv.AppendInt(buf, int64(sent), 10)
-		buf = append(buf, ' ')
-		buf = append(buf, pad[:max(size-(len(buf)-mark), 0)]...)
-		buf = append(buf, `"}`...)
+		counter := &c.sent
+		op := false
+		if mix > 0 && rng.Float64() < mix {
+			buf, op = c.mixOp(buf, rng, int64(sched), int64(sent), pad, size)
+		}
+		if op {
+			counter = &c.opsSent
+		} else {
+			buf = append(buf[:0], prefix...)
+			buf = strconv.AppendInt(buf, int64(n), 10)
+			buf = append(buf, `","text":"`...)
+			mark := len(buf)
+			buf = strconv.AppendInt(buf, int64(sched), 10)
+			buf = append(buf, ' ')
+			buf = strconv.AppendInt(buf, int64(sent), 10)
+			buf = append(buf, ' ')
+			buf = append(buf, pad[:max(size-(len(buf)-mark), 0)]...)
+			buf = append(buf, `"}`...)
+		}
 		if err := c.ws.Write(context.Background(), websocket.MessageText, buf); err != nil {
 			if !st.closing.Load() {
 				c.writeErr = err
@@ -413,7 +507,7 @@ func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, inte
 			}
 			return
 		}
-		c.sent.Add(1)
+		counter.Add(1)
 	}
 }
 

@@ -119,6 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&cfg.Open, "open", false, "open loop: send on -rate's fixed schedule whatever the acks, and measure latency from each message's scheduled time (and from its actual send)")
 	fs.IntVar(&cfg.Window, "window", cfg.Window, "unacknowledged sends allowed per sender (closed loop)")
 	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "send phase (idle: hold time)")
+	fs.Float64Var(&cfg.Mix, "mix", 0, "share of each sender's operations (0..0.5) that edit or toggle a reaction on one of its recent messages instead of sending; the final states are verified on every connection and the server")
 	fs.IntVar(&cfg.Size, "size", cfg.Size, fmt.Sprintf("message text bytes (%d..4096)", minSize))
 	fs.DurationVar(&cfg.Grace, "grace", cfg.Grace, "longest wait after the send phase for outstanding acks and deliveries")
 	fs.IntVar(&cfg.SetupConcurrency, "setup-concurrency", cfg.SetupConcurrency, "concurrent register/login/create-chat requests")
@@ -192,8 +193,13 @@ func printTable(w io.Writer, r Report) {
 			row("ack latency", "%s", lat(r.AckLatency))
 			row("delivery latency", "%s", lat(r.DeliveryLatency))
 		}
-		row("verify", "lost %d  repeated %d  out-of-order %d  gaps %d  unacked-seen %d",
-			r.Verify.Lost, r.Verify.Repeated, r.Verify.OutOfOrder, r.Verify.Gaps, r.Verify.UnackedSeen)
+		row("verify", "lost %d  repeated %d  out-of-order %d  gaps %d  unacked-seen %d  rev out-of-order %d  rev gaps %d",
+			r.Verify.Lost, r.Verify.Repeated, r.Verify.OutOfOrder, r.Verify.Gaps, r.Verify.UnackedSeen, r.Verify.RevOutOfOrder, r.Verify.RevGaps)
+		if s := r.States; s != nil {
+			row("changes", "%d edits and reactions sent, %d answered; %d message.updated of %d expected", r.Ops, r.OpsAnswered, r.Updates, r.ExpectedUpdates)
+			row("final states", "%d messages changed: %d of %d connection views differ, %d of %d differ on the server",
+				s.Touched, s.Differ, s.Checked, s.ServerDiffer, s.ServerChecked)
+		}
 	} else {
 		row("held", "%.1fs", r.ElapsedS)
 	}

@@ -30,10 +30,18 @@ type Report struct {
 
 	// ElapsedS runs from the first send to the last ack (to the end of the
 	// hold for idle runs).
-	ElapsedS          float64 `json:"elapsed_s"`
-	Sent              int64   `json:"sent"`
-	Acked             int64   `json:"acked"`
-	Unanswered        int64   `json:"unanswered"`
+	ElapsedS   float64 `json:"elapsed_s"`
+	Sent       int64   `json:"sent"`
+	Acked      int64   `json:"acked"`
+	Unanswered int64   `json:"unanswered"`
+	// Ops counts the mixed load's edits and reaction changes sent, and
+	// OpsAnswered the message.updated frames that answered them.
+	Ops         int64 `json:"ops,omitempty"`
+	OpsAnswered int64 `json:"ops_answered,omitempty"`
+	// Updates counts message.updated frames received; ExpectedUpdates is
+	// answered changes times the connections following their chat.
+	Updates           int64   `json:"updates,omitempty"`
+	ExpectedUpdates   int64   `json:"expected_updates,omitempty"`
 	PersistedMsgsPerS float64 `json:"persisted_msgs_per_s"`
 	// Deliveries counts message.new frames received; ExpectedDeliveries is
 	// acked messages times the other connections following their chat.
@@ -49,6 +57,8 @@ type Report struct {
 	DeliveryLatencySent Percentiles `json:"delivery_latency_from_send"`
 
 	Verify Verdict `json:"verify"`
+	// States is the mixed load's final-state check.
+	States *StateCheck `json:"states,omitempty"`
 
 	ErrorFrames      map[string]int64 `json:"error_frames"`
 	DialFailures     int64            `json:"dial_failures"`
@@ -214,7 +224,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 			if interval > 0 {
 				off = interval * time.Duration(i) / time.Duration(len(live))
 			}
-			go c.send(ctx, st, start.Add(off), end, interval, cfg.Size, cfg.Open)
+			go c.send(ctx, st, start.Add(off), end, interval, cfg.Size, cfg.Open, cfg.Mix)
 		}
 		for _, c := range live {
 			<-c.sendDone
@@ -228,10 +238,10 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 				select {
 				case <-c.readerDone:
 				default:
-					inflight += c.sent.Load() - c.answered.Load()
+					inflight += c.sent.Load() + c.opsSent.Load() - c.answered.Load()
 				}
 			}
-			if inflight == 0 && st.deliveries.Load() >= st.owed.Load() {
+			if inflight == 0 && st.deliveries.Load() >= st.owed.Load() && st.updates.Load() >= st.updatesOwed.Load() {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
@@ -274,8 +284,11 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		rep.Sent += c.sent.Load()
 		rep.Acked += c.acks - c.dupAcks
 		if c.window != nil {
-			rep.Unanswered += c.sent.Load() - c.answered.Load()
+			rep.Unanswered += c.sent.Load() + c.opsSent.Load() - c.answered.Load()
 		}
+		rep.Ops += c.opsSent.Load()
+		rep.OpsAnswered += c.opsAnswered
+		rep.Updates += c.updates
 		rep.Deliveries += c.deliveries
 		rep.Unfollowed += c.unfollowed
 		rep.WrongFrames += c.wrongFrames
@@ -299,6 +312,19 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		lastDel = max(lastDel, c.lastDelivery)
 	}
 	rep.ExpectedDeliveries = rep.Verify.Expected - rep.Acked
+	if cfg.Mix > 0 {
+		rep.ExpectedUpdates = st.updatesOwed.Load()
+		rep.States = &StateCheck{}
+		want := expectedStates(p.senders)
+		for _, msgs := range want {
+			rep.States.Touched += int64(len(msgs))
+		}
+		checkViews(p.conns, want, rep.States)
+		if err := rs.checkServer(ctx, p, want, rep.States); err != nil {
+			logf("verify: %v", err)
+			rep.States.ServerDiffer = -1
+		}
+	}
 	rep.AckLatency, rep.DeliveryLatency = ackH.percentiles(), delH.percentiles()
 	rep.AckLatencySent, rep.DeliveryLatencySent = ackSH.percentiles(), delSH.percentiles()
 	startOff := start.Sub(st.base)
@@ -350,6 +376,17 @@ func (r *Report) judge(cfg Config, frameErrs int64) {
 	add(r.Verify.Lost, "lost")
 	add(r.Verify.Repeated, "repeated")
 	add(r.Verify.OutOfOrder, "out of order")
+	add(r.Verify.RevOutOfOrder, "changes out of rev order")
+	if s := r.States; s != nil {
+		add(s.Differ, "final states differ on connections")
+		add(s.ServerDiffer, "final states differ on the server")
+		if s.ServerDiffer < 0 {
+			r.Failures = append(r.Failures, "the server's history could not be read")
+		}
+		if s.ServerChecked != s.Touched {
+			r.Failures = append(r.Failures, fmt.Sprintf("%d of %d changed messages read back", s.ServerChecked, s.Touched))
+		}
+	}
 	if !cfg.AllowErrors {
 		for _, code := range slices.Sorted(maps.Keys(r.ErrorFrames)) {
 			add(r.ErrorFrames[code], "error frames "+code)
@@ -399,6 +436,9 @@ func (p *plan) planConns(cfg Config) {
 		for _, id := range c.follows {
 			c.tr.follow(id, 0) // every chat is new: it starts at seq 0
 		}
+		if cfg.Mix > 0 {
+			c.views = map[viewKey]msgState{}
+		}
 		p.conns = append(p.conns, c)
 	}
 	if cfg.Senders == 0 {
@@ -428,6 +468,9 @@ func (p *plan) planConns(cfg Config) {
 		c := p.conns[k]
 		c.sendChat = p.ofUser[c.userIdx][0]
 		c.window = make(chan struct{}, cfg.Window)
+		if cfg.Mix > 0 {
+			c.own = &ownMsgs{}
+		}
 		p.senders = append(p.senders, c)
 	}
 	sort.Slice(p.senders, func(i, j int) bool { return p.senders[i].idx < p.senders[j].idx })

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
 )
@@ -180,5 +181,80 @@ func TestCLI(t *testing.T) {
 	}
 	if code := cli([]string{"-scenario", "bogus"}, &out, &errOut); code != 2 {
 		t.Errorf("bad flag: exit %d", code)
+	}
+}
+
+// TestRunMixed: with -mix, a third of the operations edit or toggle
+// reactions on the senders' own messages; every change is answered,
+// reaches every connection of the chat in rev order, and the final state
+// of every changed message is the same on every connection and on the
+// server as the operations imply.
+func TestRunMixed(t *testing.T) {
+	for _, dialect := range apptest.Dialects {
+		t.Run(dialect, func(t *testing.T) {
+			env := apptest.NewEnv(t, dialect)
+			a, b := env.Start(t), env.Start(t)
+			cfg := testConfig(a.URL, b.URL)
+			cfg.Scenario, cfg.Members, cfg.Devices, cfg.Senders = "group", 4, 2, 3
+			cfg.Rate, cfg.Window, cfg.Duration, cfg.Mix = 60, 2, 2*time.Second, 0.33
+			rep := runOK(t, cfg)
+			checkCounts(t, rep, 8)
+			s := rep.States
+			if s == nil || rep.Ops < 10 || rep.OpsAnswered != rep.Ops {
+				t.Fatalf("changes: %d sent, %d answered, states %+v", rep.Ops, rep.OpsAnswered, s)
+			}
+			// Every change reaches all 8 connections of the group.
+			if rep.ExpectedUpdates != 8*rep.Ops || rep.Updates != rep.ExpectedUpdates {
+				t.Errorf("message.updated: %d received, %d expected (8 × %d changes)", rep.Updates, rep.ExpectedUpdates, rep.Ops)
+			}
+			if s.Touched == 0 || s.Checked != 8*s.Touched || s.Differ != 0 || s.ServerChecked != s.Touched || s.ServerDiffer != 0 {
+				t.Errorf("final states %+v", s)
+			}
+			if rep.Verify.RevOutOfOrder != 0 || rep.Verify.RevGaps != 0 {
+				t.Errorf("revs: %+v", rep.Verify)
+			}
+		})
+	}
+}
+
+// TestCheckViewsFindsDifferences: a connection whose last view of a
+// changed message is not the expected state, or that never saw a change,
+// is counted.
+func TestCheckViewsFindsDifferences(t *testing.T) {
+	sent := msgState{text: hashText([]byte("1 1 x"))}
+	edited := msgState{text: hashText([]byte("2 2 edit x")), react: 1}
+	want := map[int64]map[int64]expect{7: {3: {first: sent, want: edited}}}
+	conn := func(views map[viewKey]msgState) *lconn {
+		return &lconn{ws: &websocket.Conn{}, follows: []int64{7}, views: views}
+	}
+	var sc StateCheck
+	checkViews([]*lconn{
+		conn(map[viewKey]msgState{{7, 3}: edited}), // up to date
+		conn(nil), // saw no change: still as sent
+		conn(map[viewKey]msgState{{7, 3}: {text: edited.text}}),                      // missed the reaction
+		conn(map[viewKey]msgState{{7, 3}: {text: edited.text, react: 1, bad: true}}), // a stranger's reaction
+	}, want, &sc)
+	if sc.Checked != 4 || sc.Differ != 3 {
+		t.Errorf("%+v, want 4 checked, 3 differing", sc)
+	}
+	// Back where it started: a connection that saw nothing agrees.
+	sc = StateCheck{}
+	checkViews([]*lconn{conn(nil)}, map[int64]map[int64]expect{7: {3: {first: sent, want: sent}}}, &sc)
+	if sc.Differ != 0 {
+		t.Errorf("%+v", sc)
+	}
+	// The server's reactions: another user's, a count of 2 or an unknown
+	// emoji are not the sender's own.
+	for _, rs := range [][]reactionBody{
+		{{Emoji: "👍", Count: 1, UserIDs: []int64{9}}},
+		{{Emoji: "👍", Count: 2, UserIDs: []int64{5, 9}}},
+		{{Emoji: "🙃", Count: 1, UserIDs: []int64{5}}},
+	} {
+		if s := stateOf([]byte("t"), false, rs, 5); !s.bad {
+			t.Errorf("%+v read as the sender's own", rs)
+		}
+	}
+	if s := stateOf([]byte("t"), false, []reactionBody{{Emoji: "❤️", Count: 1, UserIDs: []int64{5}}}, 5); s.bad || s.react != 2 {
+		t.Errorf("the sender's ❤️ read as %+v", s)
 	}
 }

@@ -39,7 +39,7 @@ func scanFrame(b []byte, f *frame) bool {
 		f.Duplicate = bytes.HasPrefix(d, []byte("true"))
 	}
 	m := &f.Message
-	ok := scanInt(msg, `"chat_id":`, &m.ChatID) && scanInt(msg, `"seq":`, &m.Seq) &&
+	ok := scanInt(msg, `"chat_id":`, &m.ChatID) && scanInt(msg, `"seq":`, &m.Seq) && scanInt(msg, `"rev":`, &m.Rev) &&
 		scanInt(msg, `"sender_id":`, &m.SenderID) && scanCMID(msg, `"client_msg_id":"`, &m.ClientMsgID)
 	if !ok {
 		return false
@@ -48,8 +48,26 @@ func scanFrame(b []byte, f *frame) bool {
 	if !ok {
 		return false
 	}
-	m.Text = parseStamp(t)
+	end := unescapedQuote(t)
+	if end < 0 {
+		return false
+	}
+	m.Text = text{stamp: parseStamp(t), raw: t[:end]}
 	return true
+}
+
+// unescapedQuote is the index of the quote that ends the JSON string b
+// starts inside of, or -1.
+func unescapedQuote(b []byte) int {
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i
+		}
+	}
+	return -1
 }
 
 // after returns what follows key in b.

@@ -65,6 +65,9 @@ type chatTrack struct {
 	repeated   int64 // a seq received again
 	outOfOrder int64 // a seq received after a higher one
 	gaps       int64 // jumps over missing seqs (transient; filled later or lost)
+	rev        int64 // highest rev received (message.new, ack or message.updated)
+	revBack    int64 // a rev at or below the highest before it
+	revGaps    int64 // jumps over revs (a fill collapsed changes; not a failure)
 }
 
 // arrival classifies one received seq.
@@ -150,6 +153,11 @@ type Verdict struct {
 	Repeated   int64 `json:"repeated"`
 	OutOfOrder int64 `json:"out_of_order"`
 	Gaps       int64 `json:"gaps"`
+	// RevOutOfOrder counts frames whose rev was not above the last one of
+	// their chat on that connection; RevGaps counts skipped revs (a resume
+	// collapses a message's changes into its latest).
+	RevOutOfOrder int64 `json:"rev_out_of_order"`
+	RevGaps       int64 `json:"rev_gaps"`
 	// UnackedSeen counts deliveries of messages no sender saw acked (its
 	// ack lost in a close, or an error after the commit): not a failure.
 	UnackedSeen int64 `json:"unacked_seen"`
@@ -162,6 +170,8 @@ func (v *Verdict) add(o Verdict) {
 	v.Repeated += o.Repeated
 	v.OutOfOrder += o.OutOfOrder
 	v.Gaps += o.Gaps
+	v.RevOutOfOrder += o.RevOutOfOrder
+	v.RevGaps += o.RevGaps
 	v.UnackedSeen += o.UnackedSeen
 }
 
@@ -194,6 +204,8 @@ func (tr *tracker) verify(acked map[int64]bitset) Verdict {
 		v.Repeated += t.repeated
 		v.OutOfOrder += t.outOfOrder
 		v.Gaps += t.gaps
+		v.RevOutOfOrder += t.revBack
+		v.RevGaps += t.revGaps
 	}
 	return v
 }
