@@ -215,8 +215,9 @@ func StatusOf(err error) int {
 	return 0
 }
 
-// wsURL returns the WebSocket URL of path on the server.
-func (c *Client) wsURL(path string, query url.Values) string {
+// wsURLRaw returns the WebSocket URL of path on the server with the
+// query as given (already escaped).
+func (c *Client) wsURLRaw(path, rawQuery string) string {
 	u := *c.base
 	if u.Scheme == "https" {
 		u.Scheme = "wss"
@@ -224,7 +225,7 @@ func (c *Client) wsURL(path string, query url.Values) string {
 		u.Scheme = "ws"
 	}
 	u.Path = strings.TrimRight(u.Path, "/") + path
-	u.RawQuery = query.Encode()
+	u.RawQuery = rawQuery
 	return u.String()
 }
 

@@ -9,8 +9,9 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
-	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,18 +85,45 @@ type Config struct {
 	// ChatID, when set, connects to /ws/{chat_id}: that chat only. Zero
 	// connects to /ws: every chat of the user, and chats joined meanwhile.
 	ChatID int64
-	// Since holds resume positions: chat id to the last seq the
-	// application has. A listed chat is delivered from the next seq on;
-	// chats not listed start where GET /chats puts them before the first
-	// connection (their last message).
+	// Since holds resume positions by seq: chat id to the last seq the
+	// application has. A listed chat is delivered from the next seq on
+	// (new messages only: changes to older messages made before the
+	// connection are not replayed); Resume overrides it for a chat. Chats
+	// listed in neither start where GET /chats puts them before the first
+	// connection: after their last message's revision, so nothing
+	// committed after Dial was called is missed (changes to older messages
+	// made after that revision reach OnUpdate).
 	Since map[int64]int64
+	// Resume holds resume positions by revision (from Conn.Resume): a
+	// listed chat is delivered from after Position.Rev, edits, deletes and
+	// reactions made meanwhile included; with Rev 0, from after
+	// Position.Seq (as Since).
+	Resume map[int64]Position
+	// ResumeBySeq makes every reconnect resume by seq (since_seq, the
+	// behaviour before revisions): a replay then brings new messages only,
+	// and changes to older messages made while disconnected are lost.
+	// Live updates still reach OnUpdate.
+	ResumeBySeq bool
 
 	// OnMessage sees every message once, in seq order per chat, the
 	// application's own (from their acks) included.
 	OnMessage func(m rest.Message)
+	// OnUpdate sees every change (edit, delete, reaction) of a message
+	// OnMessage has seen or that was there before the chat's start: the
+	// message's state after it, once, in the order the changes were made.
+	// Changes made while disconnected arrive after the reconnect, each
+	// message collapsed into its latest state.
+	OnUpdate func(m rest.Message)
+	// OnTyping sees another member typing in a chat (show it for about
+	// 5 s); nil passes typing frames to OnFrame.
+	OnTyping func(chatID, userID int64)
+	// OnError sees error frames that answer no send: a refused edit,
+	// delete or reaction (ErrorFrame.ChatID and Seq name the message), read
+	// receipt or typing frame. Nil passes them to OnFrame.
+	OnError func(e *FrameError)
 	// OnFrame sees every other server frame: read receipts, chat.read,
-	// presence, member.added and member.removed, and error frames that
-	// answer no send.
+	// presence, member.added and member.removed (and typing and error
+	// frames when OnTyping and OnError are nil).
 	OnFrame func(f Frame)
 	// OnState sees each state change; err says why the connection was lost
 	// (Disconnected) or ended (Closed).
@@ -179,25 +207,27 @@ type sendKey struct {
 	cmid   string
 }
 
-// chatState is one chat's delivery position: the ordering state machine.
+// chatState is one chat's delivery state: its ordering state machine and
+// the syncs that ask the server to replay it.
 type chatState struct {
-	known bool  // last is a real position (else the first message sets it)
-	last  int64 // highest seq delivered to the application
-	// fallback is where to resume a chat joined while connected whose
-	// first message has not come yet (its last seq read when it was
-	// joined); hasFallback reports one.
-	fallback    int64
+	*chatStream
+	// fallback is where to resume a chat joined while connected that has
+	// no position yet (read when it was joined); hasFallback reports one.
+	fallback    Position
 	hasFallback bool
-	buf         map[int64]rest.Message // above last+1, waiting for a gap to close
+	// inURL: the current handshake resumes the chat (since / since_rev).
+	inURL bool
 	// syncDue: a sync must be written then (it was rate limited).
 	syncDue time.Time
-	// gapCheck: a sync was written; if a gap is still open then, write it
-	// again.
+	// gapCheck: a sync was written; if frames still wait for a missing
+	// seq then, write it again.
 	gapCheck  time.Time
 	syncFails int // rate-limited syncs in a row
 }
 
-func (st *chatState) gap() bool { return len(st.buf) > 0 }
+func newChatState(p Position, seqKnown bool) *chatState {
+	return &chatState{chatStream: newChatStream(p, seqKnown)}
+}
 
 type readResult struct {
 	f   Frame
@@ -206,7 +236,7 @@ type readResult struct {
 
 type fetchResult struct {
 	chatID int64
-	last   int64
+	pos    Position
 }
 
 // Conn is a WebSocket session with a WinDI Chat server that outlives its
@@ -224,11 +254,15 @@ type Conn struct {
 	pending  map[sendKey]*Pending
 	queue    []*Pending      // sends not yet taken by the goroutine
 	reads    map[int64]int64 // read receipts not yet taken
+	changes  [][]byte        // edit, delete and reaction frames not yet taken
+	typing   map[int64]bool  // typing frames not yet taken, by chat
+	typedAt  map[int64]time.Time
 	closed   bool
 	err      error
 	state    State
-	reported bool            // OnState has seen a state
-	posSnap  map[int64]int64 // positions, as of the goroutine's last change
+	reported bool               // OnState has seen a state
+	posSnap  map[int64]Position // positions, as of the goroutine's last change
+	seqSnap  map[int64]bool     // chats of posSnap whose seq is known
 
 	wake     chan struct{} // capacity 1: the queue or reads changed
 	closeReq chan struct{} // closed by Close
@@ -245,6 +279,9 @@ type Conn struct {
 	pauseUntil time.Time // rate limited: no sends before then
 	pauses     int       // temporary send errors in a row
 	sendReads  map[int64]int64
+	outChanges [][]byte // taken changes not yet written
+	outTyping  []int64  // taken typing frames, written if connected
+	scratch    []delivery
 	sock       *Socket
 	writeErr   error
 	deadline   time.Time
@@ -307,7 +344,10 @@ func (c *Client) newConn(cfg Config) *Conn {
 	}
 	conn.ctx, conn.cancel = context.WithCancel(context.Background())
 	for id, seq := range cfg.Since {
-		conn.chats[id] = &chatState{known: true, last: seq}
+		conn.chats[id] = newChatState(Position{Seq: seq}, true)
+	}
+	for id, p := range cfg.Resume {
+		conn.chats[id] = newChatState(p, true)
 	}
 	conn.snapshotLocked()
 	return conn
@@ -321,7 +361,7 @@ func (c *Client) newConn(cfg Config) *Conn {
 // the Conn has ended, MaxPending sends wait already, the frame would be
 // over 64 KiB, or chatID is not the chat of a per-chat Conn.
 func (c *Conn) Send(chatID int64, text string) (*Pending, error) {
-	return c.SendWithID(chatID, NewClientMsgID(), text)
+	return c.SendWith(chatID, text, SendOptions{})
 }
 
 // SendWithID is Send with the application's own client_msg_id (1..64
@@ -330,14 +370,37 @@ func (c *Conn) Send(chatID int64, text string) (*Pending, error) {
 // carries the original message with Duplicate set. While a send with the
 // same chat and id waits, SendWithID returns its Pending.
 func (c *Conn) SendWithID(chatID int64, clientMsgID, text string) (*Pending, error) {
-	if c.cfg.ChatID != 0 && chatID != c.cfg.ChatID {
-		return nil, fmt.Errorf("client: send to chat %d on the connection of chat %d", chatID, c.cfg.ChatID)
+	return c.SendWith(chatID, text, SendOptions{ClientMsgID: clientMsgID})
+}
+
+// SendOptions are the optional parts of a send.
+type SendOptions struct {
+	// ClientMsgID is the send's id (see SendWithID); empty means a new
+	// random one.
+	ClientMsgID string
+	// ReplyToSeq makes the message a reply to that message of the same
+	// chat (deleted ones too); 0 means none. An unknown seq fails the send
+	// with bad_request.
+	ReplyToSeq int64
+}
+
+// SendWith is Send with options: a reply, the application's own
+// client_msg_id.
+func (c *Conn) SendWith(chatID int64, text string, o SendOptions) (*Pending, error) {
+	if err := c.checkChat(chatID); err != nil {
+		return nil, err
 	}
-	if chatID < 1 {
-		return nil, fmt.Errorf("client: chat id %d: must be positive", chatID)
+	clientMsgID := o.ClientMsgID
+	if clientMsgID == "" {
+		clientMsgID = NewClientMsgID()
 	}
 	id := chatID
-	frame, err := json.Marshal(rest.MessageSendFrame{Type: rest.MessageSend, ChatID: &id, ClientMsgID: clientMsgID, Text: text})
+	f := rest.MessageSendFrame{Type: rest.MessageSend, ChatID: &id, ClientMsgID: clientMsgID, Text: text}
+	if o.ReplyToSeq != 0 {
+		reply := o.ReplyToSeq
+		f.ReplyToSeq = &reply
+	}
+	frame, err := json.Marshal(f)
 	if err != nil {
 		return nil, fmt.Errorf("client: encode send: %w", err)
 	}
@@ -363,6 +426,115 @@ func (c *Conn) SendWithID(chatID int64, clientMsgID, text string) (*Pending, err
 	return p, nil
 }
 
+func (c *Conn) checkChat(chatID int64) error {
+	if c.cfg.ChatID != 0 && chatID != c.cfg.ChatID {
+		return fmt.Errorf("client: chat %d on the connection of chat %d", chatID, c.cfg.ChatID)
+	}
+	if chatID < 1 {
+		return fmt.Errorf("client: chat id %d: must be positive", chatID)
+	}
+	return nil
+}
+
+// Edit asks the server to replace the text of message seq of chatID (a
+// message.edit frame; only its sender may). Edit, Delete, React and
+// Unreact are written in the order called, as soon as a connection is up
+// (queued while there is none, and written again on the next connection
+// if the socket failed under the write: each is idempotent). Success
+// reaches every connection, this one too, as message.updated (OnUpdate);
+// an edit to the same text changes nothing and sends nothing. A refusal
+// is an error frame naming chat and seq (OnError): forbidden (not the
+// sender), not_found (no such seq), bad_request (a deleted message, or a
+// text out of 1..4096 characters), too_large. The error returned here is
+// only the local one: the Conn has ended, or MaxPending changes wait.
+func (c *Conn) Edit(chatID, seq int64, text string) error {
+	id := chatID
+	return c.change(chatID, rest.MessageEditFrame{Type: rest.MessageEdit, ChatID: &id, Seq: seq, Text: text})
+}
+
+// Delete asks the server to delete message seq of chatID (its sender, or
+// the group's owner, may): it becomes a tombstone (empty text, Deleted,
+// no reactions), seen through OnUpdate. Deleting it again changes
+// nothing. See Edit for how it travels and fails.
+func (c *Conn) Delete(chatID, seq int64) error {
+	id := chatID
+	return c.change(chatID, rest.MessageDeleteFrame{Type: rest.MessageDelete, ChatID: &id, Seq: seq})
+}
+
+// React adds the user's emoji (1..16 characters, no whitespace) to message
+// seq of chatID; adding one twice changes nothing. A message takes at
+// most 20 distinct emoji and a deleted one none (bad_request). See Edit
+// for how it travels and fails.
+func (c *Conn) React(chatID, seq int64, emoji string) error {
+	id := chatID
+	return c.change(chatID, rest.ReactionAddFrame{Type: rest.ReactionAdd, ChatID: &id, Seq: seq, Emoji: emoji})
+}
+
+// Unreact removes the user's emoji from message seq of chatID; removing
+// an absent one changes nothing. See Edit for how it travels and fails.
+func (c *Conn) Unreact(chatID, seq int64, emoji string) error {
+	id := chatID
+	return c.change(chatID, rest.ReactionRemoveFrame{Type: rest.ReactionRemove, ChatID: &id, Seq: seq, Emoji: emoji})
+}
+
+func (c *Conn) change(chatID int64, v any) error {
+	if err := c.checkChat(chatID); err != nil {
+		return err
+	}
+	frame, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("client: encode frame: %w", err)
+	}
+	if len(frame) > MaxFrameBytes {
+		return ErrFrameTooLarge
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return c.closedErrLocked()
+	}
+	if len(c.changes) >= c.cfg.MaxPending {
+		return ErrQueueFull
+	}
+	c.changes = append(c.changes, frame)
+	c.signal()
+	return nil
+}
+
+// TypingInterval is how often Typing writes a typing frame for one chat
+// at most: the server relays one per user and chat every 2 s and drops
+// the rest.
+const TypingInterval = 2 * time.Second
+
+// Typing tells the chat's other members that the user is typing: call it
+// on every keystroke. It writes a typing frame at most every
+// TypingInterval per chat, and only while connected (typing is not worth
+// sending late); the others see it through OnTyping for about 5 s.
+func (c *Conn) Typing(chatID int64) error {
+	if err := c.checkChat(chatID); err != nil {
+		return err
+	}
+	now := c.clock.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return c.closedErrLocked()
+	}
+	if c.state != Connected {
+		return nil // typing is not worth sending late
+	}
+	if at, ok := c.typedAt[chatID]; ok && now.Sub(at) < TypingInterval {
+		return nil
+	}
+	if c.typedAt == nil {
+		c.typedAt, c.typing = map[int64]time.Time{}, map[int64]bool{}
+	}
+	c.typedAt[chatID] = now
+	c.typing[chatID] = true
+	c.signal()
+	return nil
+}
+
 // MarkRead moves the user's read watermark in chatID to seq (a
 // message.read frame). Receipts are coalesced per chat and kept until a
 // connection takes them.
@@ -379,12 +551,27 @@ func (c *Conn) MarkRead(chatID, seq int64) error {
 	return nil
 }
 
-// Positions returns each chat's position: the last seq delivered to
-// OnMessage. Keep it to resume a later Conn with Config.Since.
+// Positions returns each chat's last seq delivered to OnMessage. Keep it
+// to resume a later Conn by seq with Config.Since; Resume keeps more.
 func (c *Conn) Positions() map[int64]int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[int64]int64, len(c.posSnap))
+	for k, v := range c.posSnap {
+		if c.seqSnap[k] {
+			out[k] = v.Seq
+		}
+	}
+	return out
+}
+
+// Resume returns each chat's position with its revision. Keep it to
+// resume a later Conn (Config.Resume) with every change made meanwhile,
+// edits, deletes and reactions included.
+func (c *Conn) Resume() map[int64]Position {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[int64]Position, len(c.posSnap))
 	for k, v := range c.posSnap {
 		out[k] = v
 	}
@@ -551,22 +738,82 @@ func (c *Conn) connect(expired bool) (*Socket, error) {
 		}
 		c.positioned = true
 	}
-	q := url.Values{}
-	path := "/ws"
+	path, query := "/ws", c.resumeQuery()
 	if c.cfg.ChatID != 0 {
 		path = "/ws/" + strconv.FormatInt(c.cfg.ChatID, 10)
-		if st := c.chats[c.cfg.ChatID]; st != nil && st.known {
-			q.Set("since_seq", strconv.FormatInt(st.last, 10))
-		}
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
-	sock, _, err := DialSocket(ctx, c.client.wsURL(path, q), SocketOptions{
+	sock, _, err := DialSocket(ctx, c.client.wsURLRaw(path, query), SocketOptions{
 		HTTPClient: c.client.http,
 		Header:     http.Header{"Authorization": {"Bearer " + tok}},
 		Trace:      c.cfg.Trace,
 	})
 	return sock, err
+}
+
+// maxResumeQuery bounds the positions listed in the handshake URL (the
+// server takes request headers up to 16 KiB); chats beyond it resume with
+// sync frames once the socket is open.
+const maxResumeQuery = 6 << 10
+
+// resumeQuery prepares every chat for a new socket and returns the
+// handshake's query, which resumes each chat from its position:
+// since_rev (or since_seq without a revision) on /ws/{chat_id}; on /ws
+// the since_rev=chat:rev,… and since=chat:seq,… lists, so every chat
+// resumes at the handshake without racing live frames. Chats that do not
+// fit are left to sync frames (serve).
+func (c *Conn) resumeQuery() string {
+	ids := make([]int64, 0, len(c.chats))
+	for id, st := range c.chats {
+		st.reconnected()
+		st.inURL = false
+		if !st.hasPosition() && st.hasFallback {
+			st.chatStream = newChatStream(st.fallback, true)
+		}
+		if st.hasPosition() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	if c.cfg.ChatID != 0 {
+		st := c.chats[c.cfg.ChatID]
+		if st == nil || !st.hasPosition() {
+			return ""
+		}
+		st.inURL = true
+		if st.rev > 0 && !c.cfg.ResumeBySeq {
+			return "since_rev=" + strconv.FormatInt(st.rev, 10)
+		}
+		return "since_seq=" + strconv.FormatInt(st.seq, 10)
+	}
+	// Colons and commas need no escaping in a query (RFC 3986 §3.4).
+	var byRev, bySeq []byte
+	for _, id := range ids {
+		st := c.chats[id]
+		list, pos := &bySeq, st.seq
+		if st.rev > 0 && !c.cfg.ResumeBySeq {
+			list, pos = &byRev, st.rev
+		}
+		if len(byRev)+len(bySeq) > maxResumeQuery {
+			break
+		}
+		if len(*list) > 0 {
+			*list = append(*list, ',')
+		}
+		*list = strconv.AppendInt(*list, id, 10)
+		*list = append(*list, ':')
+		*list = strconv.AppendInt(*list, pos, 10)
+		st.inURL = true
+	}
+	var q []string
+	if len(byRev) > 0 {
+		q = append(q, "since_rev="+string(byRev))
+	}
+	if len(bySeq) > 0 {
+		q = append(q, "since="+string(bySeq))
+	}
+	return strings.Join(q, "&")
 }
 
 // readPositions sets the position of every chat Since did not name from
@@ -580,7 +827,7 @@ func (c *Conn) readPositions(tok string) error {
 	}
 	var chats []rest.Chat
 	if c.cfg.ChatID != 0 {
-		if st := c.chats[c.cfg.ChatID]; st != nil && st.known {
+		if st := c.chats[c.cfg.ChatID]; st != nil && st.hasPosition() {
 			return nil
 		}
 		r, err := c.client.REST.GetChatWithResponse(ctx, c.cfg.ChatID, bearer)
@@ -602,22 +849,30 @@ func (c *Conn) readPositions(tok string) error {
 		chats = *r.JSON200
 	}
 	for _, ch := range chats {
-		if st := c.chats[ch.ID]; st == nil || !st.known {
-			c.chats[ch.ID] = &chatState{known: true, last: lastSeq(ch)}
+		if st := c.chats[ch.ID]; st == nil || !st.hasPosition() {
+			c.chats[ch.ID] = newChatState(chatStart(ch), true)
 		}
 	}
 	c.snapshot()
 	return nil
 }
 
-func lastSeq(ch rest.Chat) int64 {
+// chatStart is where a chat without a position starts: after its last
+// message, by the revision of that message's latest change. Chat carries
+// no revision of its own, so changes to older messages made after that
+// revision are replayed (to OnUpdate) rather than missed.
+func chatStart(ch rest.Chat) Position {
+	var p Position
 	switch {
 	case ch.LastSeq != nil:
-		return *ch.LastSeq
+		p.Seq = *ch.LastSeq
 	case ch.LastMessage != nil:
-		return ch.LastMessage.Seq
+		p.Seq = ch.LastMessage.Seq
 	}
-	return 0
+	if ch.LastMessage != nil {
+		p.Rev = ch.LastMessage.Rev
+	}
+	return p
 }
 
 // sleep waits d on the Clock, taking sends and fetches meanwhile; it
@@ -674,16 +929,14 @@ func (c *Conn) serve(sock *Socket) error {
 	}
 	for id, st := range c.chats {
 		st.syncDue, st.gapCheck, st.syncFails = time.Time{}, time.Time{}, 0
-		if !st.known && st.hasFallback {
-			st.known, st.last = true, st.fallback
-		}
-		if st.known && c.cfg.ChatID == 0 {
-			c.writeSync(id, st, now) // /ws/{chat_id} resumed with since_seq
+		if st.hasPosition() && !st.inURL {
+			c.writeSync(id, st, now) // more chats than the handshake URL holds
 		}
 	}
 	c.take()
 	c.pump(now)
 	c.flushReads()
+	c.flushChanges()
 	if c.writeErr != nil {
 		return c.writeErr
 	}
@@ -709,6 +962,7 @@ func (c *Conn) serve(sock *Socket) error {
 			c.take()
 			c.pump(c.clock.Now())
 			c.flushReads()
+			c.flushChanges()
 		case <-tc:
 			c.timer, c.deadline = nil, time.Time{}
 			if err := c.tick(sock); err != nil {
@@ -739,6 +993,15 @@ func (c *Conn) take() {
 			c.sendReads[id] = seq
 		}
 		delete(c.reads, id)
+	}
+	c.outChanges = append(c.outChanges, c.changes...)
+	clear(c.changes)
+	c.changes = c.changes[:0]
+	for id := range c.typing {
+		if c.sock != nil { // typing is not worth sending late
+			c.outTyping = append(c.outTyping, id)
+		}
+		delete(c.typing, id)
 	}
 	c.mu.Unlock()
 	for _, p := range q {
@@ -797,6 +1060,30 @@ func (c *Conn) flushReads() {
 	}
 }
 
+// flushChanges writes the edits, deletes and reaction changes taken, in
+// order, and the typing frames; a change whose write fails stays for the
+// next socket.
+func (c *Conn) flushChanges() {
+	if c.sock == nil {
+		return
+	}
+	for len(c.outChanges) > 0 && c.writeErr == nil {
+		c.write(c.outChanges[0])
+		if c.writeErr == nil {
+			c.outChanges[0] = nil
+			c.outChanges = c.outChanges[1:]
+		}
+	}
+	if len(c.outChanges) == 0 {
+		c.outChanges = nil
+	}
+	for _, id := range c.outTyping {
+		chatID := id
+		c.writeJSON(rest.TypingFrame{Type: rest.TypingFrameTypeTyping, ChatID: &chatID})
+	}
+	c.outTyping = c.outTyping[:0]
+}
+
 func (c *Conn) writeJSON(v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -818,10 +1105,21 @@ func (c *Conn) write(b []byte) {
 	}
 }
 
+// writeSync asks the server to replay chatID from its position: by rev
+// (every change after it), or by seq without a revision or with
+// ResumeBySeq (new messages only). What waits for a missing seq stays:
+// the replay brings the missing message, and repeats are dropped.
 func (c *Conn) writeSync(chatID int64, st *chatState, now time.Time) {
 	id := chatID
-	since := st.last
-	c.writeJSON(rest.SyncFrame{Type: rest.Sync, ChatID: &id, SinceSeq: &since})
+	f := rest.SyncFrame{Type: rest.Sync, ChatID: &id}
+	if st.rev > 0 && !c.cfg.ResumeBySeq {
+		rev := st.rev
+		f.SinceRev = &rev
+	} else {
+		seq := st.seq
+		f.SinceSeq = &seq
+	}
+	c.writeJSON(f)
 	st.syncDue = time.Time{}
 	st.gapCheck = now.Add(c.cfg.GapTimeout)
 	c.schedule(st.gapCheck)
@@ -831,17 +1129,34 @@ func (c *Conn) writeSync(chatID int64, st *chatState, now time.Time) {
 func (c *Conn) handle(f Frame) {
 	switch v := f.Value.(type) {
 	case rest.MessageNewFrame:
-		c.deliver(v.Message, false)
+		c.offer(v.Message, true)
+	case rest.MessageUpdatedFrame:
+		c.offer(v.Message, false)
 	case rest.MessageAckFrame:
 		c.acked(v)
-		c.deliver(v.Message, v.Duplicate)
+		// A duplicate's message was stored before (maybe before where the
+		// chat starts): the stream brings it, if the application is to see
+		// it, in its place; the ack itself comes out of order.
+		if !v.Duplicate {
+			c.offer(v.Message, true)
+		}
+	case rest.TypingEventFrame:
+		if c.cfg.OnTyping != nil {
+			c.cfg.OnTyping(v.ChatID, v.UserID)
+		} else {
+			c.onFrame(f)
+		}
 	case rest.ErrorFrame:
 		if c.frameError(v) {
 			return
 		}
-		c.onFrame(f)
+		if c.cfg.OnError != nil {
+			c.cfg.OnError(&FrameError{v})
+		} else {
+			c.onFrame(f)
+		}
 	case rest.MemberAddedFrame:
-		if st := c.chats[v.ChatID]; c.cfg.ChatID == 0 && (st == nil || !st.known && !st.hasFallback) {
+		if st := c.chats[v.ChatID]; c.cfg.ChatID == 0 && (st == nil || !st.hasPosition() && !st.hasFallback) {
 			c.fetchPosition(v.ChatID)
 		}
 		c.onFrame(f)
@@ -856,54 +1171,35 @@ func (c *Conn) onFrame(f Frame) {
 	}
 }
 
-// deliver passes m to the application in seq order, once. A duplicate
-// ack never sets a chat's first position: its message may be older than
-// where the chat starts.
-func (c *Conn) deliver(m rest.Message, duplicate bool) {
+// offer runs one message frame through its chat's ordering state machine
+// and hands the application what comes out.
+func (c *Conn) offer(m rest.Message, isNew bool) {
 	st := c.chats[m.ChatID]
 	if st == nil {
-		if duplicate {
-			return
-		}
-		st = &chatState{}
+		st = newChatState(Position{}, false) // a chat joined meanwhile: starts with its first frame
 		c.chats[m.ChatID] = st
 	}
-	if !st.known {
-		if duplicate {
-			return
+	before := st.position()
+	out := st.offer(m, isNew, c.scratch[:0])
+	for i, d := range out {
+		if d.created {
+			if c.cfg.OnMessage != nil {
+				c.cfg.OnMessage(d.m)
+			}
+		} else if c.cfg.OnUpdate != nil {
+			c.cfg.OnUpdate(d.m)
 		}
-		st.known, st.last = true, m.Seq-1
+		out[i] = delivery{}
 	}
-	if m.Seq <= st.last {
-		return // delivered already: a replay or a repeat
-	}
-	if st.buf == nil {
-		st.buf = map[int64]rest.Message{}
-	}
-	if _, ok := st.buf[m.Seq]; !ok {
-		st.buf[m.Seq] = m
-	}
-	moved := false
-	for {
-		next, ok := st.buf[st.last+1]
-		if !ok {
-			break
-		}
-		delete(st.buf, next.Seq)
-		st.last = next.Seq
-		moved = true
-		if c.cfg.OnMessage != nil {
-			c.cfg.OnMessage(next)
-		}
-	}
-	if moved {
+	c.scratch = out[:0]
+	if st.position() != before {
 		c.snapshot()
 	}
 	switch {
-	case !st.gap():
+	case !st.waiting():
 		st.gapCheck = time.Time{}
 	case st.gapCheck.IsZero() && st.syncDue.IsZero():
-		// A gap with no sync under way: ask for what is missing.
+		// A missing seq with no sync under way: ask for what is missing.
 		c.writeSync(m.ChatID, st, c.clock.Now())
 	}
 }
@@ -960,8 +1256,8 @@ func (c *Conn) frameError(e rest.ErrorFrame) bool {
 		c.pump(now)
 		return true
 	}
-	if e.ChatID == nil {
-		return false
+	if e.ChatID == nil || e.Seq != nil {
+		return false // an edit, delete or reaction refused: the application's
 	}
 	st := c.chats[*e.ChatID]
 	if st == nil {
@@ -1025,7 +1321,7 @@ func (c *Conn) tick(sock *Socket) error {
 		case !st.syncDue.IsZero():
 			c.schedule(st.syncDue)
 		case !st.gapCheck.IsZero() && !now.Before(st.gapCheck):
-			if st.gap() {
+			if st.waiting() {
 				c.writeSync(id, st, now)
 			} else {
 				st.gapCheck = time.Time{}
@@ -1066,7 +1362,7 @@ func (c *Conn) fetchPosition(chatID int64) {
 			return // the chat then starts at the reconnect
 		}
 		select {
-		case c.fetched <- fetchResult{chatID, lastSeq(*r.JSON200)}:
+		case c.fetched <- fetchResult{chatID, chatStart(*r.JSON200)}:
 		case <-c.ctx.Done():
 		}
 	}()
@@ -1075,11 +1371,11 @@ func (c *Conn) fetchPosition(chatID int64) {
 func (c *Conn) onFetched(f fetchResult) {
 	st := c.chats[f.chatID]
 	if st == nil {
-		st = &chatState{}
+		st = newChatState(Position{}, false)
 		c.chats[f.chatID] = st
 	}
-	if !st.known {
-		st.fallback, st.hasFallback = f.last, true
+	if !st.hasPosition() {
+		st.fallback, st.hasFallback = f.pos, true
 	}
 }
 
@@ -1091,13 +1387,13 @@ func (c *Conn) snapshot() {
 }
 
 func (c *Conn) snapshotLocked() {
-	m := make(map[int64]int64, len(c.chats))
+	m, known := make(map[int64]Position, len(c.chats)), make(map[int64]bool, len(c.chats))
 	for id, st := range c.chats {
-		if st.known {
-			m[id] = st.last
+		if st.hasPosition() {
+			m[id], known[id] = st.position(), st.seqKnown
 		}
 	}
-	c.posSnap = m
+	c.posSnap, c.seqSnap = m, known
 }
 
 func (c *Conn) setState(s State, err error) {

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,81 +75,171 @@ func TestExponentialBackoff(t *testing.T) {
 	}
 }
 
+// withLast gives a chat of GET /chats a last message whose latest change
+// is rev.
+func withLast(ch rest.Chat, rev int64) rest.Chat {
+	m := msg(ch.ID, *ch.LastSeq, "last")
+	m.Rev = rev
+	ch.LastMessage = &m
+	return ch
+}
+
 // A dropped connection is retried after the backoff (not before), and the
-// new one resumes every chat from what the application has: sync frames
-// with the positions, which start from Since and GET /chats.
+// new one resumes every chat from what the application has, in the
+// handshake: since_rev for chats with a revision, since for those with a
+// seq only. Positions start from Since and GET /chats.
 func TestConnResumesAfterDrop(t *testing.T) {
-	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(12)}, rest.Chat{ID: 7, LastSeq: i64(3)})
+	f := newFakeServer(t, withLast(rest.Chat{ID: 5, LastSeq: i64(12)}, 20), withLast(rest.Chat{ID: 7, LastSeq: i64(3)}, 9))
 	clock, bo, rec := newFakeClock(), &fixedBackoff{}, newRecorder()
 	conn := dial(t, f.client(t), rec.config(client.Config{Since: map[int64]int64{5: 10}, Clock: clock, Backoff: bo.backoff}))
 
 	c1 := f.next(t)
-	if got, want := c1.syncs(t, 2), map[int64]int64{5: 10, 7: 3}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("first syncs: got %v, want %v", got, want)
-	}
-	c1.write(t, newFrame(msg(5, 11, "a")))
-	c1.write(t, newFrame(msg(5, 12, "b")))
-	c1.write(t, newFrame(msg(5, 12, "b"))) // a repeat: dropped
-	c1.write(t, newFrame(msg(5, 11, "a")))
-	c1.write(t, newFrame(msg(7, 4, "c")))
+	c1.write(t, newFrame(rmsg(5, 11, 21, "a")))
+	c1.write(t, newFrame(rmsg(5, 12, 22, "b")))
+	c1.write(t, newFrame(rmsg(5, 12, 22, "b"))) // a repeat: dropped
+	c1.write(t, newFrame(rmsg(5, 11, 21, "a")))
+	c1.write(t, updated(rmsg(5, 11, 23, "a, edited")))
+	c1.write(t, newFrame(rmsg(7, 4, 10, "c")))
 	rec.waitFor(t, "chat 7 seq 4", func() bool { return len(rec.msgs) >= 3 })
 	if got := rec.seqs(5); !slices.Equal(got, []int64{11, 12}) {
 		t.Fatalf("chat 5: got seqs %v, want [11 12]", got)
+	}
+	if len(rec.updates) != 1 || rec.updates[0].Text != "a, edited" {
+		t.Fatalf("updates: got %+v, want the edit of seq 11", rec.updates)
 	}
 
 	_ = c1.ws.CloseNow() // 1006: no close frame
 	clock.WaitTimer(t, time.Second)
 	f.none(t) // nothing before the backoff has passed
 	clock.Advance(time.Second)
-	c2 := f.next(t)
-	if got, want := c2.syncs(t, 2), map[int64]int64{5: 12, 7: 4}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("syncs after the reconnect: got %v, want %v", got, want)
-	}
+	f.next(t)
 	if got := bo.got(); !slices.Equal(got, []int{1}) {
 		t.Errorf("backoff attempts: got %v, want [1]", got)
 	}
 	if got, want := conn.Positions(), map[int64]int64{5: 12, 7: 4}; !reflect.DeepEqual(got, want) {
 		t.Errorf("positions: got %v, want %v", got, want)
 	}
+	if got, want := conn.Resume(), map[int64]client.Position{5: {Seq: 12, Rev: 23}, 7: {Seq: 4, Rev: 10}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("resume positions: got %v, want %v", got, want)
+	}
 	f.mu.Lock()
 	paths, hits := slices.Clone(f.paths), f.listHits
 	f.mu.Unlock()
-	if !slices.Equal(paths, []string{"/ws", "/ws"}) || hits != 1 {
-		t.Errorf("handshakes %v and %d GET /chats; want two on /ws and one GET /chats", paths, hits)
+	// Chat 5 starts by seq (Since), chat 7 by its last message's rev.
+	want := []string{"/ws?since_rev=7:9&since=5:10", "/ws?since_rev=5:23,7:10"}
+	if !slices.Equal(paths, want) || hits != 1 {
+		t.Errorf("handshakes %v and %d GET /chats; want %v and one GET /chats", paths, hits, want)
 	}
 }
 
-// A message above a gap waits until the gap closes; an open gap asks for
-// a sync at once when none is under way, and again after GapTimeout.
+// ResumeBySeq resumes with since= lists and since_seq syncs, revisions
+// known or not; Resume positions given in Config start by rev otherwise.
+func TestConnResumeBySeq(t *testing.T) {
+	for _, bySeq := range []bool{false, true} {
+		t.Run(strconv.FormatBool(bySeq), func(t *testing.T) {
+			f := newFakeServer(t, withLast(rest.Chat{ID: 5, LastSeq: i64(2)}, 4))
+			clock := newFakeClock()
+			dial(t, f.client(t), client.Config{Resume: map[int64]client.Position{5: {Seq: 2, Rev: 6}}, ResumeBySeq: bySeq, Clock: clock})
+			c := f.next(t)
+			c.write(t, newFrame(rmsg(5, 4, 8, "above a gap"))) // asks for a sync
+			m := c.read(t)
+			want := map[string]any{"type": "sync", "chat_id": 5.0, "since_rev": 6.0}
+			wantPath := "/ws?since_rev=5:6"
+			if bySeq {
+				want = map[string]any{"type": "sync", "chat_id": 5.0, "since_seq": 2.0}
+				wantPath = "/ws?since=5:2"
+			}
+			if !reflect.DeepEqual(m, want) {
+				t.Errorf("sync: got %v, want %v", m, want)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if f.paths[0] != wantPath || f.listHits != 1 {
+				t.Errorf("handshake %s after %d GET /chats; want %s after one", f.paths[0], f.listHits, wantPath)
+			}
+		})
+	}
+}
+
+// More chats than the handshake URL holds: the rest resume with one sync
+// frame each.
+func TestConnResumesManyChats(t *testing.T) {
+	var chats []rest.Chat
+	for id := int64(1000); id < 1900; id++ {
+		chats = append(chats, withLast(rest.Chat{ID: id, LastSeq: i64(id)}, id+1))
+	}
+	f := newFakeServer(t, chats...)
+	dial(t, f.client(t), client.Config{Clock: newFakeClock()})
+	c := f.next(t)
+	f.mu.Lock()
+	path := f.paths[0]
+	f.mu.Unlock()
+	if len(path) > 7<<10 {
+		t.Fatalf("handshake URL of %d bytes", len(path))
+	}
+	seen := map[int64]int64{}
+	list, ok := strings.CutPrefix(path, "/ws?since_rev=")
+	if !ok {
+		t.Fatalf("handshake %.80s…: want a since_rev list", path)
+	}
+	for _, pair := range strings.Split(list, ",") {
+		id, rev, _ := strings.Cut(pair, ":")
+		n, _ := strconv.ParseInt(id, 10, 64)
+		seen[n], _ = strconv.ParseInt(rev, 10, 64)
+	}
+	inURL := len(seen)
+	for len(seen) < len(chats) {
+		m := c.read(t)
+		id := int64(m["chat_id"].(float64))
+		if _, dup := seen[id]; dup || m["type"] != "sync" {
+			t.Fatalf("got %v: want a sync of a chat not resumed yet", m)
+		}
+		seen[id] = int64(m["since_rev"].(float64))
+	}
+	for _, ch := range chats {
+		if seen[ch.ID] != ch.ID+1 {
+			t.Fatalf("chat %d resumed from rev %d, want %d", ch.ID, seen[ch.ID], ch.ID+1)
+		}
+	}
+	if inURL < 400 || inURL == len(chats) {
+		t.Errorf("%d of %d chats in the URL: want most, not all", inURL, len(chats))
+	}
+}
+
+// A message above a missing seq waits, and asks for a sync at once; the
+// sync is written again after GapTimeout while the seq is still missing.
+// The replay's repeat of what waits is dropped; the missing message
+// (collapsed at a later rev) is handed first.
 func TestConnHoldsBackAboveAGap(t *testing.T) {
-	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(10)})
+	f := newFakeServer(t, withLast(rest.Chat{ID: 5, LastSeq: i64(10)}, 10))
 	clock, rec := newFakeClock(), newRecorder()
-	dial(t, f.client(t), rec.config(client.Config{Clock: clock, GapTimeout: 5 * time.Second}))
+	conn := dial(t, f.client(t), rec.config(client.Config{Clock: clock, GapTimeout: 5 * time.Second}))
 
 	c := f.next(t)
-	c.syncs(t, 1)
-	c.write(t, newFrame(msg(5, 12, "b")))
-	clock.WaitTimer(t, 5*time.Second) // the resume sync's gap check
+	c.write(t, newFrame(rmsg(5, 12, 12, "b")))
+	wantSync := map[string]any{"type": "sync", "chat_id": 5.0, "since_rev": 10.0}
+	if m := c.read(t); !reflect.DeepEqual(m, wantSync) {
+		t.Fatalf("got %v, want %v", m, wantSync)
+	}
+	clock.WaitTimer(t, 5*time.Second) // the gap check
 	clock.Advance(5 * time.Second)
-	if got := c.syncs(t, 1); got[5] != 10 {
-		t.Fatalf("sync after the gap timeout: got since %d, want 10", got[5])
+	if m := c.read(t); !reflect.DeepEqual(m, wantSync) {
+		t.Fatalf("after the gap timeout: got %v, want %v", m, wantSync)
 	}
 	if got := rec.seqs(5); len(got) != 0 {
 		t.Fatalf("delivered %v above a gap", got)
 	}
-	c.write(t, newFrame(msg(5, 11, "a")))
+	c.write(t, newFrame(rmsg(5, 12, 12, "b")))        // the replay: waits already
+	c.write(t, updated(rmsg(5, 11, 13, "a, edited"))) // created and edited while away
 	rec.waitFor(t, "seqs 11 and 12", func() bool { return len(rec.msgs) == 2 })
-
-	c.write(t, newFrame(msg(5, 14, "d"))) // a gap with no sync under way
-	if got := c.syncs(t, 1); got[5] != 12 {
-		t.Fatalf("sync for the new gap: got since %d, want 12", got[5])
+	if got := rec.seqs(5); !slices.Equal(got, []int64{11, 12}) || rec.msgs[0].Text != "a, edited" || len(rec.updates) != 0 {
+		t.Fatalf("got seqs %v (first %q) and %d updates; want 11 (edited) and 12, no update", got, rec.msgs[0].Text, len(rec.updates))
 	}
-	c.write(t, newFrame(msg(5, 13, "c")))
-	c.write(t, newFrame(msg(5, 14, "d")))
-	rec.waitFor(t, "seq 14", func() bool { return len(rec.msgs) == 4 })
-	if got := rec.seqs(5); !slices.Equal(got, []int64{11, 12, 13, 14}) {
-		t.Fatalf("got seqs %v, want [11 12 13 14]", got)
+	if got := conn.Resume()[5]; got != (client.Position{Seq: 12, Rev: 13}) {
+		t.Fatalf("position %+v, want {12 13}", got)
 	}
+	clock.Advance(5 * time.Second)
+	c.none(t) // no sync: nothing waits
 }
 
 // reconnectWithin waits for the Conn to reconnect, advancing the clock
@@ -180,7 +271,6 @@ func TestConnResendsUnackedSends(t *testing.T) {
 	conn := dial(t, f.client(t), cfg)
 
 	c1 := f.next(t)
-	c1.syncs(t, 1)
 	p1, err := conn.Send(5, "one")
 	if err != nil {
 		t.Fatal(err)
@@ -198,9 +288,6 @@ func TestConnResendsUnackedSends(t *testing.T) {
 	}
 
 	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
-	if got := c2.syncs(t, 1); got[5] != 0 {
-		t.Fatalf("resume: got since %d, want 0", got[5])
-	}
 	for _, p := range []*client.Pending{p1, p2} {
 		if m := c2.read(t); m["type"] != "message.send" || m["client_msg_id"] != p.ClientMsgID {
 			t.Fatalf("got %v, want the send of %q", m, p.ClientMsgID)
@@ -208,9 +295,11 @@ func TestConnResendsUnackedSends(t *testing.T) {
 	}
 	m1, m2 := msg(5, 1, "one"), msg(5, 2, "two")
 	m1.ClientMsgID, m2.ClientMsgID = p1.ClientMsgID, p2.ClientMsgID
+	// As the server answers: the repeat's ack at once, then the stream in
+	// rev order, the first message there too (the ack cannot say where).
 	c2.write(t, rest.MessageAckFrame{Type: rest.MessageAck, ClientMsgID: p1.ClientMsgID, Duplicate: true, Message: m1})
+	c2.write(t, newFrame(m1))
 	c2.write(t, rest.MessageAckFrame{Type: rest.MessageAck, ClientMsgID: p2.ClientMsgID, Message: m2})
-	c2.write(t, newFrame(m1)) // the sync's replay: delivered already
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -246,9 +335,6 @@ func TestConnTerminalCloseCodes(t *testing.T) {
 			rec := newRecorder()
 			conn := dial(t, f.client(t), rec.config(client.Config{ChatID: tc.chatID, Clock: newFakeClock()}))
 			c := f.next(t)
-			if tc.chatID == 0 {
-				c.syncs(t, 1)
-			}
 			p, err := conn.Send(5, "hi")
 			if err != nil {
 				t.Fatal(err)
@@ -301,10 +387,8 @@ func TestConnRefreshesTheTokenOn4501(t *testing.T) {
 	rec := newRecorder()
 	conn := dial(t, f.client(t, tokens), rec.config(client.Config{Clock: newFakeClock()}))
 	c1 := f.next(t)
-	c1.syncs(t, 1)
 	c1.close(client.CloseTokenExpired)
-	c2 := f.next(t) // no backoff: the new token is there
-	c2.syncs(t, 1)
+	f.next(t) // no backoff: the new token is there
 	f.mu.Lock()
 	if got := f.tokens; !slices.Equal(got, []string{"tok-1", "tok-2"}) {
 		t.Errorf("handshake tokens: got %v, want [tok-1 tok-2]", got)
@@ -314,7 +398,7 @@ func TestConnRefreshesTheTokenOn4501(t *testing.T) {
 	mu.Lock()
 	fail = true
 	mu.Unlock()
-	c2.close(client.CloseTokenExpired)
+	f.last(t).close(client.CloseTokenExpired)
 	waitDone(t, conn)
 	if err := conn.Err(); err == nil || err.Error() != "client: token: refresh token revoked" {
 		t.Fatalf("Err: got %v, want the TokenFunc's error", err)
@@ -325,7 +409,6 @@ func TestConnRefreshesTheTokenOn4501(t *testing.T) {
 	f2 := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(0)})
 	conn2 := dial(t, f2.client(t), client.Config{Clock: newFakeClock()})
 	c := f2.next(t)
-	c.syncs(t, 1)
 	c.close(client.CloseTokenExpired)
 	waitDone(t, conn2)
 	if err := conn2.Err(); !errors.Is(err, client.ErrNoToken) {
@@ -381,7 +464,6 @@ func TestConnBacksOff(t *testing.T) {
 		t.FailNow()
 	}
 	defer conn.Close()
-	c.syncs(t, 1)
 	clock.Advance(5 * time.Second)
 	_ = c.ws.CloseNow()
 	clock.WaitTimer(t, time.Second)
@@ -397,7 +479,6 @@ func TestConnSendErrors(t *testing.T) {
 	clock, bo := newFakeClock(), &fixedBackoff{}
 	conn := dial(t, f.client(t), client.Config{Clock: clock, Backoff: bo.backoff})
 	c := f.next(t)
-	c.syncs(t, 1)
 
 	p, err := conn.Send(5, "hi")
 	if err != nil {
@@ -435,4 +516,114 @@ func TestConnSendErrors(t *testing.T) {
 	if _, err := conn.Send(6, string(make([]byte, client.MaxFrameBytes))); !errors.Is(err, client.ErrFrameTooLarge) {
 		t.Fatalf("a 64 KiB text: got %v, want ErrFrameTooLarge", err)
 	}
+}
+
+// Edits, deletes and reaction changes are written in the order made, and
+// those made while disconnected after the next resume; refusals (error
+// frames naming a message) reach OnError and leave the chat followed;
+// message.updated reaches OnUpdate.
+func TestConnChanges(t *testing.T) {
+	f := newFakeServer(t, withLast(rest.Chat{ID: 5, LastSeq: i64(3)}, 3))
+	clock, rec := newFakeClock(), newRecorder()
+	conn := dial(t, f.client(t), rec.config(client.Config{Clock: clock}))
+	c1 := f.next(t)
+
+	for _, err := range []error{conn.Edit(5, 1, "fixed"), conn.React(5, 2, "👍"), conn.Unreact(5, 2, "👍"), conn.Delete(5, 3)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []map[string]any{
+		{"type": "message.edit", "chat_id": 5.0, "seq": 1.0, "text": "fixed"},
+		{"type": "reaction.add", "chat_id": 5.0, "seq": 2.0, "emoji": "👍"},
+		{"type": "reaction.remove", "chat_id": 5.0, "seq": 2.0, "emoji": "👍"},
+		{"type": "message.delete", "chat_id": 5.0, "seq": 3.0},
+	}
+	for _, w := range want {
+		if m := c1.read(t); !reflect.DeepEqual(m, w) {
+			t.Fatalf("got %v, want %v", m, w)
+		}
+	}
+	edited := rmsg(5, 1, 4, "fixed")
+	c1.write(t, updated(edited))
+	seq := int64(3)
+	c1.write(t, rest.ErrorFrame{Type: rest.ErrorFrameTypeError, Code: rest.ErrorFrameCodeForbidden, Message: "not your message", ChatID: i64(5), Seq: &seq})
+	rec.waitFor(t, "the update and the refusal", func() bool { return len(rec.updates) == 1 && len(rec.errors) == 1 })
+	if rec.updates[0].Text != "fixed" || rec.errors[0].Code != rest.ErrorFrameCodeForbidden || *rec.errors[0].Seq != 3 {
+		t.Fatalf("got update %+v and error %v", rec.updates[0], rec.errors[0])
+	}
+	if got := conn.Resume()[5]; got != (client.Position{Seq: 3, Rev: 4}) {
+		t.Fatalf("after a refused delete: position %+v, want {3 4} (the chat still followed)", got)
+	}
+
+	// Made while disconnected: written after the reconnect.
+	c1.close(client.CloseGoingAway)
+	for conn.State() == client.Connected {
+		time.Sleep(time.Millisecond)
+	}
+	if err := conn.Edit(5, 2, "later"); err != nil {
+		t.Fatal(err)
+	}
+	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
+	if m := c2.read(t); m["type"] != "message.edit" || m["text"] != "later" {
+		t.Fatalf("got %v, want the edit made while disconnected", m)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := f.paths[1]; got != "/ws?since_rev=5:4" {
+		t.Errorf("second handshake %s, want /ws?since_rev=5:4", got)
+	}
+}
+
+// Typing writes at most one frame per chat every 2 s, only while
+// connected; the server's typing frames reach OnTyping.
+func TestConnTyping(t *testing.T) {
+	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(0)}, rest.Chat{ID: 6, LastSeq: i64(0)})
+	clock, rec := newFakeClock(), newRecorder()
+	conn := dial(t, f.client(t), rec.config(client.Config{Clock: clock}))
+	c1 := f.next(t)
+	for range 3 {
+		if err := conn.Typing(5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := conn.Typing(6); err != nil {
+		t.Fatal(err)
+	}
+	got := map[float64]int{}
+	for range 2 {
+		m := c1.read(t)
+		if m["type"] != "typing" {
+			t.Fatalf("got %v, want a typing frame", m)
+		}
+		got[m["chat_id"].(float64)]++
+	}
+	if !reflect.DeepEqual(got, map[float64]int{5: 1, 6: 1}) {
+		t.Fatalf("typing frames per chat: got %v, want one each", got)
+	}
+	c1.none(t)
+	clock.Advance(client.TypingInterval - time.Millisecond)
+	_ = conn.Typing(5)
+	c1.none(t)
+	clock.Advance(time.Millisecond)
+	_ = conn.Typing(5)
+	if m := c1.read(t); m["type"] != "typing" || m["chat_id"] != 5.0 {
+		t.Fatalf("got %v, want typing in chat 5 again after 2 s", m)
+	}
+
+	c1.write(t, rest.TypingEventFrame{Type: rest.TypingEventFrameTypeTyping, ChatID: 5, UserID: 7})
+	rec.waitFor(t, "OnTyping", func() bool { return len(rec.typing) == 1 })
+	if rec.typing[0] != [2]int64{5, 7} {
+		t.Fatalf("OnTyping got %v, want chat 5 user 7", rec.typing[0])
+	}
+
+	// Typed while disconnected: never written.
+	c1.close(client.CloseGoingAway)
+	for conn.State() == client.Connected {
+		time.Sleep(time.Millisecond)
+	}
+	clock.Advance(client.TypingInterval)
+	_ = conn.Typing(6)
+	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
+	c2.none(t)
 }

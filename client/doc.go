@@ -19,16 +19,29 @@
 // # What a Conn guarantees
 //
 // OnMessage sees every message of every chat the Conn follows exactly once
-// and in seq order, the application's own messages included, across
-// reconnects and the loss of a replica: the Conn keeps each chat's position
-// (the last seq delivered), resumes with `sync` frames (`since_seq` on
-// /ws/{chat_id}) after a reconnect, holds back a message that arrives above
-// a gap until the gap is filled, and drops repeats. Before its first
-// connection it learns the position of every chat it has none for (from
-// Config.Since) from GET /chats, so nothing committed after Dial was called
-// is missed. A chat joined while connected starts where the server starts
-// it (at the join); a chat joined while disconnected starts at the
-// reconnect.
+// and in seq order, the application's own messages included, and OnUpdate
+// every later change of a message (edit, delete, reaction) once, in the
+// order made, across reconnects and the loss of a replica. The Conn keeps
+// each chat's position (Position: the last seq delivered and the chat
+// revision up to which everything was delivered), resumes by revision
+// after a reconnect (since_rev on /ws/{chat_id}, the since_rev= list on
+// /ws), so changes made while it was away arrive too, collapsed into each
+// message's latest state, and drops repeats. The server sends changes in
+// revision order and fills its own gaps; a replay that collapses a
+// message created while away and changed afterwards brings it after
+// messages created later, so the Conn holds a message above a missing
+// seq back until the missing one has come. Before its first connection it
+// learns the position of every chat it has none for (from Config.Resume
+// or Config.Since) from GET /chats, so nothing committed after Dial was
+// called is missed. A chat joined while connected starts where the server
+// starts it (at the join); a chat joined while disconnected starts at the
+// reconnect. Config.ResumeBySeq resumes by seq instead (new messages
+// only), as before revisions.
+//
+// Edit, Delete, React, Unreact and Typing write the frames of SPEC §11;
+// their outcome is message.updated to every connection (OnUpdate), or an
+// error frame naming chat and seq (OnError). OnTyping sees other members
+// typing.
 //
 // Sends are queued and survive reconnects: each keeps its client_msg_id,
 // so a send written again after a reconnect is stored once (the server

@@ -132,6 +132,7 @@ type fakeServer struct {
 	accepted map[string]bool   // tokens the server accepts; nil accepts any
 	listHits int               // GET /chats answered
 	closed   []*websocket.Conn // to close at the end
+	all      []*fakeConn       // every connection, in order
 }
 
 type fakeConn struct {
@@ -190,6 +191,7 @@ func newFakeServer(t *testing.T, chats ...rest.Chat) *fakeServer {
 		fc := &fakeConn{t: t, ws: c, in: make(chan map[string]any, 1000)}
 		f.mu.Lock()
 		f.closed = append(f.closed, c)
+		f.all = append(f.all, fc)
 		f.mu.Unlock()
 		go func() {
 			defer close(fc.in)
@@ -268,19 +270,27 @@ func (c *fakeConn) read(t *testing.T) map[string]any {
 	}
 }
 
-// syncs reads n frames, which must all be sync frames, and returns
-// chat id to since_seq.
-func (c *fakeConn) syncs(t *testing.T, n int) map[int64]int64 {
+// last returns the newest connection the client opened.
+func (f *fakeServer) last(t *testing.T) *fakeConn {
 	t.Helper()
-	out := map[int64]int64{}
-	for range n {
-		m := c.read(t)
-		if m["type"] != "sync" {
-			t.Fatalf("got %v, want a sync frame", m)
-		}
-		out[int64(m["chat_id"].(float64))] = int64(m["since_seq"].(float64))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.all) == 0 {
+		t.Fatal("no connection")
 	}
-	return out
+	return f.all[len(f.all)-1]
+}
+
+// none asserts the client writes nothing for a while (real time).
+func (c *fakeConn) none(t *testing.T) {
+	t.Helper()
+	select {
+	case m, ok := <-c.in:
+		if ok {
+			t.Fatalf("the client wrote %v", m)
+		}
+	case <-time.After(100 * time.Millisecond):
+	}
 }
 
 func (c *fakeConn) write(t *testing.T, v any) {
@@ -300,28 +310,42 @@ func (c *fakeConn) close(code int) {
 	_ = c.ws.Close(websocket.StatusCode(code), "test")
 }
 
-func msg(chatID, seq int64, text string) rest.Message {
-	return rest.Message{ID: chatID*1000 + seq, ChatID: chatID, Seq: seq, SenderID: 9, Text: text,
-		ClientMsgID: "c-" + strconv.FormatInt(seq, 10), CreatedAt: time.Unix(1_700_000_000, 0).UTC()}
+// msg is a message created by its own revision and not changed since.
+func msg(chatID, seq int64, text string) rest.Message { return rmsg(chatID, seq, seq, text) }
+
+// rmsg is a message whose latest change is rev.
+func rmsg(chatID, seq, rev int64, text string) rest.Message {
+	return rest.Message{ID: chatID*1000 + seq, ChatID: chatID, Seq: seq, Rev: rev, SenderID: 9, Text: text,
+		ClientMsgID: "c-" + strconv.FormatInt(seq, 10), CreatedAt: time.Unix(1_700_000_000, 0).UTC(), Reactions: []rest.Reaction{}}
 }
 
 func newFrame(m rest.Message) rest.MessageNewFrame {
 	return rest.MessageNewFrame{Type: rest.MessageNew, Message: m}
 }
 
+func updated(m rest.Message) rest.MessageUpdatedFrame {
+	return rest.MessageUpdatedFrame{Type: rest.MessageUpdated, Message: m}
+}
+
 // recorder collects what a Conn hands the application.
 type recorder struct {
-	mu     sync.Mutex // guards the fields below
-	msgs   []rest.Message
-	frames []client.Frame
-	closed []error
-	change chan struct{}
+	mu      sync.Mutex // guards the fields below
+	msgs    []rest.Message
+	updates []rest.Message
+	typing  [][2]int64 // chat and user
+	errors  []*client.FrameError
+	frames  []client.Frame
+	closed  []error
+	change  chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{change: make(chan struct{})} }
 
 func (r *recorder) config(cfg client.Config) client.Config {
 	cfg.OnMessage = func(m rest.Message) { r.add(func() { r.msgs = append(r.msgs, m) }) }
+	cfg.OnUpdate = func(m rest.Message) { r.add(func() { r.updates = append(r.updates, m) }) }
+	cfg.OnTyping = func(chatID, userID int64) { r.add(func() { r.typing = append(r.typing, [2]int64{chatID, userID}) }) }
+	cfg.OnError = func(e *client.FrameError) { r.add(func() { r.errors = append(r.errors, e) }) }
 	cfg.OnFrame = func(f client.Frame) { r.add(func() { r.frames = append(r.frames, f) }) }
 	cfg.OnClose = func(err error) { r.add(func() { r.closed = append(r.closed, err) }) }
 	return cfg

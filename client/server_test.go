@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,8 +178,10 @@ func TestConnWithServer(t *testing.T) {
 }
 
 // Two replicas; the one Alice and Bob are connected to stops (1001) while
-// Alice and Carol send. Every send is stored once, and every connection
-// sees every message once, in order, with nothing lost.
+// Alice and Carol send, and edit and react to every fifth message of
+// theirs. Every send is stored once, every connection sees every message
+// once, in order, and every change at most once, in order, with nothing
+// lost: each ends with the store's final states.
 func TestConnSurvivesAReplicaStop(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s1 := env.Start(t)
@@ -232,6 +235,22 @@ func TestConnSurvivesAReplicaStop(t *testing.T) {
 					if who.name == "alice" && i == each/3 {
 						close(stopAt)
 					}
+					if i%5 == 0 {
+						// Changes need the seq: wait for the ack (through
+						// the stop, for Alice), then edit and react.
+						ack, err := p.Wait(ctx)
+						if err != nil {
+							t.Errorf("%s send %d: %v", who.name, i, err)
+							return
+						}
+						seq := ack.Message.Seq
+						if err := who.conn.Edit(group.ID, seq, fmt.Sprintf("%s %d, edited", who.name, i)); err != nil {
+							t.Errorf("%s edit %d: %v", who.name, i, err)
+						}
+						if err := who.conn.React(group.ID, seq, "👍"); err != nil {
+							t.Errorf("%s react %d: %v", who.name, i, err)
+						}
+					}
 					time.Sleep(2 * time.Millisecond) // spread the sends over the stop
 				}
 			}()
@@ -260,16 +279,36 @@ func TestConnSurvivesAReplicaStop(t *testing.T) {
 			t.Fatalf("%d reconnects, want Alice and Bob to have reconnected", reconnects.Load())
 		}
 
-		// The store agrees: each send once.
-		hist, err := cc.History(ctx, group.ID, &rest.GetHistoryParams{Limit: ptr(100)})
-		if err != nil {
-			t.Fatal(err)
+		// The store agrees: each send once, and every edit and reaction
+		// there (the last changes may still be on their way).
+		var hist []rest.Message
+		wantEdited := 2 * ((each + 4) / 5)
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			first, err := cc.History(ctx, group.ID, &rest.GetHistoryParams{Limit: ptr(100)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			more, err := cc.History(ctx, group.ID, &rest.GetHistoryParams{Limit: ptr(100), AfterSeq: ptr(int64(100))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hist = append(first, more...)
+			edited, reacted := 0, 0
+			for _, m := range hist {
+				if strings.HasSuffix(m.Text, ", edited") {
+					edited++
+				}
+				if reactionsOf(m) == fmt.Sprintf("👍[%d]", m.SenderID) {
+					reacted++
+				}
+			}
+			if edited == wantEdited && reacted == wantEdited {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d messages edited and %d reacted to, want %d each: a change was lost", edited, reacted, wantEdited)
+			}
 		}
-		more, err := cc.History(ctx, group.ID, &rest.GetHistoryParams{Limit: ptr(100), AfterSeq: ptr(int64(100))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hist = append(hist, more...)
 		cmids := map[string]bool{}
 		for _, m := range hist {
 			if cmids[m.ClientMsgID] {
@@ -279,6 +318,28 @@ func TestConnSurvivesAReplicaStop(t *testing.T) {
 		}
 		if len(hist) != 2*each {
 			t.Fatalf("history holds %d messages, want %d", len(hist), 2*each)
+		}
+		// Every connection ends with the store's states, each revision
+		// seen at most once and the changes in order.
+		for _, who := range []struct {
+			name string
+			rec  *recorder
+		}{{"alice", arec}, {"bob", brec}, {"carol", crec}} {
+			who.rec.waitFor(t, who.name+": the final states", func() bool {
+				got := map[int64]rest.Message{}
+				for _, m := range append(slices.Clone(who.rec.msgs), who.rec.updates...) {
+					if m.Rev >= got[m.Seq].Rev {
+						got[m.Seq] = m
+					}
+				}
+				for _, m := range hist {
+					if g := got[m.Seq]; g.Rev != m.Rev || g.Text != m.Text || reactionsOf(g) != reactionsOf(m) {
+						return false
+					}
+				}
+				return true
+			})
+			checkRevs(t, who.name, who.rec, group.ID)
 		}
 	})
 }

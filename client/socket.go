@@ -26,7 +26,8 @@ var ErrFrameTooLarge = errors.New("client: frame over 64 KiB")
 
 // Frame is one server frame. Value holds the generated type its Type
 // selects, by value: rest.MessageNewFrame, rest.MessageAckFrame,
-// rest.MessageReadEventFrame, rest.ChatReadFrame, rest.PresenceFrame,
+// rest.MessageUpdatedFrame, rest.MessageReadEventFrame,
+// rest.ChatReadFrame, rest.PresenceFrame, rest.TypingEventFrame,
 // rest.MemberAddedFrame, rest.MemberRemovedFrame or rest.ErrorFrame; nil
 // for a type this version of the SDK does not know (Raw still has it).
 type Frame struct {
@@ -68,6 +69,10 @@ func DecodeFrame(data []byte) (Frame, error) {
 		f.Value, err = decodeAs[rest.MemberRemovedFrame](data)
 	case string(rest.ErrorFrameTypeError):
 		f.Value, err = decodeAs[rest.ErrorFrame](data)
+	case string(rest.MessageUpdated):
+		f.Value, err = decodeAs[rest.MessageUpdatedFrame](data)
+	case string(rest.TypingEventFrameTypeTyping):
+		f.Value, err = decodeAs[rest.TypingEventFrame](data)
 	}
 	if err != nil {
 		return Frame{Type: head.Type, Raw: data}, fmt.Errorf("client: decode %s frame: %w", head.Type, err)
@@ -85,6 +90,9 @@ func decodeAs[T any](data []byte) (T, error) {
 type FrameError struct{ rest.ErrorFrame }
 
 func (e *FrameError) Error() string {
+	if e.Seq != nil && e.ChatID != nil {
+		return fmt.Sprintf("windi: %s: %s (chat %d, seq %d)", e.Code, e.Message, *e.ChatID, *e.Seq)
+	}
 	return fmt.Sprintf("windi: %s: %s", e.Code, e.Message)
 }
 
