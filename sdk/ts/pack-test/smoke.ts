@@ -30,12 +30,19 @@ const chatId = created.data.id;
 
 let delivered!: (m: Message) => void;
 const got = new Promise<Message>((resolve) => (delivered = resolve));
-const bobConn = await WindiConnection.connect({ baseUrl: base, token: bob.token, chatId, onMessage: (m) => delivered(m) });
+let changed!: (m: Message) => void;
+const edited = new Promise<Message>((resolve) => (changed = resolve));
+const bobConn = await WindiConnection.connect({ baseUrl: base, token: bob.token, chatId, onMessage: (m) => delivered(m), onUpdate: (m) => changed(m) });
 const aliceConn = await WindiConnection.connect({ baseUrl: base, token: alice.token });
 const ack = await aliceConn.send(chatId, "hello from the packed SDK").ack;
 const m = await got;
 if (m.id !== ack.message.id || m.text !== "hello from the packed SDK" || m.sender_id !== alice.id) {
   throw new Error(`bob got ${JSON.stringify(m)}, want the message acked as ${JSON.stringify(ack.message)}`);
 }
+aliceConn.edit(chatId, ack.message.seq, "edited by the packed SDK");
+const e = await edited;
+if (e.seq !== ack.message.seq || e.text !== "edited by the packed SDK" || e.rev <= ack.message.rev) {
+  throw new Error(`bob got the update ${JSON.stringify(e)}, want the edit of seq ${ack.message.seq}`);
+}
 await Promise.all([aliceConn.close(), bobConn.close()]);
-console.log(`smoke: ok (seq ${ack.message.seq} acked to alice, delivered to bob)`);
+console.log(`smoke: ok (seq ${ack.message.seq} acked to alice, delivered to bob, edited at rev ${e.rev})`);

@@ -1,18 +1,24 @@
 // WindiConnection: a WebSocket session with a WinDI Chat server that
 // outlives its sockets. It has the semantics of the Go SDK's client.Conn:
 // every message of every followed chat reaches onMessage exactly once and
-// in seq order (own messages included, from their acks) across reconnects
-// and replica losses; sends are queued, keep their client_msg_id across
-// reconnects (so each is stored once) and resolve with their ack or error
-// frame; close codes 4401, 4403 and 4500–4999 (4501 too, unless the token
-// provider hands out a new token) end it; everything else reconnects with
-// jittered exponential backoff.
+// in seq order (own messages included, from their acks), and every later
+// change of a message (edit, delete, reaction) reaches onUpdate once, in
+// order, across reconnects and replica losses: each chat resumes by
+// revision (since_rev), so changes made while away arrive too. Sends are
+// queued, keep their client_msg_id across reconnects (so each is stored
+// once) and resolve with their ack or error frame; edits, deletes and
+// reactions are queued and written in order; close codes 4401, 4403 and
+// 4500–4999 (4501 too, unless the token provider hands out a new token)
+// end it; everything else reconnects with jittered exponential backoff.
 //
 // It runs in browsers (the global WebSocket) and in Node (the `ws`
 // package, an optional peer dependency, loaded when there is no global
 // WebSocket; or pass `WebSocket`).
 import type { components } from "./schema.js";
+import { ChatStream, type Position } from "./order.js";
 import { createWindiClient } from "./rest.js";
+
+export type { Position } from "./order.js";
 
 type Schemas = components["schemas"];
 export type Message = Schemas["Message"];
@@ -92,11 +98,26 @@ export interface ConnectionOptions {
   token: string | TokenProvider;
   /** Follow one chat (/ws/{chat_id}) instead of every chat (/ws). */
   chatId?: number;
-  /** Resume positions: chat id to the last seq the application has. */
+  /**
+   * Resume positions by seq: chat id to the last seq the application has
+   * (new messages only are replayed). Chats in neither `since` nor `resume`
+   * start after their last message's revision (GET /chats), so nothing
+   * committed after connect was called is missed.
+   */
   since?: Record<number, number> | Map<number, number>;
+  /** Resume positions by revision (from resumePositions()): every change after Position.rev is replayed. */
+  resume?: Record<number, Position> | Map<number, Position>;
+  /** Resume every reconnect by seq (since_seq, new messages only), as before revisions. */
+  resumeBySeq?: boolean;
   /** Every message once, in seq order per chat. */
   onMessage?: (m: Message) => void;
-  /** Every other frame: receipts, presence, membership, errors that answer no send. */
+  /** Every change of a message (edit, delete, reaction) once, in order: its state after it. */
+  onUpdate?: (m: Message) => void;
+  /** Another member is typing in a chat (show it for about 5 s); without it typing frames go to onFrame. */
+  onTyping?: (chatId: number, userId: number) => void;
+  /** Error frames that answer no send (a refused edit, delete or reaction names chat_id and seq); without it they go to onFrame. */
+  onError?: (e: FrameError) => void;
+  /** Every other frame: receipts, presence, membership (typing and errors without onTyping / onError). */
   onFrame?: (f: ServerFrame) => void;
   onState?: (s: ConnectionState, err?: Error) => void;
   /** Called once when the connection ends for good, with the reason. */
@@ -175,11 +196,24 @@ interface Outgoing extends PendingSend {
   reject(e: Error): void;
 }
 
+/** Options of a send. */
+export interface SendOptions {
+  /** The application's own client_msg_id; a new random one by default. */
+  clientMsgId?: string;
+  /** Reply to this message of the same chat (deleted ones too). */
+  replyToSeq?: number;
+}
+
+/** How often typing() writes a typing frame per chat at most (the server relays one per 2 s). */
+export const TYPING_INTERVAL_MS = 2000;
+
+/** The largest query of positions put in a handshake URL; the rest resume with sync frames. */
+const MAX_RESUME_QUERY = 6 * 1024;
+
 interface ChatState {
-  known: boolean;
-  last: number;
-  fallback?: number;
-  buf: Map<number, Message>;
+  stream: ChatStream;
+  fallback?: Position;
+  inURL: boolean;
   syncDue: number; // 0: none
   gapCheck: number; // 0: none
   syncFails: number;
@@ -228,6 +262,8 @@ export class WindiConnection {
   private pending = new Map<string, Outgoing>();
   private outbox: Outgoing[] = [];
   private reads = new Map<number, number>();
+  private changes: string[] = []; // edit, delete and reaction frames not yet written
+  private typedAt = new Map<number, number>();
   private ws: WebSocketLike | undefined;
   private opened = false;
   private positioned = false;
@@ -268,8 +304,8 @@ export class WindiConnection {
     this.maxInFlight = opts.maxInFlight ?? 64;
     this.sendRetries = opts.sendRetries ?? 10;
     this.WS = opts.WebSocket;
-    const since = opts.since instanceof Map ? opts.since : new Map(Object.entries(opts.since ?? {}).map(([k, v]) => [Number(k), v]));
-    for (const [id, seq] of since) this.chats.set(id, newChat(true, seq));
+    for (const [id, seq] of entries(opts.since)) this.chats.set(id, newChat({ seq, rev: 0 }, true));
+    for (const [id, p] of entries(opts.resume)) this.chats.set(id, newChat(p, true));
     this.closed = new Promise((resolve) => (this.closedResolve = resolve));
   }
 
@@ -294,7 +330,7 @@ export class WindiConnection {
 
   /** Queues text for chatId under a new client_msg_id. */
   send(chatId: number, text: string): PendingSend {
-    return this.sendWithId(chatId, newClientMsgId(), text);
+    return this.sendWith(chatId, text, {});
   }
 
   /**
@@ -302,15 +338,20 @@ export class WindiConnection {
    * while one with the same chat and id waits, it returns that one.
    */
   sendWithId(chatId: number, clientMsgId: string, text: string): PendingSend {
-    if (this.ended) throw new ClosedError(this.ended);
-    if (this.opts.chatId !== undefined && chatId !== this.opts.chatId) {
-      throw new Error(`send to chat ${chatId} on the connection of chat ${this.opts.chatId}`);
-    }
+    return this.sendWith(chatId, text, { clientMsgId });
+  }
+
+  /** sendWith queues a send with options: a reply (replyToSeq), the application's own client_msg_id. */
+  sendWith(chatId: number, text: string, o: SendOptions): PendingSend {
+    this.checkChat(chatId);
+    const clientMsgId = o.clientMsgId ?? newClientMsgId();
     const key = `${chatId}:${clientMsgId}`;
     const have = this.pending.get(key);
     if (have) return have;
     if (this.pending.size >= this.maxPending) throw new Error("too many sends waiting for their acks");
-    const frame = JSON.stringify({ type: "message.send", chat_id: chatId, client_msg_id: clientMsgId, text } satisfies Schemas["MessageSendFrame"]);
+    const f: Schemas["MessageSendFrame"] = { type: "message.send", chat_id: chatId, client_msg_id: clientMsgId, text };
+    if (o.replyToSeq !== undefined) f.reply_to_seq = o.replyToSeq;
+    const frame = JSON.stringify(f);
     if (new TextEncoder().encode(frame).length > MAX_FRAME_BYTES) throw new Error("frame over 64 KiB");
     let resolve!: (a: MessageAckFrame) => void;
     let reject!: (e: Error) => void;
@@ -326,6 +367,69 @@ export class WindiConnection {
     return p;
   }
 
+  /**
+   * edit asks the server to replace the text of message seq (its sender
+   * only). edit, delete, react and unreact are written in the order called,
+   * at once or on the next connection; success reaches every connection as
+   * message.updated (onUpdate), an edit to the same text sends nothing, and
+   * a refusal is an error frame naming chat_id and seq (onError):
+   * forbidden, not_found, bad_request (a deleted message, a bad text),
+   * too_large. It throws only when the connection has ended.
+   */
+  edit(chatId: number, seq: number, text: string): void {
+    this.change(chatId, { type: "message.edit", chat_id: chatId, seq, text } satisfies Schemas["MessageEditFrame"]);
+  }
+
+  /** delete asks the server to delete message seq (its sender, or the group's owner): a tombstone reaches onUpdate. */
+  delete(chatId: number, seq: number): void {
+    this.change(chatId, { type: "message.delete", chat_id: chatId, seq } satisfies Schemas["MessageDeleteFrame"]);
+  }
+
+  /** react adds the user's emoji (1..16 characters, no whitespace; at most 20 distinct per message). */
+  react(chatId: number, seq: number, emoji: string): void {
+    this.change(chatId, { type: "reaction.add", chat_id: chatId, seq, emoji } satisfies Schemas["ReactionAddFrame"]);
+  }
+
+  /** unreact removes the user's emoji. */
+  unreact(chatId: number, seq: number, emoji: string): void {
+    this.change(chatId, { type: "reaction.remove", chat_id: chatId, seq, emoji } satisfies Schemas["ReactionRemoveFrame"]);
+  }
+
+  /**
+   * typing tells the chat's other members that the user types: call it on
+   * every keystroke. It writes at most one frame per chat every
+   * TYPING_INTERVAL_MS, and only while connected (never late).
+   */
+  typing(chatId: number): void {
+    this.checkChat(chatId);
+    if (!this.ws || !this.opened) return;
+    const now = this.clock.now();
+    const at = this.typedAt.get(chatId);
+    if (at !== undefined && now - at < TYPING_INTERVAL_MS) return;
+    this.typedAt.set(chatId, now);
+    this.write(JSON.stringify({ type: "typing", chat_id: chatId } satisfies Schemas["TypingFrame"]));
+  }
+
+  private checkChat(chatId: number): void {
+    if (this.ended) throw new ClosedError(this.ended);
+    if (this.opts.chatId !== undefined && chatId !== this.opts.chatId) {
+      throw new Error(`chat ${chatId} on the connection of chat ${this.opts.chatId}`);
+    }
+  }
+
+  private change(chatId: number, frame: object): void {
+    this.checkChat(chatId);
+    if (this.changes.length >= this.maxPending) throw new Error("too many changes waiting");
+    this.changes.push(JSON.stringify(frame));
+    this.flushChanges();
+  }
+
+  private flushChanges(): void {
+    while (this.changes.length > 0 && this.ws && this.opened && this.ws.readyState === OPEN) {
+      this.write(this.changes.shift()!);
+    }
+  }
+
   /** Moves the read watermark of chatId to seq; kept until a socket takes it. */
   markRead(chatId: number, seq: number): void {
     if (this.ended) throw new ClosedError(this.ended);
@@ -333,10 +437,17 @@ export class WindiConnection {
     this.flushReads();
   }
 
-  /** Each chat's position: the last seq delivered to onMessage. */
+  /** Each chat's last seq delivered to onMessage (for `since`). */
   positions(): Map<number, number> {
     const out = new Map<number, number>();
-    for (const [id, st] of this.chats) if (st.known) out.set(id, st.last);
+    for (const [id, st] of this.chats) if (st.stream.seqKnown) out.set(id, st.stream.seq);
+    return out;
+  }
+
+  /** Each chat's position with its revision (for `resume`: every change made meanwhile is replayed). */
+  resumePositions(): Map<number, Position> {
+    const out = new Map<number, Position>();
+    for (const [id, st] of this.chats) if (st.stream.hasPosition()) out.set(id, st.stream.position());
     return out;
   }
 
@@ -393,14 +504,47 @@ export class WindiConnection {
     };
   }
 
+  /**
+   * url prepares every chat for a new socket and builds the handshake URL,
+   * which resumes each chat from its position: since_rev (or since_seq
+   * without a revision) on /ws/{chat_id}; on /ws the since_rev=chat:rev,…
+   * and since=chat:seq,… lists, so every chat resumes at the handshake
+   * without racing live frames. Chats that do not fit resume with sync
+   * frames once the socket is open.
+   */
   private url(token: string): string {
     const u = new URL(this.opts.chatId === undefined ? "/ws" : `/ws/${this.opts.chatId}`, this.opts.baseUrl);
     u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
     u.searchParams.set("token", token);
+    const bySeq = this.opts.resumeBySeq === true;
+    for (const st of this.chats.values()) {
+      st.stream.reconnected();
+      st.inURL = false;
+      if (!st.stream.hasPosition() && st.fallback) st.stream = new ChatStream(st.fallback, true);
+    }
     if (this.opts.chatId !== undefined) {
       const st = this.chats.get(this.opts.chatId);
-      if (st?.known) u.searchParams.set("since_seq", String(st.last));
+      if (st?.stream.hasPosition()) {
+        st.inURL = true;
+        if (st.stream.rev > 0 && !bySeq) u.searchParams.set("since_rev", String(st.stream.rev));
+        else u.searchParams.set("since_seq", String(st.stream.seq));
+      }
+      return u.toString();
     }
+    const revs: string[] = [];
+    const seqs: string[] = [];
+    let size = 0;
+    for (const [id, st] of [...this.chats].sort((a, b) => a[0] - b[0])) {
+      if (!st.stream.hasPosition()) continue;
+      if (size > MAX_RESUME_QUERY) break;
+      const byRev = st.stream.rev > 0 && !bySeq;
+      const pair = `${id}:${byRev ? st.stream.rev : st.stream.seq}`;
+      (byRev ? revs : seqs).push(pair);
+      size += pair.length + 1;
+      st.inURL = true;
+    }
+    if (revs.length) u.searchParams.set("since_rev", revs.join(","));
+    if (seqs.length) u.searchParams.set("since", seqs.join(","));
     return u.toString();
   }
 
@@ -410,7 +554,7 @@ export class WindiConnection {
     try {
       let chats: Schemas["Chat"][];
       if (this.opts.chatId !== undefined) {
-        if (this.chats.get(this.opts.chatId)?.known) return 0;
+        if (this.chats.get(this.opts.chatId)?.stream.hasPosition()) return 0;
         const r = await api.GET("/chats/{chat_id}", { params: { path: { chat_id: this.opts.chatId } } });
         if (!r.data) return r.response.status;
         chats = [r.data];
@@ -420,7 +564,7 @@ export class WindiConnection {
         chats = r.data;
       }
       for (const ch of chats) {
-        if (!this.chats.get(ch.id)?.known) this.chats.set(ch.id, newChat(true, lastSeq(ch)));
+        if (!this.chats.get(ch.id)?.stream.hasPosition()) this.chats.set(ch.id, newChat(chatStart(ch), true));
       }
       return 0;
     } catch {
@@ -482,14 +626,11 @@ export class WindiConnection {
       st.syncDue = 0;
       st.gapCheck = 0;
       st.syncFails = 0;
-      if (!st.known && st.fallback !== undefined) {
-        st.known = true;
-        st.last = st.fallback;
-      }
-      if (st.known && this.opts.chatId === undefined) this.writeSync(id, st, now);
+      if (st.stream.hasPosition() && !st.inURL) this.writeSync(id, st, now); // more chats than the URL holds
     }
     this.pump();
     this.flushReads();
+    this.flushChanges();
     this.setState("connected");
     if (!this.firstDone) {
       this.firstDone = true;
@@ -574,6 +715,9 @@ export class WindiConnection {
     }
     switch (f.type) {
       case "message.new":
+        this.deliver(f.message, true);
+        break;
+      case "message.updated":
         this.deliver(f.message, false);
         break;
       case "message.ack": {
@@ -582,16 +726,25 @@ export class WindiConnection {
           this.pauses = 0;
           p.resolve(f);
         }
-        this.deliver(f.message, f.duplicate);
+        // A duplicate's message was stored before (maybe before where the
+        // chat starts): the stream brings it in its place, if at all.
+        if (!f.duplicate) this.deliver(f.message, true);
         this.pump();
         break;
       }
+      case "typing":
+        if (this.opts.onTyping) this.opts.onTyping(f.chat_id, f.user_id);
+        else this.opts.onFrame?.(f);
+        break;
       case "error":
-        if (!this.frameError(f)) this.opts.onFrame?.(f);
+        if (!this.frameError(f)) {
+          if (this.opts.onError) this.opts.onError(new FrameError(f));
+          else this.opts.onFrame?.(f);
+        }
         break;
       case "member.added": {
         const st = this.chats.get(f.chat_id);
-        if (this.opts.chatId === undefined && (!st || (!st.known && st.fallback === undefined))) void this.fetchPosition(f.chat_id);
+        if (this.opts.chatId === undefined && (!st || (!st.stream.hasPosition() && st.fallback === undefined))) void this.fetchPosition(f.chat_id);
         this.opts.onFrame?.(f);
         break;
       }
@@ -600,26 +753,17 @@ export class WindiConnection {
     }
   }
 
-  private deliver(m: Message, duplicate: boolean): void {
+  private deliver(m: Message, isNew: boolean): void {
     let st = this.chats.get(m.chat_id);
     if (!st) {
-      if (duplicate) return;
-      st = newChat(false, 0);
+      st = newChat({ seq: 0, rev: 0 }, false); // joined meanwhile: starts with its first frame
       this.chats.set(m.chat_id, st);
     }
-    if (!st.known) {
-      if (duplicate) return; // an old message cannot set where a chat starts
-      st.known = true;
-      st.last = m.seq - 1;
+    for (const d of st.stream.offer(m, isNew)) {
+      if (d.created) this.opts.onMessage?.(d.message);
+      else this.opts.onUpdate?.(d.message);
     }
-    if (m.seq <= st.last) return; // delivered already
-    if (!st.buf.has(m.seq)) st.buf.set(m.seq, m);
-    for (let next = st.buf.get(st.last + 1); next; next = st.buf.get(st.last + 1)) {
-      st.buf.delete(next.seq);
-      st.last = next.seq;
-      this.opts.onMessage?.(next);
-    }
-    if (st.buf.size === 0) st.gapCheck = 0;
+    if (!st.stream.waiting()) st.gapCheck = 0;
     else if (st.gapCheck === 0 && st.syncDue === 0) this.writeSync(m.chat_id, st, this.clock.now());
   }
 
@@ -647,7 +791,7 @@ export class WindiConnection {
       this.pump();
       return true;
     }
-    if (e.chat_id === undefined) return false;
+    if (e.chat_id === undefined || e.seq !== undefined) return false; // a refused change: the application's
     const st = this.chats.get(e.chat_id);
     if (!st) return false;
     if (e.code === "rate_limited") {
@@ -662,8 +806,12 @@ export class WindiConnection {
     return false;
   }
 
+  /** writeSync asks for a replay from the chat's position: by rev, or by seq without one (or with resumeBySeq). */
   private writeSync(chatId: number, st: ChatState, now: number): void {
-    this.write(JSON.stringify({ type: "sync", chat_id: chatId, since_seq: st.last } satisfies Schemas["SyncFrame"]));
+    const f: Schemas["SyncFrame"] = { type: "sync", chat_id: chatId };
+    if (st.stream.rev > 0 && this.opts.resumeBySeq !== true) f.since_rev = st.stream.rev;
+    else f.since_seq = st.stream.seq;
+    this.write(JSON.stringify(f));
     st.syncDue = 0;
     st.gapCheck = now + this.gapTimeout;
     this.schedule(st.gapCheck);
@@ -677,10 +825,10 @@ export class WindiConnection {
       if (!r.data) return;
       let st = this.chats.get(chatId);
       if (!st) {
-        st = newChat(false, 0);
+        st = newChat({ seq: 0, rev: 0 }, false);
         this.chats.set(chatId, st);
       }
-      if (!st.known) st.fallback = lastSeq(r.data);
+      if (!st.stream.hasPosition()) st.fallback = chatStart(r.data);
     } catch {
       // the chat then starts at the reconnect
     }
@@ -717,7 +865,7 @@ export class WindiConnection {
       if (st.syncDue !== 0 && now >= st.syncDue) this.writeSync(id, st, now);
       else if (st.syncDue !== 0) this.schedule(st.syncDue);
       else if (st.gapCheck !== 0 && now >= st.gapCheck) {
-        if (st.buf.size > 0) this.writeSync(id, st, now);
+        if (st.stream.waiting()) this.writeSync(id, st, now);
         else st.gapCheck = 0;
       } else if (st.gapCheck !== 0) this.schedule(st.gapCheck);
     }
@@ -753,10 +901,20 @@ export class WindiConnection {
   }
 }
 
-function newChat(known: boolean, last: number): ChatState {
-  return { known, last, buf: new Map(), syncDue: 0, gapCheck: 0, syncFails: 0 };
+function newChat(p: Position, seqKnown: boolean): ChatState {
+  return { stream: new ChatStream(p, seqKnown), inURL: false, syncDue: 0, gapCheck: 0, syncFails: 0 };
 }
 
-function lastSeq(ch: Schemas["Chat"]): number {
-  return ch.last_seq ?? ch.last_message?.seq ?? 0;
+function entries<V>(v: Record<number, V> | Map<number, V> | undefined): [number, V][] {
+  if (v instanceof Map) return [...v];
+  return Object.entries(v ?? {}).map(([k, x]) => [Number(k), x as V]);
+}
+
+/**
+ * chatStart is where a chat without a position starts: after its last
+ * message, by that message's latest revision (a Chat has no revision of
+ * its own, so changes to older messages after it are replayed, not missed).
+ */
+function chatStart(ch: Schemas["Chat"]): Position {
+  return { seq: ch.last_seq ?? ch.last_message?.seq ?? 0, rev: ch.last_message?.rev ?? 0 };
 }

@@ -41,12 +41,27 @@ async function signUp(name: string): Promise<Account> {
 /** Collects what a connection hands the application. */
 class Recorder {
   messages: Message[] = [];
+  updates: Message[] = [];
+  typing: [number, number][] = [];
+  errors: FrameError[] = [];
   frames: ServerFrame[] = [];
   private waiters: (() => void)[] = [];
-  options(): Pick<ConnectionOptions, "onMessage" | "onFrame"> {
+  options(): Pick<ConnectionOptions, "onMessage" | "onUpdate" | "onTyping" | "onError" | "onFrame"> {
     return {
       onMessage: (m) => {
         this.messages.push(m);
+        this.wake();
+      },
+      onUpdate: (m) => {
+        this.updates.push(m);
+        this.wake();
+      },
+      onTyping: (c, u) => {
+        this.typing.push([c, u]);
+        this.wake();
+      },
+      onError: (e) => {
+        this.errors.push(e);
         this.wake();
       },
       onFrame: (f) => {
@@ -75,7 +90,15 @@ class Recorder {
   seqs(chatId: number): number[] {
     return this.messages.filter((m) => m.chat_id === chatId).map((m) => m.seq);
   }
+  /** The latest state of seq in chatId, from messages and updates. */
+  state(chatId: number, seq: number): Message | undefined {
+    let best: Message | undefined;
+    for (const m of [...this.messages, ...this.updates]) if (m.chat_id === chatId && m.seq === seq && (!best || m.rev >= best.rev)) best = m;
+    return best;
+  }
 }
+
+const reactions = (m: Message | undefined) => (m?.reactions ?? []).map((r) => `${r.emoji}${JSON.stringify(r.user_ids)}`).join(" ");
 
 function range(from: number, to: number): number[] {
   return Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -195,6 +218,68 @@ describe("WindiConnection against " + BASE, () => {
     });
     const texts = history.data?.map((m) => m.text) ?? [];
     assert.deepEqual(texts.filter((t) => t.startsWith("queued")).sort(), ["queued 1", "queued 2"]);
+    await b.close();
+    await proxy.cut();
+  });
+
+  test("replies, edits, deletes, reactions and typing reach the other member; errors name the message", async () => {
+    const arec = new Recorder();
+    const brec = new Recorder();
+    const a = await connect({ baseUrl: BASE, token: alice.token, ...arec.options() });
+    const b = await connect({ baseUrl: BASE, token: bob.token, chatId: chat.id, ...brec.options() });
+    const hello = (await a.send(chat.id, "hello").ack).message;
+    const reply = (await b.sendWith(chat.id, "hi back", { replyToSeq: hello.seq }).ack).message;
+    assert.equal(reply.reply_to_seq, hello.seq);
+    await arec.until("the reply", () => arec.state(chat.id, reply.seq)?.reply_to_seq === hello.seq);
+
+    a.edit(chat.id, hello.seq, "hello, world");
+    b.react(chat.id, hello.seq, "👍");
+    await arec.until("edit and reaction", () => arec.state(chat.id, hello.seq)?.text === "hello, world" && reactions(arec.state(chat.id, hello.seq)) === `👍[${bob.id}]`);
+    await brec.until("edit and reaction (bob)", () => reactions(brec.state(chat.id, hello.seq)) === `👍[${bob.id}]`);
+    assert.ok(brec.state(chat.id, hello.seq)?.edited_at, "edited_at is set");
+    b.unreact(chat.id, hello.seq, "👍");
+    a.delete(chat.id, reply.seq); // the group's owner deletes Bob's message
+    await brec.until("the tombstone", () => brec.state(chat.id, reply.seq)?.deleted === true && reactions(brec.state(chat.id, hello.seq)) === "");
+    assert.equal(brec.state(chat.id, reply.seq)?.text, "");
+
+    b.delete(chat.id, hello.seq); // not his
+    b.edit(chat.id, reply.seq, "undo"); // deleted
+    await brec.until("two refusals", () => brec.errors.length === 2);
+    assert.deepEqual(brec.errors.map((e) => [e.code, e.frame.chat_id, e.frame.seq]), [["forbidden", chat.id, hello.seq], ["bad_request", chat.id, reply.seq]]);
+
+    for (let i = 0; i < 5; i++) b.typing(chat.id);
+    await arec.until("bob typing", () => arec.typing.length > 0);
+    assert.deepEqual(arec.typing, [[chat.id, bob.id]]);
+    const revs = [...arec.messages, ...arec.updates].filter((m) => m.chat_id === chat.id).map((m) => m.rev);
+    assert.equal(new Set(revs).size, revs.length, `a revision twice: ${revs}`);
+    assert.equal(brec.typing.length, 0, "bob never sees his own typing");
+  });
+
+  test("changes made while cut arrive after the resume by revision, once, in order", async () => {
+    const proxy = new Proxy(BASE);
+    await proxy.listen();
+    const brec = new Recorder();
+    const b = await connect({ baseUrl: proxy.url, token: bob.token, chatId: chat.id, backoff: () => 50, ...brec.options() });
+    const a = await connect({ baseUrl: BASE, token: alice.token });
+    const one = (await a.send(chat.id, "one").ack).message;
+    const two = (await a.send(chat.id, "two").ack).message;
+    await brec.until("two", () => brec.seqs(chat.id).includes(two.seq));
+    const before = brec.updates.length;
+
+    await proxy.cut();
+    a.edit(chat.id, one.seq, "one, edited");
+    a.react(chat.id, two.seq, "🎉");
+    const three = (await a.send(chat.id, "three").ack).message;
+    a.edit(chat.id, three.seq, "three, edited"); // created and changed while Bob is away
+    const sentinel = (await a.send(chat.id, "sentinel").ack).message;
+    await proxy.listen();
+    await brec.until("the sentinel", () => brec.seqs(chat.id).includes(sentinel.seq));
+    assert.equal(brec.state(chat.id, three.seq)?.text, "three, edited");
+    assert.deepEqual(
+      brec.updates.slice(before).map((m) => `${m.seq}:${m.text}:${reactions(m)}`),
+      [`${one.seq}:one, edited:`, `${two.seq}:two:🎉[${alice.id}]`],
+    );
+    assert.deepEqual(b.resumePositions().get(chat.id), { seq: sentinel.seq, rev: sentinel.rev });
     await b.close();
     await proxy.cut();
   });
