@@ -78,9 +78,10 @@ export class Api {
 
   // history returns up to limit messages, oldest first; with beforeSeq, the
   // newest ones below it.
-  history(chatId, { limit = 50, beforeSeq } = {}) {
+  history(chatId, { limit = 50, beforeSeq, afterSeq } = {}) {
     const params = new URLSearchParams({ limit: String(limit) });
     if (beforeSeq) params.set("before_seq", String(beforeSeq));
+    if (afterSeq !== undefined) params.set("after_seq", String(afterSeq));
     return this.request("GET", `/history/${chatId}?${params}`);
   }
 

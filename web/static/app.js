@@ -1,9 +1,12 @@
 // WinDI Chat in the browser: REST (api.js) for accounts, chats, history and
 // membership; the all-chats WebSocket (socket.js) for live messages, read
-// receipts and presence. The view keeps each chat's messages by seq, so a
-// replay after a reconnect (a `sync` frame per chat) never shows anything
-// twice, and a chat's view is always a contiguous run of seqs.
+// receipts and presence; replies, edits, deletes, reactions and typing in
+// messages.js. The view keeps each chat's messages by seq, each in its
+// latest state (the highest rev wins), so a replay after a reconnect
+// (resumed by revision, since_rev) never shows anything twice, and a
+// chat's view is always a contiguous run of seqs.
 import { Api, ApiError, describeError } from "./api.js";
+import { resumeQuery, setupMessages } from "./messages.js";
 import { setupSearch } from "./search.js";
 import { Socket } from "./socket.js";
 
@@ -52,6 +55,7 @@ const state = {
   openId: null,
   connected: false,
   everOpened: false,
+  resumeRest: [], // chats the handshake URL had no room for
 };
 
 const api = new Api({
@@ -59,6 +63,21 @@ const api = new Api({
   onUnauthorized: () => signOut("Your session has ended. Please log in again."),
 });
 let socket = null;
+
+const ui = setupMessages({
+  h,
+  $,
+  me: () => me(),
+  userName: (id) => userName(id),
+  openChat: () => openChat(),
+  isOwner: (chat) => isOwner(chat),
+  send: (frame) => socket?.send(frame) ?? false,
+  sendText: (text, opts) => sendText(text, opts),
+  jumpTo: (chatId, seq) => jumpTo(chatId, seq),
+  fetchMessage: async (chatId, seq) => (await api.history(chatId, { limit: 1, afterSeq: seq - 1 }))[0] ?? null,
+  render: () => render(),
+  showStatus: (kind, text) => showStatus(kind, text),
+});
 
 function newChat(id) {
   return {
@@ -68,12 +87,16 @@ function newChat(id) {
     createdAt: "",
     members: new Map(), // user id -> {user_id, role, last_read_seq}
     lastSeq: 0, // the highest seq known to exist
+    rev: 0, // the resume position: the last revision seen on the socket
     lastMessage: null,
     unread: 0,
     readSeq: 0, // every message up to it is read by every member
     messages: null, // seq -> Message once history is loaded
     oldestSeq: 1, // lowest seq in messages
     loadingOlder: false,
+    loading: 0, // history requests in flight: frames meanwhile wait in stash
+    stash: [], // messages that arrived while history was loading
+    quotes: new Map(), // seq -> replied-to messages outside the loaded pages
     pending: new Map(), // client_msg_id -> {cmid, chatId, text, failed, error, tries}
     readSent: 0, // highest seq sent in a message.read frame
     activity: 0, // ms; sorts the chat list
@@ -142,6 +165,9 @@ function mergeChat(c) {
   let chat = state.chats.get(c.id);
   if (!chat) {
     chat = newChat(c.id);
+    // A chat without a revision of its own starts after its last message's
+    // latest change; later changes to older messages are replayed, not missed.
+    chat.rev = c.last_message?.rev ?? 0;
     state.chats.set(c.id, chat);
   }
   const before = [...chat.members.keys()].sort().join(",");
@@ -234,12 +260,17 @@ async function refreshPresence(chat) {
 
 // --- messages ----------------------------------------------------------------
 
+// handleMessage applies a message frame (message.new, message.ack,
+// message.updated): a message above the last seq is new, any other is a
+// state of one already there, and only a newer rev replaces it.
 function handleMessage(m) {
   const chat = state.chats.get(m.chat_id);
   if (!chat) {
     loadChat(m.chat_id);
     return;
   }
+  chat.rev = Math.max(chat.rev, m.rev);
+  if (chat.loading) chat.stash.push(m);
   const mine = m.sender_id === me();
   if (mine) {
     if (chat.pending.delete(m.client_msg_id)) view.rekey(m.client_msg_id, m.seq);
@@ -248,7 +279,7 @@ function handleMessage(m) {
   }
   if (m.read) chat.readSeq = Math.max(chat.readSeq, m.seq);
   chat.readSeq = Math.max(chat.readSeq, lowestWatermark(chat));
-  if (chat.messages && m.seq >= chat.oldestSeq) chat.messages.set(m.seq, m);
+  storeMessage(chat, m);
   if (m.seq > chat.lastSeq) {
     chat.lastSeq = m.seq;
     chat.lastMessage = m;
@@ -257,11 +288,30 @@ function handleMessage(m) {
       chat.unread = 0;
     } else {
       chat.unread++;
+      ui.stoppedTyping(chat.id, m.sender_id);
       const where = chat.type === "group" ? ` in ${chatTitle(chat)}` : "";
-      announce(`${userName(m.sender_id)}${where}: ${m.text}`);
+      announce(`${userName(m.sender_id)}${where}: ${m.deleted ? "message deleted" : m.text}`);
     }
+  } else if (chat.lastMessage?.seq === m.seq && m.rev > chat.lastMessage.rev) {
+    chat.lastMessage = m; // edited or deleted: the chat list shows it
   }
   render();
+}
+
+// storeMessage keeps m in the loaded pages (or the quotes) unless a newer
+// state is there.
+function storeMessage(chat, m) {
+  const into = chat.messages && m.seq >= chat.oldestSeq ? chat.messages : chat.quotes.has(m.seq) ? chat.quotes : null;
+  const old = into?.get(m.seq);
+  if (into && (!old || m.rev > old.rev)) into.set(m.seq, m);
+}
+
+// loaded ends a history request: what arrived meanwhile may be newer than
+// the page, so it is applied again.
+function loaded(chat) {
+  chat.loading--;
+  if (chat.loading > 0) return;
+  for (const m of chat.stash.splice(0)) storeMessage(chat, m);
 }
 
 function onFrame(f) {
@@ -276,7 +326,11 @@ function onFrame(f) {
   switch (f.type) {
     case "message.ack":
     case "message.new":
+    case "message.updated":
       handleMessage(f.message);
+      break;
+    case "typing":
+      ui.onTyping(f);
       break;
     case "message.read": {
       if (!chat) break;
@@ -352,10 +406,12 @@ function onErrorFrame(f) {
 function transmit(p) {
   p.failed = false;
   p.error = "";
-  socket?.send({ type: "message.send", chat_id: p.chatId, client_msg_id: p.cmid, text: p.text });
+  const frame = { type: "message.send", chat_id: p.chatId, client_msg_id: p.cmid, text: p.text };
+  if (p.replyTo) frame.reply_to_seq = p.replyTo;
+  socket?.send(frame);
 }
 
-function sendText(text) {
+function sendText(text, { replyToSeq } = {}) {
   const chat = openChat();
   if (!chat) return false;
   text = text.trim();
@@ -364,7 +420,7 @@ function sendText(text) {
     showStatus("error", `A message holds at most ${MAX_TEXT} characters.`);
     return false;
   }
-  const p = { cmid: newClientMsgId(), chatId: chat.id, text, failed: false, error: "", tries: 0 };
+  const p = { cmid: newClientMsgId(), chatId: chat.id, text, replyTo: replyToSeq, failed: false, error: "", tries: 0 };
   chat.pending.set(p.cmid, p);
   transmit(p); // or from onSocketOpen, when the socket is down
   view.stickToBottom = true;
@@ -372,25 +428,17 @@ function sendText(text) {
   return true;
 }
 
-// syncFrom is where a chat's replay starts after a (re)connect: the last
-// seq of a loaded view (so it has no gap), else the last seq known.
-function syncFrom(chat) {
-  if (chat.messages) {
-    let top = chat.oldestSeq - 1;
-    for (const seq of chat.messages.keys()) top = Math.max(top, seq);
-    return top;
-  }
-  return chat.lastSeq;
-}
-
 function onSocketOpen() {
   const reconnect = state.everOpened;
   state.everOpened = true;
+  // The handshake resumed every chat by revision (resumeQuery); chats that
+  // did not fit in its URL resume with a sync frame each.
+  for (const chat of state.resumeRest) socket.send({ type: "sync", chat_id: chat.id, since_rev: chat.rev });
   for (const chat of state.chats.values()) {
-    socket.send({ type: "sync", chat_id: chat.id, since_seq: syncFrom(chat) });
     chat.readSent = 0;
     for (const p of chat.pending.values()) if (!p.failed) transmit(p);
   }
+  ui.flush();
   markRead();
   if (reconnect) {
     // Chats joined or left while away, unread counts, members.
@@ -405,8 +453,15 @@ function onSocketOpen() {
 async function loadHistory(chat) {
   // The newest page: before_seq alone pages back from the end (a plain
   // limit would give the oldest messages).
-  const msgs = await api.history(chat.id, { limit: HISTORY_PAGE, beforeSeq: chat.lastSeq + 1 });
-  if (chat.messages) return; // loaded meanwhile
+  chat.loading++;
+  let msgs;
+  try {
+    msgs = await api.history(chat.id, { limit: HISTORY_PAGE, beforeSeq: chat.lastSeq + 1 });
+  } catch (err) {
+    loaded(chat);
+    throw err;
+  }
+  if (chat.messages) return loaded(chat); // loaded meanwhile
   chat.messages = new Map();
   chat.oldestSeq = msgs.length ? msgs[0].seq : 1;
   for (const m of msgs) {
@@ -417,27 +472,30 @@ async function loadHistory(chat) {
       chat.lastMessage = m;
     }
   }
-  // Anything stored after this page was read reaches the view by the
-  // replay; live frames that came first are deduplicated by seq.
-  socket?.send({ type: "sync", chat_id: chat.id, since_seq: syncFrom(chat) });
+  // Everything changed after the chat's position reaches the view through
+  // the socket; what came while this page was on its way is applied again.
+  loaded(chat);
 }
 
 async function loadOlder() {
   const chat = openChat();
   if (!chat?.messages || chat.oldestSeq <= 1 || chat.loadingOlder) return;
   chat.loadingOlder = true;
+  chat.loading++;
   render();
   try {
     const msgs = await api.history(chat.id, { limit: HISTORY_PAGE, beforeSeq: chat.oldestSeq });
     const sc = $("messages-scroll");
     const fromBottom = sc.scrollHeight - sc.scrollTop;
-    for (const m of msgs) chat.messages.set(m.seq, m);
+    for (const m of msgs) if (!chat.messages.has(m.seq)) chat.messages.set(m.seq, m);
     chat.oldestSeq = msgs.length ? msgs[0].seq : 1;
     chat.loadingOlder = false;
+    loaded(chat);
     renderNow();
     sc.scrollTop = sc.scrollHeight - fromBottom;
   } catch (err) {
     chat.loadingOlder = false;
+    loaded(chat);
     showStatus("error", describeError(err));
     render();
   }
@@ -501,7 +559,7 @@ function renderChatList() {
       const title = chatTitle(chat);
       const peer = chat.type === "private" ? peerOf(chat) : null;
       const last = chat.lastMessage;
-      const lastText = last ? `${last.sender_id === me() ? "You" : userName(last.sender_id)}: ${last.text}` : "No messages yet";
+      const lastText = last ? `${last.sender_id === me() ? "You" : userName(last.sender_id)}: ${last.deleted ? "message deleted" : last.text}` : "No messages yet";
       const open = chat.id === state.openId;
       const unread = open && document.visibilityState === "visible" ? 0 : chat.unread;
       const online = peer !== null && isOnline(peer);
@@ -584,7 +642,7 @@ const TICKS = {
 
 function messageEl(chat, m, pending) {
   const mine = pending || m.sender_id === me();
-  const li = h("li", { class: `msg ${mine ? "mine" : "theirs"}` });
+  const li = h("li", { class: `msg ${mine ? "mine" : "theirs"}`, tabindex: "-1" });
   if (!mine && chat.type === "group") li.append(h("p", { class: "msg-sender" }, userName(m.sender_id)));
   li.append(h("p", { class: "msg-text" }, m.text));
   li.append(h("p", { class: "msg-meta" }));
@@ -596,7 +654,9 @@ function updateMessageEl(chat, li, m, pending) {
   const st = mine ? messageState(chat, m, pending) : "received";
   const sender = li.querySelector(".msg-sender");
   if (sender && sender.textContent !== userName(m.sender_id)) sender.textContent = userName(m.sender_id);
-  if (li.dataset.state === st && li.dataset.seq === String(m.seq ?? "")) return;
+  const sig = `${st}|${m.seq ?? ""}|${ui.signature(chat, m, pending)}`;
+  if (li.dataset.key === sig) return;
+  li.dataset.key = sig;
   li.dataset.state = st;
   if (pending) li.dataset.clientMsgId = m.cmid;
   else {
@@ -614,6 +674,7 @@ function updateMessageEl(chat, li, m, pending) {
       parts.push(h("button", { type: "button", class: "link retry", onclick: () => { transmit(m); render(); } }, "Retry"));
     }
   }
+  ui.decorate(li, chat, m, pending, parts);
   meta.replaceChildren(...parts);
 }
 
@@ -687,6 +748,7 @@ function renderChatView() {
   if (strip.length > STRIP_MAX) items.push(h("li", { class: "member more" }, `and ${strip.length - STRIP_MAX} more`));
   $("member-strip").replaceChildren(...items);
   renderMessages(chat);
+  ui.renderTyping(chat);
   if (membersDialog.open) renderMembersDialog();
 }
 
@@ -741,6 +803,7 @@ async function openChatById(id, { focus = true } = {}) {
     view.reset(id);
     view.observer = new IntersectionObserver(onSeen, { root: $("messages-scroll"), threshold: 0 });
     $("composer-text").value = "";
+    ui.reset();
   }
   render();
   if (focus) $("composer-text").focus();
@@ -824,7 +887,11 @@ async function startSession() {
     showStatus("error", describeError(err));
   }
   socket = new Socket({
-    url: () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(state.token)}`,
+    url: () => {
+      const { query, rest } = resumeQuery(state.chats.values());
+      state.resumeRest = rest;
+      return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(state.token)}${query ? "&" + query : ""}`;
+    },
     onOpen: onSocketOpen,
     onFrame,
     onState: setConnState,
@@ -847,6 +914,7 @@ function signOut(notice) {
   state.online.clear();
   state.openId = null;
   state.everOpened = false;
+  ui.clear();
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(OPEN_KEY);
   view.reset(null);
@@ -1127,15 +1195,18 @@ function init() {
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const box = $("composer-text");
-    if (sendText(box.value)) box.value = "";
+    if (ui.submit(box.value)) box.value = "";
     box.focus();
   });
   $("composer-text").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
       $("composer").requestSubmit();
+    } else if (ev.key === "Escape" && ui.cancel()) {
+      ev.preventDefault();
     }
   });
+  $("composer-text").addEventListener("input", (ev) => ui.typed(ev.target.value));
   $("load-older").addEventListener("click", loadOlder);
   $("back").addEventListener("click", closeChat);
   document.addEventListener("visibilitychange", () => {

@@ -3,7 +3,9 @@
 // 390×844 phone viewport) to the second; Redis carries everything between
 // them. Both register and log in through the UI, Alice creates a group with
 // Bob, they talk both ways, read ticks turn ✓✓, Bob's network drops and
-// comes back (nothing lost or repeated), Alice adds and removes a member,
+// comes back (nothing lost or repeated), they reply, react, edit, delete
+// and see each other type, and what Alice changes while Bob is offline
+// reaches him when he is back (resume by revision), Alice adds and removes a member,
 // opens a private chat and pages back through its history, both search
 // messages (a hit opens its chat at the message), Alice reloads, and sees
 // Bob go offline when he closes his page. No console errors anywhere.
@@ -318,6 +320,190 @@ step("Bob's network drops; he reconnects and resyncs without losing or repeating
   assertContiguous(seqs, "bob after the reconnect");
   assert.deepEqual(seqs, await seqsOnScreen(a), "both see the same messages");
   assert.equal(await b.locator(".msg").count(), seqs.length, "no pending leftovers");
+  noProblems();
+});
+
+// actions opens a message's actions on page (its "⋯" button).
+async function actions(page, text) {
+  const m = msg(page, text);
+  const more = m.getByRole("button", { name: "Message actions" });
+  if ((await more.getAttribute("aria-expanded")) !== "true") await more.click();
+  const group = m.getByRole("group", { name: "Actions", exact: true });
+  await group.waitFor();
+  return group;
+}
+
+step("replies: Bob answers on his phone; the quote shows on both sides and jumps to the original", async () => {
+  const a = A.page;
+  const b = B.page;
+  await send(a, "Who brings the map?");
+  await msg(b, "Who brings the map?").waitFor();
+  const original = await msg(a, "Who brings the map?").getAttribute("data-seq");
+
+  await (await actions(b, "Who brings the map?")).getByRole("button", { name: "Reply" }).click();
+  const bar = b.locator("#compose-context");
+  await bar.getByText(`Replying to ${alice.name}: Who brings the map?`).waitFor();
+  assert.equal(await b.evaluate(() => document.activeElement?.id), "composer-text", "the box has the focus");
+  await send(b, "I will");
+  await bar.waitFor({ state: "hidden" });
+
+  for (const page of [a, b]) {
+    const quote = msg(page, "I will").locator(".msg-quote");
+    await quote.waitFor();
+    assert.equal(await quote.getAttribute("data-reply-to"), original, "the quote names the original's seq");
+    assert.equal(await quote.locator(".msg-quote-sender").textContent(), alice.name);
+    assert.equal(await quote.locator(".msg-quote-text").textContent(), "Who brings the map?");
+  }
+  // Escape leaves reply mode.
+  await (await actions(b, "Who brings the map?")).getByRole("button", { name: "Reply" }).click();
+  await bar.waitFor();
+  await b.getByRole("textbox", { name: "Message" }).press("Escape");
+  await bar.waitFor({ state: "hidden" });
+
+  // Clicking the quote shows the original, marked.
+  await msg(a, "I will").locator(".msg-quote").click();
+  await a.locator(`.msg.found[data-seq="${original}"]`).waitFor();
+  noProblems();
+});
+
+step("reactions: counts and who reacted, live on the other replica", async () => {
+  const a = A.page;
+  const b = B.page;
+  await (await actions(a, "I will")).getByRole("button", { name: "React with 👍" }).click();
+  const chipB = msg(b, "I will").locator(".reaction", { hasText: "👍" });
+  await chipB.filter({ hasText: "👍 1" }).waitFor();
+  assert.equal(await chipB.getAttribute("title"), alice.name, "who reacted");
+  assert.equal(await chipB.getAttribute("aria-pressed"), "false", "not Bob's");
+
+  await chipB.click(); // Bob adds his
+  const chipA = msg(a, "I will").locator(".reaction", { hasText: "👍" });
+  await chipA.filter({ hasText: "👍 2" }).waitFor();
+  assert.equal(await chipA.getAttribute("title"), `${alice.name}, ${bob.name}`);
+  assert.equal(await chipA.getAttribute("aria-label"), `👍 2: ${alice.name}, ${bob.name}`);
+  await chipB.filter({ hasText: "👍 2" }).waitFor();
+  assert.equal(await chipB.getAttribute("aria-pressed"), "true");
+
+  await chipB.click(); // and takes it back
+  await chipA.filter({ hasText: "👍 1" }).waitFor();
+  assert.equal(await chipA.getAttribute("title"), alice.name);
+  noProblems();
+});
+
+step("edit: Alice edits her message; Bob sees the new text, marked edited", async () => {
+  const a = A.page;
+  const b = B.page;
+  await send(a, "Meet at 8");
+  await msg(b, "Meet at 8").waitFor();
+  const seq = await msg(a, "Meet at 8").getAttribute("data-seq");
+  assert.equal(await (await actions(b, "Meet at 8")).getByRole("button", { name: "Edit" }).count(), 0, "Bob cannot edit Alice's message");
+  await b.keyboard.press("Escape");
+
+  await (await actions(a, "Meet at 8")).getByRole("button", { name: "Edit" }).click();
+  await a.locator("#compose-context").getByText("Editing your message").waitFor();
+  const box = a.getByRole("textbox", { name: "Message" });
+  assert.equal(await box.inputValue(), "Meet at 8", "the box holds the text to edit");
+  await box.fill("Meet at 8:30");
+  await box.press("Enter");
+  for (const page of [a, b]) {
+    const edited = page.locator(`.msg[data-seq="${seq}"]`);
+    await edited.locator(".msg-text", { hasText: /^Meet at 8:30$/ }).waitFor();
+    await edited.locator(".edited").waitFor();
+  }
+  assert.equal(await b.locator(".msg-text", { hasText: /^Meet at 8$/ }).count(), 0, "no copy of the old text");
+  noProblems();
+});
+
+step("delete: Bob deletes his message, the owner deletes one of Bob's; both see tombstones", async () => {
+  const a = A.page;
+  const b = B.page;
+  await send(b, "Oops, wrong chat");
+  await send(b, "Alice, delete this one");
+  await msg(a, "Alice, delete this one").waitFor();
+  const own = await msg(b, "Oops, wrong chat").getAttribute("data-seq");
+  const other = await msg(b, "Alice, delete this one").getAttribute("data-seq");
+
+  // Bob may delete only his own.
+  const onAlices = await actions(b, "Meet at 8:30");
+  assert.equal(await onAlices.getByRole("button", { name: "Delete" }).count(), 0, "Bob may not delete Alice's message");
+  await b.keyboard.press("Escape");
+  b.once("dialog", (d) => d.accept());
+  await (await actions(b, "Oops, wrong chat")).getByRole("button", { name: "Delete" }).click();
+  // Alice owns the group: she may delete Bob's.
+  a.once("dialog", (d) => d.accept());
+  await (await actions(a, "Alice, delete this one")).getByRole("button", { name: "Delete" }).click();
+
+  for (const page of [a, b]) {
+    for (const seq of [own, other]) {
+      const tomb = page.locator(`.msg.deleted[data-seq="${seq}"]`);
+      await tomb.waitFor();
+      assert.equal(await tomb.locator(".msg-text").textContent(), "message deleted");
+      assert.equal(await tomb.locator(".reaction").count(), 0);
+    }
+    assertContiguous(await seqsOnScreen(page), "after the deletes");
+  }
+  assert.equal(await msg(a, "Oops, wrong chat").count(), 0);
+  noProblems();
+});
+
+step("typing: each sees the other type, never themselves; the line goes after about 5 s", async () => {
+  const a = A.page;
+  const b = B.page;
+  // Bob types for about 3 s (a typing frame every 2 s at most; his send in
+  // an earlier step may hold the first one back).
+  const bbox = b.getByRole("textbox", { name: "Message" });
+  const line = a.locator("#typing");
+  await bbox.pressSequentially("I am typing a long answer", { delay: 120 });
+  await line.getByText(`${bob.name} is typing…`).waitFor();
+  assert.equal((await b.locator("#typing").textContent()).trim(), "", "Bob does not see himself typing");
+  const stopped = Date.now();
+  await line.getByText(`${bob.name} is typing…`).waitFor({ state: "detached", timeout: 10_000 });
+  const gone = (Date.now() - stopped) / 1000;
+  assert.ok(gone > 2.5 && gone < 8, `the typing line went ${gone} s after Bob stopped, want 3..5 s (5 s after his last frame)`);
+  await bbox.fill("");
+
+  await a.getByRole("textbox", { name: "Message" }).pressSequentially("Typing back", { delay: 30 });
+  await b.locator("#typing").getByText(`${alice.name} is typing…`).waitFor();
+  await send(a, "Typing back");
+  // Her message ends it at once.
+  await b.locator("#typing").getByText(`${alice.name} is typing…`).waitFor({ state: "detached", timeout: 2_000 });
+  noProblems();
+});
+
+step("Bob is offline while Alice edits, reacts and deletes; back online, he has every change once", async () => {
+  const a = A.page;
+  const b = B.page;
+  await B.context.setOffline(true);
+  await b.locator('#conn-status[data-state="offline"]').waitFor();
+  const map = await msg(a, "Who brings the map?").getAttribute("data-seq");
+
+  await (await actions(a, "Meet at 8:30")).getByRole("button", { name: "Edit" }).click();
+  const box = a.getByRole("textbox", { name: "Message" });
+  await box.fill("Meet at 9");
+  await box.press("Enter");
+  await msg(a, "Meet at 9").waitFor();
+  await (await actions(a, "I will")).getByRole("button", { name: "React with 🎉" }).click();
+  await msg(a, "I will").locator(".reaction", { hasText: "🎉 1" }).waitFor();
+  a.once("dialog", (d) => d.accept());
+  await (await actions(a, "Who brings the map?")).getByRole("button", { name: "Delete" }).click();
+  await a.locator(`.msg.deleted[data-seq="${map}"]`).waitFor();
+  await send(a, "Did you see my changes?");
+
+  await B.context.setOffline(false);
+  await b.locator('#conn-status[data-state="open"]').waitFor();
+  await msg(b, "Did you see my changes?").waitFor();
+  await msg(b, "Meet at 9").locator(".edited").waitFor();
+  await msg(b, "I will").locator(".reaction", { hasText: "🎉 1" }).waitFor();
+  await b.locator(`.msg.deleted[data-seq="${map}"]`).waitFor();
+  await msg(b, "I will").locator(".msg-quote-text", { hasText: "message deleted" }).waitFor();
+  await b.waitForTimeout(500); // time for a repeat to show up
+  const seqs = await seqsOnScreen(b);
+  assert.equal(new Set(seqs).size, seqs.length, `duplicates in ${seqs}`);
+  assertContiguous(seqs, "bob after the changes");
+  assert.deepEqual(seqs, await seqsOnScreen(a), "both see the same messages");
+  assert.deepEqual(await msg(b, "I will").locator(".reaction").allTextContents(), ["👍 1", "🎉 1"], "Alice's 👍 from before and her 🎉");
+  const width = await b.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 390, `no horizontal scrolling at 390 px (scrollWidth ${width})`);
+  await shot(b, "bob-mobile-conversation");
   noProblems();
 });
 
