@@ -862,6 +862,7 @@ func (c *conn) join(ctx context.Context, chatID int64, frames []json.RawMessage)
 type replay struct {
 	bySeq bool
 	pos   int64 // the seq or the rev
+	end   bool  // asked from past the chat's end
 }
 
 // requestSync queues a sync of chatID; syncs of one chat that wait in the
@@ -887,6 +888,16 @@ func (c *conn) sync(ctx context.Context, chatID int64) {
 	delete(c.syncs, chatID)
 	c.mu.Unlock()
 	if !ok {
+		return
+	}
+	c.mu.Lock()
+	following := c.streams[chatID] != nil
+	c.mu.Unlock()
+	if from.end && following {
+		// Already live from its own position: nothing to replay, and
+		// moving it to the head read a moment ago could skip a message
+		// committed since.
+		c.fill(ctx, chatID, false)
 		return
 	}
 	rev, minSeq := from.pos, int64(0)
@@ -971,10 +982,10 @@ func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
 			// Every change up to head has been read: revs below it that
 			// did not come were superseded (or, in a resume by seq, are
 			// changes of older messages, which it leaves out).
-			out = st.raise(head, now, hb, c.hold, out)
+			out = st.raise(head, true, now, hb, c.hold, out)
 			st.minSeq = 0
 		} else {
-			out = st.raise(ms[len(ms)-1].Rev, now, hb, c.hold, out)
+			out = st.raise(ms[len(ms)-1].Rev, false, now, hb, c.hold, out)
 		}
 		c.emitLocked(out)
 		c.scratch = out[:0]

@@ -729,6 +729,29 @@ func TestSendRateLimitAndConnectionCap(t *testing.T) {
 	if acks != 3 || limited != 2 {
 		t.Errorf("got %d acks and %d rate_limited, want 3 and 2 (burst 3)", acks, limited)
 	}
+	// Changes share the budget; a refused one is named by chat and seq,
+	// like its other errors. (Three at once: the bucket refills one a
+	// second, so at most one of them passes.)
+	for range 3 {
+		w.Send(t, map[string]any{"type": "reaction.add", "chat_id": chatID, "seq": 1, "emoji": "👍"})
+	}
+	limited = 0
+	for range 3 {
+		f := w.Next(t, wait)
+		switch {
+		case f.Type == "message.updated":
+		case f.Type == "error" && f.Code == "rate_limited":
+			limited++
+			if f.ChatID != chatID || f.Seq != 1 {
+				t.Errorf("rate_limited change without its chat and seq: %s", f.Raw)
+			}
+		default:
+			t.Errorf("unexpected frame %s", f.Raw)
+		}
+	}
+	if limited < 2 {
+		t.Errorf("%d of 3 changes refused, want at least 2", limited)
+	}
 	// A second connection is allowed, a third is refused before the upgrade.
 	s.DialWS(t, "/ws", alice.Token)
 	if _, resp, err := s.TryDialWS("/ws", alice.Token, nil); err == nil || resp == nil || resp.StatusCode != 429 {

@@ -54,10 +54,16 @@ type entry struct {
 // hold-back and retry schedule is tested with a fake clock. It is guarded
 // by its socket's mutex.
 type stream struct {
-	last    int64           // highest rev delivered (or skipped) here
-	floor   int64           // revs up to it may be skipped when missing
-	known   int64           // highest rev delivered, or the start: messages created up to it are known to the socket
-	pending map[int64]entry // above last, waiting for the gap to close
+	last  int64 // highest rev delivered (or skipped) here
+	floor int64 // revs up to it may be skipped when missing
+	// known: every message created at or before it is known to the
+	// socket (delivered, or there before it connected). It follows last
+	// while nothing is skipped; after a skip, the messages created above
+	// it that were delivered are in ahead, until a fill that read every
+	// change up to the head brings known up to last again.
+	known   int64
+	ahead   map[int64]struct{} // creation revs above known of messages delivered
+	pending map[int64]entry    // above last, waiting for the gap to close
 	// fillAt is when a fill from the database is due: the gap's hold-back
 	// after it opened, then a growing backoff while fills do not close it.
 	// Zero when no gap is open.
@@ -101,16 +107,26 @@ func (s *stream) offer(e entry, now time.Time, holdback time.Duration, hold held
 }
 
 // raise sets the floor to rev: a fill has read every change up to it.
-func (s *stream) raise(rev int64, now time.Time, holdback time.Duration, hold held, out []entry) []entry {
+// complete says the fill read up to the chat's head: once delivered up to
+// it, every message created since the socket's position has been
+// delivered (the fill read each one's current state), so known catches up.
+func (s *stream) raise(rev int64, complete bool, now time.Time, holdback time.Duration, hold held, out []entry) []entry {
 	s.floor = max(s.floor, rev)
-	return s.drain(now, holdback, hold, out)
+	out = s.drain(now, holdback, hold, out)
+	if complete && s.last >= s.floor {
+		s.known, s.ahead = s.last, nil
+	}
+	return out
 }
 
 // drain appends consecutive pending entries to out, skipping missing revs
 // at or below the floor. It stops at a gap, and at a message the socket is
 // sending until its outcome is known. Each delivered entry is marked new
-// when the socket has not seen its message created (created after the
-// position it is delivered at).
+// when the socket has not seen its message yet: created after known, and
+// not delivered since. (A rev above known, not a seq, can be a message's
+// first appearance: a resume replays each changed message once, at its
+// latest rev, so a message created while away and edited since comes
+// after newer messages, and is still new.)
 func (s *stream) drain(now time.Time, holdback time.Duration, hold held, out []entry) []entry {
 	for {
 		e, ok := s.pending[s.last+1]
@@ -125,9 +141,19 @@ func (s *stream) drain(now time.Time, holdback time.Duration, hold held, out []e
 			break // ours, in flight: the ack decides how to answer
 		}
 		delete(s.pending, e.it.rev)
-		e.isNew = e.it.createdRev > s.known
+		_, seen := s.ahead[e.it.createdRev]
+		e.isNew = e.it.createdRev > s.known && !seen
 		out = append(out, e)
-		s.last, s.known = e.it.rev, e.it.rev
+		switch {
+		case s.known == s.last:
+			s.known = e.it.rev // in step: nothing skipped
+		case e.isNew:
+			if s.ahead == nil {
+				s.ahead = map[int64]struct{}{}
+			}
+			s.ahead[e.it.createdRev] = struct{}{}
+		}
+		s.last = e.it.rev
 	}
 	s.schedule(now, holdback)
 	return out

@@ -146,7 +146,7 @@ func TestStreamFloorSkipsSupersededRevs(t *testing.T) {
 	// (its rev 5 and 6 states were superseded); rev 7 is there already.
 	got := s.offer(entry{it: change(8, 3)}, t0, hb, nil, nil)
 	wantDelivered(t, got)
-	got = s.raise(8, t0, hb, nil, nil)
+	got = s.raise(8, true, t0, hb, nil, nil)
 	if g := seqsOf(got); len(g) != 2 || got[0].it.rev != 7 || got[1].it.rev != 8 {
 		t.Fatalf("after raising the floor to 8: delivered revs %v, want 7 then 8", g)
 	}
@@ -169,7 +169,7 @@ func TestStreamMarksNewAndUpdated(t *testing.T) {
 	got = s.offer(entry{it: change(12, 3)}, t0, hb, nil, got)                  // an old message edited
 	got = s.offer(entry{it: change(13, 11)}, t0, hb, nil, got)                 // the new one edited
 	got = append(got, s.offer(entry{it: change(15, 14)}, t0, hb, nil, nil)...) // created at 14 (missed) and edited at 15
-	got = append(got, s.raise(15, t0, hb, nil, nil)...)
+	got = append(got, s.raise(15, true, t0, hb, nil, nil)...)
 	want := []bool{true, false, false, true}
 	if len(got) != len(want) {
 		t.Fatalf("delivered %v, want 4 entries", seqsOf(got))
@@ -178,5 +178,53 @@ func TestStreamMarksNewAndUpdated(t *testing.T) {
 		if e.isNew != want[i] {
 			t.Errorf("entry %d (rev %d, created %d): isNew %v, want %v", i, e.it.rev, e.it.createdRev, e.isNew, want[i])
 		}
+	}
+}
+
+// TestStreamResumeReplaysCreationsAsNew: a resume replays each message
+// changed while away once, at its latest rev, so a message created while
+// away and edited since comes after newer messages; it is still new to the
+// socket, and so is everything else created after the position, whatever
+// the order. Live changes to them afterwards are updates. A fill page that
+// does not reach the head leaves it undecided until the last page.
+func TestStreamResumeReplaysCreationsAsNew(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := newStream(0)
+	// Changes after 0, up to head 5: seq 2 (rev 2), seq 4 created at 4
+	// (rev 4), seq 1 edited at 3, seq 3 edited at 5.
+	var got []entry
+	for _, e := range []*item{change(2, 2), change(3, 1), change(4, 4), change(5, 3)} {
+		got = s.offer(entry{it: e}, t0, hb, nil, got)
+	}
+	got = s.raise(5, true, t0, hb, nil, got)
+	got = s.offer(entry{it: change(6, 1)}, t0, hb, nil, got) // live: seq 1 edited again
+	got = s.offer(entry{it: it(7)}, t0, hb, nil, got)        // live: a new message
+	want := []struct {
+		rev   int64
+		isNew bool
+	}{{2, true}, {3, true}, {4, true}, {5, true}, {6, false}, {7, true}}
+	if len(got) != len(want) {
+		t.Fatalf("delivered %v, want %d entries", seqsOf(got), len(want))
+	}
+	for i, e := range got {
+		if e.it.rev != want[i].rev || e.isNew != want[i].isNew {
+			t.Errorf("entry %d: rev %d (created %d) isNew %v, want rev %d isNew %v", i, e.it.rev, e.it.createdRev, e.isNew, want[i].rev, want[i].isNew)
+		}
+	}
+	if s.known != 7 || s.ahead != nil {
+		t.Errorf("known %d ahead %v: in step again after the fill, want 7 and nothing ahead", s.known, s.ahead)
+	}
+
+	// Paged: the first page (seq 2 at rev 2) is not the head; the last
+	// brings seq 1, created at 1 (skipped by the first page's floor) and
+	// edited at 6: new as well.
+	s = newStream(0)
+	got = nil
+	got = s.offer(entry{it: change(2, 2)}, t0, hb, nil, got)
+	got = s.raise(2, false, t0, hb, nil, got)
+	got = s.offer(entry{it: change(6, 1)}, t0, hb, nil, got)
+	got = s.raise(6, true, t0, hb, nil, got)
+	if len(got) != 2 || !got[0].isNew || !got[1].isNew || got[1].it.seq != 1 {
+		t.Fatalf("paged resume: %v, want seq 2 then seq 1, both new", got)
 	}
 }

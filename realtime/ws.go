@@ -304,27 +304,34 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 			fail(err, chatID, cmid)
 		}
 	case gen.MessageEditFrame, gen.MessageDeleteFrame, gen.ReactionAddFrame, gen.ReactionRemoveFrame:
-		if c.sendLimit != nil && !c.sendLimit.Allow() {
-			limited("changes", 0, "")
-			return
-		}
 		var chatID, seq int64
-		var err error
+		var apply func(done func(chat.Outcome)) error
 		switch f := f.(type) {
 		case gen.MessageEditFrame:
 			chatID, seq = *f.ChatID, f.Seq
-			err = h.svc.EditAsync(c.ctx, c.userID, chatID, seq, f.Text, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+			apply = func(done func(chat.Outcome)) error {
+				return h.svc.EditAsync(c.ctx, c.userID, chatID, seq, f.Text, done)
+			}
 		case gen.MessageDeleteFrame:
 			chatID, seq = *f.ChatID, f.Seq
-			err = h.svc.DeleteAsync(c.ctx, c.userID, chatID, seq, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+			apply = func(done func(chat.Outcome)) error { return h.svc.DeleteAsync(c.ctx, c.userID, chatID, seq, done) }
 		case gen.ReactionAddFrame:
 			chatID, seq = *f.ChatID, f.Seq
-			err = h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, true, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+			apply = func(done func(chat.Outcome)) error {
+				return h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, true, done)
+			}
 		case gen.ReactionRemoveFrame:
 			chatID, seq = *f.ChatID, f.Seq
-			err = h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, false, func(o chat.Outcome) { c.changed(chatID, seq, o) })
+			apply = func(done func(chat.Outcome)) error {
+				return h.svc.ReactAsync(c.ctx, c.userID, chatID, seq, f.Emoji, false, done)
+			}
 		}
-		if err != nil {
+		if c.sendLimit != nil && !c.sendLimit.Allow() {
+			// Named by chat and seq, like the change's other errors.
+			c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeRateLimited, msg: "too many changes; slow down", chatID: chatID, seq: seq}))
+			return
+		}
+		if err := apply(func(o chat.Outcome) { c.changed(chatID, seq, o) }); err != nil {
 			c.changed(chatID, seq, chat.Outcome{Err: err})
 		}
 	case gen.TypingFrame:
@@ -363,11 +370,13 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 			c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: chatID}))
 			return
 		}
-		// A position past the chat's end is clamped to it.
+		// A position past the chat's end is clamped to it; on a chat the
+		// connection already follows, "the end" is where it has got to, so
+		// a message committed while this frame was read is not skipped.
 		if f.SinceSeq != nil {
-			c.requestSync(chatID, replay{bySeq: true, pos: min(*f.SinceSeq, ch.LastSeq)})
+			c.requestSync(chatID, replay{bySeq: true, pos: min(*f.SinceSeq, ch.LastSeq), end: *f.SinceSeq > ch.LastSeq})
 		} else {
-			c.requestSync(chatID, replay{pos: min(*f.SinceRev, ch.LastRev)})
+			c.requestSync(chatID, replay{pos: min(*f.SinceRev, ch.LastRev), end: *f.SinceRev > ch.LastRev})
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -200,6 +201,18 @@ func (w *WS) Quiet(t testing.TB, d time.Duration) {
 	case f := <-w.frames:
 		t.Fatalf("got unexpected frame %s", f.Raw)
 	case <-time.After(d):
+	}
+}
+
+// QuietBut asserts that no frame other than the listed types (presence,
+// say, whose timing across replicas a test does not control) arrives
+// for d.
+func (w *WS) QuietBut(t testing.TB, d time.Duration, ignore ...string) {
+	t.Helper()
+	for _, f := range w.Drain(d) {
+		if !slices.Contains(ignore, f.Type) {
+			t.Fatalf("got unexpected frame %s", f.Raw)
+		}
 	}
 }
 
