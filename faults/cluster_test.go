@@ -35,6 +35,23 @@ func adminDatabaseURL() string {
 	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 }
 
+// urlPort is the port a service URL names (its default where it names
+// none): the scenarios stop and start whatever listens there.
+func urlPort(raw string, def int) int {
+	u, err := url.Parse(raw)
+	if err != nil || u.Port() == "" {
+		return def
+	}
+	p, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return def
+	}
+	return p
+}
+
+func pgPort() int    { return urlPort(adminDatabaseURL(), 5432) }
+func redisPort() int { return urlPort(redisURL(), 6379) }
+
 func redisURL() string {
 	if u := os.Getenv("WINDI_TEST_REDIS_URL"); u != "" {
 		return u
@@ -626,7 +643,7 @@ func (c *cluster) waitRouted(r *replica, d time.Duration) (time.Duration, error)
 
 // --- Postgres and Redis: stop, start, and make sure they end up running ---
 
-// pgCluster is the Debian cluster (version, name) that serves port 5432.
+// pgCluster is the Debian cluster (version, name) that serves pgPort.
 func pgCluster() (string, string, error) {
 	out, err := exec.Command("pg_lsclusters", "--no-header").Output()
 	if err != nil {
@@ -634,11 +651,11 @@ func pgCluster() (string, string, error) {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 3 && f[2] == "5432" {
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgPort()) {
 			return f[0], f[1], nil
 		}
 	}
-	return "", "", errors.New("pg_lsclusters: no cluster on port 5432")
+	return "", "", fmt.Errorf("pg_lsclusters: no cluster on port %d", pgPort())
 }
 
 func pgCtl(action string, extra ...string) error {
@@ -694,7 +711,7 @@ func pgStart() error {
 
 // redisStop shuts Redis down without saving and waits until it is gone.
 func redisStop() error {
-	out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave").CombinedOutput()
+	out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", strconv.Itoa(redisPort()), "shutdown", "nosave").CombinedOutput()
 	if err != nil && redisReady() {
 		return fmt.Errorf("redis-cli shutdown nosave: %v: %s", err, out)
 	}
@@ -706,7 +723,7 @@ func redisStop() error {
 func redisStart() error {
 	start := func(bind ...string) {
 		args := append([]string{"--daemonize", "yes", "--bind"}, bind...)
-		args = append(args, "--port", "6379", "--save", "", "--appendonly", "no")
+		args = append(args, "--port", strconv.Itoa(redisPort()), "--save", "", "--appendonly", "no")
 		// Output to a file, never a pipe: the daemon would hold the pipe open.
 		cmd := exec.Command("redis-server", args...)
 		_ = cmd.Run()

@@ -11,9 +11,18 @@
 // replica and checks that goroutines, open files and memory come back.
 //
 // The tests stop and restart the Postgres cluster and the Redis server on
-// this machine (127.0.0.1:5432 and 127.0.0.1:6379), so they skip unless
-// WINDI_FAULTS=1; `bash .ci/run faults` sets it. See RELIABILITY.md for
-// what each test promises and the figures of the latest run.
+// this machine (127.0.0.1:5432 and 127.0.0.1:6379, or the ports the two
+// URLs below name), so they skip unless WINDI_FAULTS=1; `bash .ci/run
+// faults` sets it. To leave the shared services alone, give them a Debian
+// cluster and a Redis of their own:
+//
+//	pg_createcluster 15 faults -p 5433 --start -- --auth=trust
+//	redis-server --daemonize yes --bind 127.0.0.1 --port 6390 --save "" --appendonly no
+//	WINDI_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5433/postgres \
+//	WINDI_TEST_REDIS_URL=redis://127.0.0.1:6390/0 WINDI_FAULTS=1 go test -v ./faults/
+//
+// See RELIABILITY.md for what each test promises and the figures of the
+// latest run.
 //
 // Environment:
 //

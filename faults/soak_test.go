@@ -328,9 +328,9 @@ func fdKinds(pid, port int) map[string]int {
 			switch lport, rport := hexPort(fl[1]), hexPort(fl[2]); {
 			case fl[3] == "0A":
 				kind = "listen"
-			case rport == 5432:
+			case rport == pgPort():
 				kind = "postgres"
-			case rport == 6379:
+			case rport == redisPort():
 				kind = "redis"
 			case lport == port:
 				kind = "clients"
