@@ -91,7 +91,7 @@ func TestRemovalDuringReconnectStorm(t *testing.T) {
 		noCap := func(c *app.Config) { c.Limits.MaxConnsPerUser = 0 }
 		a := env.Start(t, noCap)
 		b := a
-		if env.Dialect == "postgres" {
+		if env.Shared() {
 			b = env.Start(t, noCap)
 		}
 		const rounds, dialers = 12, 32
@@ -190,7 +190,7 @@ func TestAddThenRemoveWhileBusy(t *testing.T) {
 			m.Realtime.QueueSize, m.Realtime.WriteTimeout = 32, 30*time.Second
 		})
 		b := a
-		if env.Dialect == "postgres" {
+		if env.Shared() {
 			b = env.StartMain(t, func(m *app.Main) {
 				m.Realtime.QueueSize, m.Realtime.WriteTimeout = 32, 30*time.Second
 			})

@@ -141,11 +141,12 @@ func settle(ws ...*apptest.WS) {
 	}
 }
 
-// servers returns two replicas for postgres (Redis between them) and the
-// one embedded instance twice for sqlite, so each scenario runs both ways.
+// servers returns two replicas for postgres and cluster (Redis between
+// them) and the one embedded instance twice for sqlite, so each scenario
+// runs every way.
 func servers(t *testing.T, env *apptest.Env) (*apptest.Server, *apptest.Server) {
 	t.Helper()
-	if env.Dialect == "sqlite" {
+	if !env.Shared() {
 		s := env.Start(t)
 		return s, s
 	}

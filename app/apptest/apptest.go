@@ -33,8 +33,27 @@ import (
 	"github.com/windi-chat/windi/repo/repotest"
 )
 
-// Dialects are the database modes every end-to-end test runs on.
-var Dialects = []string{"sqlite", "postgres"}
+// Dialects are the modes every end-to-end test runs on: "sqlite"
+// (embedded database, in-process broker) and "postgres" (Postgres and one
+// Redis), or the comma-separated list WINDI_TEST_DIALECTS names, which may
+// also hold "cluster" (Postgres and the Redis Cluster of
+// WINDI_TEST_REDIS_CLUSTER_URL, SPEC §13). .ci/run runs a subset of the
+// realtime scenarios with WINDI_TEST_DIALECTS=cluster.
+var Dialects = dialectsFromEnv()
+
+func dialectsFromEnv() []string {
+	v := os.Getenv("WINDI_TEST_DIALECTS")
+	if v == "" {
+		return []string{"sqlite", "postgres"}
+	}
+	var ds []string
+	for _, d := range strings.Split(v, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}
 
 // testPoolSize caps each test server's Postgres connections.
 const testPoolSize = 6
@@ -82,28 +101,86 @@ func (b *SyncBuffer) String() string {
 // Env is the shared backing of one or more servers: a database and a
 // broker they all use. On "sqlite" the servers share one in-process broker
 // (each its own replica view of it); on "postgres" they share Redis under a
-// random key prefix.
+// random key prefix; on "cluster" they share the test Redis Cluster under
+// a random key prefix.
 type Env struct {
-	Dialect     string
-	DatabaseURL string
-	DataDir     string
-	RedisURL    string
-	Prefix      string
+	Dialect      string
+	DatabaseURL  string
+	DataDir      string
+	RedisURL     string
+	RedisCluster bool // RedisURL names a Redis Cluster
+	Prefix       string
 	// PresenceTTL, when set before Start, shortens presence expiry.
 	PresenceTTL time.Duration
 	memory      *broker.Memory
 }
 
-// NewEnv prepares a fresh database and broker for dialect ("sqlite" or
-// "postgres").
+// NewEnv prepares a fresh database and broker for dialect ("sqlite",
+// "postgres" or "cluster").
 func NewEnv(t testing.TB, dialect string) *Env {
 	t.Helper()
 	e := &Env{Dialect: dialect, DataDir: t.TempDir(), Prefix: "windi-test-" + RandomID() + ":"}
-	if dialect == "postgres" {
+	switch dialect {
+	case "sqlite":
+	case "postgres":
 		e.DatabaseURL = repotest.NewPostgresURL(t)
 		e.RedisURL = RedisURL(t, e.Prefix)
+	case "cluster":
+		e.RedisURL = RedisClusterURL(t, e.Prefix)
+		e.RedisCluster = true
+		e.DatabaseURL = repotest.NewPostgresURL(t)
+	default:
+		t.Fatalf("apptest: unknown dialect %q (want sqlite, postgres or cluster)", dialect)
 	}
 	return e
+}
+
+// Shared reports whether servers on e are separate replicas that meet
+// through Redis (postgres, cluster), rather than one embedded instance.
+func (e *Env) Shared() bool { return e.Dialect != "sqlite" }
+
+// RedisClusterURL returns the test Redis Cluster
+// (WINDI_TEST_REDIS_CLUSTER_URL; bench/redis-cluster.sh starts one) after
+// checking every master answers, and deletes the keys under prefix on
+// every master when the test ends. Without it the test skips, or fails
+// when CI=true.
+func RedisClusterURL(t testing.TB, prefix string) string {
+	t.Helper()
+	u := os.Getenv("WINDI_TEST_REDIS_CLUSTER_URL")
+	unreachable := func(format string, args ...any) {
+		t.Helper()
+		if os.Getenv("CI") == "true" {
+			t.Fatalf(format+" (CI=true, so this fails)", args...)
+		}
+		t.Skipf("skipping: "+format, args...)
+	}
+	if u == "" {
+		unreachable("WINDI_TEST_REDIS_CLUSTER_URL is not set; bench/redis-cluster.sh start prints one")
+	}
+	opts, err := redis.ParseClusterURL(u)
+	if err != nil {
+		t.Fatalf("WINDI_TEST_REDIS_CLUSTER_URL: %v", err)
+	}
+	rdb := redis.NewClusterClient(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return n.Ping(ctx).Err() }); err != nil {
+		_ = rdb.Close()
+		unreachable("redis cluster at %s unreachable: %v", u, err)
+	}
+	t.Cleanup(func() {
+		defer rdb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = rdb.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			iter := n.Scan(ctx, 0, prefix+"*", 500).Iterator()
+			for iter.Next(ctx) {
+				n.Del(ctx, iter.Val()) // one key per DEL: keys of many slots
+			}
+			return iter.Err()
+		})
+	})
+	return u
 }
 
 // RedisURL returns the test Redis (WINDI_TEST_REDIS_URL, default
@@ -169,7 +246,7 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 		Addr: "127.0.0.1:0", DataDir: e.DataDir, DatabaseURL: e.DatabaseURL,
 		JWTSecret: Secret, JWTTTL: time.Hour, LogLevel: slog.LevelDebug,
 	}
-	cfg.RedisURL = e.RedisURL
+	cfg.RedisURL, cfg.RedisCluster = e.RedisURL, e.RedisCluster
 	logs := &SyncBuffer{}
 	m := app.New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	m.Argon2 = auth.Argon2Params{Memory: 64, Time: 1, Threads: 1}
