@@ -271,6 +271,9 @@ type clusterOptions struct {
 	// place, when set, adjusts each replica before it starts: its host,
 	// wrap and env (a replica in a network namespace).
 	place func(r *replica)
+	// placeDB, when set, runs once the database exists, before any replica
+	// starts (a replica that reaches it through a proxy).
+	placeDB func(c *cluster)
 }
 
 // startCluster starts a deployment; everything stops, and the database
@@ -304,6 +307,9 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 		}
 		r.url = fmt.Sprintf("http://%s:%d", r.host, r.port)
 		c.replicas = append(c.replicas, r)
+	}
+	if o.placeDB != nil {
+		o.placeDB(c)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.replicas))
