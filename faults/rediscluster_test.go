@@ -111,8 +111,30 @@ func startRedisCluster(t *testing.T) *redisCluster {
 		t.Fatalf("redis-cluster.sh start: %v\n%s%s", err, out, stderr)
 	}
 	rc.url = strings.TrimSpace(string(out))
+	// A replica fails over only once it has synced with its master: wait
+	// for every replica's link (a fresh cluster's first sync can take
+	// seconds on a busy machine).
+	if err := waitFor(30*time.Second, rc.replicasInSync); err != nil {
+		t.Fatalf("the cluster's replicas did not sync with their masters within 30 s")
+	}
 	t.Logf("Redis Cluster on 127.0.0.1:%d-%d up in %s: %s", rc.port, rc.port+5, secs(time.Since(start)), rc.url)
 	return rc
+}
+
+// replicasInSync reports whether every replica node says
+// master_link_status:up.
+func (rc *redisCluster) replicasInSync() bool {
+	for p := rc.port; p < rc.port+6; p++ {
+		c := rc.node(p)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		info, err := c.Info(ctx, "replication").Result()
+		cancel()
+		c.Close()
+		if err != nil || (strings.Contains(info, "role:slave") && !strings.Contains(info, "master_link_status:up")) {
+			return false
+		}
+	}
+	return true
 }
 
 // node is a client of one node, for the test's own questions.
