@@ -611,4 +611,3 @@ func TestNetSlowLinks(t *testing.T) {
 		c.nginxStats())
 	res.check(t)
 }
-
