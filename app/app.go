@@ -120,6 +120,9 @@ func (m *Main) Open(ctx context.Context) error {
 	if m.BrokerOptions.Prefix == "" {
 		m.BrokerOptions.Prefix = m.Config.RedisPrefix
 	}
+	if m.BrokerOptions.Logger == nil {
+		m.BrokerOptions.Logger = m.Logger.With("component", "broker")
+	}
 	if m.Broker == nil {
 		if m.Broker, err = NewBroker(ctx, m.Config, m.BrokerOptions); err != nil {
 			return err

@@ -60,6 +60,16 @@ wait_until() {
 	done
 }
 
+# replicas_synced: every replica has finished its first sync with its
+# master (a replica that has not cannot take over when its master fails).
+replicas_synced() {
+	local p info
+	for p in $(ports); do
+		info=$(cli "$p" info replication 2>/dev/null) || return 1
+		if grep -q '^role:slave' <<<"$info" && ! grep -q '^master_link_status:up' <<<"$info"; then return 1; fi
+	done
+}
+
 cluster_ok() {
 	local p
 	for p in $(ports); do
@@ -102,6 +112,7 @@ start() {
 			die "redis-cli --cluster create failed"
 		}
 	wait_until "$WAIT_SECONDS" cluster_ok || die "cluster_state is not ok on every node after ${WAIT_SECONDS}s"
+	wait_until "$WAIT_SECONDS" replicas_synced || die "the replicas did not sync with their masters within ${WAIT_SECONDS}s"
 	url
 }
 

@@ -63,6 +63,16 @@ func (c SequencerConfig) withDefaults() SequencerConfig {
 	return c
 }
 
+// commitTimeout bounds one batch's transaction. A database that does not
+// answer (a link that drops packets: each pooled connection then fails
+// only after repo's TCP_USER_TIMEOUT, and database/sql may try more than
+// one) would otherwise hold the shard's sends for as long as the pool
+// keeps finding dead connections; past this they are answered
+// unavailable, with nothing stored (the transaction never committed).
+// Healthy commits take milliseconds; publishing and answering have the
+// batch's own 30 s.
+const commitTimeout = 10 * time.Second
+
 // sequencer commits a chat's timeline operations (sends, edits, deletes,
 // reactions) and publishes them, each chat's in rev order.
 //
@@ -265,7 +275,14 @@ func (q *sequencer) commit(batch []*pending, assumeNew bool, prev chan struct{})
 	for i, p := range live {
 		ops[i] = p.op
 	}
-	res, err := s.store.Apply(ctx, ops, repo.ApplyOptions{AssumeNew: assumeNew})
+	actx, cancelApply := context.WithTimeout(ctx, commitTimeout)
+	res, err := s.store.Apply(actx, ops, repo.ApplyOptions{AssumeNew: assumeNew})
+	if err != nil && actx.Err() != nil {
+		// The driver reports the deadline as whatever it was doing then
+		// ("conn closed"): say it was the deadline, which is unavailable.
+		err = fmt.Errorf("%w (%w)", err, actx.Err())
+	}
+	cancelApply()
 	if err != nil {
 		cancel()
 		err = classify(err)

@@ -257,6 +257,7 @@ type cluster struct {
 	prefix   string
 	secret   string
 	env      []string // extra environment for every replica
+	redisURL string   // REDIS_URL of the replicas
 	replicas []*replica
 	nginx    *proc
 	nginxLog string
@@ -268,8 +269,11 @@ type cluster struct {
 type replica struct {
 	c    *cluster
 	idx  int
+	host string // the address it listens on (127.0.0.1, or one in a network namespace)
 	port int
 	url  string
+	wrap []string // a command the binary runs under ("ip netns exec <ns>"), if any
+	env  []string // KEY=VALUE after the cluster's: DATABASE_URL, REDIS_URL… of this replica alone
 
 	mu   sync.Mutex // guards p and name
 	p    *proc
@@ -280,6 +284,13 @@ type clusterOptions struct {
 	replicas int
 	nginx    bool
 	env      []string // KEY=VALUE for every replica
+	redisURL string   // default redisURL(): the shared Redis
+	// place, when set, adjusts each replica before it starts: its host,
+	// wrap and env (a replica in a network namespace).
+	place func(r *replica)
+	// placeDB, when set, runs once the database exists, before any replica
+	// starts (a replica that reaches it through a proxy).
+	placeDB func(c *cluster)
 }
 
 // startCluster starts a deployment; everything stops, and the database
@@ -291,10 +302,14 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	t.Cleanup(func() { ensureServices(t) })
 	c := &cluster{
 		t: t, dir: t.TempDir(), bin: bin,
-		dbName: fmt.Sprintf("windi_faults_%d_%s", time.Now().Unix(), randomHex(3)),
-		prefix: "faults-" + randomHex(4) + ":",
-		secret: randomHex(32),
-		env:    o.env,
+		dbName:   fmt.Sprintf("windi_faults_%d_%s", time.Now().Unix(), randomHex(3)),
+		prefix:   "faults-" + randomHex(4) + ":",
+		secret:   randomHex(32),
+		env:      o.env,
+		redisURL: o.redisURL,
+	}
+	if c.redisURL == "" {
+		c.redisURL = redisURL()
 	}
 	if err := os.Chmod(c.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -303,9 +318,15 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	t.Cleanup(c.cleanupData)
 	t.Cleanup(c.stopAll)
 	for i := range o.replicas {
-		r := &replica{c: c, idx: i + 1, port: freePort(t)}
-		r.url = fmt.Sprintf("http://127.0.0.1:%d", r.port)
+		r := &replica{c: c, idx: i + 1, host: "127.0.0.1", port: freePort(t)}
+		if o.place != nil {
+			o.place(r)
+		}
+		r.url = fmt.Sprintf("http://%s:%d", r.host, r.port)
 		c.replicas = append(c.replicas, r)
+	}
+	if o.placeDB != nil {
+		o.placeDB(c)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.replicas))
@@ -418,14 +439,15 @@ func (c *cluster) replicaEnv(r *replica) []string {
 	}
 	env = append(env,
 		"DATABASE_URL="+c.dbURL,
-		"REDIS_URL="+redisURL(),
+		"REDIS_URL="+c.redisURL,
 		"JWT_SECRET="+c.secret,
 		"WINDI_REDIS_PREFIX="+c.prefix,
-		fmt.Sprintf("WINDI_ADDR=127.0.0.1:%d", r.port),
+		fmt.Sprintf("WINDI_ADDR=%s:%d", r.host, r.port),
 		fmt.Sprintf("WINDI_DATA_DIR=%s/data-%d", c.dir, r.idx),
 		"WINDI_LOG_LEVEL=info",
 	)
-	return append(env, c.env...)
+	env = append(env, c.env...)
+	return append(env, r.env...) // the last of a duplicated key wins
 }
 
 func (r *replica) proc() *proc {
@@ -444,7 +466,11 @@ func (r *replica) Name() string {
 // start starts the replica (again) on its port and waits for /readyz.
 func (r *replica) start() error {
 	c := r.c
-	p, err := startProc(fmt.Sprintf("windi-%d", r.idx), filepath.Join(c.dir, fmt.Sprintf("windi-%d.log", r.idx)), c.replicaEnv(r), c.bin, "serve")
+	bin, args := c.bin, []string{"serve"}
+	if len(r.wrap) > 0 {
+		bin, args = r.wrap[0], append(append(r.wrap[1:len(r.wrap):len(r.wrap)], c.bin), args...)
+	}
+	p, err := startProc(fmt.Sprintf("windi-%d", r.idx), filepath.Join(c.dir, fmt.Sprintf("windi-%d.log", r.idx)), c.replicaEnv(r), bin, args...)
 	if err != nil {
 		return err
 	}
@@ -492,7 +518,7 @@ func (c *cluster) startNginx() {
 	port := freePort(t)
 	var ups strings.Builder
 	for _, r := range c.replicas {
-		fmt.Fprintf(&ups, "server 127.0.0.1:%d; ", r.port)
+		fmt.Fprintf(&ups, "server %s:%d; ", r.host, r.port)
 	}
 	conf := strings.NewReplacer(
 		"${WINDI_UPSTREAM_SERVERS}", strings.TrimSpace(ups.String()),

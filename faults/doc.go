@@ -10,6 +10,15 @@
 // reconnects with since_seq. TestSoak churns connections against one
 // replica and checks that goroutines, open files and memory come back.
 //
+// TestRedisClusterFailover runs the replicas on a Redis Cluster the test
+// starts on ports of its own (bench/redis-cluster.sh) and kills the master
+// that owns the group chat's slot. The TestNet* tests put one replica in a
+// network namespace they create (ip netns, veth pairs in a private
+// 10.x.y.0/28, deleted when the test ends) and reach the shared Postgres
+// and Redis through toxiproxy proxies they embed, then cut those links
+// silently (ip link set down) or slow them (latency toxics); the shared
+// services themselves are not touched. They need root.
+//
 // The tests stop and restart the Postgres cluster and the Redis server on
 // this machine (127.0.0.1:5432 and 127.0.0.1:6379, or the ports the two
 // URLs below name), so they skip unless WINDI_FAULTS=1; `bash .ci/run

@@ -108,6 +108,8 @@ func isUnavailable(err error) bool {
 		// such as 57P01 admin_shutdown when Postgres stops mid-statement.
 		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57")
 	}
-	return errors.As(err, &ne) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) ||
+	// ErrConnClosed: a statement on a connection pgx closed already (its
+	// previous statement broke it: a deadline, a dead link).
+	return errors.As(err, &ne) || errors.As(err, &ce) || errors.Is(err, driver.ErrBadConn) || errors.Is(err, pgconn.ErrConnClosed) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || pgconn.SafeToRetry(err)
 }

@@ -18,7 +18,8 @@ import (
 	"strings"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // Registers the "pgx" database/sql driver.
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/dialect/sqlitedialect"
@@ -63,10 +64,12 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		}
 		s = &Store{db: db, dialect: DialectSQLite}
 	case strings.HasPrefix(databaseURL, "postgres://"), strings.HasPrefix(databaseURL, "postgresql://"):
-		sqldb, err := sql.Open("pgx", withExecMode(databaseURL))
+		cfg, err := pgx.ParseConfig(withExecMode(databaseURL))
 		if err != nil {
 			return nil, fmt.Errorf("repo: open postgres: %w", err)
 		}
+		boundLink(cfg)
+		sqldb := stdlib.OpenDB(*cfg)
 		// Enough connections for the group-commit workers and concurrent
 		// reads, kept open so bursts don't pay for new ones; two replicas
 		// stay well under Postgres's default max_connections of 100.

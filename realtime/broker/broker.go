@@ -31,6 +31,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -158,6 +159,10 @@ type Options struct {
 	// through Handler.Resubscribed, within SilenceTimeout plus the time a
 	// new connection takes. The memory broker ignores it.
 	SilenceTimeout time.Duration
+	// Logger is where the Redis brokers report a lost subscription
+	// connection (event broker.conn_lost, with why and how many channels
+	// it carried); default: nowhere.
+	Logger *slog.Logger
 }
 
 // ErrClosed is returned by calls on a closed broker.
@@ -181,6 +186,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.SilenceTimeout <= 0 {
 		o.SilenceTimeout = 3 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,7 @@ type Redis struct {
 	names   keyspace
 	ttl     time.Duration
 	silence time.Duration
+	log     *slog.Logger // reports lost subscription connections
 
 	// addr is the single server's address, the only route there.
 	addr string
@@ -218,6 +220,7 @@ func newRedis(cmd redis.UniversalClient, cluster *redis.ClusterClient, names key
 		names:   names,
 		ttl:     opts.PresenceTTL,
 		silence: opts.SilenceTimeout,
+		log:     opts.Logger,
 		subs:    make(map[string]*redisSub),
 		byName:  make(map[string]*redisSub),
 		conns:   make(map[string]*subConn),

@@ -280,6 +280,9 @@ func (r *Redis) drop(c *subConn, err error) {
 	_ = c.ps.Close()
 	_ = c.client.Close()
 	if orphans > 0 {
+		if err != nil {
+			r.log.Warn("broker subscription connection lost; subscribing again", "event", "broker.conn_lost", "addr", c.addr, "channels", orphans, "err", err)
+		}
 		r.poke()
 	}
 }
