@@ -366,6 +366,7 @@ const (
 	ProblemCodeOwnerCannotBeRemoved ProblemCode = "owner_cannot_be_removed"
 	ProblemCodePayloadTooLarge      ProblemCode = "payload_too_large"
 	ProblemCodeRateLimited          ProblemCode = "rate_limited"
+	ProblemCodeSessionRevoked       ProblemCode = "session_revoked"
 	ProblemCodeTooManyReactions     ProblemCode = "too_many_reactions"
 	ProblemCodeUnauthorized         ProblemCode = "unauthorized"
 	ProblemCodeUnavailable          ProblemCode = "unavailable"
@@ -403,6 +404,8 @@ func (e ProblemCode) Valid() bool {
 	case ProblemCodePayloadTooLarge:
 		return true
 	case ProblemCodeRateLimited:
+		return true
+	case ProblemCodeSessionRevoked:
 		return true
 	case ProblemCodeTooManyReactions:
 		return true
@@ -509,6 +512,12 @@ func (e TypingFrameType) Valid() bool {
 	}
 }
 
+// ChangePasswordRequest defines model for ChangePasswordRequest.
+type ChangePasswordRequest struct {
+	CurrentPassword string `json:"current_password"`
+	NewPassword     string `json:"new_password"`
+}
+
 // Chat defines model for Chat.
 type Chat struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -531,9 +540,12 @@ type Chat struct {
 
 // ChatMember defines model for ChatMember.
 type ChatMember struct {
-	LastReadSeq int64      `json:"last_read_seq"`
-	Role        MemberRole `json:"role"`
-	UserID      int64      `json:"user_id"`
+	LastReadSeq int64 `json:"last_read_seq"`
+
+	// Name The member's name, so clients need no lookup.
+	Name   string     `json:"name"`
+	Role   MemberRole `json:"role"`
+	UserID int64      `json:"user_id"`
 }
 
 // ChatReadFrame defines model for ChatReadFrame.
@@ -622,11 +634,14 @@ type HealthStatus string
 
 // LoginForm defines model for LoginForm.
 type LoginForm struct {
-	ClientID     *string             `json:"client_id,omitempty"`
-	ClientSecret *string             `json:"client_secret,omitempty"`
-	GrantType    *LoginFormGrantType `json:"grant_type,omitempty"`
-	Password     string              `json:"password"`
-	Scope        *string             `json:"scope,omitempty"`
+	ClientID     *string `json:"client_id,omitempty"`
+	ClientSecret *string `json:"client_secret,omitempty"`
+
+	// Device A name for the new session's device ("Firefox on a laptop"); defaults to the User-Agent. Longer names are cut to 100 characters.
+	Device    *string             `json:"device,omitempty"`
+	GrantType *LoginFormGrantType `json:"grant_type,omitempty"`
+	Password  string              `json:"password"`
+	Scope     *string             `json:"scope,omitempty"`
 
 	// Username The email address.
 	Username string `json:"username"`
@@ -861,6 +876,11 @@ type ReadRequest struct {
 	Seq int64 `json:"seq"`
 }
 
+// RefreshRequest defines model for RefreshRequest.
+type RefreshRequest struct {
+	RefreshToken string `json:"refresh_token"`
+}
+
 // RegisterRequest defines model for RegisterRequest.
 type RegisterRequest struct {
 	// Email Checked as Go's net/mail parses addresses; stored lowercased.
@@ -892,6 +912,22 @@ type ServerFrame struct {
 	union json.RawMessage
 }
 
+// Session defines model for Session.
+type Session struct {
+	// CreatedAt When the login happened.
+	CreatedAt time.Time `json:"created_at"`
+
+	// Current This is the session of the token that asked.
+	Current bool `json:"current"`
+
+	// Device The device name given at login, or its User-Agent.
+	Device string `json:"device"`
+	ID     int64  `json:"id"`
+
+	// LastUsedAt The last login or refresh of this session.
+	LastUsedAt time.Time `json:"last_used_at"`
+}
+
 // SyncFrame Replay, then continue live. With `since_seq`: every message with a
 // greater seq, as `message.new` (new messages only). With `since_rev`
 // instead: the current state of every message changed after that
@@ -909,10 +945,17 @@ type SyncFrameType string
 
 // Token defines model for Token.
 type Token struct {
+	// AccessToken The JWT for `Authorization: Bearer` and the WebSocket's `token`; it carries the session in `sid`.
 	AccessToken string `json:"access_token"`
 
-	// ExpiresIn Seconds until the token expires.
-	ExpiresIn int            `json:"expires_in"`
+	// ExpiresIn Seconds until the access token expires.
+	ExpiresIn int `json:"expires_in"`
+
+	// RefreshToken Opaque; spent by `POST /token/refresh`, which answers its successor.
+	RefreshToken string `json:"refresh_token"`
+
+	// SessionID The session this token belongs to (see `GET /sessions`).
+	SessionID int64          `json:"session_id"`
 	TokenType TokenTokenType `json:"token_type"`
 }
 
@@ -938,12 +981,23 @@ type TypingFrame struct {
 // TypingFrameType defines model for TypingFrame.Type.
 type TypingFrameType string
 
-// User defines model for User.
+// UpdateMeRequest defines model for UpdateMeRequest.
+type UpdateMeRequest struct {
+	Name string `json:"name"`
+}
+
+// User The authenticated user, email included; only ever answered about oneself.
 type User struct {
 	CreatedAt time.Time `json:"created_at"`
 	Email     string    `json:"email"`
 	ID        int64     `json:"id"`
 	Name      string    `json:"name"`
+}
+
+// UserPublic Another user as everyone sees it; the email stays private.
+type UserPublic struct {
+	ID   int64  `json:"id"`
+	Name string `json:"name"`
 }
 
 // ChatID defines model for ChatId.
@@ -957,6 +1011,9 @@ type GroupID = int64
 
 // Seq defines model for Seq.
 type Seq = int64
+
+// SessionID defines model for SessionId.
+type SessionID = int64
 
 // UserID defines model for UserId.
 type UserID = int64
@@ -1031,8 +1088,8 @@ type SearchMessagesParams struct {
 
 // SearchUsersParams defines parameters for SearchUsers.
 type SearchUsersParams struct {
-	// Q Case-insensitive prefix of the name or the email; empty lists everyone.
-	Q *string `form:"q,omitempty" json:"q,omitempty"`
+	// Q A name prefix or an exact email; 1..254 characters.
+	Q string `form:"q" json:"q"`
 
 	// Limit The most users to return.
 	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
@@ -1055,6 +1112,15 @@ type LoginFormdataRequestBody = LoginForm
 
 // RegisterJSONRequestBody defines body for Register for application/json ContentType.
 type RegisterJSONRequestBody = RegisterRequest
+
+// RefreshTokenJSONRequestBody defines body for RefreshToken for application/json ContentType.
+type RefreshTokenJSONRequestBody = RefreshRequest
+
+// UpdateMeJSONRequestBody defines body for UpdateMe for application/json ContentType.
+type UpdateMeJSONRequestBody = UpdateMeRequest
+
+// ChangePasswordJSONRequestBody defines body for ChangePassword for application/json ContentType.
+type ChangePasswordJSONRequestBody = ChangePasswordRequest
 
 // AsMessageSendFrame returns the union data inside the ClientFrame as a MessageSendFrame
 func (t ClientFrame) AsMessageSendFrame() (MessageSendFrame, error) {
@@ -2069,6 +2135,12 @@ type ClientInterface interface {
 
 	// LoginWithBody Log in with the OAuth2 password flow (username is the email)
 	//
+	// Creates a session (one per login, i.e. per device) and answers an
+	// access token that lives `JWT_TTL` (15 minutes by default) and a
+	// refresh token for `POST /token/refresh`. The session's device name is
+	// the form's `device` field, or else the User-Agent, cut to 100
+	// characters.
+	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /login (the `Login` operationId).
@@ -2076,10 +2148,25 @@ type ClientInterface interface {
 
 	// LoginWithFormdataBody Log in with the OAuth2 password flow (username is the email)
 	//
+	// Creates a session (one per login, i.e. per device) and answers an
+	// access token that lives `JWT_TTL` (15 minutes by default) and a
+	// refresh token for `POST /token/refresh`. The session's device name is
+	// the form's `device` field, or else the User-Agent, cut to 100
+	// characters.
+	//
 	// Takes a body of the `application/x-www-form-urlencoded` content type.
 	//
 	// Corresponds with POST /login (the `Login` operationId).
 	LoginWithFormdataBody(ctx context.Context, body LoginFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// Logout Revoke the current session
+	//
+	// Revokes the session of the presented access token on every replica:
+	// its access tokens get 401 from then on, its refresh token no longer
+	// refreshes, and its live WebSockets close with 4401.
+	//
+	// Corresponds with POST /logout (the `Logout` operationId).
+	Logout(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// Readyz Readiness (database and broker reachable)
 	//
@@ -2118,7 +2205,56 @@ type ClientInterface interface {
 	// Corresponds with GET /search (the `SearchMessages` operationId).
 	SearchMessages(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
-	// SearchUsers Find users by a prefix of their name or email
+	// ListSessions The caller's live sessions, newest first
+	//
+	// Corresponds with GET /sessions (the `ListSessions` operationId).
+	ListSessions(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RevokeSession Revoke one of the caller's sessions (sign a device out)
+	//
+	// Revokes the session on every replica, as `POST /logout` does for the
+	// current one (which may be named here too). Another user's session,
+	// an unknown id and an already revoked or expired session are all 404.
+	//
+	// Corresponds with DELETE /sessions/{session_id} (the `RevokeSession` operationId).
+	RevokeSession(ctx context.Context, sessionID SessionID, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RefreshTokenWithBody Trade a refresh token for a new access token and a new refresh token
+	//
+	// Rotation: the presented refresh token is spent, and the answer carries
+	// its successor (the session keeps its id). The session's refresh
+	// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+	// Presenting an already-rotated refresh token revokes the whole session
+	// (reuse detection: someone else holds a copy) and answers 401; so does
+	// an unknown, expired or revoked one. Of two concurrent refreshes with
+	// the same token exactly one succeeds.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+	RefreshTokenWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RefreshToken Trade a refresh token for a new access token and a new refresh token
+	//
+	// Rotation: the presented refresh token is spent, and the answer carries
+	// its successor (the session keeps its id). The session's refresh
+	// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+	// Presenting an already-rotated refresh token revokes the whole session
+	// (reuse detection: someone else holds a copy) and answers 401; so does
+	// an unknown, expired or revoked one. Of two concurrent refreshes with
+	// the same token exactly one succeeds.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+	RefreshToken(ctx context.Context, body RefreshTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// SearchUsers Find users by a prefix of their name, or by their exact email
+	//
+	// Never a listing of everyone: `q` is required. It matches a
+	// case-insensitive prefix of the name, or the whole email address
+	// (compared as registration stores it); a prefix of an email finds
+	// nothing. Answers public profiles (`{id, name}`), without emails.
 	//
 	// Corresponds with GET /users (the `SearchUsers` operationId).
 	SearchUsers(ctx context.Context, params *SearchUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error)
@@ -2127,6 +2263,49 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /users/me (the `GetMe` operationId).
 	GetMe(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateMeWithBody Change the authenticated user's name
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+	UpdateMeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// UpdateMe Change the authenticated user's name
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+	UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ChangePasswordWithBody Change the authenticated user's password
+	//
+	// Checks the current password, stores the new one and revokes every
+	// other session of the user (their sockets close with 4401); the
+	// session of this request stays. A wrong current password is 401
+	// `invalid_credentials` and changes nothing.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+	ChangePasswordWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ChangePassword Change the authenticated user's password
+	//
+	// Checks the current password, stores the new one and revokes every
+	// other session of the user (their sockets close with 4401); the
+	// session of this request stays. A wrong current password is 401
+	// `invalid_credentials` and changes nothing.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+	ChangePassword(ctx context.Context, body ChangePasswordJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetUser Another user's public profile
+	//
+	// Corresponds with GET /users/{user_id} (the `GetUser` operationId).
+	GetUser(ctx context.Context, userID UserID, reqEditors ...RequestEditorFn) (*http.Response, error)
 }
 
 // ListChats The chats of the authenticated user
@@ -2441,6 +2620,12 @@ func (c *Client) GetHistory(ctx context.Context, chatID ChatID, params *GetHisto
 
 // LoginWithBody Log in with the OAuth2 password flow (username is the email)
 //
+// Creates a session (one per login, i.e. per device) and answers an
+// access token that lives `JWT_TTL` (15 minutes by default) and a
+// refresh token for `POST /token/refresh`. The session's device name is
+// the form's `device` field, or else the User-Agent, cut to 100
+// characters.
+//
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /login (the `Login` operationId).
@@ -2458,11 +2643,36 @@ func (c *Client) LoginWithBody(ctx context.Context, contentType string, body io.
 
 // LoginWithFormdataBody Log in with the OAuth2 password flow (username is the email)
 //
+// Creates a session (one per login, i.e. per device) and answers an
+// access token that lives `JWT_TTL` (15 minutes by default) and a
+// refresh token for `POST /token/refresh`. The session's device name is
+// the form's `device` field, or else the User-Agent, cut to 100
+// characters.
+//
 // Takes a body of the `application/x-www-form-urlencoded` content type.
 //
 // Corresponds with POST /login (the `Login` operationId).
 func (c *Client) LoginWithFormdataBody(ctx context.Context, body LoginFormdataRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewLoginRequestWithFormdataBody(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// Logout Revoke the current session
+//
+// Revokes the session of the presented access token on every replica:
+// its access tokens get 401 from then on, its refresh token no longer
+// refreshes, and its live WebSockets close with 4401.
+//
+// Corresponds with POST /logout (the `Logout` operationId).
+func (c *Client) Logout(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewLogoutRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -2550,7 +2760,96 @@ func (c *Client) SearchMessages(ctx context.Context, params *SearchMessagesParam
 	return c.Client.Do(req)
 }
 
-// SearchUsers Find users by a prefix of their name or email
+// ListSessions The caller's live sessions, newest first
+//
+// Corresponds with GET /sessions (the `ListSessions` operationId).
+func (c *Client) ListSessions(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListSessionsRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RevokeSession Revoke one of the caller's sessions (sign a device out)
+//
+// Revokes the session on every replica, as `POST /logout` does for the
+// current one (which may be named here too). Another user's session,
+// an unknown id and an already revoked or expired session are all 404.
+//
+// Corresponds with DELETE /sessions/{session_id} (the `RevokeSession` operationId).
+func (c *Client) RevokeSession(ctx context.Context, sessionID SessionID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRevokeSessionRequest(c.Server, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RefreshTokenWithBody Trade a refresh token for a new access token and a new refresh token
+//
+// Rotation: the presented refresh token is spent, and the answer carries
+// its successor (the session keeps its id). The session's refresh
+// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+// Presenting an already-rotated refresh token revokes the whole session
+// (reuse detection: someone else holds a copy) and answers 401; so does
+// an unknown, expired or revoked one. Of two concurrent refreshes with
+// the same token exactly one succeeds.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+func (c *Client) RefreshTokenWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRefreshTokenRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RefreshToken Trade a refresh token for a new access token and a new refresh token
+//
+// Rotation: the presented refresh token is spent, and the answer carries
+// its successor (the session keeps its id). The session's refresh
+// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+// Presenting an already-rotated refresh token revokes the whole session
+// (reuse detection: someone else holds a copy) and answers 401; so does
+// an unknown, expired or revoked one. Of two concurrent refreshes with
+// the same token exactly one succeeds.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+func (c *Client) RefreshToken(ctx context.Context, body RefreshTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRefreshTokenRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// SearchUsers Find users by a prefix of their name, or by their exact email
+//
+// Never a listing of everyone: `q` is required. It matches a
+// case-insensitive prefix of the name, or the whole email address
+// (compared as registration stores it); a prefix of an email finds
+// nothing. Answers public profiles (`{id, name}`), without emails.
 //
 // Corresponds with GET /users (the `SearchUsers` operationId).
 func (c *Client) SearchUsers(ctx context.Context, params *SearchUsersParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2570,6 +2869,99 @@ func (c *Client) SearchUsers(ctx context.Context, params *SearchUsersParams, req
 // Corresponds with GET /users/me (the `GetMe` operationId).
 func (c *Client) GetMe(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewGetMeRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateMeWithBody Change the authenticated user's name
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+func (c *Client) UpdateMeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateMeRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// UpdateMe Change the authenticated user's name
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+func (c *Client) UpdateMe(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewUpdateMeRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ChangePasswordWithBody Change the authenticated user's password
+//
+// Checks the current password, stores the new one and revokes every
+// other session of the user (their sockets close with 4401); the
+// session of this request stays. A wrong current password is 401
+// `invalid_credentials` and changes nothing.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+func (c *Client) ChangePasswordWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewChangePasswordRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ChangePassword Change the authenticated user's password
+//
+// Checks the current password, stores the new one and revokes every
+// other session of the user (their sockets close with 4401); the
+// session of this request stays. A wrong current password is 401
+// `invalid_credentials` and changes nothing.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+func (c *Client) ChangePassword(ctx context.Context, body ChangePasswordJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewChangePasswordRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetUser Another user's public profile
+//
+// Corresponds with GET /users/{user_id} (the `GetUser` operationId).
+func (c *Client) GetUser(ctx context.Context, userID UserID, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetUserRequest(c.Server, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -3258,6 +3650,33 @@ func NewLoginRequestWithBody(server string, contentType string, body io.Reader) 
 	return req, nil
 }
 
+// NewLogoutRequest constructs an http.Request for the Logout method
+func NewLogoutRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/logout")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewReadyzRequest constructs an http.Request for the Readyz method
 func NewReadyzRequest(server string) (*http.Request, error) {
 	var err error
@@ -3423,6 +3842,107 @@ func NewSearchMessagesRequest(server string, params *SearchMessagesParams) (*htt
 	return req, nil
 }
 
+// NewListSessionsRequest constructs an http.Request for the ListSessions method
+func NewListSessionsRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/sessions")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRevokeSessionRequest constructs an http.Request for the RevokeSession method
+func NewRevokeSessionRequest(server string, sessionID SessionID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "session_id", sessionID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/sessions/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRefreshTokenRequest calls the generic RefreshToken builder with application/json body
+func NewRefreshTokenRequest(server string, body RefreshTokenJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRefreshTokenRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewRefreshTokenRequestWithBody constructs an http.Request for the RefreshToken method, with any body, and a specified content type
+func NewRefreshTokenRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/token/refresh")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewSearchUsersRequest constructs an http.Request for the SearchUsers method
 func NewSearchUsersRequest(server string, params *SearchUsersParams) (*http.Request, error) {
 	var err error
@@ -3451,16 +3971,12 @@ func NewSearchUsersRequest(server string, params *SearchUsersParams) (*http.Requ
 		// per the OpenAPI spec (e.g. "color=blue,black,brown").
 		var rawQueryFragments []string
 
-		if params.Q != nil {
-
-			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", *params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
-				return nil, err
-			} else {
-				for _, qp := range strings.Split(queryFrag, "&") {
-					rawQueryFragments = append(rawQueryFragments, qp)
-				}
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
 			}
-
 		}
 
 		if params.Limit != nil {
@@ -3499,6 +4015,120 @@ func NewGetMeRequest(server string) (*http.Request, error) {
 	}
 
 	operationPath := fmt.Sprintf("/users/me")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewUpdateMeRequest calls the generic UpdateMe builder with application/json body
+func NewUpdateMeRequest(server string, body UpdateMeJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewUpdateMeRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewUpdateMeRequestWithBody constructs an http.Request for the UpdateMe method, with any body, and a specified content type
+func NewUpdateMeRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/users/me")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewChangePasswordRequest calls the generic ChangePassword builder with application/json body
+func NewChangePasswordRequest(server string, body ChangePasswordJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewChangePasswordRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewChangePasswordRequestWithBody constructs an http.Request for the ChangePassword method, with any body, and a specified content type
+func NewChangePasswordRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/users/me/password")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewGetUserRequest constructs an http.Request for the GetUser method
+func NewGetUserRequest(server string, userID UserID) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "user_id", userID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "integer", Format: "int64"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/users/%s", pathParam0)
 	if operationPath[0] == '/' {
 		operationPath = "." + operationPath
 	}
@@ -3712,6 +4342,12 @@ type ClientWithResponsesInterface interface {
 
 	// LoginWithBodyWithResponse Log in with the OAuth2 password flow (username is the email)
 	//
+	// Creates a session (one per login, i.e. per device) and answers an
+	// access token that lives `JWT_TTL` (15 minutes by default) and a
+	// refresh token for `POST /token/refresh`. The session's device name is
+	// the form's `device` field, or else the User-Agent, cut to 100
+	// characters.
+	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /login (the `Login` operationId).
@@ -3719,10 +4355,27 @@ type ClientWithResponsesInterface interface {
 
 	// LoginWithFormdataBodyWithResponse Log in with the OAuth2 password flow (username is the email)
 	//
+	// Creates a session (one per login, i.e. per device) and answers an
+	// access token that lives `JWT_TTL` (15 minutes by default) and a
+	// refresh token for `POST /token/refresh`. The session's device name is
+	// the form's `device` field, or else the User-Agent, cut to 100
+	// characters.
+	//
 	// Takes a body of the `application/x-www-form-urlencoded` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /login (the `Login` operationId).
 	LoginWithFormdataBodyWithResponse(ctx context.Context, body LoginFormdataRequestBody, reqEditors ...RequestEditorFn) (*LoginResponse, error)
+
+	// LogoutWithResponse Revoke the current session
+	//
+	// Revokes the session of the presented access token on every replica:
+	// its access tokens get 401 from then on, its refresh token no longer
+	// refreshes, and its live WebSockets close with 4401.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /logout (the `Logout` operationId).
+	LogoutWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*LogoutResponse, error)
 
 	// ReadyzWithResponse Readiness (database and broker reachable)
 	//
@@ -3765,7 +4418,60 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /search (the `SearchMessages` operationId).
 	SearchMessagesWithResponse(ctx context.Context, params *SearchMessagesParams, reqEditors ...RequestEditorFn) (*SearchMessagesResponse, error)
 
-	// SearchUsersWithResponse Find users by a prefix of their name or email
+	// ListSessionsWithResponse The caller's live sessions, newest first
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /sessions (the `ListSessions` operationId).
+	ListSessionsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListSessionsResponse, error)
+
+	// RevokeSessionWithResponse Revoke one of the caller's sessions (sign a device out)
+	//
+	// Revokes the session on every replica, as `POST /logout` does for the
+	// current one (which may be named here too). Another user's session,
+	// an unknown id and an already revoked or expired session are all 404.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /sessions/{session_id} (the `RevokeSession` operationId).
+	RevokeSessionWithResponse(ctx context.Context, sessionID SessionID, reqEditors ...RequestEditorFn) (*RevokeSessionResponse, error)
+
+	// RefreshTokenWithBodyWithResponse Trade a refresh token for a new access token and a new refresh token
+	//
+	// Rotation: the presented refresh token is spent, and the answer carries
+	// its successor (the session keeps its id). The session's refresh
+	// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+	// Presenting an already-rotated refresh token revokes the whole session
+	// (reuse detection: someone else holds a copy) and answers 401; so does
+	// an unknown, expired or revoked one. Of two concurrent refreshes with
+	// the same token exactly one succeeds.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+	RefreshTokenWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RefreshTokenResponse, error)
+
+	// RefreshTokenWithResponse Trade a refresh token for a new access token and a new refresh token
+	//
+	// Rotation: the presented refresh token is spent, and the answer carries
+	// its successor (the session keeps its id). The session's refresh
+	// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+	// Presenting an already-rotated refresh token revokes the whole session
+	// (reuse detection: someone else holds a copy) and answers 401; so does
+	// an unknown, expired or revoked one. Of two concurrent refreshes with
+	// the same token exactly one succeeds.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+	RefreshTokenWithResponse(ctx context.Context, body RefreshTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*RefreshTokenResponse, error)
+
+	// SearchUsersWithResponse Find users by a prefix of their name, or by their exact email
+	//
+	// Never a listing of everyone: `q` is required. It matches a
+	// case-insensitive prefix of the name, or the whole email address
+	// (compared as registration stores it); a prefix of an email finds
+	// nothing. Answers public profiles (`{id, name}`), without emails.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -3778,6 +4484,51 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /users/me (the `GetMe` operationId).
 	GetMeWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*GetMeResponse, error)
+
+	// UpdateMeWithBodyWithResponse Change the authenticated user's name
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+	UpdateMeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error)
+
+	// UpdateMeWithResponse Change the authenticated user's name
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+	UpdateMeWithResponse(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error)
+
+	// ChangePasswordWithBodyWithResponse Change the authenticated user's password
+	//
+	// Checks the current password, stores the new one and revokes every
+	// other session of the user (their sockets close with 4401); the
+	// session of this request stays. A wrong current password is 401
+	// `invalid_credentials` and changes nothing.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+	ChangePasswordWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangePasswordResponse, error)
+
+	// ChangePasswordWithResponse Change the authenticated user's password
+	//
+	// Checks the current password, stores the new one and revokes every
+	// other session of the user (their sockets close with 4401); the
+	// session of this request stays. A wrong current password is 401
+	// `invalid_credentials` and changes nothing.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+	ChangePasswordWithResponse(ctx context.Context, body ChangePasswordJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangePasswordResponse, error)
+
+	// GetUserWithResponse Another user's public profile
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /users/{user_id} (the `GetUser` operationId).
+	GetUserWithResponse(ctx context.Context, userID UserID, reqEditors ...RequestEditorFn) (*GetUserResponse, error)
 }
 
 type ListChatsResponse struct {
@@ -5130,6 +5881,68 @@ func (r LoginResponse) ContentType() string {
 	return ""
 }
 
+// LogoutResponse503Headers the declared response headers of an HTTP 503 response for Logout
+type LogoutResponse503Headers struct {
+	RetryAfter *int
+}
+
+type LogoutResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *LogoutResponse503Headers
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r LogoutResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r LogoutResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r LogoutResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r LogoutResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r LogoutResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r LogoutResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r LogoutResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type ReadyzResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -5372,11 +6185,260 @@ func (r SearchMessagesResponse) ContentType() string {
 	return ""
 }
 
+// ListSessionsResponse503Headers the declared response headers of an HTTP 503 response for ListSessions
+type ListSessionsResponse503Headers struct {
+	RetryAfter *int
+}
+
+type ListSessionsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]Session
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ListSessionsResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListSessionsResponse) GetJSON200() *[]Session {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ListSessionsResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ListSessionsResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ListSessionsResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ListSessionsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListSessionsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListSessionsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListSessionsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RevokeSessionResponse503Headers the declared response headers of an HTTP 503 response for RevokeSession
+type RevokeSessionResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RevokeSessionResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RevokeSessionResponse503Headers
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RevokeSessionResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RevokeSessionResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RevokeSessionResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RevokeSessionResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RevokeSessionResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RefreshTokenResponse200Headers the declared response headers of an HTTP 200 response for RefreshToken
+type RefreshTokenResponse200Headers struct {
+	CacheControl string
+}
+
+// RefreshTokenResponse503Headers the declared response headers of an HTTP 503 response for RefreshToken
+type RefreshTokenResponse503Headers struct {
+	RetryAfter *int
+}
+
+type RefreshTokenResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Token
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *RefreshTokenResponse200Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RefreshTokenResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RefreshTokenResponse) GetJSON200() *Token {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RefreshTokenResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RefreshTokenResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RefreshTokenResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RefreshTokenResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RefreshTokenResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type SearchUsersResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
-	JSON200 *[]User
+	JSON200 *[]UserPublic
 	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
 	ApplicationProblemJSON400 *BadRequest
 	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
@@ -5388,7 +6450,7 @@ type SearchUsersResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r SearchUsersResponse) GetJSON200() *[]User {
+func (r SearchUsersResponse) GetJSON200() *[]UserPublic {
 	return r.JSON200
 }
 
@@ -5490,6 +6552,269 @@ func (r GetMeResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetMeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// UpdateMeResponse503Headers the declared response headers of an HTTP 503 response for UpdateMe
+type UpdateMeResponse503Headers struct {
+	RetryAfter *int
+}
+
+type UpdateMeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *User
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *UpdateMeResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r UpdateMeResponse) GetJSON200() *User {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r UpdateMeResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r UpdateMeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r UpdateMeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r UpdateMeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r UpdateMeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// ChangePasswordResponse429Headers the declared response headers of an HTTP 429 response for ChangePassword
+type ChangePasswordResponse429Headers struct {
+	RetryAfter *int
+}
+
+// ChangePasswordResponse503Headers the declared response headers of an HTTP 503 response for ChangePassword
+type ChangePasswordResponse503Headers struct {
+	RetryAfter *int
+}
+
+type ChangePasswordResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON415 the response for an HTTP 415 `application/problem+json` response
+	ApplicationProblemJSON415 *UnsupportedMediaType
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSON429 the response for an HTTP 429 `application/problem+json` response
+	ApplicationProblemJSON429 *TooManyRequests
+	// ApplicationProblemJSON503 the response for an HTTP 503 `application/problem+json` response
+	ApplicationProblemJSON503 *Unavailable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *ChangePasswordResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ChangePasswordResponse503Headers
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON415 returns the response for an HTTP 415 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON415() *UnsupportedMediaType {
+	return r.ApplicationProblemJSON415
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSON429 returns the response for an HTTP 429 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON429() *TooManyRequests {
+	return r.ApplicationProblemJSON429
+}
+
+// GetApplicationProblemJSON503 returns the response for an HTTP 503 `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSON503() *Unavailable {
+	return r.ApplicationProblemJSON503
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ChangePasswordResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ChangePasswordResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ChangePasswordResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ChangePasswordResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ChangePasswordResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type GetUserResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *UserPublic
+	// ApplicationProblemJSON400 the response for an HTTP 400 `application/problem+json` response
+	ApplicationProblemJSON400 *BadRequest
+	// ApplicationProblemJSON401 the response for an HTTP 401 `application/problem+json` response
+	ApplicationProblemJSON401 *Unauthorized
+	// ApplicationProblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationProblemJSON404 *NotFound
+	// ApplicationProblemJSON422 the response for an HTTP 422 `application/problem+json` response
+	ApplicationProblemJSON422 *Unprocessable
+	// ApplicationProblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationProblemJSONDefault *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetUserResponse) GetJSON200() *UserPublic {
+	return r.JSON200
+}
+
+// GetApplicationProblemJSON400 returns the response for an HTTP 400 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON400() *BadRequest {
+	return r.ApplicationProblemJSON400
+}
+
+// GetApplicationProblemJSON401 returns the response for an HTTP 401 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON401() *Unauthorized {
+	return r.ApplicationProblemJSON401
+}
+
+// GetApplicationProblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON404() *NotFound {
+	return r.ApplicationProblemJSON404
+}
+
+// GetApplicationProblemJSON422 returns the response for an HTTP 422 `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSON422() *Unprocessable {
+	return r.ApplicationProblemJSON422
+}
+
+// GetApplicationProblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r GetUserResponse) GetApplicationProblemJSONDefault() *Error {
+	return r.ApplicationProblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r GetUserResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetUserResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetUserResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetUserResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -5756,6 +7081,12 @@ func (c *ClientWithResponses) GetHistoryWithResponse(ctx context.Context, chatID
 
 // LoginWithBodyWithResponse Log in with the OAuth2 password flow (username is the email)
 //
+// Creates a session (one per login, i.e. per device) and answers an
+// access token that lives `JWT_TTL` (15 minutes by default) and a
+// refresh token for `POST /token/refresh`. The session's device name is
+// the form's `device` field, or else the User-Agent, cut to 100
+// characters.
+//
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /login (the `Login` operationId).
@@ -5769,6 +7100,12 @@ func (c *ClientWithResponses) LoginWithBodyWithResponse(ctx context.Context, con
 
 // LoginWithFormdataBodyWithResponse Log in with the OAuth2 password flow (username is the email)
 //
+// Creates a session (one per login, i.e. per device) and answers an
+// access token that lives `JWT_TTL` (15 minutes by default) and a
+// refresh token for `POST /token/refresh`. The session's device name is
+// the form's `device` field, or else the User-Agent, cut to 100
+// characters.
+//
 // Takes a body of the `application/x-www-form-urlencoded` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /login (the `Login` operationId).
@@ -5778,6 +7115,23 @@ func (c *ClientWithResponses) LoginWithFormdataBodyWithResponse(ctx context.Cont
 		return nil, err
 	}
 	return ParseLoginResponse(rsp)
+}
+
+// LogoutWithResponse Revoke the current session
+//
+// Revokes the session of the presented access token on every replica:
+// its access tokens get 401 from then on, its refresh token no longer
+// refreshes, and its live WebSockets close with 4401.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /logout (the `Logout` operationId).
+func (c *ClientWithResponses) LogoutWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*LogoutResponse, error) {
+	rsp, err := c.Logout(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseLogoutResponse(rsp)
 }
 
 // ReadyzWithResponse Readiness (database and broker reachable)
@@ -5845,7 +7199,84 @@ func (c *ClientWithResponses) SearchMessagesWithResponse(ctx context.Context, pa
 	return ParseSearchMessagesResponse(rsp)
 }
 
-// SearchUsersWithResponse Find users by a prefix of their name or email
+// ListSessionsWithResponse The caller's live sessions, newest first
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /sessions (the `ListSessions` operationId).
+func (c *ClientWithResponses) ListSessionsWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ListSessionsResponse, error) {
+	rsp, err := c.ListSessions(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListSessionsResponse(rsp)
+}
+
+// RevokeSessionWithResponse Revoke one of the caller's sessions (sign a device out)
+//
+// Revokes the session on every replica, as `POST /logout` does for the
+// current one (which may be named here too). Another user's session,
+// an unknown id and an already revoked or expired session are all 404.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /sessions/{session_id} (the `RevokeSession` operationId).
+func (c *ClientWithResponses) RevokeSessionWithResponse(ctx context.Context, sessionID SessionID, reqEditors ...RequestEditorFn) (*RevokeSessionResponse, error) {
+	rsp, err := c.RevokeSession(ctx, sessionID, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRevokeSessionResponse(rsp)
+}
+
+// RefreshTokenWithBodyWithResponse Trade a refresh token for a new access token and a new refresh token
+//
+// Rotation: the presented refresh token is spent, and the answer carries
+// its successor (the session keeps its id). The session's refresh
+// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+// Presenting an already-rotated refresh token revokes the whole session
+// (reuse detection: someone else holds a copy) and answers 401; so does
+// an unknown, expired or revoked one. Of two concurrent refreshes with
+// the same token exactly one succeeds.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+func (c *ClientWithResponses) RefreshTokenWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RefreshTokenResponse, error) {
+	rsp, err := c.RefreshTokenWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRefreshTokenResponse(rsp)
+}
+
+// RefreshTokenWithResponse Trade a refresh token for a new access token and a new refresh token
+//
+// Rotation: the presented refresh token is spent, and the answer carries
+// its successor (the session keeps its id). The session's refresh
+// lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+// Presenting an already-rotated refresh token revokes the whole session
+// (reuse detection: someone else holds a copy) and answers 401; so does
+// an unknown, expired or revoked one. Of two concurrent refreshes with
+// the same token exactly one succeeds.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /token/refresh (the `RefreshToken` operationId).
+func (c *ClientWithResponses) RefreshTokenWithResponse(ctx context.Context, body RefreshTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*RefreshTokenResponse, error) {
+	rsp, err := c.RefreshToken(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRefreshTokenResponse(rsp)
+}
+
+// SearchUsersWithResponse Find users by a prefix of their name, or by their exact email
+//
+// Never a listing of everyone: `q` is required. It matches a
+// case-insensitive prefix of the name, or the whole email address
+// (compared as registration stores it); a prefix of an email finds
+// nothing. Answers public profiles (`{id, name}`), without emails.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -5869,6 +7300,81 @@ func (c *ClientWithResponses) GetMeWithResponse(ctx context.Context, reqEditors 
 		return nil, err
 	}
 	return ParseGetMeResponse(rsp)
+}
+
+// UpdateMeWithBodyWithResponse Change the authenticated user's name
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+func (c *ClientWithResponses) UpdateMeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error) {
+	rsp, err := c.UpdateMeWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateMeResponse(rsp)
+}
+
+// UpdateMeWithResponse Change the authenticated user's name
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /users/me (the `UpdateMe` operationId).
+func (c *ClientWithResponses) UpdateMeWithResponse(ctx context.Context, body UpdateMeJSONRequestBody, reqEditors ...RequestEditorFn) (*UpdateMeResponse, error) {
+	rsp, err := c.UpdateMe(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseUpdateMeResponse(rsp)
+}
+
+// ChangePasswordWithBodyWithResponse Change the authenticated user's password
+//
+// Checks the current password, stores the new one and revokes every
+// other session of the user (their sockets close with 4401); the
+// session of this request stays. A wrong current password is 401
+// `invalid_credentials` and changes nothing.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+func (c *ClientWithResponses) ChangePasswordWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ChangePasswordResponse, error) {
+	rsp, err := c.ChangePasswordWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseChangePasswordResponse(rsp)
+}
+
+// ChangePasswordWithResponse Change the authenticated user's password
+//
+// Checks the current password, stores the new one and revokes every
+// other session of the user (their sockets close with 4401); the
+// session of this request stays. A wrong current password is 401
+// `invalid_credentials` and changes nothing.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /users/me/password (the `ChangePassword` operationId).
+func (c *ClientWithResponses) ChangePasswordWithResponse(ctx context.Context, body ChangePasswordJSONRequestBody, reqEditors ...RequestEditorFn) (*ChangePasswordResponse, error) {
+	rsp, err := c.ChangePassword(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseChangePasswordResponse(rsp)
+}
+
+// GetUserWithResponse Another user's public profile
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /users/{user_id} (the `GetUser` operationId).
+func (c *ClientWithResponses) GetUserWithResponse(ctx context.Context, userID UserID, reqEditors ...RequestEditorFn) (*GetUserResponse, error) {
+	rsp, err := c.GetUser(ctx, userID, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetUserResponse(rsp)
 }
 
 // ParseListChatsResponse parses an HTTP response from a ListChatsWithResponse call
@@ -7044,6 +8550,62 @@ func ParseLoginResponse(rsp *http.Response) (*LoginResponse, error) {
 	return response, nil
 }
 
+// ParseLogoutResponse parses an HTTP response from a LogoutWithResponse call
+func ParseLogoutResponse(rsp *http.Response) (*LogoutResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &LogoutResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers LogoutResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseReadyzResponse parses an HTTP response from a ReadyzWithResponse call
 func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7250,6 +8812,234 @@ func ParseSearchMessagesResponse(rsp *http.Response) (*SearchMessagesResponse, e
 	return response, nil
 }
 
+// ParseListSessionsResponse parses an HTTP response from a ListSessionsWithResponse call
+func ParseListSessionsResponse(rsp *http.Response) (*ListSessionsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListSessionsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []Session
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers ListSessionsResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRevokeSessionResponse parses an HTTP response from a RevokeSessionWithResponse call
+func ParseRevokeSessionResponse(rsp *http.Response) (*RevokeSessionResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RevokeSessionResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers RevokeSessionResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRefreshTokenResponse parses an HTTP response from a RefreshTokenWithResponse call
+func ParseRefreshTokenResponse(rsp *http.Response) (*RefreshTokenResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RefreshTokenResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Token
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers RefreshTokenResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 503:
+		var headers RefreshTokenResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
 // ParseSearchUsersResponse parses an HTTP response from a SearchUsersWithResponse call
 func ParseSearchUsersResponse(rsp *http.Response) (*SearchUsersResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -7265,7 +9055,7 @@ func ParseSearchUsersResponse(rsp *http.Response) (*SearchUsersResponse, error) 
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
-		var dest []User
+		var dest []UserPublic
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -7344,6 +9134,242 @@ func ParseGetMeResponse(rsp *http.Response) (*GetMeResponse, error) {
 	return response, nil
 }
 
+// ParseUpdateMeResponse parses an HTTP response from a UpdateMeWithResponse call
+func ParseUpdateMeResponse(rsp *http.Response) (*UpdateMeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &UpdateMeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest User
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 503:
+		var headers UpdateMeResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseChangePasswordResponse parses an HTTP response from a ChangePasswordWithResponse call
+func ParseChangePasswordResponse(rsp *http.Response) (*ChangePasswordResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ChangePasswordResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 415:
+		var dest UnsupportedMediaType
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON415 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest TooManyRequests
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON503 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers ChangePasswordResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers ChangePasswordResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetUserResponse parses an HTTP response from a GetUserWithResponse call
+func ParseGetUserResponse(rsp *http.Response) (*GetUserResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetUserResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest UserPublic
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 422:
+		var dest Unprocessable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSON422 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationProblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
 	// ListChats The chats of the authenticated user
@@ -7391,6 +9417,9 @@ type ServerInterface interface {
 	// Login Log in with the OAuth2 password flow (username is the email)
 	// (POST /login)
 	Login(ctx echo.Context) error
+	// Logout Revoke the current session
+	// (POST /logout)
+	Logout(ctx echo.Context) error
 	// Readyz Readiness (database and broker reachable)
 	// (GET /readyz)
 	Readyz(ctx echo.Context) error
@@ -7400,12 +9429,30 @@ type ServerInterface interface {
 	// SearchMessages Full-text search over the messages of the caller's chats
 	// (GET /search)
 	SearchMessages(ctx echo.Context, params SearchMessagesParams) error
-	// SearchUsers Find users by a prefix of their name or email
+	// ListSessions The caller's live sessions, newest first
+	// (GET /sessions)
+	ListSessions(ctx echo.Context) error
+	// RevokeSession Revoke one of the caller's sessions (sign a device out)
+	// (DELETE /sessions/{session_id})
+	RevokeSession(ctx echo.Context, sessionID SessionID) error
+	// RefreshToken Trade a refresh token for a new access token and a new refresh token
+	// (POST /token/refresh)
+	RefreshToken(ctx echo.Context) error
+	// SearchUsers Find users by a prefix of their name, or by their exact email
 	// (GET /users)
 	SearchUsers(ctx echo.Context, params SearchUsersParams) error
 	// GetMe The authenticated user
 	// (GET /users/me)
 	GetMe(ctx echo.Context) error
+	// UpdateMe Change the authenticated user's name
+	// (PATCH /users/me)
+	UpdateMe(ctx echo.Context) error
+	// ChangePassword Change the authenticated user's password
+	// (POST /users/me/password)
+	ChangePassword(ctx echo.Context) error
+	// GetUser Another user's public profile
+	// (GET /users/{user_id})
+	GetUser(ctx echo.Context, userID UserID) error
 }
 
 // ServerInterfaceWrapper converts echo contexts to parameters.
@@ -7726,6 +9773,15 @@ func (w *ServerInterfaceWrapper) Login(ctx echo.Context) error {
 	return err
 }
 
+// Logout converts echo context to params.
+func (w *ServerInterfaceWrapper) Logout(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.Logout(ctx)
+	return err
+}
+
 // Readyz converts echo context to params.
 func (w *ServerInterfaceWrapper) Readyz(ctx echo.Context) error {
 	var err error
@@ -7790,15 +9846,49 @@ func (w *ServerInterfaceWrapper) SearchMessages(ctx echo.Context) error {
 	return err
 }
 
+// ListSessions converts echo context to params.
+func (w *ServerInterfaceWrapper) ListSessions(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ListSessions(ctx)
+	return err
+}
+
+// RevokeSession converts echo context to params.
+func (w *ServerInterfaceWrapper) RevokeSession(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "session_id" -------------
+	var sessionID SessionID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "session_id", ctx.Param("session_id"), &sessionID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter session_id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RevokeSession(ctx, sessionID)
+	return err
+}
+
+// RefreshToken converts echo context to params.
+func (w *ServerInterfaceWrapper) RefreshToken(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.RefreshToken(ctx)
+	return err
+}
+
 // SearchUsers converts echo context to params.
 func (w *ServerInterfaceWrapper) SearchUsers(ctx echo.Context) error {
 	var err error
 
 	// Parameter object where we will unmarshal all parameters from the context
 	var params SearchUsersParams
-	// ------------- Optional query parameter "q" -------------
+	// ------------- Required query parameter "q" -------------
 
-	err = runtime.BindQueryParameterWithOptions("form", true, false, "q", ctx.QueryParams(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "q", ctx.QueryParams(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
 	if err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter q: %s", err))
 	}
@@ -7821,6 +9911,40 @@ func (w *ServerInterfaceWrapper) GetMe(ctx echo.Context) error {
 
 	// Invoke the callback with all the unmarshaled arguments
 	err = w.Handler.GetMe(ctx)
+	return err
+}
+
+// UpdateMe converts echo context to params.
+func (w *ServerInterfaceWrapper) UpdateMe(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.UpdateMe(ctx)
+	return err
+}
+
+// ChangePassword converts echo context to params.
+func (w *ServerInterfaceWrapper) ChangePassword(ctx echo.Context) error {
+	var err error
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.ChangePassword(ctx)
+	return err
+}
+
+// GetUser converts echo context to params.
+func (w *ServerInterfaceWrapper) GetUser(ctx echo.Context) error {
+	var err error
+	// ------------- Path parameter "user_id" -------------
+	var userID UserID
+
+	err = runtime.BindStyledParameterWithOptions("simple", "user_id", ctx.Param("user_id"), &userID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "integer", Format: "int64", ValueIsUnescaped: ctx.Request().URL.RawPath == ""})
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("Invalid format for parameter user_id: %s", err))
+	}
+
+	// Invoke the callback with all the unmarshaled arguments
+	err = w.Handler.GetUser(ctx, userID)
 	return err
 }
 
@@ -7873,7 +9997,14 @@ func RegisterHandlersWithOptions(router EchoRouter, si ServerInterface, options 
 
 	router.POST(options.BaseURL+"/register", wrapper.Register, options.OperationMiddlewares["register"]...)
 	router.POST(options.BaseURL+"/login", wrapper.Login, options.OperationMiddlewares["login"]...)
+	router.POST(options.BaseURL+"/token/refresh", wrapper.RefreshToken, options.OperationMiddlewares["refreshToken"]...)
+	router.POST(options.BaseURL+"/logout", wrapper.Logout, options.OperationMiddlewares["logout"]...)
+	router.GET(options.BaseURL+"/sessions", wrapper.ListSessions, options.OperationMiddlewares["listSessions"]...)
+	router.DELETE(options.BaseURL+"/sessions/:session_id", wrapper.RevokeSession, options.OperationMiddlewares["revokeSession"]...)
 	router.GET(options.BaseURL+"/users/me", wrapper.GetMe, options.OperationMiddlewares["getMe"]...)
+	router.PATCH(options.BaseURL+"/users/me", wrapper.UpdateMe, options.OperationMiddlewares["updateMe"]...)
+	router.POST(options.BaseURL+"/users/me/password", wrapper.ChangePassword, options.OperationMiddlewares["changePassword"]...)
+	router.GET(options.BaseURL+"/users/:user_id", wrapper.GetUser, options.OperationMiddlewares["getUser"]...)
 	router.GET(options.BaseURL+"/users", wrapper.SearchUsers, options.OperationMiddlewares["searchUsers"]...)
 	router.GET(options.BaseURL+"/chats", wrapper.ListChats, options.OperationMiddlewares["listChats"]...)
 	router.POST(options.BaseURL+"/chats", wrapper.CreateChat, options.OperationMiddlewares["createChat"]...)
@@ -9857,6 +11988,73 @@ func (response LogindefaultApplicationProblemPlusJSONResponse) VisitLoginRespons
 	return err
 }
 
+type LogoutRequestObject struct {
+}
+
+type LogoutResponseObject interface {
+	VisitLogoutResponse(w http.ResponseWriter) error
+}
+
+type Logout204Response struct {
+}
+
+func (response Logout204Response) VisitLogoutResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type Logout401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response Logout401ApplicationProblemPlusJSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type Logout503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response Logout503ApplicationProblemPlusJSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type LogoutdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response LogoutdefaultApplicationProblemPlusJSONResponse) VisitLogoutResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type ReadyzRequestObject struct {
 }
 
@@ -10169,6 +12367,325 @@ func (response SearchMessagesdefaultApplicationProblemPlusJSONResponse) VisitSea
 	return err
 }
 
+type ListSessionsRequestObject struct {
+}
+
+type ListSessionsResponseObject interface {
+	VisitListSessionsResponse(w http.ResponseWriter) error
+}
+
+type ListSessions200JSONResponse []Session
+
+func (response ListSessions200JSONResponse) VisitListSessionsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSessions401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ListSessions401ApplicationProblemPlusJSONResponse) VisitListSessionsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSessions503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response ListSessions503ApplicationProblemPlusJSONResponse) VisitListSessionsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ListSessionsdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ListSessionsdefaultApplicationProblemPlusJSONResponse) VisitListSessionsResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSessionRequestObject struct {
+	SessionID SessionID `json:"session_id"`
+}
+
+type RevokeSessionResponseObject interface {
+	VisitRevokeSessionResponse(w http.ResponseWriter) error
+}
+
+type RevokeSession204Response struct {
+}
+
+func (response RevokeSession204Response) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type RevokeSession400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response RevokeSession400ApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSession401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response RevokeSession401ApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSession404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response RevokeSession404ApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSession422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response RevokeSession422ApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSession503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response RevokeSession503ApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RevokeSessiondefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RevokeSessiondefaultApplicationProblemPlusJSONResponse) VisitRevokeSessionResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshTokenRequestObject struct {
+	Body *RefreshTokenJSONRequestBody
+}
+
+type RefreshTokenResponseObject interface {
+	VisitRefreshTokenResponse(w http.ResponseWriter) error
+}
+
+type RefreshToken200ResponseHeaders struct {
+	CacheControl string
+}
+
+type RefreshToken200JSONResponse struct {
+	Body    Token
+	Headers RefreshToken200ResponseHeaders
+}
+
+func (response RefreshToken200JSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", fmt.Sprint(response.Headers.CacheControl))
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshToken400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response RefreshToken400ApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshToken401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response RefreshToken401ApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshToken415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response RefreshToken415ApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshToken422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response RefreshToken422ApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshToken503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response RefreshToken503ApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RefreshTokendefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RefreshTokendefaultApplicationProblemPlusJSONResponse) VisitRefreshTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type SearchUsersRequestObject struct {
 	Params SearchUsersParams
 }
@@ -10177,7 +12694,7 @@ type SearchUsersResponseObject interface {
 	VisitSearchUsersResponse(w http.ResponseWriter) error
 }
 
-type SearchUsers200JSONResponse []User
+type SearchUsers200JSONResponse []UserPublic
 
 func (response SearchUsers200JSONResponse) VisitSearchUsersResponse(w http.ResponseWriter) error {
 
@@ -10310,6 +12827,366 @@ func (response GetMedefaultApplicationProblemPlusJSONResponse) VisitGetMeRespons
 	return err
 }
 
+type UpdateMeRequestObject struct {
+	Body *UpdateMeJSONRequestBody
+}
+
+type UpdateMeResponseObject interface {
+	VisitUpdateMeResponse(w http.ResponseWriter) error
+}
+
+type UpdateMe200JSONResponse User
+
+func (response UpdateMe200JSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMe400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateMe400ApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMe401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateMe401ApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMe415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateMe415ApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMe422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateMe422ApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMe503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response UpdateMe503ApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type UpdateMedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response UpdateMedefaultApplicationProblemPlusJSONResponse) VisitUpdateMeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePasswordRequestObject struct {
+	Body *ChangePasswordJSONRequestBody
+}
+
+type ChangePasswordResponseObject interface {
+	VisitChangePasswordResponse(w http.ResponseWriter) error
+}
+
+type ChangePassword204Response struct {
+}
+
+func (response ChangePassword204Response) VisitChangePasswordResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type ChangePassword400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword400ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassword401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword401ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassword415ApplicationProblemPlusJSONResponse struct {
+	UnsupportedMediaTypeApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword415ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(415)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassword422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword422ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassword429ApplicationProblemPlusJSONResponse struct {
+	TooManyRequestsApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword429ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(429)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassword503ApplicationProblemPlusJSONResponse struct {
+	UnavailableApplicationProblemPlusJSONResponse
+}
+
+func (response ChangePassword503ApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(503)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ChangePassworddefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ChangePassworddefaultApplicationProblemPlusJSONResponse) VisitChangePasswordResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUserRequestObject struct {
+	UserID UserID `json:"user_id"`
+}
+
+type GetUserResponseObject interface {
+	VisitGetUserResponse(w http.ResponseWriter) error
+}
+
+type GetUser200JSONResponse UserPublic
+
+func (response GetUser200JSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUser400ApplicationProblemPlusJSONResponse struct {
+	BadRequestApplicationProblemPlusJSONResponse
+}
+
+func (response GetUser400ApplicationProblemPlusJSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(400)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUser401ApplicationProblemPlusJSONResponse struct {
+	UnauthorizedApplicationProblemPlusJSONResponse
+}
+
+func (response GetUser401ApplicationProblemPlusJSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(401)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUser404ApplicationProblemPlusJSONResponse struct {
+	NotFoundApplicationProblemPlusJSONResponse
+}
+
+func (response GetUser404ApplicationProblemPlusJSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUser422ApplicationProblemPlusJSONResponse struct {
+	UnprocessableApplicationProblemPlusJSONResponse
+}
+
+func (response GetUser422ApplicationProblemPlusJSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(422)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type GetUserdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response GetUserdefaultApplicationProblemPlusJSONResponse) VisitGetUserResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
 	// ListChats The chats of the authenticated user
@@ -10357,6 +13234,9 @@ type StrictServerInterface interface {
 	// Login Log in with the OAuth2 password flow (username is the email)
 	// (POST /login)
 	Login(ctx context.Context, request LoginRequestObject) (LoginResponseObject, error)
+	// Logout Revoke the current session
+	// (POST /logout)
+	Logout(ctx context.Context, request LogoutRequestObject) (LogoutResponseObject, error)
 	// Readyz Readiness (database and broker reachable)
 	// (GET /readyz)
 	Readyz(ctx context.Context, request ReadyzRequestObject) (ReadyzResponseObject, error)
@@ -10366,12 +13246,30 @@ type StrictServerInterface interface {
 	// SearchMessages Full-text search over the messages of the caller's chats
 	// (GET /search)
 	SearchMessages(ctx context.Context, request SearchMessagesRequestObject) (SearchMessagesResponseObject, error)
-	// SearchUsers Find users by a prefix of their name or email
+	// ListSessions The caller's live sessions, newest first
+	// (GET /sessions)
+	ListSessions(ctx context.Context, request ListSessionsRequestObject) (ListSessionsResponseObject, error)
+	// RevokeSession Revoke one of the caller's sessions (sign a device out)
+	// (DELETE /sessions/{session_id})
+	RevokeSession(ctx context.Context, request RevokeSessionRequestObject) (RevokeSessionResponseObject, error)
+	// RefreshToken Trade a refresh token for a new access token and a new refresh token
+	// (POST /token/refresh)
+	RefreshToken(ctx context.Context, request RefreshTokenRequestObject) (RefreshTokenResponseObject, error)
+	// SearchUsers Find users by a prefix of their name, or by their exact email
 	// (GET /users)
 	SearchUsers(ctx context.Context, request SearchUsersRequestObject) (SearchUsersResponseObject, error)
 	// GetMe The authenticated user
 	// (GET /users/me)
 	GetMe(ctx context.Context, request GetMeRequestObject) (GetMeResponseObject, error)
+	// UpdateMe Change the authenticated user's name
+	// (PATCH /users/me)
+	UpdateMe(ctx context.Context, request UpdateMeRequestObject) (UpdateMeResponseObject, error)
+	// ChangePassword Change the authenticated user's password
+	// (POST /users/me/password)
+	ChangePassword(ctx context.Context, request ChangePasswordRequestObject) (ChangePasswordResponseObject, error)
+	// GetUser Another user's public profile
+	// (GET /users/{user_id})
+	GetUser(ctx context.Context, request GetUserRequestObject) (GetUserResponseObject, error)
 }
 
 type StrictHandlerFunc func(ctx echo.Context, request any) (any, error)
@@ -10864,6 +13762,29 @@ func (sh *strictHandler) Login(ctx echo.Context) error {
 	return nil
 }
 
+// Logout operation middleware
+func (sh *strictHandler) Logout(ctx echo.Context) error {
+	var request LogoutRequestObject
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.Logout(ctx.Request().Context(), request.(LogoutRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "Logout")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(LogoutResponseObject); ok {
+		return validResponse.VisitLogoutResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
 // Readyz operation middleware
 func (sh *strictHandler) Readyz(ctx echo.Context) error {
 	var request ReadyzRequestObject
@@ -10958,6 +13879,100 @@ func (sh *strictHandler) SearchMessages(ctx echo.Context, params SearchMessagesP
 	return nil
 }
 
+// ListSessions operation middleware
+func (sh *strictHandler) ListSessions(ctx echo.Context) error {
+	var request ListSessionsRequestObject
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.ListSessions(ctx.Request().Context(), request.(ListSessionsRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ListSessions")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(ListSessionsResponseObject); ok {
+		return validResponse.VisitListSessionsResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// RevokeSession operation middleware
+func (sh *strictHandler) RevokeSession(ctx echo.Context, sessionID SessionID) error {
+	var request RevokeSessionRequestObject
+
+	request.SessionID = sessionID
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.RevokeSession(ctx.Request().Context(), request.(RevokeSessionRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RevokeSession")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(RevokeSessionResponseObject); ok {
+		return validResponse.VisitRevokeSessionResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// RefreshToken operation middleware
+func (sh *strictHandler) RefreshToken(ctx echo.Context) error {
+	var request RefreshTokenRequestObject
+
+	var body RefreshTokenJSONRequestBody
+	var err error
+	if binder, ok := ctx.Echo().Binder.(*echo.DefaultBinder); ok {
+		// A request validator built on kin-openapi's openapi3filter with
+		// KeepValidatedValue leaves the value it validated on the body. Bind
+		// that value, matching member names exactly, so the handler receives
+		// what was validated instead of a second, case-insensitive decode.
+		// Otherwise bind only the request body, so that path and query
+		// parameters are not also bound into the body struct.
+		if vb, ok := ctx.Request().Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+			err = binder.BindBody(ctx, &body)
+		}
+	} else {
+		// A custom binder is installed on the Echo instance; defer to it
+		// entirely, since echo.Binder does not expose body-only binding and
+		// the binder may do more than decode (for example call ctx.Validate).
+		err = ctx.Bind(&body)
+	}
+	if err != nil {
+		return err
+	}
+	request.Body = &body
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.RefreshToken(ctx.Request().Context(), request.(RefreshTokenRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RefreshToken")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(RefreshTokenResponseObject); ok {
+		return validResponse.VisitRefreshTokenResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
 // SearchUsers operation middleware
 func (sh *strictHandler) SearchUsers(ctx echo.Context, params SearchUsersParams) error {
 	var request SearchUsersRequestObject
@@ -11006,126 +14021,269 @@ func (sh *strictHandler) GetMe(ctx echo.Context) error {
 	return nil
 }
 
+// UpdateMe operation middleware
+func (sh *strictHandler) UpdateMe(ctx echo.Context) error {
+	var request UpdateMeRequestObject
+
+	var body UpdateMeJSONRequestBody
+	var err error
+	if binder, ok := ctx.Echo().Binder.(*echo.DefaultBinder); ok {
+		// A request validator built on kin-openapi's openapi3filter with
+		// KeepValidatedValue leaves the value it validated on the body. Bind
+		// that value, matching member names exactly, so the handler receives
+		// what was validated instead of a second, case-insensitive decode.
+		// Otherwise bind only the request body, so that path and query
+		// parameters are not also bound into the body struct.
+		if vb, ok := ctx.Request().Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+			err = binder.BindBody(ctx, &body)
+		}
+	} else {
+		// A custom binder is installed on the Echo instance; defer to it
+		// entirely, since echo.Binder does not expose body-only binding and
+		// the binder may do more than decode (for example call ctx.Validate).
+		err = ctx.Bind(&body)
+	}
+	if err != nil {
+		return err
+	}
+	request.Body = &body
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.UpdateMe(ctx.Request().Context(), request.(UpdateMeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "UpdateMe")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(UpdateMeResponseObject); ok {
+		return validResponse.VisitUpdateMeResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// ChangePassword operation middleware
+func (sh *strictHandler) ChangePassword(ctx echo.Context) error {
+	var request ChangePasswordRequestObject
+
+	var body ChangePasswordJSONRequestBody
+	var err error
+	if binder, ok := ctx.Echo().Binder.(*echo.DefaultBinder); ok {
+		// A request validator built on kin-openapi's openapi3filter with
+		// KeepValidatedValue leaves the value it validated on the body. Bind
+		// that value, matching member names exactly, so the handler receives
+		// what was validated instead of a second, case-insensitive decode.
+		// Otherwise bind only the request body, so that path and query
+		// parameters are not also bound into the body struct.
+		if vb, ok := ctx.Request().Body.(interface{ ValidatedValue() any }); !ok || runtime.BindJSONValue(vb.ValidatedValue(), &body) != nil {
+			err = binder.BindBody(ctx, &body)
+		}
+	} else {
+		// A custom binder is installed on the Echo instance; defer to it
+		// entirely, since echo.Binder does not expose body-only binding and
+		// the binder may do more than decode (for example call ctx.Validate).
+		err = ctx.Bind(&body)
+	}
+	if err != nil {
+		return err
+	}
+	request.Body = &body
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.ChangePassword(ctx.Request().Context(), request.(ChangePasswordRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ChangePassword")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(ChangePasswordResponseObject); ok {
+		return validResponse.VisitChangePasswordResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
+// GetUser operation middleware
+func (sh *strictHandler) GetUser(ctx echo.Context, userID UserID) error {
+	var request GetUserRequestObject
+
+	request.UserID = userID
+
+	handler := func(ctx echo.Context, request interface{}) (interface{}, error) {
+		return sh.ssi.GetUser(ctx.Request().Context(), request.(GetUserRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "GetUser")
+	}
+
+	response, err := handler(ctx, request)
+
+	if err != nil {
+		return err
+	} else if validResponse, ok := response.(GetUserResponseObject); ok {
+		return validResponse.VisitGetUserResponse(ctx.Response())
+	} else if response != nil {
+		return fmt.Errorf("unexpected response type: %T", response)
+	}
+	return nil
+}
+
 // Base64 encoded, compressed with deflate, json marshaled OpenAPI spec.
 // Stored as a slice of fixed-width chunks rather than one concatenated
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7D3bchtHdr9yarJVBpMRSMm0syafuFzL1saSXZQUPxgK0Jw+AHo56Aa7ewhhVUyl8iP5h1SlKm/5Be8f",
-	"pfp0zwVzAYYURHq39CYR0z2nT5/7bT5EiVoslURpTXTyIVoyzRZoUdP/zufMvuDuXxxNosXSCiWjk+jN",
-	"HCGZM/uFAcGHURwJ99cls/MojiRbYHQSud/HgkdxpPE6Exp5dGJ1hnFkkjkumNt1qvSC2egkEtJ+fRzF",
-	"0UJIscgW0cnTOLLrJfqfcIY6ur2No28X6s+iHRx0P8Hg7cUPT9AkbIn8IIanw+HTrx2kmiXuTDFIBau5",
-	"sGiWLMEOyGmrrXAv2PsfUM7sPDr5+pigzv9bwm2sFnJGYH+nVbbswuPM/UiIhIGdIxi2QJDZ4hI1MAPC",
-	"mhLVBx0Q0x77RvZrvG6HeIHGsBl+YcDgNQhZwNgBncHrvQL21qDuwmZmUG+jSvf7fhF167YySyUNEs/8",
-	"gfELvM7QWPe/REmLkv7JlstUJMwBe7jU6jLFxT/92TjIP1Re/juN0+gk+ofDki8P/a/m8Ce/yr+0eXbt",
-	"XwvCwIKl7hTIo9s4Oldymork0eBJwvsNrISdgyPyJNMapQVjmUUH47daK/2QAJ5JyCS+X2JikQPS62/j",
-	"6LnSl4JzlA8JyytlgaWpWiGHgXT/gQU6AeDklSWEqZVEfeAgfKXsc5VJ/rAAgsmSOWg0KtMJ3dgbpV4y",
-	"uQ60bh4SnAtmEVKxEBb5KRhEmFyg1esnZ1OLehLF0RwZDzqs8ktTZLzGREluwCpYMWGjqhhocrqTPZJl",
-	"dq60+As+6A28FMYIOYtByBuWCg5KA75fOgEGiUaO0gqWmsiDeMNEyi5TfGiO58yyS2bQQeeo9lKrK9RO",
-	"IGUlUHH+q0F943+1SsFlZtYwZ2Yu5AyWzJiV0v5mLLtCsHNhQONMGKvpBG6XVM2EBKlWp45RaOWKGTBW",
-	"aeQxaHf1MGDu7jdJBEy4+NUcnf5yQMzEDcqD+xNP7DernOxKqpXpQ1NLrRKnVB/4ys5gKjDlpDA8fTmk",
-	"BgrzpGSy5VJpi/wlcsHeEPgPS1OXiq8dhE4SqqnXHv714LDppeMSA1E4WjGn9EeOlokUnOI3/imJ7qrp",
-	"ETIkAgS5pUv2r3Z7WeF1eaKRWeRj/1thF3Bm8YkVC4wa1l4cCd5qQ9RvPo5SZuw42FKESbn+cRqd/LId",
-	"Wy/Dgtt4+3OvsjT9V5ZmGN2+a0OrxJXTzeH9BWbnzJ6CzNK04Iw5c7iXZCy/fzJTT8JJ/rGExB/FdNmL",
-	"wXzNX5WoTDqGHDjrUU3JetyEhszcHhj0SpJuSlhcmF2U5i75Ja1xq8N+TGu2dv/3FuI2E909EbAzVRqW",
-	"Wtw4TeTOZxzI7hfPw96kbNCGDfyzC0jis9s4yqRG1mLpBtQb8KKNbo6lKZm+bgWsmEW9YPpqGLWa0KXx",
-	"+0tE1jA9E3AQV+m+xHKNYgvo3hVvUJd/xsSSyVliusFUtItbmVNMj5vWKt2JOP++C/ekQ10w9PvsX0NI",
-	"xUdwm8U1iLvOe4GMP9eBiGpyJPjC/Q7bHy05PaF03skv9J5h7VIqfmj1kOHCSy9929He1N4TKD+KvefZ",
-	"8rY4Ok8FSlsgpK55fsbL1yq5QgtT9whMtVpAQmucQg0adPCn1z++Aovvw2MkGbhwWy2EZNb7DAu2XLq3",
-	"un966hxyTNHiDiH6R3rIgxgXS5ELu2Pht1zY+jLPqVuXlRRSLjMody17jbJYppElDodDxjuXXYRnznhz",
-	"mcaFusFdKy/oqXyxWcuka8XrtUzy5+za30L7k2/oV//sbZwzyPqV98ttkHhKYn8lWCJmlzZsXMCuBeW5",
-	"em5dkkTPBVXi27WkcaN9F1QvcteajQt6V3DwSzPrCrY42g3hFlKIZKO7P8Lg6XD49bHTkNI6jQhnr89f",
-	"vDg4BY1LZNYA084QSFO2NEixmq0htSWzFrV77b/9Ak/+/d2Hp/HXx7e/azO/zkl1eXlcRGG2SQwvwbqU",
-	"Me1G8TuyEONC9G1d8JN/iJZ8LK237dhnRQm0v8zaHxs6yqv5seCb9tSdgmF0jS/80qdHR0fdRlblup+6",
-	"57aGUJuKrkvttCs5emmrbmvgtoEW26H62lTeNptjR0yzBep8tzbAnbQpZFpB5jXI8b3dbTPRHm/cow0w",
-	"3B9bX6610nuxdLy+Hy/MLKxpoDRRfKfhV8Jz7p6+LZRr645mR1gbmARnAsTgbQjnEufqE+ycWZgykSKn",
-	"SAO7VJnt6a3UKcnHHHsbau5o5cm238t5wFr+qkvGxyEa62ENMc44ksqOpxROjCOr1Dhlmmx7zSyOQ4iN",
-	"TP0yphTTobRkaSsTPBeY8iKcu0kdFG5ovZXuG6uhw2+xHRHfI0udJGkSJyZX9C/GuXAXytKfWri9IXgq",
-	"exvLbGaqyFVXNQTtvNKwRxvoP6iZkM+VXrRA75mli1H8rwYTjbb1iZlm0o4b8ixE2lrvsvixys7FHzeU",
-	"9tNnv2/ZwCRq2c6GTrp1e9y4YCIFxrlGY2rmwbOvjnchuNg8bjtfiW3vMp5xjvvx3OrI9TrV2erI76wx",
-	"+mmJ0oHbpi+Cb0zW4Cc9qvcvfhOHDSGDgk1XEnURzmgF0C80c+FMJDlrx5GcYYs5/JylBssAcMIoRpRJ",
-	"Tv9dFBsDS52juAanPMyVt30DIJdKpcgkcfOd7mJRRFo2gfp5jnYe4kMOYSBMkVqqhY7awfiIG2teVQFn",
-	"XKCx/fYKTfCJTYt7BHe9SdBy/96b47kRYcBYRpds1eLSWCXRwAAXS7umaAYVIuRWhTkAo8DgtYErxKX7",
-	"acaWpv1KnGlSAN24bk99FC9x5knKjAW/IsQtM2lF6h6SG1ZL9dA7o5i976A4YBNWquQAJQN7ENJiEBKU",
-	"5qhBTWEqtLGObCmT3ye8mzu9bcHd9jjqtzeo16CISfKUtCfSL0wZQ6UQuDvLHHnu4163347GZboeW9Ud",
-	"DA9B78qx/ZZKOsvTrKhKRYQ0EltshOSdj52H4hvo77i2jeu46Q7Qg8YbYSivtgHdF46KLKXxiWlhQHwj",
-	"lIw3zOS4IOe+0XsfPfgkYdHg+Ww3EkgkbcY/q0CFbeqSpBYcJ7ryqK3yZikpajRRZYot0u8suerS0jvl",
-	"Gs98Rq5qd1VItGJp98sztah6H7pkyVV/96WGxBLI7aZ8S7CsQ/aSZvMMNRDWhOBUkWzOczi+kGIYxXfQ",
-	"LttDHl10uX1VF1JD4LovXrui9o2oZFP2cWGd1PE4yXF3GoSQ82+FncMkhytbOh3BJ5CKKwQkwZkoKdHH",
-	"lR8fn3eNdnRfASUA7nIBcXesJLzyFa46+Hl/7Chx1RvqHix3gYx/e1NN4TxOTmsjv/JQbsVOxtpI9tWS",
-	"s+rGVyVsZmJPnbUzOVyZww/hfbeTIuc+FhwWbA2XCGohrPV+wYNx1NEeLuJe8qnM4LRU10heyvRHxF5D",
-	"426NvVdyJi324OMJNcoz3ldb7xJvbwKcmzf4dDg8PvqmWn+dO51aLBZCzmqBHffwzkxAeONbr44608tF",
-	"sYn3NGHQYaue+uLlajlqk3b2J6ODFt2LnC4rfFqNesqc37jfvfPAJC+K5DA1CAMGuc8AGqeoUSYIwsCE",
-	"KpEmvjaH1nlpFh7h4A9MRlQ4oNvoXacPUsL8k0bj9tiLTlEyFbLDym2mbfyLH1CDBPDetaLBl7w1CVfC",
-	"xfNz+Ob4q3+GUE0HXCXZAqVtkWk9kiPhVXlmxBfFtfoNlI9ocdUpoP8kxRtMgSoDfaXdlIk002h6u+eV",
-	"xECLgy6kscxdUGvOpgi6t8hIYVPcErtvyoa3Fy8qBC+ZE0VE4jnG3UIi7vdssUwJzEuV2ZPLlMmrqCfr",
-	"ergK2EMGZws15EmbOrjGZ9AXLJkLiU+c+qU/0H2B27XCiLVUT3lfY5+18qmKsoTZIZ4eGleriLtzRAu0",
-	"c8XH7k+hYp1OFhoM4ogC92PLroqVbOyTtbGPwI4TJt2fL3Gcx4pDFdF4mqVpKfPGpQdtlRovmFyPS985",
-	"jpZsnSrGx9WsVVbWq44XyAUbh8u4fzqrCCo1hZXKpG2nScz7lLpEjWmL3oWIYO56UViIdioCQj44Zue4",
-	"Bh5aXDrz9F0GXc5yNarNm578qSqAtlFsox7lTpJ8u81T4O4uTVb78sI3yqvu5gJ6uLdhq1qM83eHsFBY",
-	"tkec8c7Khvv4M/UUbIdfckEdBqg7300Crsm953NMrpADM/Cd+sKARHtIOcwl0wZNnspEcxq6E8AJT52w",
-	"UP5UnMXvvyvhuVmKXV7qPctr7prnrWz3+10XHvKw+bm25mNfI9PJ/Htht5n0Pq12uQYGhp6PK31lc2ad",
-	"0XqJqZIzA1bdzRNsy63dzfavnb6sls5f235uyXeV8+zTDa0bnWaFoXqv1g9QZCBgENQxUCrLKtUe5t+z",
-	"P1tPKvb1S19T+fDdio9DybFVeRnynYuPy/LrLbX91SJgXwK0s6ypSJ2GSoKtBfCVaoa4npXfXjlfrQ6I",
-	"N6L826+qSFbEG7HI7YuKiOidK6grQcm44VhvX74RNYhLp7DTd6p6q/0KnCvQ7anKuUBvz8LiArN3KIre",
-	"gHp3f0r/OupNFO6GqEbB/RZsUO6uJRW26omgDarpV0Vdxec7J4+KcvKGNLrAZcrWMeXkqbNNyAwhFTc4",
-	"hJ8pBWOETNCJ7slJSLzkUpr0HhvJGaUkNRi8jp0JMqnw4QQGEldlYYKS6fpgc2uNN5ORdB44Mn7SbNB2",
-	"2mDzxXlYLS8iYXYk8wQyeSsab7y3EkPIl3rF0QCOSQ4qpZy/RDOS1QfynNMQvn3PEpuuKUseVJNdqeFI",
-	"7jNKnuPiHrHy4or2EGendot+dnSb6nujrrDFW2VJgsaMbf5rM/xD3cRmLGR3p2tRPQK0T+hANsN2d9M9",
-	"0qg3vESmsUfZ6wa8G5ttgNqKgToLtlg8vuYjlEIJA1605362t3jMXK2cMTlV2hf6wldgDj7WoKwjJCiV",
-	"xyyYq3Z+dE7VKLF0ChpTtkZOzdllg2cVpwaYhYUyFpRMEJao4RmYfaZleuOxL+O8NW3divepEit8xPuX",
-	"TuWOXI8SlpqDVQG4eUry+5NMC7t+7RSWP6PnybPM10z7/z3PYfzTz2/yFnaKsXv+LXaeW7skk4Zldv7s",
-	"p4ojuUlGP7rtnxWN/TBN1eq0qEx0ZyACy2t/yblI1SoMJSp3pYpi99dcwrzVaXQSHdIoADpgfmQCyHeV",
-	"CzlVLRE3If/4As7JZTTAfIkIqTiUM9KmziEYwsW3r99Aom6IqhMKkJnYd/3GTveqbGlIj82F8+3XpxX/",
-	"YjA5XJlJXE9dHkDCtBZoSNGPZK6dY5801pigWFq/a26lDsGxYs118Z1U/lyXyEdyjhqdli1Mk5CtMTCY",
-	"VFoyHUgVJ2lCJYjU3TBDidpR0Ei+/uO/mCL/E9wjM3cvtHMUmuLkZjiSI+kL6XxE2uGyksaYdE0ImBSZ",
-	"jcKOCaHuSaI4Trx2T0WC0hAvhBE+L184gszo2h31mZPDQ7VE6UeTDJWeHYZF5tA9W+YIqjd+9tOLKI7c",
-	"nebJyqPhERHyEiVbiugk+nJ4NPySQhZ2TnR4SHdOTWO+xr6YO/DCeR4/CGPP6YnaSKBnR0dbpiY0pyX0",
-	"bmZvieo2ZigQRB7DQTTHvi607Hfh4Fu5fWt+nHfjs8SKG2HXvhTTvev46GkXWMWBDzdGpBA4U5aldvfC",
-	"kBtyMipbLJheV8oTTW72ub1RWqod4yQ7nCxiM5MXHZvIGdxLZVpuqGwODAOg0Ng/KL6+0+3sbr2rdh/e",
-	"bspsqzO8/Ujy2E0V7ZM08L0wlqarVAYXeLwKA0smSPM883f8yaFxTkkSaPjYY2A7eVQGa92XFI+Pjncv",
-	"KgYsuQVPv+rzlpYpKW7xs2d9FleHv3wsu/y4RAmsdsE6uGC5imthmNs4CLdSR3WKue/QFhz0CFT88DTz",
-	"5e5F5diwe1HZIxCKrLJ/f7FaGQ/ZEb0qHzkM4yMpAlInr8Pc5KlPnbzDtl1ivhJO/0RyviVg/8CCvkw4",
-	"tIx1KqqrqQr6NOSOxUxIluZ6f9+yfgtA1Pfgs16Vl/89MfDDq4njZ9/sXlWf0XcbR1/1wUZ1hNzHSprN",
-	"Ok4YUEqJI8+WZHlydB6Qpl4p52KVDs5BPz1VCJLDDwavb72b54e/bOvyvsREkftUdmidwMTiezsBqrtY",
-	"2nUMk5D1mgAVtI1kUYHiJ1ikzhvmdJB8shgwMm3yaKgvMDR4TR1hJgajRrLZ6wXUxEAhKAtsxoQMMVaT",
-	"F+15d2hT0PnOh6qoe3hp84aigQGFnxXzY7DYPRpg9qjd451PvsZrr62ZTeYt0WUnESjNShValCRgQXNN",
-	"ip4qYkuDZUFq0T7nuG4kN9kuBialyqhctS2lAFY1mlhATUcyz3NQ3hTO/CyIPNBpCkh7MGdlRscnskJa",
-	"poD8dqyQjZEaRa8x9db8nQmJox6auJjB/DjWwoOLJOouY5UmUuKailzyech7qfjDQgkffqAKsq1Kn5LD",
-	"TrGy2hiXMFPUUsS0zs8NbvY55qIa9PF5iiJ6Dp9lUexn5fsIlP6GXWHoo/TfIFDTaUn5D69ndz/mv6JA",
-	"CjlrqbT7UWLJKUvUMCj68zPjDAo65sEJMM6DwWpXIil4aCRzJoKzTSVd5ASfHQGnWGRi/W4jOZg0q7wn",
-	"B6fA64MVaBq0VBJhcHz0zUGb5j3j/DOj/pYV4N8GZxMNOdOP1QpuJOTV8n2UV1ll1h1Qzcuk9pY5uns7",
-	"QIOGf6T+paJGgpsYmElQ8pDL/hyA/RjiesFNdeg2zcf2hRO+bwykWsWgJDC5Bo106Z86JJsPSdlzOPYl",
-	"01cX+ZyM/XtB1VaBXu7PcXtkqJz3IkhTpciM//gGfRmAYjiD4EyHK6M8qsHrg8/xzEdNe3W03MNU6RXT",
-	"HAYLJZVVUiQxJGy5RO4uuPUi22W6L/I4/JB/aOn2kHE+dubQ4YdQWXV7d87JvwvVw2YL3zzqZrIzzmm7",
-	"l/mMrU9o9tSmpHXYP/WJY5+tngfnizPOgfmLIDPGVzgNKARIDvgpCI6LpXJUUaV9T++dxO/7CX5T9O/9",
-	"898oC1S/6UQKfaE0fuaHB+cHTyQ5S1DXT8EUxVe2wFO3cRfl3MzLzDr3DdPpaXmJ+TP+h07WmdMk2r90",
-	"mv7fh98/Ia2GYbgdFBqwS3I6FTf3RnEoKo1OfnlXRfgPznJCYyr4MWtjcZHjx1dMtladdHzyxJdoC11r",
-	"UaABHyauzFuMKwMWhyM5UdOpQTvxRW7G3z5desrp2zPMJjQcI08VwITC1tR4AUzykZxc4lRpDH/RCPg+",
-	"STMjbqhfwiht8r6KjQdTR0U0X8C5kMKMpPvPhJIdk9qnbwy1LlLZ+cADnDeGbAA9kmEZSn4Qg7EiTUGj",
-	"zbREnp+Iyvba4iPfof3eIz5q+A8tcQxVBc+q8J7iA4vXGdJGoTyTjrXx0auCnr46olbSUNQd+lK3TEVv",
-	"0EDtiggacyWWcfioEG/c6qD4Q0DYqv1+DrqO4y+h/TxHu1qOm6G1dF0C74MJUGnegUGdojrhKmgz6vfp",
-	"yvvDZxb0aaE7wldiOPqIb31uB7DehSRMbZTlIBTDx2EIajySRRurLqYtWHUQd4iVSsgDLp0fflP0STnv",
-	"3eD1EM6Kz9a4dxtWJiHhFSSOZNFAtszjgJ4hu6/Uj5K875W+e4jS48ago+4gUvmlqioeiZQ8PgOV5Uc/",
-	"+BxZ+mhnuOj0mwIjhog3NMK+o0i+88IZ/62GOU207x36ef9ktVo9cTT/JNMpykRx5P2NnXJ8/gMnwn3X",
-	"Xft3Zn0rG+StbJXPS56zZI5PzpW0WrUMlThLV2xtYCLVEyqfm8RgFEgFiVtHBUSm7MYbbv2ocd4mle/V",
-	"1ih1+5C897lkrq8NragvsZhx0dZJBYPWLqqqX+LQH6xumkDf7ZRc+J8fxSehd5cffdVsOhVJ5RI+8etf",
-	"KUsxxPUpTPzXQiZgHA+u5iKZA8clSo4yWYePwOz5qt3phfOXYFB8SpdJnn9Hl2aQOwo76PKndBhf0y2O",
-	"8wE3nywYvzk/p5cY3l8RMvVwbmk4ocL2+0q5336Zz9+ohDsP7Skyb69sF1t+2k9nhOC5oI8xl5l3x7XK",
-	"lLMMqARprlJuQukfiU81hcn1JAbHWzR+gLllKYZfNX3EYY5wiTMhJX0jeQpKYgwJM/hESIPSCCtuMF07",
-	"N2IkmVyDBwwGk1//76//8ev//vrfE5gSfKPo1//yf/n1f/76n6PoYAg/04euQ1sl6EyS6ZaidbaW244D",
-	"FzNhzamHuzLDU0gP/DKTic38YEb3vEfVSHreV9qAkEmacecKKedDGXTmnHU4cm+PaRVzm5GiUZkFJtcj",
-	"6TUMQV5UdZAT5pvyyi/PbnxbRE1BqpU70kh6UJC3lHJUPohxQOen6ks/4InaSl95n53M1hPnOEzIY3cQ",
-	"CknDIHyn/iSEjyYHsXsqz9ZPBJ+MJEu0MiYAPAhrvWEMl8rO/ZwKA2ymEQ+G8EZRoCYmDeuDLW6jPFu7",
-	"0TtJJjaFdZgpogqCT07rMI6ksCaAX3nUH0fpKxqp1Bar8SOxcpu+T7ym+G66u7ZTeDocPjs66h7CGxdV",
-	"OU+/9mu7XPrrrQZmdWDZzpFjTc/en7PixBOZDo6PvgQxrdFZNZwew/HRcXhEo/8VTJbMaZfO8ETluw/7",
-	"ik3sN1b2rBor++ro4wIlvSI5pyARuYGCmR4ztFODWPAWgMPcN6ULkdUX9I+6+AcJsZST8HoEWd5UdR5J",
-	"z6KHu9K6/Tmmcv+YyvMsTZ+Q/eDVmW9V2rA11HTzO+xJmARQ2OneevGmjLNDuwcJ+Mt/a/xX17cK/POa",
-	"DQJLjVPxPoeGPMJQs0Ie4anvbIJUGBvMoPBBoS6J3y7hW7/B1ykR6bj7E4e7UwcPwqNvTb9CuiJtQWgg",
-	"C0WG+XAPxpWPwDJC8nDxNKtzgzCFLkgzn1uT84lnjQqbHC62lk6+/KSNb9scypae6UebkbG1f7tA6aYP",
-	"tjn455d3joHrY3x+eed4yc9+6TI488GZlP5w/zbejMvHuxTTWg6pfiNA1ezTmAljdenDpCFwnGdHHJRN",
-	"GeMuCLjQmIR8Znjcn7n5/E+V0Qh+uI1P2Mf59B7626K0tysGY9t+34WhQXlBSLkiFAI0l3yEMglbB13S",
-	"3NpHtugIOo8lVZb5UNHtu9v/DwAA//8=",
+	"7H3dchu50tiroCZflalkREleefMd6UrHx971ydrrkuTsxdIRwUGTxNEQGAGgaH4upVJ5kbxDqlKVu7zC",
+	"fm+UQjfmlzMk9e+z5TuJM8A0Go3+78bXKNGzTCtQzkZHX6OMGz4DBwb/ez3l7p3wfwmwiZGZk1pFR9H5",
+	"FFgy5e6FZVL0oziS/teMu2kUR4rPIDqK/PMLKaI4MnA1lwZEdOTMHOLIJlOYcT/rWJsZd9FRJJX78TCK",
+	"o5lUcjafRUcHceSWGdAjmICJbm7i6M1M/0O2gwP+Eet9Ov1lF2zCMxA7MTvo9w9+9JAanvg1xUxptphK",
+	"BzbjCXRAjlOthXvGv/wCauKm0dGPhwh1/m8Jt3VGqgmC/ZPR86wLjxP/EBHJem4KzPIZMDWfjcAwbpl0",
+	"tkT1TgfEOMdDI/sMrtohnoG1fAIvLLNwxaQqYOyAzsLVAwNmrdSqC6GWHq+jzfDKQ2PskwXTBdXcglkH",
+	"kn/+sPDc+KlsppUFPMx/5eIUruZgnf8v0cqBwj95lqUy4R7YvczoUQqz//QP6yH/Wvn4vxgYR0fRf9gr",
+	"GcYePbV7H2kUfXR17YY+y6RlM576VYCIbuLotVbjVCbPBk8Svm/ZQrop86cvmRsDyjHruAMP4xtjtHlK",
+	"AE8Umyv4kkHiQDDAz9/E0VttRlIIUE8JywftGE9TvQDBesr/w2bgOZNnpA4RphcKzI6H8IN2b/VciacF",
+	"kNl5MmUGrJ6bBHfsXOv3XC0DrdunBOeUO2CpnEkH4phZADY8BWeWuydjB2YYxdEUuAjCtfJklWWcQaKV",
+	"sMxptuDSRVU2sHrSPe9RfO6m2sh/gyfdgffSWqkmMZPqmqdSxAy+ZJ59MW2YgWt9CYIlBgQoJ3lqWS/R",
+	"AtgwZ8HhlSFbTEEhRTl9CQqFC77BFtzmEyGdfVL8msuUj1J4asYhuOMjbsGvzYM6MvoSjOdr8xKoOH9q",
+	"wVzTU6c1G83tkk25nUo1YRm3dqENbbDjl8DcVPplTqR1BlfgZ0n1RCqm9OLYnzcc6bFhnTYgYmY8BbEe",
+	"9yRUpzRmA/0gViWy3om8BrVzdxqMyy0KK7tUemG3Ic3M6MQrDU+8ZSdsLCEVKHeITD1SA6ESKdl5lmnj",
+	"QLwHIfk5gv+0NDXSYukh9AxVj0kI0eeZxyYx2QwCUXhascf4owDHZcq8/mDpLQV+q/EV1EcCBEGTVxP4",
+	"GMiuogdkxk/uJOkIQfxd5PRZ0zqKH+OqAnzw8l9XdN44UrC49SQVNfpf29ToUjH6fRXQxic/FxPo0T8g",
+	"cahuTHnbkg1wB+KCnhVwCu5g18kZRC2rk6JVHWtSfxyl3LqLoC8jNanlr+Po6Pf1FPM+DLiJ17/3YZ6m",
+	"/5Wnc4huPreRloKFV3PC9wvqmnJ3zNQ8TQvuMOWe/hQaRF92J3o3rOQ/lpDQUmyXTRBMlPxTiZ4rz5R6",
+	"3kLQY7QQ6tCgKbMFBknfwJ2SDmZ202nzm/wex/jRYT5uDF8iWaKyvc4M828E7Iy1YZmR116o+/VZD7J/",
+	"QnyMtPMV2nCBh2wCEnnNTRzNlQHeYjQE1FtG7B13jqcpWhF+BFtwB2bGzWU/arVGqscFDQt8J+AgrtJ9",
+	"ieUGxRbQdR2ngOmVQ4Wz+JE5xWyx0917Q9CFzYmZ1SxJpUcoUwDC2/Sp1pfzrN92Vo1ON+4HLePUv+l3",
+	"JJhi24DdwHNpxQUs49fjBj66sHkKXLw1AQ0NLhW8Kduhcnuk59QKypuRv+N3+o0t72DBgZxKP8+6pZ03",
+	"vhPOVRST76Lla3H0Gje5QEhTtv8GozOdXIJjY/8KGxs9C4ThVZago/T+fvbrB+bgS3gN+Y6QfqqZVNyR",
+	"cTfjWea/6v8k2u8LSMHBBhb9N3yJQIyLoSCk2zDwjZCuOYz4wNphJYWUwyyoTcPOQBXDDPDE47DPReew",
+	"0/DOiVgdZmCmr2HTyFN8Kx9slyrpGnG2VEn+nlvSLrS/eY5P6d2bOD8gyw/kQHGBn2oF24vYEjGbZO3K",
+	"BmwaUK5ry6lLkthyQJX4Ng1Z2dFtB1Q3ctOY2gZ9Lk7wezvp9tUpEfxiKG7RCvI/st5Bv//joZe/ynl5",
+	"y07OXr97t3PMDGTAnWXceDUjTXlmAZ1qa52yGXcOjP/sf/ud7f73z18P4h8Pb/6lTWC8RsFI/LhQk9dx",
+	"DOJgXaIeZ0MPMOqfccH61g74SC/hkPvSetuM24wogabNbPy4IqNITF9IUdfWbuW1xG18R0MP9vf3u1W4",
+	"qvXg31vrhF8VdF1ip13I4UdbZdsKblfQ4jpEX5vIW6d6bHA+t0Cdz9YGuOc2BU/rsAa91NysOuEc5/7V",
+	"FTD8j60fN0abB9F0SN5fzOwkjFlBaaLFRv2vhOe1f/umEK6tM9oNgRHGFfMqQMxIhyBPGLFT5qbcsTGX",
+	"KQj05fCRnrstbaEmJZFzeGtFzS+tXNn6fXkdsJZ/asTFRXCbE6zBGR1HSruLMfp948hpfZFyg5aD4Q4u",
+	"gi8UDYnSaxfjooziaesheCshFYXfvU4d6NBp3ZXuHWugg6ZYj4ifgaeek6wSJySX+BcXQvoN5enHltO+",
+	"wngqc1vH3dxWkasvGwjauKVhjjbQf9ETqd5qM2uBng5L10GhpxYSA671DQHXMmnVxRUq4MHvqWBRCcLR",
+	"INYbRG+lgbH+wrRinKU8czobRDvHTMCYz1NHvtApsE8WzO7JBJTrs1+0moAJTi4U+XPU7g/29ytx3Yb4",
+	"rwmOEvyJ4cpdrLDjVZdROeTefjCb6Kydi3jm3G3ywozLlHEhDNjm8l6+OtxEH8XkcbTWJUaG74kQ8DCG",
+	"ZxO5pBJ4UwPErQXedkKutD/Xibtg4aMy+6hLJfPom1hscHwUXGahwBS+nlYAaaCdyoz8xa04UhNo0ebf",
+	"8tRCGSFIODrQ5krgv7NiYsZTb+cumZd99pJU9wDISOsUuEJmdKu9mBVuqDpQv03BTYPzzCOMSVuEMBt+",
+	"tXYw7rFjq1tVwBkXaGzfvUKQPbJmdAfPN2k0LftPxqjIdSDLrOO4yU7PRtZpBZb1YJa5JTpjMBMnV4rs",
+	"DrOaWbiy7BIg848mPLPtW+I1qwLole0OIUT44lC7Srl1jEYEp+5cOZn6l1RN6aoueqOLd+s9KBa4Cium",
+	"MjGtwvFApMVMKqaNAMP0mI2lsc6TLWaMbOP7zm32Ns93u5P5zTWYJdN4SPLUh8LbWjiYMT7g1zIFkZvo",
+	"V+27YyBLlxdOd0cKQkSgsmyaUiuvONsFpmnJEGf0akUlXuE1jDxOsYL+jm2rbcd1d/SCGbiWGHCuQ/fC",
+	"U5HDdBE8tKyH50ZqFde0/Lgg521DG+T8eBSvbjDc1isJyJLq7tsqUGGaJidpRA6Qrgi11bNZcooGTVQP",
+	"xRrud5JcdknpjXxNzClkW9W7KiRaMRS2C8K1iHryvPLkcnvrq4HEEsj1lkiLr6+D96JkowPVk84G31qR",
+	"jZAHuChhpx/Ft5Au6z02XXS5flQXUoPffVu8dgUdVpyqq7xPSOe5DuEkx91xYELePJduyoY5XPPMywgx",
+	"ZKm8BAbIOBOtFJBb/PnxeVtnTfcWYPziNhsQd7t6wic/wKLjPD/ccVSw2BrqLY7cKXDx5roagXqekFwt",
+	"PPRUZsXGg1WLVTYi1/qa0lbqYepjr+0M9xZ272v43s2wSEi4kILN+JKNgOmZdI7sgic7UfsPsBF34k9l",
+	"AKol/UqJkqc/I/ZWJO7a0EEl5NOiDz4fU8Mw6V2l9Sb2dh7grO/gQb9/uP+XagFCbnQaOZtJNWk4dvzL",
+	"GwMZ4YufSBx1RseLTByyNFmvQ1c9puz9atrzKu08HI8OUvRB+HSZ/tSq1GPg/9o/J+OBK1FkUUJqgfU4",
+	"y20GZmAMBlQCTFo2xDStISUu4TjiZuEVwWjBqESFBfqJPnfaICXMHw1YP8eDyBStUqk6tNzVqBN9+Akl",
+	"SADvcysaKCdylXAVO337mv3l8NV/ZiHdkgmdzGegXAtP2yK2Ez6VB3Yoa7LVbsBwSoupjvGI3RSuIWWY",
+	"OkqpmGMu07kBu7V5XolrtBjoUlnHVdIRcipiBi08UroU1oQeVnnDp9N3FYJX3LMiJPEc434gEvcXPstS",
+	"BHOk5+5olHJ1GW15dAmuAvYQgFpDDXnMqQmupQSAGU+mUsGuF7/4A+4X87NWDmIjUlXu1wUF3SjSUqbK",
+	"e8TjSxeVJHWU27X89DVBrxm4qRYX/qdQK4FrDaUtcYSu/AvHL4uR/IKizzH5ZC8SrvzPI7jIvcchLepi",
+	"PE/TkgtelDa10/pixtXyorSm4yjjy1RzcVENw83LFOeLGQjJL8L23D0+V7iZVtmXnivXTqWQl+51MR/b",
+	"5s8LPsLcGENHEc5UuIjIXeamsGQiFFd1Jh50qXj5IWzQcV4HSKuqANpGwysJNrfi7eu1oAJ3t6k7fCi7",
+	"vJYvdjujkOBeh61qdtGfDmEhU+4BcdaduH8XC6cZU+6wVE5hbMBOOz9t6PkF1u00kP5yY2ZOA4j6ZO3g",
+	"TKR1YDrhQX67ykxeTyG5BMG4ZT/pF5YpcHsYZM24sWDzWCvY41BfwzwvNwkP6WUFamn+TRHZeiJ9pTDi",
+	"bulLj1lLEQLF+brWBozPgJtk+rN062wOivuNlowzi+/HlQLLKXdeqx5BqtXEMqdvZ6q2Bf9uZ5w0Vl/m",
+	"uuefbV+3EpvSpR7STm5qxXYBITuyUc1RhEhYL2gHDGNtTuv2OMQDG9zNqOe2hvMZpmffLrk7pHS7PP//",
+	"9sndZXr7msqMapI1pVhtTBsrYrsh1WFtnUEl3SJupg2sL1Copi/EtTDE+q0qoilxzVm6flDhsr11hnrF",
+	"axqvWP7rh9fcGnFptXYad1VzersE8gp0D5RFXqB3y8TtArO3SDqvQb25umj7PPU6CjdD1KDg7QbUKHfT",
+	"kMqx2hJBNarZLku9is/PZVOJTfWBHQkHVKg75VkGqqEurE2nCH63NgeWtFg5XDa0yDk+qkaUR7omgaYr",
+	"Vw/LmCklD5P2sCqYcUdLwGihdLaag3f/Asi57cCfBwZTNAh/mCeL+h+tVRZF4NtitC3CHTDRiFvXACs3",
+	"olVUFZUcKws4hSzlyxjzSbBsV6o5sFReQ5/9huFDK1UCXqoPj0LQMBfgqBLxgZogWIZZuIq9djqssOgh",
+	"6ylYlEk1WqXLnfrUBq6HAyWVdcDF0WoTC4/K+odzl3CeAMXdQOXJD2hXG7gmuzpmAWekU6wAx5VgOsV8",
+	"FQV2oKov5PHSPnvzhScuXWKGR07DC90fqIeM8OS4uEOcp9iiB4gRYaXTdhZfG6md5zZUHS88ScDa0sJq",
+	"cXb/do7ZMcOT4NpCn9cR+ytwA2ZYOLELveqFZUOcb3js1fGEGyOhzm+k8jQmhq0cgLo82AupuhsHFLlW",
+	"jBYQWFcY2u9ImWpYk/Wpf8341RyOmc08gY+WbPjx17Nztoev74XBw5gtpjKZ5vlEyNHsHGHQpnU5lY5A",
+	"65oKEVOiZZQWDOthq4+f3pyzvfCiHW6bBYSTrWQlj3DfNlNSjTJqk9W2qInX2oJbCbEpJFtsEkobC9mU",
+	"Hi04JnfMkU1ip3rh6cvTJvqQ2Stmd+5r8jWxFdS+58y5rda+dTaAKrF0zAykfAkiT3oPBfRVnFovlmfa",
+	"OqZVAiwDw14y+5CR3a3xuC3/IkXsfbeNfCf3R5u/ovXrti0J2COfz72EdphwJXAr4pBiL1WSzgWIY5St",
+	"KCnLDCCiWC/bIB23IP4OCbSFd+ruOlWOwy10n4ZrpwJwF/4+zkepTLqPO5Ixt6RSeIluATyDpZ4khFPr",
+	"+NLmrRNW0fZoC11dE3L2ZG6kW5559Z8AIObqJWX539scnL//dp63tEGVmhhxMfPUuQwNRE9SLz9W3HIN",
+	"QeWnf1k0+mHjVC+Oi0R0VL2Deo84Q2GR6kVowljOigUk/tdcVHwyaXQU7aHGjAvMl4wAUZcZqca6xVqR",
+	"6m/v2Gt0wFnGKSMQtULAIhtyr/TZ6Zuzc5boa+RACUY/bEwdMGKvrup5ZlGhmErrtFkeV7w1veHewg7j",
+	"ZqbKTqFgeN14oHKFNqYcIQMJyMzRrLnN32fnVYWFPDxUBETrGoEYqCkY8PRYGHohOG9Zb1hpIOBBqric",
+	"hphxjjbUBBQYfyoG6uxv/8UWmlJwNtmp/6CbgjQYFrX9gRooypumAKTHZSVqPezqGDQsAtmF6h8im8NE",
+	"CxiSQpzKBJSFkldG7995gpzjtnvqs0d7ezoDRR3P+tpM9sIgu+ffLUPC1R0/+fguiiO/p3luyn5/Hwk5",
+	"A8UzGR1FP/T3+z+gA9hNkQ73cM+xxJkqwoo+RO9EdBT9Iq17jW80Og2+3N9f00VptXvS1o1dWkJ2Kz2V",
+	"ECLCcBCjMdmYZXWmYNTWhNrUxHlnGp44eS3dkjLv/bcO9w+6wCoWvFfrvIbgYDnb5oEhFcDzqPlsxs2y",
+	"ko1uc0tpVXJ5XsQnNq8xsdHnmzjKtG3ZobKUPfSVBOv+qsXyVruzuVC8Wit/U2fPzszh5p7ksZkq2jtr",
+	"wRdpHXZbqzTxKTwLGZcoZF7SHj86NN6OTwINHxIG1pNHpV/nXUnxcP9w86Cib6MfcPBqm6+0dE3zg1++",
+	"3GZwtRncfY/LrxkoxhsbbILXIhdxLQfmJg7MrZRRnWzuJ3DFCXoGKn56mvlh86CyG+mdqOwZCEVVj//2",
+	"bLXSDrsjFlC+shfaZaM/uUlee7nK0+yyfYtpu9h8JTj5SHy+Jfz5xIy+DN+2tHksimmw6OU4JAbJiVQ8",
+	"zeX+Q/P6NQChw4hyCCof/zMd4KcXE4cv/7J5VLP1700cvdoGG9WWsvflNPW0fdbDAL0AMc9Q8xTgLSCD",
+	"pbHexCoNnJ3t5FTBSPa+Wri6ITOPWpWt60kygkSj+VQW5B6xoYMvbsgwqS5zy5gNQw7BkGH+8kAV6YXU",
+	"fCH11rDAheSdRhlH1SYPIFA+uYUr8gLEzOqBWi3tZVizhu5Cx/iESxXCEjbP0SZzqM7oqNCtyuqentuc",
+	"YwguoPC7YH6OI3aHescHlO7xxjfP4IqkNXfJtCU84jkCJq1g+i3G1XiQXMOihBaPpYWy/qColvanbqDq",
+	"xy5mXCk9x+qEtigcc3qlZpHp8UDloUHMQmEn1Lkod0rbAtItDmelo9QjaSEtPau+HS2k1gCqaC2BpZR/",
+	"Miaxv4UkLq52eB5t4clZEhYT80rPADw1Fb5Eofs7ifi9QgjvfcX04LVCH1NtvGDljaZjoce4Q49p8zyv",
+	"nGbK2ClS/Z//TKFHz+OzrHj4LnyfgdLP+SWEsnm6c0mPxyXlP72c3fwa3RqFAnnekoT0q4LypGRgWK9o",
+	"x5IHCvU/5M4R40IEhdUtZFKcoYHKDxE7qQvpIn77cp8J9EUmjmYbqN5wtYRniM3QGn108HYIpRWw3uH+",
+	"X3baJO+JEN8P6rcsAP85TjbSkFf9eCNHTbG8FGob4VXm7HY7VPOk0weLHN2+1muFhn/FctUin0XYmHGb",
+	"gBIhPv/dAXsf4nonbPUCCrwrgpJcqEyYKb2IsTWkWjIDuOmP7ZLNe2I9sDv2PTeXp3lbpIe3gqp1YFuZ",
+	"P4ftnqGyvZdESZUCt3SnF+UEW7hivWBMhy3DOKqFq53v/sxnDXt1dFhhY20W3AjWm2mlnVYyiVnCswyE",
+	"3+DWjWzn6ZTksfc1v1jyZo8LceHVob2vIQvu5vYnJ78HcwudLVyl2H3IToTA6d7nLRUfUe1pNMXs0H+a",
+	"DSa/az1Pfi5OhGCcNgLVGMpw6qELEA3wYyYFzDLtqaJK+0TvncRP1VnfFP2Tff6NHoHqVZEo0GfawPfz",
+	"8OTngYgkPxJYQ1kciuLyTkbUbf1GeTNzNHfefIN0fFxuYv4OPeg8OlPsm/5vnar/z+H5I9JqaN3eQaEB",
+	"u8inU3l9ZxSHpNLo6PfPVYT/4jUnsLaCH7u0DmY5fihjsjXrpOP6L0qnl6ZR1YP9nGxcaa8bV/rp9gdq",
+	"qMdjC25ISW6Wdh83PRV4Dxt3CfZCykMFbIhua6xVYlyJgRqOYKwNhF8MMPiSpHMrr7HEyGpj81Kk2oup",
+	"pyJsJ+NNSGkHyv8zxGDHsHENnMUyCiwR6BHAeS1VDeiBCsNAiZ2YWSfTlBlwc6NA5CvCtL02/8hP4H4m",
+	"xEcr9kOLH0NXwXM6fKe4t/lqDjhRSM/EZdUuwSzo6dU+FuaHBPyQ5r7mDo8VGmhsEUJjL2UWhwv2xMqu",
+	"9oofAsIW7fuz07Uc2oT29exv6iex6lpLlyXw5ExglXo31mtSVCdcBW1G292IfXf47Ayv2bslfCWGo3tc",
+	"Ib4ewGbhnrSNzsW9kOAfh57X8UAVTQFM0UrH6Z24g61UXB5s5O3w66K00FvvFq767KS4ZM1/2/IyCMk+",
+	"sMSTLFg2z3I/IB3I7i2lzsF33dLPT5F6vNLXrtuJVN7aWMUjkhLhM1BZvvSd756lexvDRXHsmHE8EHFN",
+	"Ijy0F4kqL7zyHxTzRv45HkGK6FPNYM/LwwxMXmIt+9DH/6kyeQcj/HmpIlcDVauWxFPmVRXLhn//7fzi",
+	"/PyXIesdvGIzqeb+Q6NlfoNKmGmg8ipqmgHrQtvKJKnCYuWqllCcQmLbH8cXlg3p2ZBuVMYkC+yhWL+v",
+	"Ja5czzJQlftZWoQy3lOztYvsy+5isdj1wOzOTQoq0QLE9kpheSnOEycMUEFv+zX/1W2OMVxb3bU87aN+",
+	"mw4WO1Uu8H7NkynsvtbKGd3S9OgkXfClZUOldzEhcYi3pyrNEj8OU7Js2VSgHzVRU2XMeZFgPldbmeDN",
+	"U3Kz70mI21olGqtyix5MbbVprNdal1a19Dz6gx2T6ommWGo7EzzFromt7SsoPOT1kBqb0yrkJwXf/9FA",
+	"YWpU5R3LJuDY4f5BofX6YXGINVbPDt4IrCZgClbozSPKWqQStDLt0rIk1TaEug4P9w86mJVf77au9aKC",
+	"3gNG/SPvSuXPEAX0ANf7SITeKK2kgLf5dFv8p/T4WQx+/DbmsnG/IsPHY5lUkPrIn/+gHTrol8dsSBfH",
+	"DZn17JiaEwjIQAlQyTLcB/jAp96vXip/enqCOz7ilmrfRkZfAlkDU08xO13OChM67VWPeXNzwxuPFemq",
+	"t/rbSnY/XIY/lpOvqebCqpG7CrxvP4fun1TYvQ61XyqvXW5nW9SYsNP99lYqYatpt/7UejGR80TM75vq",
+	"VIRSeIaSVI/Z8GoYM3+2sB0O98NSCE+xct5POoKJVMpbh3rMtIKYJdzCrlQWlJVOXkO69Db6QHG1ZAQY",
+	"6w3/+H///j/++L9//G+vhnv4BtEf/4t++eP//Pv/HEQ7ffabNoKS9TE+OFdoF6XgvB7upxNMyIl09pjg",
+	"rvRDl4qAz+YqcXNqcu3fJ1QNFJ19bWzRNCGmpgkWvK3kbRG/zCBpuZ8MpaqeO8bVcqBI2UDIi5Qp9HBQ",
+	"xWt+FVvjnjY9Zkov/JIGikAB0ZInVblcbAfXj6nN1IsSa7Y/kEMMbcIjbB2D7jAPoVTYnIhalgyDb3a4",
+	"E/u38lSYoRRDb5oZbW0AuBfGktXJRtpNqW+SZXxiAHb67FyjFzRGZYs8mX6iXBmqFSaj/Yo+U24Ll50U",
+	"w+MmjKQaEfiVV2k52lxi98c2NYa6d+YG8zbOUNxQL0L9th2zg37/Ze3mzcaFBnGR8nbwI43t8pddrbU1",
+	"btlCdrUBkV9nxUOGZNo73P+ByXGDzqqxqpgd7h+GVwzQU2bnyRRn6fT9Ve7QeijH38M6ol9WHdGv9u/n",
+	"hdzKTXrMFICwrDhMz+k3bUAsRQvAoUWtNgXL2hb0e238k/gvy6a9W3gwz6syD7ln0SCh0hfhu8Py7hbW",
+	"23ma7qL+QOKM6gBruoaucqkXQd5U9XTSXnJVhlqOrW3UcZa/9DQERwbjFuSWwxUaWqLclthpKFjOTGkT",
+	"WsYJb0iR/jVkM46CbgplX0E0t5HiXgSXwT+P2X1e3W70UOTb2jh+VSIIW1ong72vZW+3DZUiLU6ahhuG",
+	"OlKS85icPkMmNHIGQ+pMrhBjhjpZtuEqKs8mBUNJit2oWbWH1Iuit2fstVI2V5dKL5RnzuQOLy4Kzumg",
+	"JIMCWk8uPE291G5Td2iBZ4X34n7Om2+1Zcc/S3I5upUqPUALas8Jl/WsnHhtOsQh9LyWo1Uh99vGbwIJ",
+	"FCGcWhhkjRdTu9BGs+64rDsbpaVulHHhsqdYTt7yirT1ov0kZd7kREYeeP+CFDvNeEz4zkClcgxOzoD1",
+	"hr+9+/C3dxenb96evjn7GYNBMfthnwm+rEeCrOPGWSqt7g8UJdxjwXV5tHaNX+DKgkyFL5D1GkAaqJ6B",
+	"uQUmwFEJ6RGzegZ+U9GCJHuYs0Rny3pY63D/4JhZjbyjet7j4kzrkuNrBX3265i5hWaJLjhM4cpFFY3C",
+	"U1ShGtqKlm1mEdsgbDtXwGnOQyPMx3Fc1a7M+GZiTui2qrndyVKnSuIKDXwPMj1fkOmZ/WfnhgtYiUZi",
+	"/9bbkE+Ly82LfdvpcftArTdZGpp25W2rqVHF1ZAF7c7TTZ+9CwlsYBkfqKbzzPPqsfySSxqviBR9AYij",
+	"UaPKcOfLQPU8sqi1hf/KRFpHHIP6uHgOvXOMjabyebEoys+B/qxqDWDgeBk20mSZ0WOZgmW94VfpTSk+",
+	"g5thMDe9mYmz2G5vzSfE2gZXzQkF7XPwDILn+SFNT46bV4cVx839/TKvDm/tlym8GkgKD+fS2Jxb9yR2",
+	"dqV/6japQnl2HyIDfY0qXErxZNztGYxfqUTYfrwgqHZSpSnP6mgZfqnQcYWvEDOpMJa92dqKw/eP2i9m",
+	"XaiopdXYs7WWXNv2LEdppXFJHY15d+dH0pqazaOfWG1at4ehjcr9Qn7f1Y9WuqSSko6ufC8sCz2s1x38",
+	"vWrH5I60PAzA19Ia8kFxLuTzdCtvQXjNJjeEUA8ZBOdFI50FKyt6xKlse0LJzjF5SmojS18VNcrqsxO2",
+	"MFpNVsDzis/h/sFADVtuKqWbHbbozkNY/ljeGPco7WBrH3mIItUqEor052Bm1/aDYp7P4bD5Hpm/89Gu",
+	"XGDYfbxrBXdd4v2TfdwKuKpq1137hgmadNG4V8d7FIKuJNP9+RyJ96vXrDuE6yZTh2ZyG79fUUXZMHjr",
+	"VwD8/tlbKs2G/r9/9kYDdYHvio7nFxJiIYT/2xJnzxu9F33b97CSMyxn1Q9f2ptxniSeu+LIqvYkleY5",
+	"iHn5hAe+3cZqca1uyEEvpy3crKtTe3QyIQ0koZYqDKHtWX3/Y6UtMzXWp2LBOL85AH+blekIlXh623w/",
+	"hQsL8mLUckQoQlwdco9YW4EPDLWtTk2Jf0FRCKl2lWGUSXfz+eb/BwAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

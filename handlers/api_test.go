@@ -218,7 +218,7 @@ func TestUsersSearch(t *testing.T) {
 		alice := s.NewUser(t, "Alice")
 		s.NewUser(t, "Albert")
 		s.NewUser(t, "Bob")
-		r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: ptr("al")}, alice.Auth())
+		r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al"}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		var names []string
 		for _, u := range *r.JSON200 {
@@ -227,12 +227,12 @@ func TestUsersSearch(t *testing.T) {
 		if !slices.Equal(names, []string{"Albert", "Alice"}) {
 			t.Errorf("got %v, want [Albert Alice]", names)
 		}
-		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: ptr("BOB-")}, alice.Auth())
+		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "BOB-"}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if len(*r.JSON200) != 1 || (*r.JSON200)[0].Name != "Bob" {
 			t.Errorf("email prefix: got %+v, want Bob", *r.JSON200)
 		}
-		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Limit: ptr(2)}, alice.Auth())
+		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al", Limit: ptr(2)}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if len(*r.JSON200) != 2 {
 			t.Errorf("limit 2: got %d users", len(*r.JSON200))

@@ -376,7 +376,7 @@ func TestOddInput(t *testing.T) {
 					t.Errorf("%s: got %s, want errors naming %s", c.path, body, want)
 				}
 			}
-			r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: ptr("bad")}, u.Auth())
+			r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "bad"}, u.Auth())
 			if err != nil || r.JSON200 == nil || len(*r.JSON200) != 0 {
 				t.Errorf("a user with an invalid name was stored: %v %s", err, r.Body)
 			}

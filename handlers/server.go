@@ -93,10 +93,7 @@ func (s *Server) GetMe(ctx context.Context, _ gen.GetMeRequestObject) (gen.GetMe
 
 // SearchUsers implements GET /users.
 func (s *Server) SearchUsers(ctx context.Context, req gen.SearchUsersRequestObject) (gen.SearchUsersResponseObject, error) {
-	q, limit := "", 20
-	if req.Params.Q != nil {
-		q = *req.Params.Q
-	}
+	q, limit := req.Params.Q, 20
 	if req.Params.Limit != nil {
 		limit = *req.Params.Limit
 	}
@@ -106,7 +103,7 @@ func (s *Server) SearchUsers(ctx context.Context, req gen.SearchUsersRequestObje
 	}
 	out := make(gen.SearchUsers200JSONResponse, len(us))
 	for i, u := range us {
-		out[i] = apiUser(u)
+		out[i] = gen.UserPublic{ID: u.ID, Name: u.Name}
 	}
 	return out, nil
 }

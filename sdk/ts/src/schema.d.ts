@@ -30,9 +30,106 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Log in with the OAuth2 password flow (username is the email) */
+        /**
+         * Log in with the OAuth2 password flow (username is the email)
+         * @description Creates a session (one per login, i.e. per device) and answers an
+         *     access token that lives `JWT_TTL` (15 minutes by default) and a
+         *     refresh token for `POST /token/refresh`. The session's device name is
+         *     the form's `device` field, or else the User-Agent, cut to 100
+         *     characters.
+         */
         post: operations["login"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/token/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trade a refresh token for a new access token and a new refresh token
+         * @description Rotation: the presented refresh token is spent, and the answer carries
+         *     its successor (the session keeps its id). The session's refresh
+         *     lifetime (`WINDI_REFRESH_TTL`, 30 days by default) starts again.
+         *     Presenting an already-rotated refresh token revokes the whole session
+         *     (reuse detection: someone else holds a copy) and answers 401; so does
+         *     an unknown, expired or revoked one. Of two concurrent refreshes with
+         *     the same token exactly one succeeds.
+         */
+        post: operations["refreshToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Revoke the current session
+         * @description Revokes the session of the presented access token on every replica:
+         *     its access tokens get 401 from then on, its refresh token no longer
+         *     refreshes, and its live WebSockets close with 4401.
+         */
+        post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's live sessions, newest first */
+        get: operations["listSessions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sessions/{session_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session's id. */
+                session_id: components["parameters"]["SessionId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke one of the caller's sessions (sign a device out)
+         * @description Revokes the session on every replica, as `POST /logout` does for the
+         *     current one (which may be named here too). Another user's session,
+         *     an unknown id and an already revoked or expired session are all 404.
+         */
+        delete: operations["revokeSession"];
         options?: never;
         head?: never;
         patch?: never;
@@ -52,6 +149,50 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
+        /** Change the authenticated user's name */
+        patch: operations["updateMe"];
+        trace?: never;
+    };
+    "/users/me/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change the authenticated user's password
+         * @description Checks the current password, stores the new one and revokes every
+         *     other session of the user (their sockets close with 4401); the
+         *     session of this request stays. A wrong current password is 401
+         *     `invalid_credentials` and changes nothing.
+         */
+        post: operations["changePassword"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/users/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id. */
+                user_id: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        /** Another user's public profile */
+        get: operations["getUser"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
         patch?: never;
         trace?: never;
     };
@@ -62,7 +203,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Find users by a prefix of their name or email */
+        /**
+         * Find users by a prefix of their name, or by their exact email
+         * @description Never a listing of everyone: `q` is required. It matches a
+         *     case-insensitive prefix of the name, or the whole email address
+         *     (compared as registration stores it); a prefix of an email finds
+         *     nothing. Answers public profiles (`{id, name}`), without emails.
+         */
         get: operations["searchUsers"];
         put?: never;
         post?: never;
@@ -395,7 +542,7 @@ export interface components {
          * @description A stable machine-readable error code.
          * @enum {string}
          */
-        ProblemCode: "bad_request" | "validation_failed" | "unauthorized" | "invalid_credentials" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "email_taken" | "not_a_group" | "owner_cannot_be_removed" | "group_full" | "message_deleted" | "too_many_reactions" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "unavailable" | "internal";
+        ProblemCode: "bad_request" | "validation_failed" | "unauthorized" | "invalid_credentials" | "session_revoked" | "forbidden" | "not_found" | "method_not_allowed" | "conflict" | "email_taken" | "not_a_group" | "owner_cannot_be_removed" | "group_full" | "message_deleted" | "too_many_reactions" | "payload_too_large" | "unsupported_media_type" | "rate_limited" | "unavailable" | "internal";
         FieldError: {
             field: string;
             message: string;
@@ -420,14 +567,61 @@ export interface components {
             scope?: string;
             client_id?: string;
             client_secret?: string;
+            /** @description A name for the new session's device ("Firefox on a laptop"); defaults to the User-Agent. Longer names are cut to 100 characters. */
+            device?: string;
         };
         Token: {
+            /** @description The JWT for `Authorization: Bearer` and the WebSocket's `token`; it carries the session in `sid`. */
             access_token: string;
             /** @enum {string} */
             token_type: "bearer";
-            /** @description Seconds until the token expires. */
+            /** @description Seconds until the access token expires. */
             expires_in: number;
+            /** @description Opaque; spent by `POST /token/refresh`, which answers its successor. */
+            refresh_token: string;
+            /**
+             * Format: int64
+             * @description The session this token belongs to (see `GET /sessions`).
+             */
+            session_id: number;
         };
+        RefreshRequest: {
+            refresh_token: string;
+        };
+        Session: {
+            /** Format: int64 */
+            id: number;
+            /** @description The device name given at login, or its User-Agent. */
+            device: string;
+            /**
+             * Format: date-time
+             * @description When the login happened.
+             */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description The last login or refresh of this session.
+             */
+            last_used_at: string;
+            /** @description This is the session of the token that asked. */
+            current: boolean;
+        };
+        UpdateMeRequest: {
+            name: string;
+        };
+        ChangePasswordRequest: {
+            /** Format: password */
+            current_password: string;
+            /** Format: password */
+            new_password: string;
+        };
+        /** @description Another user as everyone sees it; the email stays private. */
+        UserPublic: {
+            /** Format: int64 */
+            id: number;
+            name: string;
+        };
+        /** @description The authenticated user, email included; only ever answered about oneself. */
         User: {
             /** Format: int64 */
             id: number;
@@ -448,6 +642,8 @@ export interface components {
         ChatMember: {
             /** Format: int64 */
             user_id: number;
+            /** @description The member's name, so clients need no lookup. */
+            name: string;
             role: components["schemas"]["MemberRole"];
             /** Format: int64 */
             last_read_seq: number;
@@ -810,7 +1006,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description Missing, invalid or expired credentials */
+        /** @description Missing, invalid, expired or revoked credentials (code `session_revoked` when the token's session was revoked) */
         Unauthorized: {
             headers: {
                 [name: string]: unknown;
@@ -905,6 +1101,8 @@ export interface components {
         ChatId: number;
         /** @description The group's id (the same number as its chat's id). */
         GroupId: number;
+        /** @description The session's id. */
+        SessionId: number;
         /** @description The user's id. */
         UserId: number;
     };
@@ -958,7 +1156,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description An access token */
+            /** @description An access token, a refresh token and the new session's id */
             200: {
                 headers: {
                     /** @description Always `no-store`, so no cache keeps the token. */
@@ -974,6 +1172,109 @@ export interface operations {
             415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["Unprocessable"];
             429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    refreshToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RefreshRequest"];
+            };
+        };
+        responses: {
+            /** @description A new access token and a new refresh token */
+            200: {
+                headers: {
+                    /** @description Always `no-store`, so no cache keeps the token. */
+                    "Cache-Control": "no-store";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Token"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    logout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The session is revoked */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    listSessions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Sessions that are neither revoked nor expired; `current` marks the one of this request's token */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Session"][];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    revokeSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The session's id. */
+                session_id: components["parameters"]["SessionId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The session is revoked */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["Unprocessable"];
             503: components["responses"]["Unavailable"];
             default: components["responses"]["Error"];
         };
@@ -1000,11 +1301,98 @@ export interface operations {
             default: components["responses"]["Error"];
         };
     };
+    updateMe: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateMeRequest"];
+            };
+        };
+        responses: {
+            /** @description The updated user */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["User"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    changePassword: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChangePasswordRequest"];
+            };
+        };
+        responses: {
+            /** @description The password is changed and the other sessions are revoked */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getUser: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The user's id. */
+                user_id: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user's id and name (never the email) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            422: components["responses"]["Unprocessable"];
+            default: components["responses"]["Error"];
+        };
+    };
     searchUsers: {
         parameters: {
-            query?: {
-                /** @description Case-insensitive prefix of the name or the email; empty lists everyone. */
-                q?: string;
+            query: {
+                /** @description A name prefix or an exact email; 1..254 characters. */
+                q: string;
                 /** @description The most users to return. */
                 limit?: number;
             };
@@ -1020,7 +1408,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["User"][];
+                    "application/json": components["schemas"]["UserPublic"][];
                 };
             };
             400: components["responses"]["BadRequest"];
