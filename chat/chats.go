@@ -53,7 +53,7 @@ func (v View) API() gen.Chat {
 	lastSeq := v.Chat.LastSeq
 	c.LastSeq = &lastSeq
 	for i, m := range v.Members {
-		c.Members[i] = gen.ChatMember{UserID: m.UserID, Role: gen.MemberRole(m.Role), LastReadSeq: m.LastReadSeq}
+		c.Members[i] = gen.ChatMember{UserID: m.UserID, Name: m.Name, Role: gen.MemberRole(m.Role), LastReadSeq: m.LastReadSeq}
 	}
 	if v.LastMessage != nil {
 		lm := v.LastMessage.API()

@@ -13,7 +13,7 @@ import (
 )
 
 // tables are the tables the spec names; every dialect must create them all.
-var tables = []string{"users", "chats", "groups", "chat_members", "messages"}
+var tables = []string{"users", "chats", "groups", "chat_members", "messages", "sessions"}
 
 var createTable = regexp.MustCompile(`(?i)CREATE TABLE (\w+)`)
 

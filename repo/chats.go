@@ -155,7 +155,8 @@ func (s *Store) Member(ctx context.Context, chatID, userID int64) (Member, error
 // an unknown chat has none.
 func (s *Store) Members(ctx context.Context, chatID int64) ([]Member, error) {
 	members := []Member{}
-	err := s.db.NewSelect().Model(&members).Where("cm.chat_id = ?", chatID).
+	err := s.db.NewSelect().Model(&members).ColumnExpr("cm.*").ColumnExpr("u.name AS name").
+		Join("JOIN users AS u ON u.id = cm.user_id").Where("cm.chat_id = ?", chatID).
 		OrderExpr("cm.joined_at ASC, cm.user_id ASC").Scan(ctx)
 	if err != nil {
 		return nil, wrap("members", err)
@@ -267,7 +268,8 @@ func (s *Store) ChatsForUser(ctx context.Context, userID int64) ([]ChatSummary, 
 		return nil, wrap("chats for user: chats", err)
 	}
 	var members []Member
-	err := s.db.NewSelect().Model(&members).Where("cm.chat_id IN (?)", bun.List(ids)).
+	err := s.db.NewSelect().Model(&members).ColumnExpr("cm.*").ColumnExpr("u.name AS name").
+		Join("JOIN users AS u ON u.id = cm.user_id").Where("cm.chat_id IN (?)", bun.List(ids)).
 		OrderExpr("cm.chat_id ASC, cm.joined_at ASC, cm.user_id ASC").Scan(ctx)
 	if err != nil {
 		return nil, wrap("chats for user: members", err)

@@ -68,6 +68,9 @@ type Member struct {
 	Role        string    `bun:"role,notnull"`
 	JoinedAt    time.Time `bun:"joined_at,notnull"`
 	LastReadSeq int64     `bun:"last_read_seq,notnull"`
+	// Name is the member's user name, read by Members and ChatsForUser
+	// (chat members carry names so clients need no lookups); never written.
+	Name string `bun:"name,scanonly"`
 }
 
 // AfterScanRow normalizes JoinedAt to UTC.

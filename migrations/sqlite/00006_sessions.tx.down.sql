@@ -1,0 +1,3 @@
+DROP TABLE spent_refresh_tokens;
+--bun:split
+DROP TABLE sessions;
