@@ -65,6 +65,9 @@ type Main struct {
 	// chat.Config); zero means GOMAXPROCS and auth.DefaultHashWait.
 	HashSlots int
 	HashWait  time.Duration
+	// Now, when set before Open, is the clock of sessions and tokens
+	// (tests move it to expire them).
+	Now func() time.Time
 
 	Metrics *metrics.Metrics
 	Store   *repo.Store
@@ -133,7 +136,8 @@ func (m *Main) Open(ctx context.Context) error {
 		HashSlots: m.HashSlots, HashWait: m.HashWait,
 		Limits: chat.Limits{LoginPerEmail: lim.LoginPerEmail, LoginPerIP: lim.LoginPerIP, RegisterPerIP: lim.RegisterPerIP,
 			UserSendRate: lim.UserSendRate},
-		Sequencer: chat.SequencerConfig{Shards: m.Config.SendShards},
+		Sequencer:  chat.SequencerConfig{Shards: m.Config.SendShards},
+		RefreshTTL: m.Config.RefreshTTL, Now: m.Now,
 	})
 	if err != nil {
 		return err
@@ -171,6 +175,9 @@ func (m *Main) Open(ctx context.Context) error {
 		rc.Replica = name + "-" + randomHex(3)
 	}
 	m.Hub = realtime.New(rc, svc, store, m.Broker)
+	if err := m.Hub.Start(ctx); err != nil {
+		return err
+	}
 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -291,8 +298,11 @@ func (m *Main) Close() error {
 // generated once and kept in the data directory.
 func (m *Main) jwtSecret() ([]byte, error) {
 	if m.Config.JWTSecret != "" {
-		if len(m.Config.JWTSecret) < 32 {
-			m.Logger.Warn("JWT_SECRET is shorter than 32 bytes; use a long random secret", "event", "config.weak_secret")
+		if err := checkSecret(m.Config.JWTSecret); err != nil {
+			if !m.Config.InsecureDev {
+				return nil, err
+			}
+			m.Logger.Warn("insecure JWT_SECRET accepted (WINDI_INSECURE_DEV=1): anyone who knows it can sign in as anyone", "event", "config.weak_secret", "reason", err.Error())
 		}
 		return []byte(m.Config.JWTSecret), nil
 	}
@@ -329,6 +339,26 @@ func (m *Main) jwtSecret() ([]byte, error) {
 	}
 	m.Logger.Info("generated a JWT secret", "event", "config.secret_generated", "path", path)
 	return []byte(secret), nil
+}
+
+// MinSecretBytes is the shortest JWT_SECRET a server starts with: HS256
+// needs a key as long as its hash (RFC 7518 §3.2).
+const MinSecretBytes = 32
+
+// ComposeExampleSecret is the JWT_SECRET that docker-compose.yml's example
+// once shipped as its default: public, so never a secret.
+const ComposeExampleSecret = "change-me-this-is-not-a-secret-0123456789abcdef"
+
+// checkSecret says why secret must not sign tokens, or returns nil.
+func checkSecret(secret string) error {
+	const fix = "use a random one, such as JWT_SECRET=$(openssl rand -hex 32), or set WINDI_INSECURE_DEV=1 for a throwaway development server"
+	switch {
+	case len(secret) < MinSecretBytes:
+		return fmt.Errorf("JWT_SECRET is %d bytes, under the %d required: %s", len(secret), MinSecretBytes, fix)
+	case secret == ComposeExampleSecret:
+		return fmt.Errorf("JWT_SECRET is the public example value of docker-compose.yml: %s", fix)
+	}
+	return nil
 }
 
 // NewBroker returns the broker cfg names: Redis at REDIS_URL, or the

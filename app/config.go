@@ -15,19 +15,23 @@ import (
 
 // Config is the server's configuration, read from the environment (SPEC §9).
 type Config struct {
-	Addr           string        // WINDI_ADDR
-	DataDir        string        // WINDI_DATA_DIR
-	DatabaseURL    string        // DATABASE_URL; empty means embedded SQLite
-	RedisURL       string        // REDIS_URL; empty means the in-process broker
-	RedisCluster   bool          // REDIS_URL names a Redis Cluster (WINDI_REDIS_CLUSTER, or addr= in the URL)
-	JWTSecret      string        // JWT_SECRET; required in scaled mode
-	JWTTTL         time.Duration // JWT_TTL
-	LogLevel       slog.Level    // WINDI_LOG_LEVEL
-	AllowedOrigins []string      // WINDI_ALLOWED_ORIGINS, comma-separated
-	Limits         Limits        // abuse limits; see limits.go
-	RedisPrefix    string        // WINDI_REDIS_PREFIX: keys and channels of this deployment
-	PprofAddr      string        // WINDI_PPROF_ADDR: serve net/http/pprof there when set
-	SendShards     int           // WINDI_SEND_SHARDS: send transactions in flight per replica
+	Addr         string        // WINDI_ADDR
+	DataDir      string        // WINDI_DATA_DIR
+	DatabaseURL  string        // DATABASE_URL; empty means embedded SQLite
+	RedisURL     string        // REDIS_URL; empty means the in-process broker
+	RedisCluster bool          // REDIS_URL names a Redis Cluster (WINDI_REDIS_CLUSTER, or addr= in the URL)
+	JWTSecret    string        // JWT_SECRET; required in scaled mode
+	JWTTTL       time.Duration // JWT_TTL: access tokens
+	RefreshTTL   time.Duration // WINDI_REFRESH_TTL: refresh tokens, sliding
+	// InsecureDev (WINDI_INSECURE_DEV=1) lets a short JWT_SECRET, or the
+	// one shipped in docker-compose.yml's example, start a server.
+	InsecureDev    bool
+	LogLevel       slog.Level // WINDI_LOG_LEVEL
+	AllowedOrigins []string   // WINDI_ALLOWED_ORIGINS, comma-separated
+	Limits         Limits     // abuse limits; see limits.go
+	RedisPrefix    string     // WINDI_REDIS_PREFIX: keys and channels of this deployment
+	PprofAddr      string     // WINDI_PPROF_ADDR: serve net/http/pprof there when set
+	SendShards     int        // WINDI_SEND_SHARDS: send transactions in flight per replica
 	// TrustedProxies (WINDI_TRUSTED_PROXIES) are the peers whose
 	// X-Forwarded-For is believed; nil means DefaultTrustedProxies, empty
 	// means none.
@@ -54,7 +58,9 @@ var EnvVars = []EnvVar{
 	{"REDIS_URL", "", "redis://… URL; unset means the in-process broker; redis://host1:port?addr=host2:port&… names a Redis Cluster"},
 	{"WINDI_REDIS_CLUSTER", "", "1: REDIS_URL is a seed address of a Redis Cluster (implied when REDIS_URL has addr=)"},
 	{"JWT_SECRET", "", "HS256 signing secret; required when DATABASE_URL or REDIS_URL is set, generated and kept in WINDI_DATA_DIR otherwise"},
-	{"JWT_TTL", "24h", "lifetime of issued tokens (Go duration)"},
+	{"JWT_TTL", "15m", "lifetime of access tokens (Go duration); clients refresh them with their refresh token"},
+	{"WINDI_REFRESH_TTL", "720h", "lifetime of a refresh token, sliding: each refresh starts it again (Go duration)"},
+	{"WINDI_INSECURE_DEV", "", "1: accept a JWT_SECRET under 32 bytes or the docker-compose.yml example's, for throwaway development servers only"},
 	{"WINDI_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"WINDI_ALLOWED_ORIGINS", "", "comma-separated origins allowed to open WebSockets from a browser; unset allows same-host only"},
 	{"WINDI_REDIS_PREFIX", "windi:", "prefix of every Redis key and channel, so deployments can share one Redis"},
@@ -102,9 +108,17 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 	}
 	ttl, err := time.ParseDuration(get("JWT_TTL"))
 	if err != nil || ttl <= 0 {
-		return Config{}, fmt.Errorf("JWT_TTL: %q is not a positive duration such as 24h", get("JWT_TTL"))
+		return Config{}, fmt.Errorf("JWT_TTL: %q is not a positive duration such as 15m", get("JWT_TTL"))
 	}
 	cfg.JWTTTL = ttl
+	if cfg.RefreshTTL, err = time.ParseDuration(get("WINDI_REFRESH_TTL")); err != nil || cfg.RefreshTTL <= 0 {
+		return Config{}, fmt.Errorf("WINDI_REFRESH_TTL: %q is not a positive duration such as 720h", get("WINDI_REFRESH_TTL"))
+	}
+	if v := get("WINDI_INSECURE_DEV"); v != "" {
+		if cfg.InsecureDev, err = strconv.ParseBool(v); err != nil {
+			return Config{}, fmt.Errorf("WINDI_INSECURE_DEV: %q is not 1 or 0", v)
+		}
+	}
 	if cfg.Limits, err = loadLimits(get); err != nil {
 		return Config{}, err
 	}

@@ -17,7 +17,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Addr != ":8000" || cfg.DataDir != "./data" || cfg.JWTTTL != 24*time.Hour || cfg.DatabaseURL != "" || cfg.RedisURL != "" {
+	if cfg.Addr != ":8000" || cfg.DataDir != "./data" || cfg.JWTTTL != 15*time.Minute || cfg.RefreshTTL != 720*time.Hour || cfg.InsecureDev || cfg.DatabaseURL != "" || cfg.RedisURL != "" {
 		t.Errorf("got %+v, want the SPEC §9 defaults", cfg)
 	}
 }
@@ -33,6 +33,9 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 		"bad redis url":         {map[string]string{"REDIS_URL": "http://x", "JWT_SECRET": "s"}, "REDIS_URL"},
 		"bad ttl":               {map[string]string{"JWT_TTL": "soon"}, "JWT_TTL"},
 		"negative ttl":          {map[string]string{"JWT_TTL": "-1h"}, "JWT_TTL"},
+		"bad refresh ttl":       {map[string]string{"WINDI_REFRESH_TTL": "a month"}, "WINDI_REFRESH_TTL"},
+		"zero refresh ttl":      {map[string]string{"WINDI_REFRESH_TTL": "0s"}, "WINDI_REFRESH_TTL"},
+		"bad insecure flag":     {map[string]string{"WINDI_INSECURE_DEV": "maybe"}, "WINDI_INSECURE_DEV"},
 		"bad level":             {map[string]string{"WINDI_LOG_LEVEL": "loud"}, "WINDI_LOG_LEVEL"},
 		"bad addr":              {map[string]string{"WINDI_ADDR": "8000"}, "WINDI_ADDR"},
 		"cluster flag alone":    {map[string]string{"WINDI_REDIS_CLUSTER": "1"}, "WINDI_REDIS_CLUSTER"},
@@ -51,12 +54,12 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 	}
 	cfg, err := app.LoadConfig(env(map[string]string{
 		"DATABASE_URL": "postgres://h/db", "REDIS_URL": "redis://h:6379/0", "JWT_SECRET": "s3cret",
-		"JWT_TTL": "90m", "WINDI_LOG_LEVEL": "debug", "WINDI_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+		"JWT_TTL": "90m", "WINDI_REFRESH_TTL": "48h", "WINDI_INSECURE_DEV": "1", "WINDI_LOG_LEVEL": "debug", "WINDI_ALLOWED_ORIGINS": "https://a.example, https://b.example",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.JWTTTL != 90*time.Minute || len(cfg.AllowedOrigins) != 2 || cfg.AllowedOrigins[1] != "https://b.example" {
+	if cfg.JWTTTL != 90*time.Minute || cfg.RefreshTTL != 48*time.Hour || !cfg.InsecureDev || len(cfg.AllowedOrigins) != 2 || cfg.AllowedOrigins[1] != "https://b.example" {
 		t.Errorf("got %+v", cfg)
 	}
 }

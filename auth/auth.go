@@ -4,8 +4,10 @@ package auth
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -80,7 +82,8 @@ func CheckPassword(hash, password string) bool {
 	return subtle.ConstantTimeCompare(got, want) == 1
 }
 
-// Tokens issues and verifies HS256 JWTs carrying the user id in `sub`.
+// Tokens issues and verifies HS256 JWTs carrying the user id in `sub` and
+// the session id in `sid`.
 type Tokens struct {
 	secret []byte
 	ttl    time.Duration
@@ -92,46 +95,96 @@ func NewTokens(secret []byte, ttl time.Duration) *Tokens {
 	return &Tokens{secret: secret, ttl: ttl, now: time.Now}
 }
 
+// WithClock returns a copy of t that reads the time from now (tests pass a
+// fake clock).
+func (t *Tokens) WithClock(now func() time.Time) *Tokens {
+	c := *t
+	c.now = now
+	return &c
+}
+
 // TTL is how long an issued token stays valid.
 func (t *Tokens) TTL() time.Duration { return t.ttl }
 
-// Issue returns a signed token for userID and its expiry.
-func (t *Tokens) Issue(userID int64) (string, time.Time, error) {
-	return t.IssueAt(userID, t.now(), t.ttl)
+// Claims is what a verified access token says.
+type Claims struct {
+	UserID    int64
+	SessionID int64
+	ExpiresAt time.Time
+}
+
+// claims are the JWT's claims: the registered ones and `sid`.
+type claims struct {
+	jwt.RegisteredClaims
+	SID int64 `json:"sid"`
+}
+
+// Issue returns a signed token for userID's session sessionID and its
+// expiry.
+func (t *Tokens) Issue(userID, sessionID int64) (string, time.Time, error) {
+	return t.IssueAt(userID, sessionID, t.now(), t.ttl)
 }
 
 // IssueAt signs a token issued at iat that lives for ttl. Tests use it to
 // mint expired tokens.
-func (t *Tokens) IssueAt(userID int64, iat time.Time, ttl time.Duration) (string, time.Time, error) {
+func (t *Tokens) IssueAt(userID, sessionID int64, iat time.Time, ttl time.Duration) (string, time.Time, error) {
 	exp := iat.Add(ttl)
-	claims := jwt.RegisteredClaims{
-		Subject:   strconv.FormatInt(userID, 10),
-		IssuedAt:  jwt.NewNumericDate(iat),
-		ExpiresAt: jwt.NewNumericDate(exp),
+	c := claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   strconv.FormatInt(userID, 10),
+			IssuedAt:  jwt.NewNumericDate(iat),
+			ExpiresAt: jwt.NewNumericDate(exp),
+		},
+		SID: sessionID,
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.secret)
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.secret)
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("sign token: %w", err)
 	}
 	return s, exp, nil
 }
 
-// Parse verifies token and returns its user id and expiry. Only HS256 with
-// this secret is accepted, and `exp` is required.
-func (t *Tokens) Parse(token string) (int64, time.Time, error) {
-	var claims jwt.RegisteredClaims
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return t.secret, nil },
+// Parse verifies token and returns its claims. Only HS256 with this secret
+// is accepted, and `exp` and a positive `sid` are required (a token from
+// before sessions existed cannot be revoked, so it is not accepted).
+func (t *Tokens) Parse(token string) (Claims, error) {
+	var c claims
+	_, err := jwt.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return t.secret, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithTimeFunc(t.now),
 	)
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return Claims{}, fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
-	id, err := strconv.ParseInt(claims.Subject, 10, 64)
+	id, err := strconv.ParseInt(c.Subject, 10, 64)
 	if err != nil || id <= 0 {
-		return 0, time.Time{}, fmt.Errorf("%w: bad subject", ErrInvalidToken)
+		return Claims{}, fmt.Errorf("%w: bad subject", ErrInvalidToken)
 	}
-	return id, claims.ExpiresAt.Time, nil
+	if c.SID <= 0 {
+		return Claims{}, fmt.Errorf("%w: no session", ErrInvalidToken)
+	}
+	return Claims{UserID: id, SessionID: c.SID, ExpiresAt: c.ExpiresAt.Time}, nil
+}
+
+// RefreshTokenBytes is the entropy of a refresh token.
+const RefreshTokenBytes = 32
+
+// NewRefreshToken returns a random refresh token (256 bits, base64url) and
+// the hash under which it is stored.
+func NewRefreshToken() (token, hash string) {
+	b := make([]byte, RefreshTokenBytes)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails; it panics if the source breaks
+	token = base64.RawURLEncoding.EncodeToString(b)
+	return token, HashRefreshToken(token)
+}
+
+// HashRefreshToken is how a refresh token is stored and looked up: SHA-256,
+// hex. A plain hash suffices (no salt, no stretching) because the token is
+// 256 random bits, not a password someone chose: nothing can be guessed
+// from the hash, and a database leak yields no usable token.
+func HashRefreshToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }

@@ -14,13 +14,14 @@ type Code string
 
 // The codes the service returns.
 const (
-	CodeInvalid           Code = "invalid"      // a field is missing or invalid (422, bad_request)
-	CodeTooLarge          Code = "too_large"    // text over the limit (422, too_large)
-	CodeUnauthorized      Code = "unauthorized" // bad credentials (401)
-	CodeForbidden         Code = "forbidden"    // not a member, not the owner (403)
-	CodeNotFound          Code = "not_found"    // no such chat or user (404)
-	CodeEmailTaken        Code = "email_taken"  // registration conflict (409)
-	CodeNotAGroup         Code = "not_a_group"  // a group operation on a private chat (409)
+	CodeInvalid           Code = "invalid"         // a field is missing or invalid (422, bad_request)
+	CodeTooLarge          Code = "too_large"       // text over the limit (422, too_large)
+	CodeUnauthorized      Code = "unauthorized"    // bad credentials (401)
+	CodeSessionRevoked    Code = "session_revoked" // an access token of a revoked session (401)
+	CodeForbidden         Code = "forbidden"       // not a member, not the owner (403)
+	CodeNotFound          Code = "not_found"       // no such chat or user (404)
+	CodeEmailTaken        Code = "email_taken"     // registration conflict (409)
+	CodeNotAGroup         Code = "not_a_group"     // a group operation on a private chat (409)
 	CodeOwnerNotRemovable Code = "owner_cannot_be_removed"
 	CodeGroupFull         Code = "group_full"         // over the member limit (409)
 	CodeMessageDeleted    Code = "message_deleted"    // an edit or reaction of a deleted message (409)

@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -76,6 +78,12 @@ type Config struct {
 	Limits    Limits
 	Metrics   *metrics.Metrics
 	Sequencer SequencerConfig
+	// RefreshTTL is the sliding lifetime of a refresh token; 0 means
+	// DefaultRefreshTTL. The access tokens' lifetime is Tokens.TTL.
+	RefreshTTL time.Duration
+	// Now is the clock of sessions and tokens; nil means time.Now. Tests
+	// pass a fake one (the Tokens get it too).
+	Now func() time.Time
 }
 
 // Service applies the chat rules. It is safe for concurrent use.
@@ -90,6 +98,12 @@ type Service struct {
 	metrics   *metrics.Metrics
 	seq       *sequencer
 	dummyHash string // compared against on unknown emails so both failures cost the same
+
+	now        func() time.Time
+	refreshTTL time.Duration
+	revoked    *revocations
+	pruneMu    sync.Mutex // guards prunedAt
+	prunedAt   time.Time
 }
 
 // New returns a Service and starts its sequencer; Close stops it.
@@ -101,6 +115,16 @@ func New(cfg Config) (*Service, error) {
 	if s.store == nil || s.tokens == nil || s.broker == nil {
 		return nil, fmt.Errorf("chat: Store, Tokens and Broker are required")
 	}
+	s.now, s.refreshTTL = cfg.Now, cfg.RefreshTTL
+	if s.now == nil {
+		s.now = time.Now
+	} else {
+		s.tokens = s.tokens.WithClock(s.now)
+	}
+	if s.refreshTTL <= 0 {
+		s.refreshTTL = DefaultRefreshTTL
+	}
+	s.revoked = &revocations{until: map[int64]time.Time{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -195,19 +219,14 @@ func hashFailed(err error) error {
 	return err
 }
 
-// LoginResult is an issued access token.
-type LoginResult struct {
-	Token     string
-	ExpiresIn time.Duration
-	UserID    int64
-}
-
-// Login checks credentials and issues a token. An unknown email and a wrong
+// Login checks credentials, starts a session on device (empty: the
+// User-Agent of ctx, see WithUserAgent) and issues its access and refresh
+// tokens. An unknown email and a wrong
 // password fail identically (CodeUnauthorized) and cost the same time.
 // Every attempt counts against the per-email and per-IP limits before the
 // password is hashed (CodeRateLimited once a limit is used up, even for the
 // right password); CodeUnavailable when hashing stays at capacity.
-func (s *Service) Login(ctx context.Context, email, password string) (LoginResult, error) {
+func (s *Service) Login(ctx context.Context, email, password, device string) (LoginResult, error) {
 	raw := email
 	email = NormalizeEmail(email)
 	// Counting first is what makes the limits hold under concurrency: a
@@ -248,12 +267,12 @@ func (s *Service) Login(ctx context.Context, email, password string) (LoginResul
 		s.log.InfoContext(ctx, "login failed", "event", "login.failed", "user_id", u.ID)
 		return LoginResult{}, errorf(CodeUnauthorized, "incorrect email or password")
 	}
-	tok, exp, err := s.tokens.Issue(u.ID)
+	res, err := s.startSession(ctx, u.ID, device)
 	if err != nil {
 		return LoginResult{}, err
 	}
-	s.log.InfoContext(ctx, "login ok", "event", "login.ok", "user_id", u.ID)
-	return LoginResult{Token: tok, ExpiresIn: time.Until(exp).Round(time.Second), UserID: u.ID}, nil
+	s.log.InfoContext(ctx, "login ok", "event", "login.ok", "user_id", u.ID, "session_id", res.SessionID)
+	return res, nil
 }
 
 // userByEmail finds the account of a normalized address, or of its
@@ -304,21 +323,6 @@ func (s *Service) limited(ctx context.Context, key string, window time.Duration)
 	return &Error{Code: CodeRateLimited, Message: "too many requests; retry later", RetryAfter: retry}
 }
 
-// Authenticate verifies a bearer token and that its user still exists.
-func (s *Service) Authenticate(ctx context.Context, token string) (int64, time.Time, error) {
-	id, exp, err := s.tokens.Parse(token)
-	if err != nil {
-		return 0, time.Time{}, errorf(CodeUnauthorized, "invalid or expired token")
-	}
-	if _, err := s.store.UserByID(ctx, id); err != nil {
-		if errors.Is(err, repo.ErrNotFound) {
-			return 0, time.Time{}, errorf(CodeUnauthorized, "invalid or expired token")
-		}
-		return 0, time.Time{}, classify(err)
-	}
-	return id, exp, nil
-}
-
 // Me returns the user.
 func (s *Service) Me(ctx context.Context, userID int64) (repo.User, error) {
 	u, err := s.store.UserByID(ctx, userID)
@@ -328,13 +332,33 @@ func (s *Service) Me(ctx context.Context, userID int64) (repo.User, error) {
 	return u, nil
 }
 
-// SearchUsers finds users by a prefix of name or email.
+// SearchUsers finds users by a prefix of their name or by their exact
+// email (normalized as registration stores it, the pre-NFKC form
+// included): never a listing of everyone, so an empty q is CodeInvalid.
 func (s *Service) SearchUsers(ctx context.Context, q string, limit int) ([]repo.User, error) {
-	if hasNUL(q) {
-		return nil, nil // no name or email holds one
+	q = strings.TrimSpace(q)
+	if q == "" {
+		return nil, invalid("q", "q must name a name prefix or an email address")
 	}
-	us, err := s.store.SearchUsers(ctx, strings.TrimSpace(q), limit)
-	return us, classify(err)
+	if hasNUL(q) {
+		return []repo.User{}, nil // no name or email holds one
+	}
+	us, err := s.store.SearchUsers(ctx, q, NormalizeEmail(q), limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if old := legacyEmail(q); old != NormalizeEmail(q) {
+		more, err := s.store.SearchUsers(ctx, "", old, limit)
+		if err != nil {
+			return nil, classify(err)
+		}
+		for _, u := range more {
+			if len(us) < limit && !slices.ContainsFunc(us, func(x repo.User) bool { return x.ID == u.ID }) {
+				us = append(us, u)
+			}
+		}
+	}
+	return us, nil
 }
 
 // classify turns store errors into service errors: sentinels into codes, a

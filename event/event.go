@@ -22,6 +22,11 @@ func ChatChannel(chatID int64) string { return "chat:" + strconv.FormatInt(chatI
 // (which also go to the chat's channel).
 func UserChannel(userID int64) string { return "user:" + strconv.FormatInt(userID, 10) }
 
+// SessionsChannel is the channel every replica follows from start-up to
+// shutdown: session revocations, which each replica's revocation cache and
+// WebSockets must learn of at once.
+const SessionsChannel = "sessions"
+
 // ParseChannel returns the kind ("chat" or "user") and id of a channel name.
 func ParseChannel(channel string) (kind string, id int64, ok bool) {
 	kind, rest, found := strings.Cut(channel, ":")
@@ -51,6 +56,10 @@ const (
 	// Join: UserID was added to the chat (published on the user's channel);
 	// its all-chats sockets start following the chat.
 	Join Kind = "join"
+	// Revoked: the Sessions of UserID were revoked (published on
+	// SessionsChannel); every replica adds them to its revocation cache and
+	// closes their WebSockets with 4401.
+	Revoked Kind = "revoked"
 )
 
 // Item is one change of a Messages envelope: a new message, or a changed
@@ -72,6 +81,8 @@ type Envelope struct {
 	UserID int64             `json:"u,omitempty"`
 	Items  []Item            `json:"i,omitempty"`
 	Frames []json.RawMessage `json:"f,omitempty"`
+	// Sessions are the revoked session ids of a Revoked envelope.
+	Sessions []int64 `json:"s,omitempty"`
 	// SentAt is when the batch was committed, in Unix nanoseconds, for the
 	// delivery latency metric.
 	SentAt int64 `json:"t,omitempty"`

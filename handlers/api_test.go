@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -179,8 +180,8 @@ func TestAuthentication(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.Start(t)
 		alice := s.NewUser(t, "Alice")
-		expired, _, _ := s.Service.Tokens().IssueAt(alice.ID, time.Now().Add(-2*time.Hour), time.Hour)
-		ghost, _, _ := s.Service.Tokens().Issue(alice.ID + 1000)
+		expired, _, _ := s.Service.Tokens().IssueAt(alice.ID, 1, time.Now().Add(-2*time.Hour), time.Hour)
+		ghost, _, _ := s.Service.Tokens().Issue(alice.ID+1000, 1)
 		forged := alice.Token[:len(alice.Token)-4] + "AAAA"
 		header := `{"alg":"none","typ":"JWT"}`
 		_ = header
@@ -217,7 +218,7 @@ func TestUsersSearch(t *testing.T) {
 		s := env.Start(t)
 		alice := s.NewUser(t, "Alice")
 		s.NewUser(t, "Albert")
-		s.NewUser(t, "Bob")
+		bob := s.NewUser(t, "Bob")
 		r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al"}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		var names []string
@@ -227,19 +228,34 @@ func TestUsersSearch(t *testing.T) {
 		if !slices.Equal(names, []string{"Albert", "Alice"}) {
 			t.Errorf("got %v, want [Albert Alice]", names)
 		}
+		// An email prefix finds nobody; the exact email (any case) finds
+		// its user, and the answer carries no email.
 		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "BOB-"}, alice.Auth())
 		wantStatus(t, r, err, 200)
-		if len(*r.JSON200) != 1 || (*r.JSON200)[0].Name != "Bob" {
-			t.Errorf("email prefix: got %+v, want Bob", *r.JSON200)
+		if len(*r.JSON200) != 0 {
+			t.Errorf("email prefix: got %+v, want nobody", *r.JSON200)
+		}
+		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: " " + strings.ToUpper(bob.Email) + " "}, alice.Auth())
+		wantStatus(t, r, err, 200)
+		if len(*r.JSON200) != 1 || (*r.JSON200)[0] != (gen.UserPublic{ID: bob.ID, Name: "Bob"}) {
+			t.Errorf("exact email: got %+v, want Bob", *r.JSON200)
+		}
+		if bytes.Contains(r.Body, []byte("@")) {
+			t.Errorf("search answer shows an email: %s", r.Body)
+		}
+		// Never a listing of everyone: q is required and must not be blank.
+		for _, path := range []string{"/users", "/users?q=", "/users?q=%20%20"} {
+			code, hdr, body := s.Do(t, "GET", path, "", nil, alice.Token)
+			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
 		}
 		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al", Limit: ptr(2)}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if len(*r.JSON200) != 2 {
 			t.Errorf("limit 2: got %d users", len(*r.JSON200))
 		}
-		code, hdr, body := s.Do(t, "GET", "/users?limit=101", "", nil, alice.Token)
+		code, hdr, body := s.Do(t, "GET", "/users?q=a&limit=101", "", nil, alice.Token)
 		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
-		code, hdr, body = s.Do(t, "GET", "/users?limit=abc", "", nil, alice.Token)
+		code, hdr, body = s.Do(t, "GET", "/users?q=a&limit=abc", "", nil, alice.Token)
 		wantProblem(t, code, hdr, body, 400, gen.ProblemCodeBadRequest)
 	})
 }

@@ -36,6 +36,7 @@ const (
 	kindMalformed tokenKind = "malformed" // "Bearer not-a-jwt"
 	kindExpired   tokenKind = "expired"   // the member's token, expired an hour ago
 	kindUnknown   tokenKind = "unknown"   // valid signature, a user id that does not exist
+	kindRevoked   tokenKind = "revoked"   // the member's token of a session it revoked (DELETE /sessions/{id})
 	kindNonMember tokenKind = "nonMember" // the outsider: a real user, not in the group
 	kindMember    tokenKind = "member"    // a plain member of the group
 	kindOwner     tokenKind = "owner"     // the group's owner (creator)
@@ -46,11 +47,14 @@ const (
 )
 
 // authzKinds is the column order of the matrix.
-var authzKinds = []tokenKind{kindNone, kindMalformed, kindExpired, kindUnknown, kindNonMember, kindMember, kindOwner, kindNoChat}
+var authzKinds = []tokenKind{kindNone, kindMalformed, kindExpired, kindUnknown, kindRevoked, kindNonMember, kindMember, kindOwner, kindNoChat}
+
+// baseKinds are the columns every row has (all but noChat).
+var baseKinds = authzKinds[:len(authzKinds)-1]
 
 // credentialKinds are the kinds that fail authentication on a secured
 // operation: each must be a 401 there.
-var credentialKinds = []tokenKind{kindNone, kindMalformed, kindExpired, kindUnknown}
+var credentialKinds = []tokenKind{kindNone, kindMalformed, kindExpired, kindUnknown, kindRevoked}
 
 // missingID is a chat/group id no fixture reaches.
 const missingID = int64(1) << 40
@@ -71,6 +75,7 @@ type authzFixture struct {
 	groupID             int64
 	privateID           int64
 	memberSeq           int64 // a message of the member in the group
+	revokedSession      int64 // the member's session behind kindRevoked
 	tokens              map[tokenKind]string
 }
 
@@ -82,7 +87,10 @@ type authzReq struct {
 	query       string
 	body        string
 	contentType string
-	after       func(t *testing.T, status int)
+	// token, when set, is sent instead of the kind's token (a fresh
+	// session of the same user, for rows that end sessions).
+	token string
+	after func(t *testing.T, status int)
 }
 
 // authzRow is the expected status of one operation per token kind, and how
@@ -95,7 +103,7 @@ type authzRow struct {
 // secured is the row of an operation that needs a token: 401 for every
 // credential kind, then the given statuses.
 func secured(nonMember, member, owner int, noChat ...int) map[tokenKind]int {
-	w := map[tokenKind]int{kindNone: 401, kindMalformed: 401, kindExpired: 401, kindUnknown: 401,
+	w := map[tokenKind]int{kindNone: 401, kindMalformed: 401, kindExpired: 401, kindUnknown: 401, kindRevoked: 401,
 		kindNonMember: nonMember, kindMember: member, kindOwner: owner}
 	if len(noChat) > 0 {
 		w[kindNoChat] = noChat[0]
@@ -107,7 +115,7 @@ func secured(nonMember, member, owner int, noChat ...int) map[tokenKind]int {
 // whatever credential is sent.
 func public(status int) map[tokenKind]int {
 	w := map[tokenKind]int{}
-	for _, k := range authzKinds[:7] {
+	for _, k := range baseKinds {
 		w[k] = status
 	}
 	return w
@@ -249,6 +257,54 @@ var authzRows = map[string]authzRow{
 			}
 		}}
 	}},
+	// Sessions (SPEC §12). refreshToken is public: its credential is the
+	// refresh token in the body, a fresh one of L per call.
+	"refreshToken": {want: public(200), req: func(t *testing.T, f *authzFixture, _ tokenKind) authzReq {
+		tok := f.s.LoginToken(t, f.loginEmail, f.loginPassword)
+		return jsonReq(fmt.Sprintf(`{"refresh_token":%q}`, tok.RefreshToken))
+	}},
+	"listSessions": {want: secured(200, 200, 200)},
+	// logout and revokeSession end a fresh session of the acting user (a
+	// second login), so the fixture's tokens live on; after checks that the
+	// session's token works exactly when the call was refused.
+	"logout": {want: secured(204, 204, 204), req: func(t *testing.T, f *authzFixture, k tokenKind) authzReq {
+		if slices.Contains(credentialKinds, k) {
+			return authzReq{}
+		}
+		u := f.s.Session(t, f.actor(k))
+		return authzReq{token: u.Token, after: func(t *testing.T, status int) { f.wantSessionLive(t, u.Token, status != 204) }}
+	}},
+	"revokeSession": {want: secured(204, 204, 204), req: func(t *testing.T, f *authzFixture, k tokenKind) authzReq {
+		u := f.s.Session(t, f.actor(k))
+		return authzReq{params: map[string]int64{"session_id": u.SessionID}, after: func(t *testing.T, status int) {
+			f.wantSessionLive(t, u.Token, status != 204)
+		}}
+	}},
+	// updateMe: a fresh name per call, which the acting user has exactly
+	// when the call was accepted.
+	"updateMe": {want: secured(200, 200, 200), req: func(_ *testing.T, f *authzFixture, k tokenKind) authzReq {
+		name := "Renamed " + apptest.RandomID()
+		r := jsonReq(fmt.Sprintf(`{"name":%q}`, name))
+		r.after = func(t *testing.T, status int) {
+			me, err := f.s.Client.GetMeWithResponse(bg, f.actor(k).Auth())
+			wantStatus(t, me, err, 200)
+			if renamed := me.JSON200.Name == name; renamed != (status == 200) {
+				t.Errorf("status %d but renamed: %v", status, renamed)
+			}
+		}
+		return r
+	}},
+	// changePassword keeps the password (new = current) but revokes the
+	// acting user's other sessions: a second session made just before must
+	// die exactly when the call was accepted.
+	"changePassword": {want: secured(204, 204, 204), req: func(t *testing.T, f *authzFixture, k tokenKind) authzReq {
+		u := f.actor(k)
+		other := f.s.Session(t, u)
+		r := jsonReq(fmt.Sprintf(`{"current_password":%q,"new_password":%q}`, u.Password, u.Password))
+		r.after = func(t *testing.T, status int) { f.wantSessionLive(t, other.Token, status != 204) }
+		return r
+	}},
+	"getUser": {want: secured(200, 200, 200)},
 }
 
 // authzExtra is a domain case beyond the kind columns: another target or
@@ -263,6 +319,41 @@ type authzExtra struct {
 }
 
 var authzExtras = []authzExtra{
+	// Sessions and accounts.
+	{"member revokes the owner's session", "revokeSession", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
+		return authzReq{params: map[string]int64{"session_id": f.owner.SessionID}, after: func(t *testing.T, _ int) {
+			f.wantSessionLive(t, f.owner.Token, true)
+		}}
+	}, 404, gen.ProblemCodeNotFound},
+	{"member revokes a session that does not exist", "revokeSession", kindMember, func(*testing.T, *authzFixture) authzReq {
+		return authzReq{params: map[string]int64{"session_id": missingID}}
+	}, 404, gen.ProblemCodeNotFound},
+	{"member revokes its revoked session again", "revokeSession", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
+		return authzReq{params: map[string]int64{"session_id": f.revokedSession}}
+	}, 404, gen.ProblemCodeNotFound},
+	{"member changes its password with a wrong current one", "changePassword", kindMember, func(t *testing.T, f *authzFixture) authzReq {
+		other := f.s.Session(t, f.member)
+		r := jsonReq(`{"current_password":"not-the-password","new_password":"whatever-123"}`)
+		r.after = func(t *testing.T, _ int) { f.wantSessionLive(t, other.Token, true) }
+		return r
+	}, 401, gen.ProblemCodeInvalidCredentials},
+	{"refresh with a rotated refresh token", "refreshToken", kindNone, func(t *testing.T, f *authzFixture) authzReq {
+		tok := f.s.LoginToken(t, f.loginEmail, f.loginPassword)
+		code, _, body := f.s.Do(t, "POST", "/token/refresh", "application/json", strings.NewReader(fmt.Sprintf(`{"refresh_token":%q}`, tok.RefreshToken)), "")
+		if code != 200 {
+			t.Fatalf("first refresh: got %d %s", code, body)
+		}
+		return jsonReq(fmt.Sprintf(`{"refresh_token":%q}`, tok.RefreshToken))
+	}, 401, gen.ProblemCodeInvalidCredentials},
+	{"refresh with an access token", "refreshToken", kindNone, func(_ *testing.T, f *authzFixture) authzReq {
+		return jsonReq(fmt.Sprintf(`{"refresh_token":%q}`, f.member.Token))
+	}, 401, gen.ProblemCodeInvalidCredentials},
+	{"member looks up a user that does not exist", "getUser", kindMember, func(*testing.T, *authzFixture) authzReq {
+		return authzReq{params: map[string]int64{"user_id": missingID}}
+	}, 404, gen.ProblemCodeNotFound},
+	{"member searches with an empty q", "searchUsers", kindMember, func(*testing.T, *authzFixture) authzReq {
+		return authzReq{query: "q="}
+	}, 422, gen.ProblemCodeValidationFailed},
 	{"owner removes the owner", "removeGroupMember", kindOwner, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": f.owner.ID}}
 	}, 409, gen.ProblemCodeOwnerCannotBeRemoved},
@@ -451,7 +542,7 @@ func checkAuthzTable(t *testing.T, ops []authzOp) {
 		if _, has := row.want[kindNoChat]; has != scoped {
 			t.Errorf("%s: noChat column present = %v, want %v (chat-scoped path %s)", o.id, has, scoped, o.path)
 		}
-		for _, k := range authzKinds[:7] {
+		for _, k := range baseKinds {
 			if _, ok := row.want[k]; !ok {
 				t.Errorf("%s: no expectation for %s", o.id, k)
 			}
@@ -538,19 +629,48 @@ func newAuthzFixture(t *testing.T, s *apptest.Server) *authzFixture {
 	wantStatus(t, send(t, s, f.member, f.privateID, "seed-p", "hello private"), nil, 201)
 	f.memberSeq = f.memberMessage(t)
 
-	expired, _, err := s.Service.Tokens().IssueAt(f.member.ID, time.Now().Add(-2*time.Hour), time.Hour)
+	revoked := s.Session(t, f.member)
+	f.revokedSession = revoked.SessionID
+	rr, err := s.Client.RevokeSessionWithResponse(bg, revoked.SessionID, f.member.Auth())
+	wantStatus(t, rr, err, 204)
+
+	expired, _, err := s.Service.Tokens().IssueAt(f.member.ID, f.member.SessionID, time.Now().Add(-2*time.Hour), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown, _, err := s.Service.Tokens().Issue(missingID) // well signed, no such user
+	unknown, _, err := s.Service.Tokens().Issue(missingID, 1) // well signed, no such user
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.tokens = map[tokenKind]string{
-		kindNone: "", kindMalformed: "not-a-jwt", kindExpired: expired, kindUnknown: unknown,
+		kindNone: "", kindMalformed: "not-a-jwt", kindExpired: expired, kindUnknown: unknown, kindRevoked: revoked.Token,
 		kindNonMember: f.outsider.Token, kindMember: f.member.Token, kindOwner: f.owner.Token, kindNoChat: f.member.Token,
 	}
 	return f
+}
+
+// actor is the user a kind acts as: the member for the credential kinds.
+func (f *authzFixture) actor(k tokenKind) apptest.User {
+	switch k {
+	case kindNonMember:
+		return f.outsider
+	case kindOwner:
+		return f.owner
+	}
+	return f.member
+}
+
+// wantSessionLive checks that token authenticates (live) or gets 401
+// session_revoked.
+func (f *authzFixture) wantSessionLive(t *testing.T, token string, live bool) {
+	t.Helper()
+	code, hdr, body := f.s.Do(t, "GET", "/users/me", "", nil, token)
+	switch {
+	case live && code != 200:
+		t.Errorf("session token: got %d %s, want 200 (the session lives)", code, body)
+	case !live:
+		wantProblem(t, code, hdr, body, 401, gen.ProblemCodeSessionRevoked)
+	}
 }
 
 // freshUser registers a user (without logging it in) whose password is
@@ -652,7 +772,11 @@ func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKin
 	if r.body != "" {
 		body = strings.NewReader(r.body)
 	}
-	status, hdr, respBody := f.s.Do(t, strings.ToUpper(o.method), path, r.contentType, body, f.tokens[k])
+	token := f.tokens[k]
+	if r.token != "" {
+		token = r.token
+	}
+	status, hdr, respBody := f.s.Do(t, strings.ToUpper(o.method), path, r.contentType, body, token)
 	if status != want {
 		t.Errorf("%s %s as %s: got %d, want %d (body %s)", o.method, path, k, status, want, respBody)
 	}
@@ -671,6 +795,9 @@ func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKin
 		wantCode := code
 		if wantCode == "" {
 			wantCode = map[int]gen.ProblemCode{401: gen.ProblemCodeUnauthorized, 403: gen.ProblemCodeForbidden, 404: gen.ProblemCodeNotFound}[status]
+			if k == kindRevoked && status == 401 {
+				wantCode = gen.ProblemCodeSessionRevoked
+			}
 		}
 		if p.Status != status || (wantCode != "" && p.Code != wantCode) || p.Title == "" || p.Type == "" {
 			t.Errorf("%s %s as %s: got problem %+v, want status %d code %q with title and type", o.method, path, k, p, status, wantCode)

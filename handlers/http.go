@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -88,7 +89,8 @@ func Mount(e *echo.Echo, srv *Server, svc *chat.Service, opts Options) error {
 			// The client IP, for per-IP limits: c.RealIP asks e.IPExtractor,
 			// which believes X-Forwarded-For only from TrustedProxies.
 			r := c.Request()
-			c.SetRequest(r.WithContext(chat.WithClientIP(r.Context(), c.RealIP())))
+			ctx := chat.WithClientIP(r.Context(), c.RealIP())
+			c.SetRequest(r.WithContext(chat.WithUserAgent(ctx, r.UserAgent())))
 			return next(c)
 		}
 	})
@@ -133,15 +135,20 @@ func authenticate(svc *chat.Service) openapi3filter.AuthenticationFunc {
 		if c == nil {
 			return echo.NewHTTPError(http.StatusInternalServerError, "no echo context")
 		}
-		if _, ok := c.Request().Context().Value(ctxKey{}).(int64); ok {
+		if _, ok := c.Request().Context().Value(ctxKey{}).(chat.Principal); ok {
 			return nil // an earlier security alternative already authenticated
 		}
 		token := BearerToken(c.Request())
 		if token == "" {
 			return echo.NewHTTPError(http.StatusUnauthorized, "missing bearer token")
 		}
-		id, _, err := svc.Authenticate(c.Request().Context(), token)
+		p, err := svc.Authenticate(c.Request().Context(), token)
 		if err != nil {
+			if chat.CodeOf(err) == chat.CodeSessionRevoked {
+				// The error handler answers the problem of the service
+				// error: code session_revoked.
+				return echo.NewHTTPError(http.StatusUnauthorized, "session revoked").SetInternal(err)
+			}
 			if chat.CodeOf(err) == chat.CodeUnavailable {
 				return echo.NewHTTPError(http.StatusServiceUnavailable, "storage is unavailable")
 			}
@@ -150,7 +157,7 @@ func authenticate(svc *chat.Service) openapi3filter.AuthenticationFunc {
 			}
 			return echo.NewHTTPError(http.StatusUnauthorized, "invalid or expired token")
 		}
-		c.SetRequest(c.Request().WithContext(withUser(c.Request().Context(), id)))
+		c.SetRequest(c.Request().WithContext(withPrincipal(c.Request().Context(), p)))
 		return nil
 	}
 }
@@ -378,9 +385,6 @@ func writeProblem(c echo.Context, p *problem) error {
 	if c.Response().Committed {
 		return nil
 	}
-	if p.Status == http.StatusUnauthorized {
-		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="windi"`)
-	}
 	return p.write(c.Response())
 }
 
@@ -438,10 +442,12 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 			// answers first, does not set the header.
 			// echo lists OPTIONS first, always; the API answers no OPTIONS
 			// (the spec declares none, so it is a 405 too).
-			if allow, ok := c.Get(echo.ContextKeyHeaderAllow).(string); ok {
-				if allow = strings.TrimPrefix(allow, http.MethodOptions+", "); allow != "" && allow != http.MethodOptions {
-					c.Response().Header().Set(echo.HeaderAllow, allow)
-				}
+			allow, ok := c.Get(echo.ContextKeyHeaderAllow).(string)
+			if !ok {
+				allow = staticAllow(c)
+			}
+			if allow = strings.TrimPrefix(allow, http.MethodOptions+", "); allow != "" && allow != http.MethodOptions {
+				c.Response().Header().Set(echo.HeaderAllow, allow)
 			}
 		}
 		if status == http.StatusRequestEntityTooLarge {
@@ -455,6 +461,21 @@ func errorHandler(log *slog.Logger) echo.HTTPErrorHandler {
 		}
 		_ = writeProblem(c, newProblem(status, code, detail))
 	}
+}
+
+// staticAllow lists the methods of the routes whose path is exactly the
+// request's. It answers when echo's router matched another route for the
+// method (GET /users/me/password matches GET /users/{user_id}) and the
+// validator, which knows the path has no GET, said 405.
+func staticAllow(c echo.Context) string {
+	var methods []string
+	for _, r := range c.Echo().Routes() {
+		if r.Path == c.Request().URL.Path && !slices.Contains(methods, r.Method) {
+			methods = append(methods, r.Method)
+		}
+	}
+	sort.Strings(methods)
+	return strings.Join(methods, ", ")
 }
 
 func requestID(c echo.Context) string {

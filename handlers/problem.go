@@ -28,6 +28,7 @@ var statusOf = map[chat.Code]struct {
 	chat.CodeInvalid:           {http.StatusUnprocessableEntity, gen.ProblemCodeValidationFailed},
 	chat.CodeTooLarge:          {http.StatusUnprocessableEntity, gen.ProblemCodeValidationFailed},
 	chat.CodeUnauthorized:      {http.StatusUnauthorized, gen.ProblemCodeInvalidCredentials},
+	chat.CodeSessionRevoked:    {http.StatusUnauthorized, gen.ProblemCodeSessionRevoked},
 	chat.CodeForbidden:         {http.StatusForbidden, gen.ProblemCodeForbidden},
 	chat.CodeNotFound:          {http.StatusNotFound, gen.ProblemCodeNotFound},
 	chat.CodeEmailTaken:        {http.StatusConflict, gen.ProblemCodeEmailTaken},
@@ -81,6 +82,10 @@ func (p *problem) write(w http.ResponseWriter) error {
 	if p.retryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(p.retryAfter))
 	}
+	if p.Status == http.StatusUnauthorized {
+		// RFC 9110 §15.5.2: a 401 names the scheme that would work.
+		w.Header().Set("WWW-Authenticate", `Bearer realm="windi"`)
+	}
 	w.WriteHeader(p.Status)
 	return json.NewEncoder(w).Encode(p.Problem)
 }
@@ -105,3 +110,10 @@ func (p *problem) VisitDeleteMessageResponse(w http.ResponseWriter) error     { 
 func (p *problem) VisitAddReactionResponse(w http.ResponseWriter) error       { return p.write(w) }
 func (p *problem) VisitRemoveReactionResponse(w http.ResponseWriter) error    { return p.write(w) }
 func (p *problem) VisitSearchMessagesResponse(w http.ResponseWriter) error    { return p.write(w) }
+func (p *problem) VisitRefreshTokenResponse(w http.ResponseWriter) error      { return p.write(w) }
+func (p *problem) VisitLogoutResponse(w http.ResponseWriter) error            { return p.write(w) }
+func (p *problem) VisitListSessionsResponse(w http.ResponseWriter) error      { return p.write(w) }
+func (p *problem) VisitRevokeSessionResponse(w http.ResponseWriter) error     { return p.write(w) }
+func (p *problem) VisitUpdateMeResponse(w http.ResponseWriter) error          { return p.write(w) }
+func (p *problem) VisitChangePasswordResponse(w http.ResponseWriter) error    { return p.write(w) }
+func (p *problem) VisitGetUserResponse(w http.ResponseWriter) error           { return p.write(w) }

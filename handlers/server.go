@@ -35,17 +35,21 @@ func NewServer(svc *chat.Service, checks ...Checker) *Server {
 
 type ctxKey struct{}
 
-// withUser returns ctx carrying the authenticated user's id.
-func withUser(ctx context.Context, id int64) context.Context {
-	return context.WithValue(ctx, ctxKey{}, id)
+// withPrincipal returns ctx carrying who the request's token speaks for.
+func withPrincipal(ctx context.Context, p chat.Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
 }
 
-// userID is the authenticated user's id. The validator's authentication
-// function guarantees it on every operation that requires security.
-func userID(ctx context.Context) int64 {
-	id, _ := ctx.Value(ctxKey{}).(int64)
-	return id
+// principal is who the request's token speaks for: user and session. The
+// validator's authentication function guarantees it on every operation
+// that requires security.
+func principal(ctx context.Context) chat.Principal {
+	p, _ := ctx.Value(ctxKey{}).(chat.Principal)
+	return p
 }
+
+// userID is the authenticated user's id.
+func userID(ctx context.Context) int64 { return principal(ctx).UserID }
 
 func apiUser(u repo.User) gen.User {
 	return gen.User{ID: u.ID, Name: u.Name, Email: u.Email, CreatedAt: u.CreatedAt.UTC()}
@@ -71,12 +75,16 @@ func (s *Server) Register(ctx context.Context, req gen.RegisterRequestObject) (g
 
 // Login implements POST /login (OAuth2 password flow).
 func (s *Server) Login(ctx context.Context, req gen.LoginRequestObject) (gen.LoginResponseObject, error) {
-	res, err := s.svc.Login(ctx, req.Body.Username, req.Body.Password)
+	device := ""
+	if req.Body.Device != nil {
+		device = *req.Body.Device
+	}
+	res, err := s.svc.Login(ctx, req.Body.Username, req.Body.Password, device)
 	if err != nil {
 		return fail(err)
 	}
 	return gen.Login200JSONResponse{
-		Body: gen.Token{AccessToken: res.Token, TokenType: gen.Bearer, ExpiresIn: int(res.ExpiresIn / time.Second)},
+		Body: tokenBody(res),
 		// No cache, private or shared, may keep a token (RFC 6749 §5.1).
 		Headers: gen.Login200ResponseHeaders{CacheControl: "no-store"},
 	}, nil

@@ -31,13 +31,14 @@ const (
 	wsMalformed wsKind = "malformed" // "not-a-jwt"
 	wsExpired   wsKind = "expired"   // the member's token, expired an hour ago
 	wsUnknown   wsKind = "unknown"   // valid signature, a user id that does not exist
+	wsRevoked   wsKind = "revoked"   // the member's token of a session it revoked
 	wsNonMember wsKind = "nonMember" // a real user, not in the group
 	wsMember    wsKind = "member"    // a plain member of the group
 	wsOwner     wsKind = "owner"     // the group's owner
 	wsNoChat    wsKind = "noChat"    // the member's token on a chat that does not exist
 )
 
-var wsKinds = []wsKind{wsNone, wsMalformed, wsExpired, wsUnknown, wsNonMember, wsMember, wsOwner, wsNoChat}
+var wsKinds = []wsKind{wsNone, wsMalformed, wsExpired, wsUnknown, wsRevoked, wsNonMember, wsMember, wsOwner, wsNoChat}
 
 // wsMissingChat is a chat id no fixture reaches.
 const wsMissingChat = int64(1) << 40
@@ -45,9 +46,9 @@ const wsMissingChat = int64(1) << 40
 // wsHandshakeRows: the status of the upgrade per endpoint and kind (101 =
 // upgraded). {chat_id} is the group G; noChat puts wsMissingChat there.
 var wsHandshakeRows = map[string]map[wsKind]int{
-	"/ws": {wsNone: 401, wsMalformed: 401, wsExpired: 401, wsUnknown: 401,
+	"/ws": {wsNone: 401, wsMalformed: 401, wsExpired: 401, wsUnknown: 401, wsRevoked: 401,
 		wsNonMember: 101, wsMember: 101, wsOwner: 101},
-	"/ws/{chat_id}": {wsNone: 401, wsMalformed: 401, wsExpired: 401, wsUnknown: 401,
+	"/ws/{chat_id}": {wsNone: 401, wsMalformed: 401, wsExpired: 401, wsUnknown: 401, wsRevoked: 401,
 		wsNonMember: 403, wsMember: 101, wsOwner: 101, wsNoChat: 404},
 }
 
@@ -163,15 +164,19 @@ func newWSAuthzFixture(t *testing.T, s *apptest.Server) *wsAuthzFixture {
 			}
 		}
 	}
-	expired, _, err := s.Service.Tokens().IssueAt(f.member.ID, time.Now().Add(-2*time.Hour), time.Hour)
+	revoked := s.Session(t, f.member)
+	if r, err := s.Client.LogoutWithResponse(bg, revoked.Auth()); err != nil || r.StatusCode() != 204 {
+		t.Fatalf("logout: %v %v", err, r)
+	}
+	expired, _, err := s.Service.Tokens().IssueAt(f.member.ID, f.member.SessionID, time.Now().Add(-2*time.Hour), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown, _, err := s.Service.Tokens().Issue(wsMissingChat) // no such user
+	unknown, _, err := s.Service.Tokens().Issue(wsMissingChat, 1) // no such user
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.tokens = map[wsKind]string{wsNone: "", wsMalformed: "not-a-jwt", wsExpired: expired, wsUnknown: unknown,
+	f.tokens = map[wsKind]string{wsNone: "", wsMalformed: "not-a-jwt", wsExpired: expired, wsUnknown: unknown, wsRevoked: revoked.Token,
 		wsNonMember: f.x.Token, wsMember: f.member.Token, wsOwner: f.owner.Token, wsNoChat: f.member.Token}
 	return f
 }
@@ -401,7 +406,7 @@ func TestWSAuthorizationTokenExpiry(t *testing.T) {
 		chatID := groupChat(t, s, owner, member.ID)
 		// exp is whole seconds in the token: issue at a whole second so the
 		// returned expiry is the one the server sees, 2..3 s from now.
-		token, exp, err := s.Service.Tokens().IssueAt(member.ID, time.Now().Truncate(time.Second), 3*time.Second)
+		token, exp, err := s.Service.Tokens().IssueAt(member.ID, 1, time.Now().Truncate(time.Second), 3*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

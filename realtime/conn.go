@@ -35,6 +35,7 @@ type conn struct {
 	hub    *Hub
 	id     int64
 	userID int64
+	sessID int64 // the session of the token it was opened with
 	chatID int64 // the chat of /ws/{chat_id}; 0 on /ws
 	nc     net.Conn
 	br     *bufio.Reader
@@ -98,9 +99,9 @@ const (
 // holds one only while it writes.
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 
-func newConn(h *Hub, userID, chatID int64, nc net.Conn, br *bufio.Reader, starts map[int64]start) *conn {
+func newConn(h *Hub, p chat.Principal, chatID int64, nc net.Conn, br *bufio.Reader, starts map[int64]start) *conn {
 	c := &conn{
-		hub: h, id: h.connSeq.Add(1), userID: userID, chatID: chatID, nc: nc, br: br,
+		hub: h, id: h.connSeq.Add(1), userID: p.UserID, sessID: p.SessionID, chatID: chatID, nc: nc, br: br,
 		space: make(chan struct{}, 1), streams: make(map[int64]*stream, len(starts)),
 	}
 	c.ctx, c.cancel = context.WithCancel(h.ctx)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/windi-chat/windi/chat"
 )
 
 // testHub is a hub with no broker, store or service: enough for a
@@ -26,7 +28,7 @@ func TestDropNeverBlocksTheDeliverer(t *testing.T) {
 	h := testHub(Config{QueueSize: 16, WriteTimeout: time.Hour})
 	server, client := net.Pipe() // writes block until the client reads: it never does
 	defer client.Close()
-	c := newConn(h, 1, 0, server, bufio.NewReader(server), map[int64]start{7: {}})
+	c := newConn(h, chat.Principal{UserID: 1, SessionID: 1}, 0, server, bufio.NewReader(server), map[int64]start{7: {}})
 	msg := json.RawMessage(`{"chat_id":7,"seq":1}`)
 
 	done := make(chan struct{})
@@ -65,7 +67,7 @@ func TestTasksHaveDeadlines(t *testing.T) {
 	server, client := net.Pipe()
 	defer client.Close()
 	defer server.Close()
-	c := newConn(h, 1, 0, server, bufio.NewReader(server), nil)
+	c := newConn(h, chat.Principal{UserID: 1, SessionID: 1}, 0, server, bufio.NewReader(server), nil)
 	got := make(chan time.Duration, 1)
 	c.mu.Lock()
 	c.addTaskLocked(func(ctx context.Context) {

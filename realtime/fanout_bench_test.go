@@ -130,7 +130,7 @@ func newFanOut(b *testing.B, n int) *fanOut {
 		if err != nil {
 			return err
 		}
-		lr, err := srv.Service.Login(f.ctx, email, "password-123")
+		lr, err := srv.Service.Login(f.ctx, email, "password-123", "")
 		ids[i], tokens[i] = u.ID, lr.Token
 		return err
 	}); err != nil {

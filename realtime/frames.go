@@ -15,7 +15,8 @@ import (
 const (
 	CloseSlowConsumer = 4008 // the connection's queue filled; reconnect with since_seq
 	CloseRemoved      = 4403 // removed from the chat of a per-chat connection
-	CloseTokenExpired = 4501 // the token expired; log in again
+	CloseTokenExpired = 4501 // the token expired; refresh it and reconnect
+	CloseRevoked      = 4401 // the session was revoked; log in again
 )
 
 // clientFrame is any frame a client sends. Pointers tell a missing field

@@ -231,6 +231,9 @@ func (h *Hub) Receive(channel string, payload []byte) {
 			conns = h.connsOfUser(env.UserID, false)
 		}
 		h.each(conns, func(c *conn) { c.removed(env.ChatID, env.UserID, env.Frames) })
+	case event.Revoked:
+		h.svc.NoteRevoked(env.Sessions...)
+		h.closeRevoked(h.connsOfUser(env.UserID, false))
 	case event.Join:
 		h.each(h.connsOfUser(env.UserID, true), func(c *conn) {
 			c.mu.Lock()
@@ -251,6 +254,9 @@ func (h *Hub) Resubscribed(channels []string) {
 	for _, ch := range channels {
 		kind, id, ok := event.ParseChannel(ch)
 		switch {
+		case ch == event.SessionsChannel:
+			// Revocations may have been missed: the database has them.
+			go h.reloadRevocations()
 		case !ok:
 		case kind == "chat":
 			h.each(h.connsOfChat(id), func(c *conn) {
@@ -270,6 +276,46 @@ func (h *Hub) Resubscribed(channels []string) {
 			})
 		}
 	}
+}
+
+// Start subscribes this replica to the sessions channel, then reads the
+// recent revocations from the database (in that order, so that none falls
+// in between): call it once, before the server takes requests.
+func (h *Hub) Start(ctx context.Context) error {
+	if err := h.acquire(ctx, event.SessionsChannel); err != nil {
+		return fmt.Errorf("realtime: subscribe to %s: %w", event.SessionsChannel, err)
+	}
+	return h.svc.LoadRevocations(ctx)
+}
+
+// reloadRevocations refreshes the revocation cache from the database and
+// closes this replica's connections of sessions revoked meanwhile.
+func (h *Hub) reloadRevocations() {
+	ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
+	defer cancel()
+	if err := h.svc.LoadRevocations(ctx); err != nil {
+		h.log.Warn("revocations not reloaded", "event", "session.reload_failed", "err", err)
+		return
+	}
+	h.mu.RLock()
+	all := h.snapshot()
+	for _, set := range h.byUser {
+		for c := range set {
+			*all = append(*all, c)
+		}
+	}
+	h.mu.RUnlock()
+	h.closeRevoked(all)
+}
+
+// closeRevoked closes, with 4401, the connections of the snapshot whose
+// session is revoked.
+func (h *Hub) closeRevoked(conns *[]*conn) {
+	h.each(conns, func(c *conn) {
+		if h.svc.SessionRevoked(c.sessID) {
+			c.close(CloseRevoked, "session revoked")
+		}
+	})
 }
 
 // each calls fn for every connection of a snapshot and recycles it.
@@ -553,6 +599,7 @@ func (h *Hub) loop() {
 			h.refreshPresence()
 		case <-check.C:
 			h.check()
+			go h.reloadRevocations()
 		case <-h.stop:
 			for {
 				select {

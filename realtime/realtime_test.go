@@ -580,7 +580,7 @@ func TestHandshakeErrors(t *testing.T) {
 	s := env.Start(t)
 	alice, bob, mallory := s.NewUser(t, "Alice"), s.NewUser(t, "Bob"), s.NewUser(t, "Mallory")
 	chatID := privateChat(t, s, alice, bob.ID)
-	expired, _, _ := s.Service.Tokens().IssueAt(alice.ID, time.Now().Add(-2*time.Hour), time.Hour)
+	expired, _, _ := s.Service.Tokens().IssueAt(alice.ID, 1, time.Now().Add(-2*time.Hour), time.Hour)
 	for name, tc := range map[string]struct {
 		path, token string
 		header      http.Header

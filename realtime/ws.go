@@ -111,15 +111,16 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 		return echo.NewHTTPError(http.StatusUnauthorized, "missing token")
 	}
 	ctx := r.Context()
-	userID, exp, err := h.svc.Authenticate(ctx, tok)
+	p, err := h.svc.Authenticate(ctx, tok)
 	if err != nil {
-		if chat.CodeOf(err) == chat.CodeUnauthorized {
+		if code := chat.CodeOf(err); code == chat.CodeUnauthorized || code == chat.CodeSessionRevoked {
 			// The same answer as REST: a bad token is "unauthorized", not a
 			// failed login.
 			return echo.NewHTTPError(http.StatusUnauthorized, "invalid or expired token")
 		}
 		return err
 	}
+	userID := p.UserID
 	starts, err := h.starts(ctx, r.URL.Query(), userID, chatID)
 	if err != nil {
 		return err
@@ -152,7 +153,7 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 	if br.Buffered() == 0 {
 		br = bufio.NewReaderSize(nc, 512)
 	}
-	c := newConn(h, userID, chatID, nc, br, starts)
+	c := newConn(h, p, chatID, nc, br, starts)
 	rctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
 	defer cancel()
 	if err := h.register(rctx, c); err != nil {
@@ -165,7 +166,12 @@ func (h *Hub) serve(ec echo.Context, chatID int64) error {
 		return nil
 	}
 	h.log.Info("connection opened", "event", "ws.opened", "conn_id", c.id, "user_id", userID, "chat_id", chatID, "chats", len(starts))
-	c.start(exp)
+	c.start(p.ExpiresAt)
+	// A revocation announced while this connection was registering may
+	// have passed it by (it was not indexed yet): look once more.
+	if h.svc.SessionRevoked(c.sessID) {
+		c.close(CloseRevoked, "session revoked")
+	}
 	return nil
 }
 

@@ -67,21 +67,32 @@ func (s *Store) UsersExist(ctx context.Context, ids []int64) (missing []int64, e
 	return missing, nil
 }
 
-// SearchUsers returns up to limit users whose name or email starts with q,
-// ignoring case, ordered by name then id. Names compare case-insensitively
-// and byte-wise (not by locale), the same on both dialects. An empty q matches everyone; a
-// limit below one means defaultSearchLimit. LIKE wildcards in q match
-// literally. SQLite folds case for ASCII letters only.
-func (s *Store) SearchUsers(ctx context.Context, q string, limit int) ([]User, error) {
+// SearchUsers returns up to limit users whose name starts with
+// namePrefix, ignoring case, or whose email is exactly email (as stored:
+// the caller normalizes it), ordered by name then id. Names compare
+// case-insensitively and byte-wise (not by locale), the same on both
+// dialects; SQLite folds case for ASCII letters only. LIKE wildcards in
+// namePrefix match literally. An empty namePrefix matches no name and an
+// empty email no email, so nobody can list everyone; a limit below one
+// means defaultSearchLimit.
+func (s *Store) SearchUsers(ctx context.Context, namePrefix, email string, limit int) ([]User, error) {
 	if limit < 1 {
 		limit = defaultSearchLimit
 	}
 	users := []User{}
-	query := s.db.NewSelect().Model(&users).OrderExpr(s.nameOrder()).Limit(int64(limit))
-	if q != "" {
-		pattern := escapeLike(strings.ToLower(q)) + "%"
-		query = query.Where("lower(u.name) LIKE ? ESCAPE '!' OR lower(u.email) LIKE ? ESCAPE '!'", pattern, pattern)
+	if namePrefix == "" && email == "" {
+		return users, nil
 	}
+	query := s.db.NewSelect().Model(&users).OrderExpr(s.nameOrder()).Limit(int64(limit))
+	query = query.WhereGroup(" AND ", func(q *bun.SelectQuery) *bun.SelectQuery {
+		if namePrefix != "" {
+			q = q.WhereOr("lower(u.name) LIKE ? ESCAPE '!'", escapeLike(strings.ToLower(namePrefix))+"%")
+		}
+		if email != "" {
+			q = q.WhereOr("u.email = ?", email)
+		}
+		return q
+	})
 	if err := query.Scan(ctx); err != nil {
 		return nil, wrap("search users", err)
 	}

@@ -124,9 +124,9 @@ func TestSearchUsers(t *testing.T) {
 				t.Fatalf("create %s: %v", u.name, err)
 			}
 		}
-		names := func(q string, limit int) []string {
+		names := func(q, email string, limit int) []string {
 			t.Helper()
-			users, err := s.SearchUsers(ctx, q, limit)
+			users, err := s.SearchUsers(ctx, q, email, limit)
 			if err != nil {
 				t.Fatalf("search %q: %v", q, err)
 			}
@@ -137,25 +137,32 @@ func TestSearchUsers(t *testing.T) {
 			return out
 		}
 		tests := []struct {
-			q     string
-			limit int
-			want  []string
+			q, email string
+			limit    int
+			want     []string
 		}{
-			{"AL", 10, []string{"Albert", "alice", "Carol", "Xavier"}},
-			{"al_", 10, []string{"Carol"}},
-			{"ali", 10, []string{"alice"}},
-			{"ZED@", 10, []string{"alice"}},
-			{"100%", 10, []string{"100% Dave"}},
-			{"%", 10, []string{}},
-			{"_", 10, []string{}},
-			{"lice", 10, []string{}},
-			{"", 3, []string{"100% Dave", "Albert", "alice"}},
-			{"", 0, []string{"100% Dave", "Albert", "alice", "Bob", "Carol", "Xavier"}},
+			// Names by prefix only: emails never match a prefix.
+			{"AL", "", 10, []string{"Albert", "alice"}},
+			{"al", "al", 10, []string{"Albert", "alice"}},
+			{"ali", "", 10, []string{"alice"}},
+			{"ZED@", "zed@", 10, []string{}},
+			{"100%", "", 10, []string{"100% Dave"}},
+			{"%", "", 10, []string{}},
+			{"_", "", 10, []string{}},
+			{"lice", "", 10, []string{}},
+			// An exact email finds its user, whatever the name.
+			{"zed@example.com", "zed@example.com", 10, []string{"alice"}},
+			{"", "al_pha@example.com", 10, []string{"Carol"}},
+			{"b", "al_pha@example.com", 10, []string{"Bob", "Carol"}},
+			{"a", "", 1, []string{"Albert"}},
+			// Nothing asked, nothing answered: no listing of everyone.
+			{"", "", 3, []string{}},
+			{"", "", 0, []string{}},
 		}
 		for _, tt := range tests {
-			got := names(tt.q, tt.limit)
+			got := names(tt.q, tt.email, tt.limit)
 			if !slices.Equal(got, tt.want) {
-				t.Errorf("search %q limit %d: got %v, want %v", tt.q, tt.limit, got, tt.want)
+				t.Errorf("search %q / email %q limit %d: got %v, want %v", tt.q, tt.email, tt.limit, got, tt.want)
 			}
 		}
 	})

@@ -303,11 +303,14 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs, Spec: spec, stop: stop, rep: rep}
 }
 
-// User is a registered, logged-in user.
+// User is a registered, logged-in user: Token is the access token of its
+// session SessionID, Refresh that session's refresh token.
 type User struct {
 	gen.User
-	Password string
-	Token    string
+	Password  string
+	Token     string
+	Refresh   string
+	SessionID int64
 }
 
 // Auth returns a request editor that sends u's token.
@@ -341,11 +344,18 @@ func (s *Server) NewUser(t testing.TB, name string) User {
 	if r.JSON201 == nil {
 		t.Fatalf("register %s: status %d body %s", name, r.StatusCode(), r.Body)
 	}
-	return User{User: *r.JSON201, Password: pw, Token: s.Login(t, email, pw)}
+	tok := s.LoginToken(t, email, pw)
+	return User{User: *r.JSON201, Password: pw, Token: tok.AccessToken, Refresh: tok.RefreshToken, SessionID: tok.SessionID}
 }
 
-// Login logs in and returns the access token.
+// Login logs in (a new session) and returns the access token.
 func (s *Server) Login(t testing.TB, email, password string) string {
+	t.Helper()
+	return s.LoginToken(t, email, password).AccessToken
+}
+
+// LoginToken logs in (a new session) and returns the whole answer.
+func (s *Server) LoginToken(t testing.TB, email, password string) gen.Token {
 	t.Helper()
 	r, err := s.Client.LoginWithFormdataBodyWithResponse(context.Background(), gen.LoginForm{Username: email, Password: password})
 	if err != nil {
@@ -354,7 +364,15 @@ func (s *Server) Login(t testing.TB, email, password string) string {
 	if r.JSON200 == nil {
 		t.Fatalf("login %s: status %d body %s", email, r.StatusCode(), r.Body)
 	}
-	return r.JSON200.AccessToken
+	return *r.JSON200
+}
+
+// Session logs u in once more: another session (device) of the same user.
+func (s *Server) Session(t testing.TB, u User) User {
+	t.Helper()
+	tok := s.LoginToken(t, u.Email, u.Password)
+	u.Token, u.Refresh, u.SessionID = tok.AccessToken, tok.RefreshToken, tok.SessionID
+	return u
 }
 
 // Do sends a raw request and returns the status, headers and body.

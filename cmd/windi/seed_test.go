@@ -127,15 +127,15 @@ func TestSeedIsIdempotent(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, c := range credentials(t, second) {
-				res, err := svc.Login(ctx, c.email, c.password)
+				res, err := svc.Login(ctx, c.email, c.password, "")
 				if err != nil {
 					t.Errorf("login %s with the printed password: %v", c.email, err)
 					continue
 				}
-				if _, _, err := svc.Authenticate(ctx, res.Token); err != nil {
+				if _, err := svc.Authenticate(ctx, res.Token); err != nil {
 					t.Errorf("token of %s: %v", c.email, err)
 				}
-				if _, err := svc.Login(ctx, c.email, c.password+"x"); chat.CodeOf(err) != chat.CodeUnauthorized {
+				if _, err := svc.Login(ctx, c.email, c.password+"x", ""); chat.CodeOf(err) != chat.CodeUnauthorized {
 					t.Errorf("login %s with a wrong password: got %v, want unauthorized", c.email, err)
 				}
 			}
@@ -309,7 +309,7 @@ func TestSeedReusesAndRepairs(t *testing.T) {
 	if !regexp.MustCompile(`Dave D\.\s+dave@windi\.test\s+\(not the demo password`).MatchString(out) || !strings.Contains(out, "Created now: 3 users, 2 chats, 12 messages.") {
 		t.Errorf("pre-existing account not reported as such:\n%s", out)
 	}
-	if _, err := svc.Login(ctx, "dave@windi.test", "daves-own-password"); err != nil {
+	if _, err := svc.Login(ctx, "dave@windi.test", "daves-own-password", ""); err != nil {
 		t.Errorf("seeding changed a pre-existing password: %v", err)
 	}
 

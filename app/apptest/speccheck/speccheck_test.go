@@ -55,7 +55,7 @@ func problem(status int, code string) string {
 
 func chat(lastMessage string) string {
 	return `{"id":1,"type":"private","name":null,"created_at":"2026-12-01T10:00:00Z","last_seq":0,` +
-		`"members":[{"user_id":1,"role":"owner","last_read_seq":0}],"last_message":` + lastMessage + `,"unread":0}`
+		`"members":[{"user_id":1,"name":"Alice","role":"owner","last_read_seq":0}],"last_message":` + lastMessage + `,"unread":0}`
 }
 
 // TestCheckResponse feeds the checker responses that match the spec and
