@@ -354,9 +354,9 @@ func checkSecret(secret string) error {
 	const fix = "use a random one, such as JWT_SECRET=$(openssl rand -hex 32), or set WINDI_INSECURE_DEV=1 for a throwaway development server"
 	switch {
 	case len(secret) < MinSecretBytes:
-		return fmt.Errorf("JWT_SECRET is %d bytes, under the %d required: %s", len(secret), MinSecretBytes, fix)
+		return fmt.Errorf("JWT_SECRET: %d bytes, under the %d required: %s", len(secret), MinSecretBytes, fix)
 	case secret == ComposeExampleSecret:
-		return fmt.Errorf("JWT_SECRET is the public example value of docker-compose.yml: %s", fix)
+		return fmt.Errorf("JWT_SECRET: the public example value docker-compose.yml once shipped: %s", fix)
 	}
 	return nil
 }

@@ -119,6 +119,11 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("WINDI_INSECURE_DEV: %q is not 1 or 0", v)
 		}
 	}
+	if cfg.JWTSecret != "" && !cfg.InsecureDev {
+		if err := checkSecret(cfg.JWTSecret); err != nil {
+			return Config{}, err
+		}
+	}
 	if cfg.Limits, err = loadLimits(get); err != nil {
 		return Config{}, err
 	}

@@ -29,21 +29,23 @@ func TestLoadConfigErrorsNameTheVariable(t *testing.T) {
 	}{
 		"scaled without secret": {map[string]string{"DATABASE_URL": "postgres://x/y"}, "JWT_SECRET"},
 		"redis without secret":  {map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, "JWT_SECRET"},
-		"bad database url":      {map[string]string{"DATABASE_URL": "mysql://x", "JWT_SECRET": "s"}, "DATABASE_URL"},
-		"bad redis url":         {map[string]string{"REDIS_URL": "http://x", "JWT_SECRET": "s"}, "REDIS_URL"},
+		"bad database url":      {map[string]string{"DATABASE_URL": "mysql://x", "JWT_SECRET": testSecret}, "DATABASE_URL"},
+		"bad redis url":         {map[string]string{"REDIS_URL": "http://x", "JWT_SECRET": testSecret}, "REDIS_URL"},
 		"bad ttl":               {map[string]string{"JWT_TTL": "soon"}, "JWT_TTL"},
 		"negative ttl":          {map[string]string{"JWT_TTL": "-1h"}, "JWT_TTL"},
 		"bad refresh ttl":       {map[string]string{"WINDI_REFRESH_TTL": "a month"}, "WINDI_REFRESH_TTL"},
 		"zero refresh ttl":      {map[string]string{"WINDI_REFRESH_TTL": "0s"}, "WINDI_REFRESH_TTL"},
 		"bad insecure flag":     {map[string]string{"WINDI_INSECURE_DEV": "maybe"}, "WINDI_INSECURE_DEV"},
+		"short secret":          {map[string]string{"JWT_SECRET": "s3cret"}, "JWT_SECRET"},
+		"compose example":       {map[string]string{"JWT_SECRET": app.ComposeExampleSecret, "DATABASE_URL": "postgres://h/db"}, "JWT_SECRET"},
 		"bad level":             {map[string]string{"WINDI_LOG_LEVEL": "loud"}, "WINDI_LOG_LEVEL"},
 		"bad addr":              {map[string]string{"WINDI_ADDR": "8000"}, "WINDI_ADDR"},
 		"cluster flag alone":    {map[string]string{"WINDI_REDIS_CLUSTER": "1"}, "WINDI_REDIS_CLUSTER"},
-		"bad cluster flag":      {map[string]string{"WINDI_REDIS_CLUSTER": "yes please", "REDIS_URL": "redis://h:1", "JWT_SECRET": "s"}, "WINDI_REDIS_CLUSTER"},
-		"cluster with a db":     {map[string]string{"REDIS_URL": "redis://h:1/3?addr=h:2", "JWT_SECRET": "s"}, "REDIS_URL"},
-		"cluster bad option":    {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2&db=1", "JWT_SECRET": "s"}, "REDIS_URL"},
-		"cluster bad addr":      {map[string]string{"REDIS_URL": "redis://h:1?addr=nope", "JWT_SECRET": "s"}, "REDIS_URL"},
-		"addr= but flag 0":      {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2", "WINDI_REDIS_CLUSTER": "0", "JWT_SECRET": "s"}, "REDIS_URL"},
+		"bad cluster flag":      {map[string]string{"WINDI_REDIS_CLUSTER": "yes please", "REDIS_URL": "redis://h:1", "JWT_SECRET": testSecret}, "WINDI_REDIS_CLUSTER"},
+		"cluster with a db":     {map[string]string{"REDIS_URL": "redis://h:1/3?addr=h:2", "JWT_SECRET": testSecret}, "REDIS_URL"},
+		"cluster bad option":    {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2&db=1", "JWT_SECRET": testSecret}, "REDIS_URL"},
+		"cluster bad addr":      {map[string]string{"REDIS_URL": "redis://h:1?addr=nope", "JWT_SECRET": testSecret}, "REDIS_URL"},
+		"addr= but flag 0":      {map[string]string{"REDIS_URL": "redis://h:1?addr=h:2", "WINDI_REDIS_CLUSTER": "0", "JWT_SECRET": testSecret}, "REDIS_URL"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := app.LoadConfig(env(tc.env))
@@ -79,7 +81,7 @@ func TestLoadConfigRedisCluster(t *testing.T) {
 		{map[string]string{"REDIS_URL": "redis://h:7000", "WINDI_REDIS_CLUSTER": "1"}, true},
 		{map[string]string{"REDIS_URL": "redis://h:7000?dial_timeout=2s", "WINDI_REDIS_CLUSTER": "true"}, true},
 	} {
-		tc.env["JWT_SECRET"] = "s"
+		tc.env["JWT_SECRET"] = testSecret
 		cfg, err := app.LoadConfig(env(tc.env))
 		if err != nil {
 			t.Errorf("%v: %v", tc.env, err)
@@ -149,3 +151,6 @@ func TestLoadConfigSecurity(t *testing.T) {
 		}
 	}
 }
+
+// testSecret is a JWT_SECRET long enough to be accepted.
+const testSecret = "config-test-secret-0123456789abcdef"

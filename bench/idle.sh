@@ -39,7 +39,7 @@ export WINDI_LOG_LEVEL=warn WINDI_ADDR=127.0.0.1:$PORT WINDI_DATA_DIR=$work/data
 if [ "$MODE" = scaled ]; then
 	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
 	psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
-	export DATABASE_URL="${PGURL%/*}/$DB" REDIS_URL=redis://127.0.0.1:6379/0 WINDI_REDIS_PREFIX="idle-$RANDOM:" JWT_SECRET=$(openssl rand -hex 32)
+	export DATABASE_URL="${PGURL%/*}/$DB" REDIS_URL=redis://127.0.0.1:6379/0 WINDI_REDIS_PREFIX="idle-$RANDOM:" JWT_SECRET=$(openssl rand -hex 32) JWT_TTL=${JWT_TTL:-2h}
 fi
 "$work/windi" >"$work/windi.log" 2>&1 &
 pid=$!

@@ -94,6 +94,8 @@ fi
 
 JWT_SECRET=$(openssl rand -hex 32)
 export JWT_SECRET
+# Tokens outlive the run: windi-load does not refresh them.
+export JWT_TTL=${JWT_TTL:-2h}
 if [ "$MODE" = scaled ]; then
 	log "fresh database $DB, Redis db 14 flushed"
 	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true

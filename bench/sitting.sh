@@ -38,6 +38,8 @@ if [ "$MODE" = scaled ]; then
 	export DATABASE_URL="${PGURL%/*}/windi_sitting?sslmode=disable" REDIS_URL=redis://127.0.0.1:6379/13
 	JWT_SECRET=$(openssl rand -hex 32)
 	export JWT_SECRET
+	# Tokens outlive the run: windi-load does not refresh them.
+	export JWT_TTL=${JWT_TTL:-2h}
 	n=2
 else
 	unset DATABASE_URL REDIS_URL JWT_SECRET

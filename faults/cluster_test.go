@@ -420,6 +420,9 @@ func (c *cluster) replicaEnv(r *replica) []string {
 		"DATABASE_URL="+c.dbURL,
 		"REDIS_URL="+redisURL(),
 		"JWT_SECRET="+c.secret,
+		// Tokens outlive the longest run (the soak), so clients need not
+		// refresh mid-test.
+		"JWT_TTL=2h",
 		"WINDI_REDIS_PREFIX="+c.prefix,
 		fmt.Sprintf("WINDI_ADDR=127.0.0.1:%d", r.port),
 		fmt.Sprintf("WINDI_DATA_DIR=%s/data-%d", c.dir, r.idx),
