@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -23,8 +24,13 @@ import (
 type TokenFunc func(ctx context.Context, expired bool) (string, error)
 
 // ErrNoToken is returned when the server rejected a token and the Client
-// has no TokenFunc to get another one.
-var ErrNoToken = errors.New("client: token rejected and no TokenFunc to get a new one")
+// has neither a TokenFunc nor a refresh token to get another one.
+var ErrNoToken = errors.New("client: token rejected and no TokenFunc or refresh token to get a new one")
+
+// ErrSessionEnded is returned when the server refused the refresh token:
+// the session was revoked (logged out, signed out from another device, a
+// password change, a reused refresh token) or expired. Log in again.
+var ErrSessionEnded = errors.New("client: the session ended; log in again")
 
 // Client talks to one WinDI Chat server: REST through the generated client,
 // WebSockets through Dial. It is safe for concurrent use.
@@ -36,9 +42,17 @@ type Client struct {
 	base *url.URL
 	http *http.Client
 
-	mu        sync.Mutex // guards token and tokenFunc
+	mu        sync.Mutex // guards the fields below
 	token     string
 	tokenFunc TokenFunc
+	refresh   string // the session's refresh token, "" when none
+	sessionID int64
+	device    string
+	onTokens  func(rest.Token)
+
+	// renewing holds one token: whoever holds it refreshes, so one refresh
+	// is in flight at a time and the others wait for its result.
+	renewing chan struct{}
 }
 
 // Option configures a Client.
@@ -52,8 +66,23 @@ func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.http = 
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // WithTokenFunc makes the Client ask fn for tokens (see TokenFunc); it
-// takes precedence over a token set with WithToken or Login.
+// takes precedence over a token set with WithToken or Login, and over the
+// refresh token.
 func WithTokenFunc(fn TokenFunc) Option { return func(c *Client) { c.tokenFunc = fn } }
+
+// WithRefreshToken sets the refresh token of a session, e.g. one kept from
+// an earlier Login: the Client refreshes with it when the server rejects
+// the access token (or when there is none yet).
+func WithRefreshToken(refresh string) Option { return func(c *Client) { c.refresh = refresh } }
+
+// WithDevice names this program's sessions in the user's device list
+// (GET /sessions); by default the server takes the User-Agent.
+func WithDevice(name string) Option { return func(c *Client) { c.device = name } }
+
+// WithOnTokens calls fn after every login and refresh with the new tokens,
+// so the program can keep the refresh token (it changes on every refresh:
+// the old one stops working). fn must not call the Client.
+func WithOnTokens(fn func(rest.Token)) Option { return func(c *Client) { c.onTokens = fn } }
 
 // New returns a Client for the server at baseURL (http:// or https://,
 // e.g. "http://localhost:8000").
@@ -65,11 +94,11 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("client: base URL %q: want http://host[:port] or https://host[:port]", baseURL)
 	}
-	c := &Client{base: u, http: http.DefaultClient}
+	c := &Client{base: u, http: http.DefaultClient, renewing: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(c)
 	}
-	c.REST, err = rest.NewClientWithResponses(u.String(), rest.WithHTTPClient(c.http),
+	c.REST, err = rest.NewClientWithResponses(u.String(), rest.WithHTTPClient(retrier{c}),
 		rest.WithRequestEditorFn(c.authorize))
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
@@ -87,29 +116,163 @@ func (c *Client) SetToken(token string) {
 	c.mu.Unlock()
 }
 
-// Token returns an access token: the TokenFunc's, or the one set.
-func (c *Client) Token(ctx context.Context) (string, error) { return c.tokenFor(ctx, false) }
+// Token returns an access token: the TokenFunc's, or the one set (or
+// refreshed).
+func (c *Client) Token(ctx context.Context) (string, error) { return c.tokenFor(ctx, false, "") }
 
-func (c *Client) tokenFor(ctx context.Context, expired bool) (string, error) {
+// RefreshToken returns the session's current refresh token ("" when there
+// is none): what a program keeps to resume the session after a restart.
+func (c *Client) RefreshToken() string {
 	c.mu.Lock()
-	fn, tok := c.tokenFunc, c.token
+	defer c.mu.Unlock()
+	return c.refresh
+}
+
+// tokenFor returns the token for the next request or connection. expired
+// says the server rejected rejected (the token last used): the TokenFunc is
+// asked for another, or the session is refreshed, once for every caller
+// that saw the same token rejected.
+func (c *Client) tokenFor(ctx context.Context, expired bool, rejected string) (string, error) {
+	c.mu.Lock()
+	fn, tok, refresh := c.tokenFunc, c.token, c.refresh
 	c.mu.Unlock()
-	if fn != nil {
+	switch {
+	case fn != nil:
 		return fn(ctx, expired)
-	}
-	if expired {
-		return "", ErrNoToken
+	case expired || tok == "" && refresh != "":
+		return c.renew(ctx, rejected)
 	}
 	return tok, nil
 }
 
+// renew refreshes the session unless someone already replaced rejected,
+// and returns the current access token. One refresh runs at a time; those
+// who wait for it get its token, or its error. Errors: ErrNoToken without
+// a refresh token, ErrSessionEnded when the server refused it, anything
+// else (a network error, a 503) is worth retrying later.
+func (c *Client) renew(ctx context.Context, rejected string) (string, error) {
+	select {
+	case c.renewing <- struct{}{}:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	defer func() { <-c.renewing }()
+	c.mu.Lock()
+	tok, refresh := c.token, c.refresh
+	c.mu.Unlock()
+	if tok != "" && tok != rejected {
+		return tok, nil // refreshed while this caller waited
+	}
+	if refresh == "" {
+		return "", ErrNoToken
+	}
+	t, err := c.refreshWith(ctx, refresh)
+	if err != nil {
+		return "", err
+	}
+	return t.AccessToken, nil
+}
+
+// Refresh trades the refresh token for a new access token and a new
+// refresh token now (POST /token/refresh), as the Client does by itself
+// when the server rejects the access token. Errors: ErrNoToken,
+// ErrSessionEnded.
+func (c *Client) Refresh(ctx context.Context) (*rest.Token, error) {
+	select {
+	case c.renewing <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.renewing }()
+	refresh := c.RefreshToken()
+	if refresh == "" {
+		return nil, ErrNoToken
+	}
+	return c.refreshWith(ctx, refresh)
+}
+
+// refreshWith runs one refresh; the caller holds renewing.
+func (c *Client) refreshWith(ctx context.Context, refresh string) (*rest.Token, error) {
+	r, err := c.REST.RefreshTokenWithResponse(ctx, rest.RefreshRequest{RefreshToken: refresh})
+	if err != nil {
+		return nil, fmt.Errorf("refresh: %w", err)
+	}
+	if r.JSON200 == nil {
+		err := ResponseError(r.HTTPResponse, r.Body)
+		if r.StatusCode() == http.StatusUnauthorized {
+			c.mu.Lock()
+			if c.refresh == refresh {
+				c.refresh, c.token = "", ""
+			}
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w: %w", ErrSessionEnded, err)
+		}
+		return nil, fmt.Errorf("refresh: %w", err)
+	}
+	c.keep(*r.JSON200)
+	return r.JSON200, nil
+}
+
+// keep stores the tokens of a login or refresh and tells WithOnTokens.
+func (c *Client) keep(t rest.Token) {
+	c.mu.Lock()
+	c.token, c.refresh, c.sessionID = t.AccessToken, t.RefreshToken, t.SessionID
+	fn := c.onTokens
+	c.mu.Unlock()
+	if fn != nil {
+		fn(t)
+	}
+}
+
+// publicPath reports whether path is an operation that takes no bearer
+// token (and whose 401 is no reason to refresh).
+func publicPath(path string) bool {
+	for _, p := range []string{"/login", "/register", "/token/refresh"} {
+		if strings.HasSuffix(path, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// retrier sends the REST requests: a request the server answers 401 with
+// the Client's token is sent once more with a renewed token (refreshed, or
+// the TokenFunc's), when the body can be replayed.
+type retrier struct{ c *Client }
+
+func (r retrier) Do(req *http.Request) (*http.Response, error) {
+	resp, err := r.c.http.Do(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || publicPath(req.URL.Path) {
+		return resp, err
+	}
+	used, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if !ok || req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return resp, nil
+	}
+	tok, terr := r.c.tokenFor(req.Context(), true, used)
+	if terr != nil || tok == "" || tok == used {
+		return resp, nil // the caller sees the 401
+	}
+	again := req.Clone(req.Context())
+	if req.GetBody != nil {
+		if again.Body, err = req.GetBody(); err != nil {
+			return resp, nil
+		}
+	}
+	again.Header.Set("Authorization", "Bearer "+tok)
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+	return r.c.http.Do(again)
+}
+
 // authorize adds the bearer token to a REST request, if there is one. A
-// request that already names its own Authorization keeps it.
+// request that already names its own Authorization keeps it; register,
+// login and refresh carry none.
 func (c *Client) authorize(ctx context.Context, r *http.Request) error {
-	if r.Header.Get("Authorization") != "" {
+	if r.Header.Get("Authorization") != "" || publicPath(r.URL.Path) {
 		return nil
 	}
-	tok, err := c.tokenFor(ctx, false)
+	tok, err := c.tokenFor(ctx, false, "")
 	if err != nil {
 		return err
 	}
@@ -131,19 +294,48 @@ func (c *Client) Register(ctx context.Context, name, email, password string) (*r
 	return r.JSON201, nil
 }
 
-// Login exchanges an email and password for an access token (POST
-// /login, the OAuth2 password form) and keeps the token for later
-// requests and connections.
+// Login exchanges an email and password for a new session (POST /login,
+// the OAuth2 password form) and keeps its access and refresh tokens for
+// later requests and connections: an access token the server rejects is
+// refreshed transparently, until the session ends (ErrSessionEnded).
 func (c *Client) Login(ctx context.Context, email, password string) (*rest.Token, error) {
-	r, err := c.REST.LoginWithFormdataBodyWithResponse(ctx, rest.LoginForm{Username: email, Password: password})
+	form := rest.LoginForm{Username: email, Password: password}
+	if c.device != "" {
+		form.Device = &c.device
+	}
+	r, err := c.REST.LoginWithFormdataBodyWithResponse(ctx, form)
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
 	if r.JSON200 == nil {
 		return nil, ResponseError(r.HTTPResponse, r.Body)
 	}
-	c.SetToken(r.JSON200.AccessToken)
+	c.keep(*r.JSON200)
 	return r.JSON200, nil
+}
+
+// Logout ends the session (POST /logout) on every replica, its
+// WebSockets included (they close with 4401), and forgets its tokens.
+func (c *Client) Logout(ctx context.Context) error {
+	r, err := c.REST.LogoutWithResponse(ctx)
+	if err != nil {
+		return fmt.Errorf("logout: %w", err)
+	}
+	if r.StatusCode() != http.StatusNoContent {
+		return ResponseError(r.HTTPResponse, r.Body)
+	}
+	c.mu.Lock()
+	c.token, c.refresh, c.sessionID = "", "", 0
+	c.mu.Unlock()
+	return nil
+}
+
+// SessionID is the id of the session Login or the last refresh started or
+// continued (0 before).
+func (c *Client) SessionID() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sessionID
 }
 
 // Me returns the logged-in user (GET /users/me).
@@ -287,4 +479,10 @@ func (c *Client) History(ctx context.Context, chatID int64, params *rest.GetHist
 		return nil, ResponseError(r.HTTPResponse, r.Body)
 	}
 	return *r.JSON200, nil
+}
+
+func (c *Client) hasTokenFunc() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tokenFunc != nil
 }

@@ -273,7 +273,8 @@ type Conn struct {
 
 	// Owned by the goroutine (run and what it calls).
 	chats      map[int64]*chatState
-	positioned bool // the first positions were read
+	positioned bool   // the first positions were read
+	lastToken  string // the token of the last connection attempt (run only)
 	outbox     []*Pending
 	inflight   int
 	pauseUntil time.Time // rate limited: no sends before then
@@ -662,7 +663,7 @@ func (c *Conn) run() {
 				return
 			}
 			switch status := StatusOf(err); {
-			case errors.Is(err, ErrNoToken) || (status == 0 && isTokenErr(err)):
+			case errors.Is(err, ErrNoToken) || errors.Is(err, ErrSessionEnded) || (status == 0 && isTokenErr(err)):
 				c.finish(err)
 				return
 			case status == http.StatusUnauthorized:
@@ -725,13 +726,17 @@ func isTokenErr(err error) bool {
 
 // connect gets a token, reads the first positions (once), and dials.
 func (c *Conn) connect(expired bool) (*Socket, error) {
-	tok, err := c.client.tokenFor(c.ctx, expired)
+	tok, err := c.client.tokenFor(c.ctx, expired, c.lastToken)
 	if err != nil {
-		if errors.Is(err, ErrNoToken) {
+		if errors.Is(err, ErrNoToken) || errors.Is(err, ErrSessionEnded) {
 			return nil, err
 		}
-		return nil, &tokenError{err}
+		if c.client.hasTokenFunc() {
+			return nil, &tokenError{err}
+		}
+		return nil, err // a refresh that failed on the way (network, 503): retried with backoff
 	}
+	c.lastToken = tok
 	if !c.positioned {
 		if err := c.readPositions(tok); err != nil {
 			return nil, err

@@ -55,5 +55,19 @@
 // any other code below 4500 except 4403. It stops for good on 4401 (the
 // session was revoked), 4403 (removed from the chat of a per-chat Conn),
 // other codes from 4500 on, and on 4501 (token expired) or a 401 at the
-// handshake unless the Client's TokenFunc hands out a new token.
+// handshake unless the Client gets a new token: by refreshing its session
+// or from its TokenFunc.
+//
+// # Sessions and refresh
+//
+// Login starts a session and keeps its access token (short-lived,
+// JWT_TTL) and refresh token. When the server rejects the access token (a
+// REST 401, a 401 at the WebSocket handshake, close code 4501) the Client
+// refreshes (POST /token/refresh) and the request is sent once more, the
+// Conn reconnects: one refresh is in flight at a time, and every request
+// that failed with the same token waits for it and uses its result. The
+// refresh token changes with every refresh (WithOnTokens reports the new
+// one, RefreshToken returns it; WithRefreshToken resumes a session after a
+// restart). A refused refresh (ErrSessionEnded) and close code 4401 mean
+// the session was revoked or expired: log in again.
 package client
