@@ -102,6 +102,7 @@ type Service struct {
 	now        func() time.Time
 	refreshTTL time.Duration
 	revoked    *revocations
+	known      *knownUsers
 	pruneMu    sync.Mutex // guards prunedAt
 	prunedAt   time.Time
 }
@@ -125,6 +126,7 @@ func New(cfg Config) (*Service, error) {
 		s.refreshTTL = DefaultRefreshTTL
 	}
 	s.revoked = &revocations{until: map[int64]time.Time{}}
+	s.known = &knownUsers{seen: map[int64]time.Time{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

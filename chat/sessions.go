@@ -165,8 +165,9 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (LoginResult
 }
 
 // Authenticate verifies an access token: signature, expiry, a session this
-// replica does not know as revoked (no database query), and a user that
-// still exists. Errors: CodeUnauthorized, CodeSessionRevoked,
+// replica does not know as revoked, and a user that still exists (looked
+// up at most once a minute per user and replica): no database query for
+// most requests. Errors: CodeUnauthorized, CodeSessionRevoked,
 // CodeUnavailable.
 func (s *Service) Authenticate(ctx context.Context, token string) (Principal, error) {
 	c, err := s.tokens.Parse(token)
@@ -176,13 +177,53 @@ func (s *Service) Authenticate(ctx context.Context, token string) (Principal, er
 	if s.revoked.has(c.SessionID) {
 		return Principal{}, errorf(CodeSessionRevoked, "the session was revoked; log in again")
 	}
-	if _, err := s.store.UserByID(ctx, c.UserID); err != nil {
-		if errors.Is(err, repo.ErrNotFound) {
-			return Principal{}, errorf(CodeUnauthorized, "invalid or expired token")
+	if !s.known.has(c.UserID, s.now()) {
+		if _, err := s.store.UserByID(ctx, c.UserID); err != nil {
+			if errors.Is(err, repo.ErrNotFound) {
+				return Principal{}, errorf(CodeUnauthorized, "invalid or expired token")
+			}
+			return Principal{}, classify(err)
 		}
-		return Principal{}, classify(err)
+		s.known.add(c.UserID, s.now())
 	}
 	return Principal{UserID: c.UserID, SessionID: c.SessionID, ExpiresAt: c.ExpiresAt}, nil
+}
+
+// knownUserFor is how long a replica trusts that a user it found exists,
+// so that a busy user's requests cost no database query each; users are
+// never deleted through the API, only by an operator, whose deletion
+// takes effect within it.
+const knownUserFor = time.Minute
+
+// knownUsers remembers the users whose existence a token check confirmed
+// recently: user id -> when.
+type knownUsers struct {
+	mu   sync.Mutex // guards seen
+	seen map[int64]time.Time
+}
+
+func (k *knownUsers) has(id int64, now time.Time) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	at, ok := k.seen[id]
+	return ok && now.Sub(at) < knownUserFor && !now.Before(at)
+}
+
+func (k *knownUsers) add(id int64, now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.seen[id] = now
+}
+
+// prune forgets the entries that no longer count.
+func (k *knownUsers) prune(now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for id, at := range k.seen {
+		if now.Sub(at) >= knownUserFor || now.Before(at) {
+			delete(k.seen, id)
+		}
+	}
 }
 
 // SessionRevoked reports whether this replica knows session id as revoked
@@ -333,6 +374,7 @@ func (s *Service) LoadRevocations(ctx context.Context) error {
 		s.revoked.add(r.RevokedAt.Add(ttl), r.SessionID)
 	}
 	s.revoked.prune(now)
+	s.known.prune(now)
 	s.pruneMu.Lock()
 	due := now.Sub(s.prunedAt) >= pruneEvery
 	if due {
