@@ -2,7 +2,6 @@ package realtime_test
 
 import (
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -109,28 +108,14 @@ func testRevocationClosesSockets(t *testing.T, a, b *apptest.Server) {
 	wantOpen(t, bobSocket, chatID)
 }
 
+// TestRevocationClosesSocketsOnEveryReplica runs on the embedded mode and
+// Postgres+Redis, and in CI on the Redis Cluster too (.ci/run's
+// CLUSTER_REALTIME_TESTS, apptest's "cluster" dialect: sharded pub/sub).
 func TestRevocationClosesSocketsOnEveryReplica(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		a, b := pair(t, env)
 		testRevocationClosesSockets(t, a, b)
 	})
-}
-
-// TestRevocationClosesSocketsRedisCluster runs the same through a Redis
-// Cluster (sharded pub/sub), with Postgres.
-func TestRevocationClosesSocketsRedisCluster(t *testing.T) {
-	u := os.Getenv("WINDI_TEST_REDIS_CLUSTER_URL")
-	if u == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("WINDI_TEST_REDIS_CLUSTER_URL is not set (CI=true, so this fails): start a cluster with bench/redis-cluster.sh")
-		}
-		t.Skip("WINDI_TEST_REDIS_CLUSTER_URL is not set; bench/redis-cluster.sh start prints one")
-	}
-	env := apptest.NewEnv(t, "postgres")
-	env.RedisURL = u
-	cluster := func(c *app.Config) { c.RedisURL, c.RedisCluster = u, true }
-	a, b := env.Start(t, cluster), env.Start(t, cluster)
-	testRevocationClosesSockets(t, a, b)
 }
 
 // TestRevocationReachesSocketsAfterBrokerLoss: a replica that missed the
