@@ -22,7 +22,9 @@ export class Api {
     this.onUnauthorized = onUnauthorized;
   }
 
-  async request(method, path, { body, form, auth = true, retry = true } = {}) {
+  // request sends one call; bearer, when given, is the token to send (no
+  // refresh, no retry).
+  async request(method, path, { body, form, auth = true, retry = true, bearer } = {}) {
     const headers = { Accept: "application/json" };
     let payload;
     if (form) {
@@ -31,7 +33,7 @@ export class Api {
       headers["Content-Type"] = "application/json";
       payload = JSON.stringify(body);
     }
-    const token = auth ? await this.token() : "";
+    const token = bearer ?? (auth ? await this.token() : "");
     if (token) headers.Authorization = `Bearer ${token}`;
     const res = await fetch(path, { method, headers, body: payload, cache: "no-store" });
     if (res.status === 204) return null;
@@ -40,7 +42,7 @@ export class Api {
     if (!res.ok) {
       // A 401 about the token (not a wrong password): refresh once and
       // send again once; a revoked session is over without asking.
-      if (res.status === 401 && token && data?.code !== "invalid_credentials") {
+      if (res.status === 401 && token && !bearer && data?.code !== "invalid_credentials") {
         if (retry && data?.code !== "session_revoked") {
           await this.renew(token);
           return this.request(method, path, { body, form, auth, retry: false });
@@ -62,9 +64,10 @@ export class Api {
     return this.request("POST", "/login", { form: { grant_type: "password", username: email, password, device }, auth: false });
   }
 
-  // logout revokes this session on every replica (its sockets close 4401).
-  logout() {
-    return this.request("POST", "/logout", { retry: false });
+  // logout revokes the session of token on every replica (its sockets
+  // close with 4401).
+  logout(token) {
+    return this.request("POST", "/logout", { bearer: token });
   }
 
   me() {

@@ -937,24 +937,26 @@ async function startSessionNow(gen) {
 }
 
 // logOut revokes this session on the server (POST /logout: every socket of
-// it closes, on every replica), then forgets it here. When the server
-// cannot be reached the tokens are forgotten all the same; the session can
-// then be signed out from another device's list.
+// it closes, on every replica) and forgets it here first, so the
+// browser's other tabs say "logged out" rather than "signed out" (they
+// hear of it from a storage event before their sockets close). When the
+// server cannot be reached the tokens are forgotten all the same; the
+// session can then be signed out from another device's list.
 async function logOut() {
   const button = $("logout");
   button.disabled = true;
-  // Closed first: the server is about to close it with 4401, which is no
-  // news here.
-  socket?.stop();
+  socket?.stop(); // the server is about to close it with 4401: no news here
   socket = null;
+  let token = "";
   try {
-    await api.logout();
+    token = await session.token();
   } catch {
-    // forgotten below either way
-  } finally {
-    button.disabled = false;
+    // ended already, or no server to ask
   }
-  endSession("You are logged out.");
+  session.forget();
+  if (token) await api.logout(token).catch(() => {});
+  button.disabled = false;
+  signOut("You are logged out.");
 }
 
 function signOut(notice) {
