@@ -119,7 +119,18 @@ export class Session {
     // Refresh ahead, so REST calls and the reconnect after 4501 find a
     // fresh token waiting.
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.renew(this.access).catch(() => {}), Math.max(1000, this.lifetime - this.early()));
+    this.timer = setTimeout(() => this.ahead(), Math.max(1000, this.lifetime - this.early()));
+  }
+
+  // ahead refreshes before the token expires; offline, it waits for the
+  // network (whoever needs a token first then refreshes it).
+  ahead() {
+    if (!this.id) return;
+    if (!navigator.onLine) {
+      window.addEventListener("online", () => this.ahead(), { once: true });
+      return;
+    }
+    this.renew(this.access).catch(() => {});
   }
 
   // early: how long before expiry a token counts as expired here; a quarter

@@ -248,7 +248,7 @@ step("signing a browser out closes its socket at once, on the other replica, and
   const took = await signedOutAt(phone, phone.page, t0);
   console.log(`phone: socket closed ${took.socket} ms, login form ${took.page} ms after "Sign out"`);
   assert.ok(took.socket < REVOKED_WITHIN_MS, `the socket closed after ${took.socket} ms`);
-  await dlg.getByText(/is signed out\.$/).waitFor();
+  await dlg.locator("#account-notice", { hasText: /^Chrome on .+ is signed out\.$/ }).waitFor();
   await dlg.locator('.device[data-current="false"]').waitFor({ state: "detached" });
   assert.equal(await dlg.locator(".device").count(), 1);
   await dlg.getByRole("button", { name: "Close" }).click();
@@ -274,7 +274,7 @@ step("a password change signs every other browser out; this one stays", async ()
   await dlg.getByLabel("New password").fill(newPassword);
   const t0 = Date.now();
   await dlg.getByRole("button", { name: "Change password" }).click();
-  await dlg.getByText("Password changed. Your other devices are signed out.").waitFor();
+  await dlg.locator("#account-notice", { hasText: "Password changed. Your other devices are signed out." }).waitFor();
   const took = await signedOutAt(phone, phone.page, t0);
   console.log(`phone: socket closed ${took.socket} ms after the password change`);
   assert.ok(took.socket < REVOKED_WITHIN_MS, `the socket closed after ${took.socket} ms`);
@@ -295,7 +295,7 @@ step("a rename shows at once", async () => {
   const renamed = `Dana R. ${run}`;
   await dlg.getByLabel("Your name").fill(renamed);
   await dlg.getByRole("button", { name: "Save name" }).click();
-  await dlg.getByText(`Your name is now ${renamed}.`).waitFor();
+  await dlg.locator("#account-notice", { hasText: `Your name is now ${renamed}.` }).waitFor();
   await dlg.getByRole("button", { name: "Close" }).click();
   assert.equal(await laptop.page.locator("#me-name").textContent(), renamed);
   const { status, data } = await rest(URL_A, "POST", "/login", { form: { username: dana.email, password: newPassword } });

@@ -209,7 +209,7 @@ step("Alice creates a group with Bob; it appears in Bob's list live", async () =
   await dlg.getByRole("button", { name: "Create group" }).click();
   await dlg.waitFor({ state: "hidden" });
   await a.locator("#chat-title", { hasText: groupName }).waitFor();
-  await a.getByText("2 members").waitFor();
+  await a.locator("#chat-subtitle", { hasText: "2 members" }).waitFor();
 
   // Bob's list gets it through member.added on his WebSocket.
   await B.page.locator(".chat-item", { hasText: groupName }).waitFor();
