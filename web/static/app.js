@@ -919,7 +919,7 @@ async function startSessionNow(gen) {
   let given = ""; // the token of the last attempt, which 4501 says expired
   socket = new Socket({
     token: async (expired) => (given = expired ? await session.renew(given) : await session.token()),
-    url: (token) => {
+    urlOf: (token) => {
       const { query, rest } = resumeQuery(state.chats.values());
       state.resumeRest = rest;
       return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(token)}${query ? "&" + query : ""}`;

@@ -14,14 +14,14 @@ const BACKOFF_MAX_MS = 15000;
 
 export class Socket {
   // token(expired) resolves to the access token of each attempt (expired:
-  // the last one was refused, get a new one); url(token) builds its URL;
+  // the last one was refused, get a new one); urlOf builds its URL with it;
   // onOpen runs on every (re)connect, onFrame for each decoded server
   // frame, onState with "connecting", "open", "waiting" (with the delay in
   // ms), "offline" or "closed"; onRevoked when the server ends the session
   // (4401); checkAuth when the handshake keeps failing (a 401 looks like a
   // network error from here).
-  constructor({ token, url, onOpen, onFrame, onState, onRevoked, checkAuth }) {
-    Object.assign(this, { token, url, onOpen, onFrame, onState, onRevoked, checkAuth });
+  constructor({ token, urlOf, onOpen, onFrame, onState, onRevoked, checkAuth }) {
+    Object.assign(this, { token, urlOf, onOpen, onFrame, onState, onRevoked, checkAuth });
     this.ws = null;
     this.dialing = false; // waiting for a token
     this.expired = false;
@@ -119,7 +119,7 @@ export class Socket {
     if (!this.running || this.ws || !navigator.onLine) return;
     this.expired = false;
     let opened = false;
-    const ws = new WebSocket(this.url(token));
+    const ws = new WebSocket(this.urlOf(token));
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
