@@ -1,11 +1,11 @@
 // WinDI Chat in the browser: REST (api.js) for accounts, chats, history and
 // membership; the all-chats WebSocket (socket.js) for live messages, read
 // receipts and presence; replies, edits, deletes, reactions and typing in
-// messages.js; the login's tokens in session.js, the account dialog
-// (devices, name, password) in account.js. The view keeps each chat's messages by seq, each in its
-// latest state (the highest rev wins), so a replay after a reconnect
-// (resumed by revision, since_rev) never shows anything twice, and a
-// chat's view is always a contiguous run of seqs.
+// messages.js; the login's tokens in session.js; the account dialog
+// (devices, name, password) in account.js. The view keeps each chat's
+// messages by seq, each in its latest state (the highest rev wins), so a
+// replay after a reconnect (resumed by revision, since_rev) never shows
+// anything twice, and a chat's view is always a contiguous run of seqs.
 import { setupAccount } from "./account.js";
 import { Api, ApiError, describeError } from "./api.js";
 import { resumeQuery, setupMessages } from "./messages.js";
@@ -1344,6 +1344,7 @@ function init() {
     jumpTo,
   });
   $("open-search").addEventListener("click", () => openSearch());
+  $("search-chat").addEventListener("click", () => openSearch({ inChat: true }));
 
   const openAccount = setupAccount({
     api,
@@ -1359,7 +1360,6 @@ function init() {
     },
   });
   $("open-account").addEventListener("click", () => openAccount());
-  $("search-chat").addEventListener("click", () => openSearch({ inChat: true }));
 
   if (session.active) startSession();
   else showAuth("login");
