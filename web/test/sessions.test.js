@@ -143,8 +143,8 @@ async function openDevices(page) {
   return dlg;
 }
 
-// atLoginForm waits until page shows the login form with the revoked
-// notice, and returns how long after t0 its WebSocket closed.
+// signedOutAt waits until page shows the login form with the revoked
+// notice, and returns how long after t0 it did and its WebSocket closed.
 async function signedOutAt(b, page, t0) {
   await page.locator("#login-form").waitFor({ timeout: REVOKED_WITHIN_MS + 3000 });
   await page.locator("#auth-notice", { hasText: REVOKED_NOTICE }).waitFor();
