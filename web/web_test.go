@@ -117,7 +117,7 @@ func TestClientServed(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range []string{"/app/app.js", "/app/api.js", "/app/socket.js", "/app/style.css", "/app/icon.svg"} {
+	for _, p := range []string{"/app/app.js", "/app/api.js", "/app/socket.js", "/app/session.js", "/app/account.js", "/app/style.css", "/app/icon.svg"} {
 		if !seen[p] {
 			t.Errorf("%s is not referenced by the page or its modules", p)
 		}

@@ -1,5 +1,6 @@
 // REST client for the WinDI Chat API (api/openapi.yaml): JSON in and out,
-// RFC 9457 problems turned into ApiError.
+// RFC 9457 problems turned into ApiError, the session's access token on
+// every call (session.js), refreshed and the call sent again after a 401.
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -12,30 +13,42 @@ export class ApiError extends Error {
 }
 
 export class Api {
-  // getToken returns the bearer token or ""; onUnauthorized runs when an
-  // authenticated call answers 401 (expired or revoked token).
-  constructor({ getToken, onUnauthorized }) {
-    this.getToken = getToken;
+  // token() returns the bearer token (refreshed when about to expire);
+  // renew(stale) a new one after a 401; onUnauthorized runs when an
+  // authenticated call is refused even so (a revoked session).
+  constructor({ token, renew, onUnauthorized }) {
+    this.token = token;
+    this.renew = renew;
     this.onUnauthorized = onUnauthorized;
   }
 
-  async request(method, path, { body, form, auth = true } = {}) {
+  // request sends one call; bearer, when given, is the token to send (no
+  // refresh, no retry).
+  async request(method, path, { body, form, auth = true, retry = true, bearer } = {}) {
     const headers = { Accept: "application/json" };
     let payload;
     if (form) {
-      payload = new URLSearchParams(form);
+      payload = new URLSearchParams(Object.entries(form).filter(([, v]) => v !== undefined && v !== null));
     } else if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       payload = JSON.stringify(body);
     }
-    const token = auth ? this.getToken() : "";
+    const token = bearer ?? (auth ? await this.token() : "");
     if (token) headers.Authorization = `Bearer ${token}`;
     const res = await fetch(path, { method, headers, body: payload, cache: "no-store" });
     if (res.status === 204) return null;
     const type = res.headers.get("Content-Type") ?? "";
     const data = type.includes("json") ? await res.json().catch(() => null) : null;
     if (!res.ok) {
-      if (res.status === 401 && token) this.onUnauthorized?.();
+      // A 401 about the token (not a wrong password): refresh once and
+      // send again once; a revoked session is over without asking.
+      if (res.status === 401 && token && !bearer && data?.code !== "invalid_credentials") {
+        if (retry && data?.code !== "session_revoked") {
+          await this.renew(token);
+          return this.request(method, path, { body, form, auth, retry: false });
+        }
+        this.onUnauthorized?.(data?.code ?? "");
+      }
       throw new ApiError(res.status, data);
     }
     return data;
@@ -45,19 +58,47 @@ export class Api {
     return this.request("POST", "/register", { body: { name, email, password }, auth: false });
   }
 
-  // OAuth2 password flow: the email is the username.
-  login(email, password) {
-    return this.request("POST", "/login", { form: { grant_type: "password", username: email, password }, auth: false });
+  // OAuth2 password flow: the email is the username; device names the
+  // session in the device list.
+  login(email, password, device) {
+    return this.request("POST", "/login", { form: { grant_type: "password", username: email, password, device }, auth: false });
+  }
+
+  // logout revokes the session of token on every replica (its sockets
+  // close with 4401).
+  logout(token) {
+    return this.request("POST", "/logout", { bearer: token });
   }
 
   me() {
     return this.request("GET", "/users/me");
   }
 
+  rename(name) {
+    return this.request("PATCH", "/users/me", { body: { name } });
+  }
+
+  // changePassword revokes every other session of the user.
+  changePassword(currentPassword, newPassword) {
+    return this.request("POST", "/users/me/password", { body: { current_password: currentPassword, new_password: newPassword } });
+  }
+
+  sessions() {
+    return this.request("GET", "/sessions");
+  }
+
+  revokeSession(id) {
+    return this.request("DELETE", `/sessions/${id}`);
+  }
+
+  // user is another user's public profile ({id, name}).
+  user(id) {
+    return this.request("GET", `/users/${id}`);
+  }
+
+  // searchUsers matches a name prefix or an exact email; q is required.
   searchUsers(q, limit = 20) {
-    const params = new URLSearchParams({ limit: String(limit) });
-    if (q) params.set("q", q);
-    return this.request("GET", `/users?${params}`);
+    return this.request("GET", `/users?${new URLSearchParams({ q, limit: String(limit) })}`);
   }
 
   chats() {
@@ -110,6 +151,7 @@ export class Api {
 
 // Field-level problems as one readable line.
 export function describeError(err) {
+  if (err?.name === "SessionEnded") return err.message;
   if (err instanceof ApiError) {
     if (err.errors.length) return err.errors.map((e) => e.message).join("; ");
     if (err.status === 0 || err.status >= 500) return "The server is unavailable. Try again in a moment.";

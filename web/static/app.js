@@ -1,16 +1,18 @@
 // WinDI Chat in the browser: REST (api.js) for accounts, chats, history and
 // membership; the all-chats WebSocket (socket.js) for live messages, read
 // receipts and presence; replies, edits, deletes, reactions and typing in
-// messages.js. The view keeps each chat's messages by seq, each in its
-// latest state (the highest rev wins), so a replay after a reconnect
-// (resumed by revision, since_rev) never shows anything twice, and a
-// chat's view is always a contiguous run of seqs.
+// messages.js; the login's tokens in session.js; the account dialog
+// (devices, name, password) in account.js. The view keeps each chat's
+// messages by seq, each in its latest state (the highest rev wins), so a
+// replay after a reconnect (resumed by revision, since_rev) never shows
+// anything twice, and a chat's view is always a contiguous run of seqs.
+import { setupAccount } from "./account.js";
 import { Api, ApiError, describeError } from "./api.js";
 import { resumeQuery, setupMessages } from "./messages.js";
 import { setupSearch } from "./search.js";
+import { Session } from "./session.js";
 import { Socket } from "./socket.js";
 
-const TOKEN_KEY = "windi.token";
 const OPEN_KEY = "windi.open-chat";
 const HISTORY_PAGE = 50;
 const MAX_TEXT = 4096;
@@ -47,22 +49,36 @@ function newClientMsgId() {
 // --- state -------------------------------------------------------------------
 
 const state = {
-  token: sessionStorage.getItem(TOKEN_KEY) ?? "",
   me: null,
-  users: new Map(), // id -> User
+  users: new Map(), // id -> {id, name}
   chats: new Map(), // id -> chat (see newChat)
   online: new Set(), // user ids online now
   openId: null,
   connected: false,
   everOpened: false,
   resumeRest: [], // chats the handshake URL had no room for
+  gen: 0, // counts sign-outs: work started before one stops
+  starting: false,
 };
 
+const session = new Session({
+  onEnd: (notice) => signOut(notice),
+  onStart: () => startSession(),
+});
 const api = new Api({
-  getToken: () => state.token,
-  onUnauthorized: () => signOut("Your session has ended. Please log in again."),
+  token: () => session.token(),
+  renew: (stale) => session.renew(stale),
+  onUnauthorized: (code) => endSession(code === "session_revoked" ? REVOKED_NOTICE : "Your session has ended. Please log in again."),
 });
 let socket = null;
+const REVOKED_NOTICE = "This device was signed out (from another device, or by a password change). Log in again.";
+
+// endSession: the server ended this session; forget it here (every tab of
+// the browser follows) and go to the login form.
+function endSession(notice) {
+  session.forget();
+  signOut(notice);
+}
 
 const ui = setupMessages({
   h,
@@ -112,38 +128,37 @@ function lowestWatermark(chat) {
   return low === Infinity ? 0 : low;
 }
 
+// userName: names come with chat members and search results; anyone else
+// (a former member's old messages) is looked up once (GET /users/{id}).
 function userName(id) {
   if (id === me()) return state.me.name;
   const u = state.users.get(id);
   if (u) return u.name;
-  refreshUsersSoon();
+  lookUpUser(id);
   return `User #${id}`;
 }
 
 function rememberUsers(list) {
-  let added = false;
+  let changed = false;
   for (const u of list ?? []) {
-    if (!state.users.has(u.id)) added = true;
-    state.users.set(u.id, u);
+    if (u.id === me() || state.users.get(u.id)?.name === u.name) continue;
+    state.users.set(u.id, { id: u.id, name: u.name });
+    changed = true;
   }
-  if (added) render();
+  if (changed) render();
 }
 
-let usersTimer = 0;
-let usersAt = 0;
-function refreshUsersSoon() {
-  if (usersTimer) return;
-  // At most one refresh every 5 s; an unknown id seen sooner waits for it.
-  const delay = Math.max(300, usersAt + 5000 - Date.now());
-  usersTimer = setTimeout(async () => {
-    usersTimer = 0;
-    usersAt = Date.now();
-    try {
-      rememberUsers(await api.searchUsers("", 100));
-    } catch {
-      // names stay "User #id" until the next try
-    }
-  }, delay);
+const lookingUp = new Set();
+async function lookUpUser(id) {
+  if (lookingUp.has(id) || !state.me) return;
+  lookingUp.add(id);
+  try {
+    rememberUsers([await api.user(id)]);
+    lookingUp.delete(id);
+  } catch (err) {
+    // Unknown (404) stays "User #id" for the page's life; other failures try again later.
+    if (!(err instanceof ApiError && err.status === 404)) setTimeout(() => lookingUp.delete(id), 10_000);
+  }
 }
 
 function chatTitle(chat) {
@@ -186,7 +201,7 @@ function mergeChat(c) {
   // a chat.read frame that overtook the response may be newer.
   chat.readSeq = same ? Math.max(chat.readSeq, lowestWatermark(chat)) : lowestWatermark(chat);
   chat.activity = Math.max(chat.activity, Date.parse(chat.lastMessage?.created_at ?? c.created_at) || 0);
-  for (const id of chat.members.keys()) if (id !== me() && !state.users.has(id)) refreshUsersSoon();
+  rememberUsers(c.members.map((m) => ({ id: m.user_id, name: m.name })));
   return chat;
 }
 
@@ -861,41 +876,58 @@ function closeChat() {
 
 // --- session -------------------------------------------------------------------------
 
+// startSession shows the workspace for the stored login: the access token
+// comes from a refresh (session.js), so a reload, a new tab or a tab opened
+// after the browser was closed all land here logged in.
 async function startSession() {
+  if (state.me || state.starting) return;
+  const gen = ++state.gen; // signOut moves it: a start that outlived its session stops
+  state.starting = true;
+  try {
+    await startSessionNow(gen);
+  } finally {
+    state.starting = false;
+  }
+}
+
+async function startSessionNow(gen) {
   $("auth").hidden = true;
   $("workspace").hidden = false;
   $("account").hidden = false;
   let wait = 1000;
   for (;;) {
     try {
-      state.me = await api.me();
+      const me = await api.me();
+      if (gen !== state.gen) return;
+      state.me = me;
       break;
     } catch (err) {
-      if (!state.token) return; // signed out (401)
+      if (gen !== state.gen || !session.active) return; // signed out
       setConnState("waiting", wait);
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 15000);
     }
   }
   $("me-name").textContent = state.me.name;
-  state.users.set(state.me.id, state.me);
   try {
-    const [users] = await Promise.all([api.searchUsers("", 100), loadChats()]);
-    rememberUsers(users);
+    await loadChats();
   } catch (err) {
-    if (!state.token) return;
+    if (gen !== state.gen) return;
     showStatus("error", describeError(err));
   }
+  if (gen !== state.gen) return;
+  let given = ""; // the token of the last attempt, which 4501 says expired
   socket = new Socket({
-    url: () => {
+    token: async (expired) => (given = expired ? await session.renew(given) : await session.token()),
+    urlOf: (token) => {
       const { query, rest } = resumeQuery(state.chats.values());
       state.resumeRest = rest;
-      return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(state.token)}${query ? "&" + query : ""}`;
+      return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(token)}${query ? "&" + query : ""}`;
     },
     onOpen: onSocketOpen,
     onFrame,
     onState: setConnState,
-    onAuthFailed: () => signOut("Your session has expired. Please log in again."),
+    onRevoked: () => endSession(REVOKED_NOTICE),
     checkAuth: () => api.me().catch(() => {}),
   });
   socket.start();
@@ -904,10 +936,33 @@ async function startSession() {
   render();
 }
 
+// logOut revokes this session on the server (POST /logout: every socket of
+// it closes, on every replica) and forgets it here first, so the
+// browser's other tabs say "logged out" rather than "signed out" (they
+// hear of it from a storage event before their sockets close). When the
+// server cannot be reached the tokens are forgotten all the same; the
+// session can then be signed out from another device's list.
+async function logOut() {
+  const button = $("logout");
+  button.disabled = true;
+  socket?.stop(); // the server is about to close it with 4401: no news here
+  socket = null;
+  let token = "";
+  try {
+    token = await session.token();
+  } catch {
+    // ended already, or no server to ask
+  }
+  session.forget();
+  if (token) await api.logout(token).catch(() => {});
+  button.disabled = false;
+  signOut("You are logged out.");
+}
+
 function signOut(notice) {
+  state.gen++;
   socket?.stop();
   socket = null;
-  state.token = "";
   state.me = null;
   state.users.clear();
   state.chats.clear();
@@ -915,7 +970,6 @@ function signOut(notice) {
   state.openId = null;
   state.everOpened = false;
   ui.clear();
-  sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(OPEN_KEY);
   view.reset(null);
   for (const d of document.querySelectorAll("dialog[open]")) d.close();
@@ -925,6 +979,14 @@ function signOut(notice) {
   $("conn-status").hidden = true;
   document.title = "WinDI Chat";
   showAuth("login", notice ?? "");
+}
+
+// deviceName names this browser in the device list: "Chrome on Linux".
+function deviceName() {
+  const ua = navigator.userAgent;
+  const browser = /Edg\//.test(ua) ? "Edge" : /Firefox\//.test(ua) ? "Firefox" : /Chrome\//.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : "A browser";
+  const os = /Android/.test(ua) ? "Android" : /iPhone|iPad/.test(ua) ? "iOS" : /Windows/.test(ua) ? "Windows" : /Mac OS X/.test(ua) ? "macOS" : /Linux/.test(ua) ? "Linux" : "";
+  return os ? `${browser} on ${os}` : browser;
 }
 
 // --- auth forms ------------------------------------------------------------------------
@@ -953,9 +1015,8 @@ async function submitLogin(ev) {
   button.disabled = true;
   err.textContent = "";
   try {
-    const tok = await api.login(email, password);
-    state.token = tok.access_token;
-    sessionStorage.setItem(TOKEN_KEY, state.token);
+    const tok = await api.login(email, password, deviceName());
+    session.start(tok);
     $("login-password").value = "";
     $("auth-notice").textContent = "";
     await startSession();
@@ -998,13 +1059,19 @@ async function submitRegister(ev) {
 // --- dialogs -----------------------------------------------------------------------------
 
 // searcher wires a search box to GET /users?q= with a short debounce and
-// calls show(users) with the matches (the current user left out).
+// calls show(users) with the matches (the current user left out), or
+// show(null) while the box is empty: there is no listing of everyone.
 function searcher(input, show, errEl) {
   let timer = 0;
   let seq = 0;
   const run = async () => {
     const q = input.value.trim();
     const mine = ++seq;
+    if (!q) {
+      errEl.textContent = "";
+      show(null);
+      return;
+    }
     try {
       const users = await api.searchUsers(q, 20);
       if (mine !== seq) return;
@@ -1022,14 +1089,19 @@ function searcher(input, show, errEl) {
   return run;
 }
 
+// Names match by prefix, emails only whole: nobody can list everyone's.
+const SEARCH_HINT = "Type the beginning of a name, or a whole email address.";
+
 const privateDialog = $("private-dialog");
 const privateSearch = searcher(
   $("private-search"),
   (users) => {
     $("private-results").replaceChildren(
-      ...(users.length
+      ...(users === null
+        ? [h("li", { class: "empty" }, SEARCH_HINT)]
+        : users.length
         ? users.map((u) =>
-            h("li", {}, h("button", { type: "button", class: "result", dataset: { userId: u.id }, onclick: () => startPrivate(u.id) }, h("span", { class: "result-name" }, u.name), h("span", { class: "result-email" }, u.email))),
+            h("li", {}, h("button", { type: "button", class: "result", dataset: { userId: u.id }, onclick: () => startPrivate(u.id) }, h("span", { class: "result-name" }, u.name))),
           )
         : [h("li", { class: "empty" }, "Nobody found.")]),
     );
@@ -1055,7 +1127,9 @@ function renderPicked() {
 let groupResults = [];
 function renderGroupResults() {
   $("group-results").replaceChildren(
-    ...(groupResults.length
+    ...(groupResults === null
+      ? [h("li", { class: "empty" }, SEARCH_HINT)]
+      : groupResults.length
       ? groupResults.map((u) => {
           const id = `pick-${u.id}`;
           return h(
@@ -1072,7 +1146,7 @@ function renderGroupResults() {
                 renderPicked();
               },
             }),
-            h("label", { for: id }, h("span", { class: "result-name" }, u.name), " ", h("span", { class: "result-email" }, u.email)),
+            h("label", { for: id }, h("span", { class: "result-name" }, u.name)),
           );
         })
       : [h("li", { class: "empty" }, "Nobody found.")]),
@@ -1143,7 +1217,7 @@ function renderMembersDialog() {
     const candidates = memberResults.filter((u) => !chat.members.has(u.id));
     $("members-results").replaceChildren(
       ...candidates.map((u) =>
-        h("li", {}, h("span", { class: "result-name" }, u.name), " ", h("span", { class: "result-email" }, u.email), h("button", { type: "button", class: "btn", "aria-label": `Add ${u.name}`, onclick: () => addMember(chat, u.id) }, "Add")),
+        h("li", {}, h("span", { class: "result-name" }, u.name), h("button", { type: "button", class: "btn", "aria-label": `Add ${u.name}`, onclick: () => addMember(chat, u.id) }, "Add")),
       ),
     );
   }
@@ -1151,7 +1225,7 @@ function renderMembersDialog() {
 const membersSearch = searcher(
   $("members-search"),
   (users) => {
-    memberResults = users;
+    memberResults = users ?? [];
     renderMembersDialog();
   },
   $("members-error"),
@@ -1190,7 +1264,7 @@ function init() {
   $("register-form").addEventListener("submit", submitRegister);
   $("show-register").addEventListener("click", () => showAuth("register"));
   $("show-login").addEventListener("click", () => showAuth("login"));
-  $("logout").addEventListener("click", () => signOut("You are logged out."));
+  $("logout").addEventListener("click", logOut);
 
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -1272,7 +1346,22 @@ function init() {
   $("open-search").addEventListener("click", () => openSearch());
   $("search-chat").addEventListener("click", () => openSearch({ inChat: true }));
 
-  if (state.token) startSession();
+  const openAccount = setupAccount({
+    api,
+    h,
+    $,
+    describeError,
+    formatTime,
+    me: () => state.me,
+    onRenamed: (user) => {
+      state.me = user;
+      $("me-name").textContent = user.name;
+      render();
+    },
+  });
+  $("open-account").addEventListener("click", () => openAccount());
+
+  if (session.active) startSession();
   else showAuth("login");
 }
 

@@ -1,22 +1,30 @@
 // The all-chats WebSocket (/ws?token=…) with reconnects: exponential
-// backoff with jitter after a drop, at once after a server shutdown (1001)
-// or when the browser comes back online, never while it is offline.
+// backoff with jitter after a drop, at once after a server shutdown (1001),
+// after the token expired (4501, with a refreshed one) or when the browser
+// comes back online, never while it is offline; never again after 4401
+// (the session was revoked).
 
 // Close codes from the server (README, "WebSocket protocol").
 const GOING_AWAY = 1001; // the replica shuts down: reconnect to another
-const TOKEN_EXPIRED = 4501; // log in again
+const REVOKED = 4401; // the session was revoked (signed out elsewhere, password changed): log in again
+const TOKEN_EXPIRED = 4501; // reconnect with a refreshed token
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 
 export class Socket {
-  // url() builds the URL of each attempt; onOpen runs on every (re)connect,
-  // onFrame for each decoded server frame, onState with "connecting",
-  // "open", "waiting" (with the delay in ms), "offline" or "closed";
-  // onAuthFailed when the server rejects the token.
-  constructor({ url, onOpen, onFrame, onState, onAuthFailed, checkAuth }) {
-    Object.assign(this, { url, onOpen, onFrame, onState, onAuthFailed, checkAuth });
+  // token(expired) resolves to the access token of each attempt (expired:
+  // the last one was refused, get a new one); urlOf builds its URL with it;
+  // onOpen runs on every (re)connect, onFrame for each decoded server
+  // frame, onState with "connecting", "open", "waiting" (with the delay in
+  // ms), "offline" or "closed"; onRevoked when the server ends the session
+  // (4401); checkAuth when the handshake keeps failing (a 401 looks like a
+  // network error from here).
+  constructor({ token, urlOf, onOpen, onFrame, onState, onRevoked, checkAuth }) {
+    Object.assign(this, { token, urlOf, onOpen, onFrame, onState, onRevoked, checkAuth });
     this.ws = null;
+    this.dialing = false; // waiting for a token
+    this.expired = false;
     this.attempt = 0;
     this.timer = 0;
     this.running = false;
@@ -29,7 +37,7 @@ export class Socket {
       this.onState?.("offline");
     };
     this.onVisible = () => {
-      if (document.visibilityState === "visible" && this.running && !this.ws && navigator.onLine) this.connectNow();
+      if (document.visibilityState === "visible" && this.running && !this.ws && !this.dialing && navigator.onLine) this.connectNow();
     };
   }
 
@@ -71,6 +79,15 @@ export class Socket {
     if (!this.ws) this.connect();
   }
 
+  // retry schedules the next attempt after the backoff.
+  retry() {
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * (base / 2);
+    this.attempt++;
+    this.onState?.("waiting", delay);
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
   drop() {
     const ws = this.ws;
     this.ws = null;
@@ -80,15 +97,29 @@ export class Socket {
     }
   }
 
-  connect() {
-    if (!this.running || this.ws) return;
+  async connect() {
+    if (!this.running || this.ws || this.dialing) return;
     if (!navigator.onLine) {
       this.onState?.("offline");
       return;
     }
     this.onState?.("connecting");
+    this.dialing = true;
+    let token;
+    try {
+      token = await this.token(this.expired);
+    } catch {
+      // The session ended (then stop() follows), or the refresh did not
+      // reach the server: back off.
+      this.dialing = false;
+      if (this.running && !this.ws) this.retry();
+      return;
+    }
+    this.dialing = false;
+    if (!this.running || this.ws || !navigator.onLine) return;
+    this.expired = false;
     let opened = false;
-    const ws = new WebSocket(this.url());
+    const ws = new WebSocket(this.urlOf(token));
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
@@ -109,29 +140,33 @@ export class Socket {
       if (this.ws !== ws) return;
       this.ws = null;
       if (!this.running) return;
+      if (ev.code === REVOKED) {
+        this.onRevoked?.();
+        return;
+      }
       if (ev.code === TOKEN_EXPIRED) {
-        this.onAuthFailed?.();
+        this.expired = true;
+        this.connect(); // at once, with a refreshed token
         return;
       }
       if (!opened && this.attempt >= 1) {
         // Refused twice before the upgrade: a 401 looks like any network
-        // error from here, so ask the API whether the token still works.
+        // error from here, so ask the API whether the token still works
+        // (a 401 there refreshes it, or ends the session).
         this.checkAuth?.();
       }
       if (!navigator.onLine) {
         this.onState?.("offline");
         return;
       }
-      let delay;
       if (ev.code === GOING_AWAY && opened) {
-        delay = 100 + Math.random() * 400; // another replica takes over
-      } else {
-        const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
-        delay = base / 2 + Math.random() * (base / 2);
+        const delay = 100 + Math.random() * 400; // another replica takes over
+        this.attempt++;
+        this.onState?.("waiting", delay);
+        this.timer = setTimeout(() => this.connect(), delay);
+        return;
       }
-      this.attempt++;
-      this.onState?.("waiting", delay);
-      this.timer = setTimeout(() => this.connect(), delay);
+      this.retry();
     };
   }
 }

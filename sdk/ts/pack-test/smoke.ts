@@ -5,24 +5,26 @@
 // this also proves the SDK finds the `ws` peer dependency by itself.
 import { randomUUID } from "node:crypto";
 
-import { ApiError, WindiConnection, createWindiClient, login, type Message } from "@windi-chat/sdk";
+import { ApiError, WindiConnection, WindiSession, createWindiClient, login, type Message } from "@windi-chat/sdk";
 
 const base = process.env.WINDI_URL;
 if (!base) throw new Error("WINDI_URL is not set");
 
-async function account(name: string): Promise<{ id: number; token: string }> {
+async function account(name: string): Promise<{ id: number; email: string; password: string; token: string }> {
   const email = `${name}-${randomUUID().slice(0, 8)}@example.com`;
   const password = `pw-${randomUUID()}`;
   const anon = createWindiClient(base!);
   const reg = await anon.POST("/register", { body: { name, email, password } });
   if (!reg.data) throw new ApiError(reg.response.status, reg.error);
   const tok = await login(anon, email, password);
-  return { id: reg.data.id, token: tok.access_token };
+  return { id: reg.data.id, email, password, token: tok.access_token };
 }
 
 const alice = await account("alice");
 const bob = await account("bob");
-const created = await createWindiClient(base, alice.token).POST("/chats", {
+// Alice through a session: its api and connection refresh by themselves.
+const session = await WindiSession.login(base, alice.email, alice.password, { device: "pack-test" });
+const created = await session.api.POST("/chats", {
   body: { type: "group", name: "packed SDK", member_ids: [bob.id] },
 });
 if (!created.data) throw new ApiError(created.response.status, created.error);
@@ -33,7 +35,7 @@ const got = new Promise<Message>((resolve) => (delivered = resolve));
 let changed!: (m: Message) => void;
 const edited = new Promise<Message>((resolve) => (changed = resolve));
 const bobConn = await WindiConnection.connect({ baseUrl: base, token: bob.token, chatId, onMessage: (m) => delivered(m), onUpdate: (m) => changed(m) });
-const aliceConn = await WindiConnection.connect({ baseUrl: base, token: alice.token });
+const aliceConn = await session.connect({});
 const ack = await aliceConn.send(chatId, "hello from the packed SDK").ack;
 const m = await got;
 if (m.id !== ack.message.id || m.text !== "hello from the packed SDK" || m.sender_id !== alice.id) {
@@ -45,4 +47,8 @@ if (e.seq !== ack.message.seq || e.text !== "edited by the packed SDK" || e.rev 
   throw new Error(`bob got the update ${JSON.stringify(e)}, want the edit of seq ${ack.message.seq}`);
 }
 await Promise.all([aliceConn.close(), bobConn.close()]);
-console.log(`smoke: ok (seq ${ack.message.seq} acked to alice, delivered to bob, edited at rev ${e.rev})`);
+await session.refresh(); // rotation: the session goes on with a new refresh token
+const devices = await session.api.GET("/sessions");
+if (!devices.data?.some((d) => d.current && d.device === "pack-test")) throw new Error(`GET /sessions: ${JSON.stringify(devices.data ?? devices.error)}`);
+await session.logout();
+console.log(`smoke: ok (seq ${ack.message.seq} acked to alice, delivered to bob, edited at rev ${e.rev}; session ${session.sessionId} refreshed ${session.refreshCount}x, logged out)`);

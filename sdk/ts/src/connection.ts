@@ -43,7 +43,8 @@ export const MAX_FRAME_BYTES = 64 * 1024;
  * TokenProvider returns the access token for the next connection. expired
  * is true when the server has just rejected the previous one (a 401 at the
  * handshake, or close 4501): return a different token, or throw to end the
- * connection.
+ * connection. An error with `temporary: true` (RefreshError) does not end
+ * it: the connection backs off and asks again. WindiSession.token is one.
  */
 export type TokenProvider = (expired: boolean) => string | Promise<string>;
 
@@ -471,7 +472,15 @@ export class WindiConnection {
     try {
       token = await this.tokenOf(this.expired);
     } catch (e) {
-      this.finish(e instanceof Error ? e : new Error(String(e)));
+      const err = e instanceof Error ? e : new Error(String(e));
+      if ((err as { temporary?: unknown }).temporary === true) {
+        // The provider could not renew the token just now (a refresh on
+        // its way failed): back off and ask again.
+        this.attempt++;
+        this.retry(this.backoff(this.attempt), err);
+        return;
+      }
+      this.finish(err);
       return;
     }
     if (this.ended) return;

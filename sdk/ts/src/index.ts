@@ -2,12 +2,18 @@
 // openapi-typescript (src/schema.d.ts, committed; `npm run generate`
 // rewrites it); REST calls go through openapi-fetch, typed by path and
 // method; WindiConnection is a WebSocket that reconnects and resumes by
-// itself; frames are the spec's ClientFrame and ServerFrame schemas.
+// itself; WindiSession keeps a login's tokens fresh (refresh with rotation,
+// one refresh at a time) for both; frames are the spec's ClientFrame and
+// ServerFrame schemas.
 import type { components, paths } from "./schema.js";
 
 export type { components, paths };
 export type Schemas = components["schemas"];
 export type User = Schemas["User"];
+/** Another user as everyone sees them: id and name, never the email. */
+export type UserPublic = Schemas["UserPublic"];
+/** One login of the user (a device), from GET /sessions. */
+export type Session = Schemas["Session"];
 export type Chat = Schemas["Chat"];
 export type Message = Schemas["Message"];
 /** A message found by GET /search, with its chat. */
@@ -21,6 +27,14 @@ export type ServerFrame = Schemas["ServerFrame"];
 /** The server frame with the given `type`, e.g. ServerFrameOf<"message.new">. */
 export type ServerFrameOf<T extends ServerFrame["type"]> = Extract<ServerFrame, { type: T }>;
 
+export {
+  RefreshError,
+  SessionEndedError,
+  WindiSession,
+  type LoginOptions,
+  type SessionOptions,
+  type SessionTokens,
+} from "./session.js";
 export { ApiError, createWindiClient, formBody, login, wsURL, type WindiClient } from "./rest.js";
 export {
   CloseCode,
