@@ -155,18 +155,24 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	}
 	time.Sleep(3 * time.Second)
 	// Right before the kill every client's application sends a burst (a
-	// pasted batch) of more than the SDKs write ahead of their acks, so
-	// the victim dies with sends at every stage: on the wire, waiting in
-	// its sequencer, committed with their acks on the way. The SDKs must
-	// send every unacked one again on the next connection, and each is
-	// stored once (a repeat of a committed one is acked duplicate:true).
+	// pasted batch) of more than the SDKs write ahead of their acks, and
+	// the victim dies once it has stored a tenth of its share: with sends
+	// at every stage, on the wire, waiting in its sequencer, committed
+	// with their acks on the way. The SDKs must send every unacked one
+	// again on the next connection, and each is stored once (a repeat of
+	// a committed one is acked duplicate:true).
+	storedBefore := replicaMetric(victim, "windi_messages_stored_total")
 	if err := ts.command(fmt.Sprintf("burst %d", burstSize)); err != nil {
 		t.Fatal(err)
 	}
 	for sc, conn := range conns {
 		r.burst(sc, conn, burstSize)
 	}
-	time.Sleep(30 * time.Millisecond)
+	share := len(moving) * burstSize
+	_ = waitFor(2*time.Second, func() bool {
+		return replicaMetric(victim, "windi_messages_stored_total") >= storedBefore+share/10
+	})
+	storedAtKill := replicaMetric(victim, "windi_messages_stored_total") - storedBefore
 	victimName := victim.Name()
 	killedAt := r.markKill(victimName)
 	victim.proc().signal(syscall.SIGKILL)
@@ -208,6 +214,7 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 		fmt.Sprintf("%d Go client.Conn and %d TS WindiConnection clients; killed 1 of 2 replicas holding %d of %d connections (%d Go, %d TS)",
 			len(conns), len(tsSpecs), len(moving), len(r.clients), movingGo, movingTS),
 		kinds["Go"], kinds["TS"],
+		fmt.Sprintf("killed once it had stored %d messages since the burst began (its clients' share of the burst: %d)", storedAtKill, share),
 		"reconnect after the kill "+reconnect,
 		"recovery "+secs(recovery),
 		"killed replica restarted in "+secs(restarted),
@@ -217,7 +224,11 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 
 // wsConnections is a replica's windi_ws_connections gauge (-1 when it
 // cannot be read).
-func wsConnections(rep *replica) int {
+func wsConnections(rep *replica) int { return replicaMetric(rep, "windi_ws_connections") }
+
+// replicaMetric reads one unlabelled sample of a replica's /metrics (-1
+// when it cannot be read).
+func replicaMetric(rep *replica, name string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rep.url+"/metrics", nil)
@@ -233,7 +244,7 @@ func wsConnections(rep *replica) int {
 	if err != nil {
 		return -1
 	}
-	v, ok := metricValue(string(b), "windi_ws_connections")
+	v, ok := metricValue(string(b), name)
 	if !ok {
 		return -1
 	}
