@@ -169,9 +169,11 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 		r.burst(sc, conn, burstSize)
 	}
 	share := len(moving) * burstSize
-	_ = waitFor(2*time.Second, func() bool {
-		return replicaMetric(victim, "windi_messages_stored_total") >= storedBefore+share/10
-	})
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		if replicaMetric(victim, "windi_messages_stored_total") >= storedBefore+share/10 {
+			break
+		}
+	}
 	storedAtKill := replicaMetric(victim, "windi_messages_stored_total") - storedBefore
 	victimName := victim.Name()
 	killedAt := r.markKill(victimName)
