@@ -19,6 +19,14 @@
 // silently (ip link set down) or slow them (latency toxics); the shared
 // services themselves are not touched. They need root.
 //
+// TestClientsResumeAcrossReplicaKill runs the SDKs as applications do,
+// rather than the tests' own client: Go client.Conn connections and
+// TypeScript WindiConnection clients (sdk/ts/test/faults-client.ts, run
+// with node; the test builds sdk/ts first with npm ci and npm run build,
+// as .ci/run does, so it needs Node.js >= 20 with npm) send and receive
+// through nginx while the replica holding most of them is killed. It
+// stops neither Postgres nor Redis.
+//
 // The tests stop and restart the Postgres cluster and the Redis server on
 // this machine (127.0.0.1:5432 and 127.0.0.1:6379, or the ports the two
 // URLs below name), so they skip unless WINDI_FAULTS=1; `bash .ci/run

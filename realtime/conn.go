@@ -268,24 +268,38 @@ func (c *conn) acked(chatID int64, cmid string, o chat.Outcome) {
 	if c.state != stateOpen {
 		return
 	}
+	st := c.streams[chatID]
 	if o.Err != nil {
 		c.failedLocked(o.Err, &frameError{clientMsgID: cmid, chatID: chatID})
+		c.releasedLocked(st)
 		return
 	}
 	m := o.Message
 	raw := mustJSON(m.API())
-	st := c.streams[chatID]
 	if o.Duplicate || st == nil || m.Rev <= st.last {
 		// A repeat, or a chat this connection does not follow: answer now.
 		c.enqueueLocked(ws.OpText, event.AckFrame(cmid, o.Duplicate, raw))
-		if st != nil {
-			c.emitLocked(st.drain(time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
-		}
+		c.releasedLocked(st)
 		return
 	}
 	it := &item{chatID: chatID, rev: m.Rev, createdRev: m.CreatedRev, seq: m.Seq, sender: m.SenderID, cmid: cmid, msg: raw}
 	before := st.fillAt
 	c.emitLocked(st.offer(entry{it: it, ack: true}, time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
+	if st.fillAt != before {
+		c.armFillLocked()
+	}
+}
+
+// releasedLocked delivers what waited in st (nil: none) for a send just
+// answered without an entry of its own (hold: a repeat's original, stored
+// before, or a send refused after it was read), and arms the fill timer
+// for a gap that opens behind it or a fill that must read on.
+func (c *conn) releasedLocked(st *stream) {
+	if st == nil {
+		return
+	}
+	before := st.fillAt
+	c.emitLocked(st.drain(time.Now(), c.hub.cfg.GapHoldback, c.hold, c.scratch[:0]))
 	if st.fillAt != before {
 		c.armFillLocked()
 	}
@@ -966,6 +980,9 @@ func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
 			c.mu.Unlock()
 			return
 		}
+		if err == nil {
+			st.readingOn()
+		}
 		if err != nil {
 			c.hub.log.Warn("fill from the database failed", "event", "delivery.error", "conn_id", c.id, "chat_id", chatID, "err", err)
 			st.filled(now, hb)
@@ -990,6 +1007,12 @@ func (c *conn) fill(ctx context.Context, chatID int64, checkMember bool) {
 		}
 		c.emitLocked(out)
 		c.scratch = out[:0]
+		if !done && st.last == from {
+			// A full page, and nothing of it delivered: the stream waits
+			// for the ack of the socket's own message at its head. The
+			// rest is read once the ack lets the stream past it.
+			st.cutAtHold()
+		}
 		if done || st.last == from {
 			st.filled(now, hb)
 			c.armFillLocked()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/chat"
+	"github.com/windi-chat/windi/repo"
 )
 
 // testHub is a hub with no broker, store or service: enough for a
@@ -87,4 +88,45 @@ func TestTasksHaveDeadlines(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("task did not run")
 	}
+}
+
+// TestRepeatAnsweredPastAGapArmsTheFill: the connection's own message
+// waits (hold) for its send's answer, with a later message behind a
+// missing one. The answer is a repeat (the original was stored before:
+// by a replica killed before it acked, say). Delivering past the held
+// message opens the gap, and its fill must be scheduled: a gap whose
+// schedule is set but whose timer is not armed stalls the chat for good,
+// the periodic check skipping a stream with a fill scheduled. (Found by
+// the fault test killing a replica while its clients' sends were in
+// flight.)
+func TestRepeatAnsweredPastAGapArmsTheFill(t *testing.T) {
+	h := testHub(Config{QueueSize: 64, GapHoldback: time.Hour}) // the fill itself never runs here
+	server, client := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	const me = 1
+	c := newConn(h, chat.Principal{UserID: me, SessionID: 1}, 0, server, bufio.NewReader(server), map[int64]start{7: {}})
+	msg := json.RawMessage(`{"chat_id":7,"seq":1}`)
+	c.startSend(sendKey{7, "mine"})
+	c.deliver(7, []*item{newItem(7, 1, 1, 1, me, "mine", msg, 0)}, nil, time.Now())  // ours: waits for the answer
+	c.deliver(7, []*item{newItem(7, 3, 3, 3, 2, "theirs", msg, 0)}, nil, time.Now()) // 2 is missing
+	c.mu.Lock()
+	early := c.fillTimer != nil
+	c.mu.Unlock()
+	if early {
+		t.Fatal("a fill was scheduled while the stream waits for its own ack")
+	}
+
+	orig := chat.Message{Message: repo.Message{ID: 1, ChatID: 7, Seq: 1, Rev: 1, CreatedRev: 1, SenderID: me, ClientMsgID: "mine", Text: "hi"}}
+	c.acked(7, "mine", chat.Outcome{Message: orig, Duplicate: true})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.streams[7]
+	if st.last != 1 || !st.gap() || st.fillAt.IsZero() {
+		t.Fatalf("after the repeat's answer: last %d, gap %v, fill at %v; want 1 delivered and a fill scheduled for 2", st.last, st.gap(), st.fillAt)
+	}
+	if c.fillTimer == nil {
+		t.Fatal("the gap's fill is scheduled but its timer was never armed: the stream stalls")
+	}
+	c.fillTimer.Stop()
 }

@@ -69,6 +69,12 @@ type stream struct {
 	// Zero when no gap is open.
 	fillAt time.Time
 	fails  int // fills since the gap opened that did not close it
+	// cut: a fill stopped at a message the socket is sending (it waits
+	// for its ack, see held) with more to read. Nothing after it is
+	// missing yet, so no gap opens when the ack lets the stream past it:
+	// readOn then asks for a fill at once, to read what the cut one did
+	// not.
+	cut, readOn bool
 	// subscribed reports that the socket holds a reference on the chat's
 	// broker subscription (released when the stream goes).
 	subscribed bool
@@ -155,9 +161,22 @@ func (s *stream) drain(now time.Time, holdback time.Duration, hold held, out []e
 		}
 		s.last = e.it.rev
 	}
+	if s.cut {
+		if _, next := s.pending[s.last+1]; !next {
+			s.cut, s.readOn = false, true // past the held message: read on
+		}
+	}
 	s.schedule(now, holdback)
 	return out
 }
+
+// cutAtHold records that a fill stopped at a held message with more to
+// read (see cut).
+func (s *stream) cutAtHold() { s.cut = true }
+
+// readingOn records that a fill reads on from last: a read-on asked for
+// is under way.
+func (s *stream) readingOn() { s.readOn = false }
 
 // gap reports whether the stream waits for a rev it has not seen: pending
 // items exist and the next expected one is missing (and not skippable).
@@ -173,6 +192,10 @@ func (s *stream) gap() bool {
 // schedule opens or closes the fill schedule after the pending set changed.
 func (s *stream) schedule(now time.Time, holdback time.Duration) {
 	switch {
+	case s.readOn:
+		if s.fillAt.IsZero() {
+			s.fillAt = now // (one already due, or queued, will do)
+		}
 	case !s.gap():
 		s.fillAt, s.fails = time.Time{}, 0
 	case s.fillAt.IsZero():
@@ -190,7 +213,7 @@ func (s *stream) fillDue(now time.Time) bool {
 // twice as long as the one before, so a gap that the database cannot close
 // yet (or a database that is down) is never polled in a loop.
 func (s *stream) filled(now time.Time, holdback time.Duration) {
-	if !s.gap() {
+	if !s.gap() && !s.readOn {
 		s.fillAt, s.fails = time.Time{}, 0
 		return
 	}

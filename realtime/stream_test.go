@@ -107,6 +107,51 @@ func TestStreamWaitsForOwnAckWithoutAFill(t *testing.T) {
 	}
 }
 
+// TestStreamReadsOnPastAHeldMessage: a fill stopped at the socket's own
+// message, which waits for its send's answer, with more of the chat to
+// read. When the answer lets the stream past it, a fill is due at once,
+// though no gap opened: otherwise the rest of the chat waits for the next
+// publication, or the periodic check. (Found by the fault test killing a
+// replica while its clients' sends were in flight: each client resumed
+// and sent its unacked messages again, and the first page of the replay
+// began with one of them.)
+func TestStreamReadsOnPastAHeldMessage(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := newStream(0)
+	inFlight := map[int64]bool{1: true}
+	hold := func(e entry) bool { return inFlight[e.it.seq] }
+	// The fill's page: 1 (ours, sent again and in flight), 2, 3; more after.
+	for n := int64(1); n <= 3; n++ {
+		wantDelivered(t, s.offer(entry{it: it(n)}, t0, hb, hold, nil))
+	}
+	wantDelivered(t, s.raise(3, false, t0, hb, hold, nil))
+	s.cutAtHold()
+	s.filled(t0, hb)
+	if !s.fillAt.IsZero() {
+		t.Fatalf("a fill is due at %v while the stream waits for its own ack", s.fillAt)
+	}
+	// The send is answered as a repeat (no entry of its own): 1 goes as
+	// message.new, and the rest of the page after it.
+	t1 := t0.Add(time.Second)
+	delete(inFlight, 1)
+	wantDelivered(t, s.drain(t1, hb, hold, nil), 1, 2, 3)
+	if !s.fillDue(t1) {
+		t.Fatalf("past the held message no fill is due (fillAt %v): the rest of the chat is never read", s.fillAt)
+	}
+	// A publication meanwhile does not push the read-on back.
+	wantDelivered(t, s.offer(entry{it: it(4)}, t1, hb, hold, nil), 4)
+	if !s.fillDue(t1) {
+		t.Fatalf("a delivery cancelled the read-on (fillAt %v)", s.fillAt)
+	}
+	// The fill reads on to the head: the schedule closes.
+	s.readingOn()
+	wantDelivered(t, s.raise(4, true, t1, hb, hold, nil))
+	s.filled(t1, hb)
+	if !s.fillAt.IsZero() || s.fails != 0 {
+		t.Fatalf("after reading on: fillAt %v fails %d, want the schedule closed", s.fillAt, s.fails)
+	}
+}
+
 func TestStreamAckReplacesPendingNew(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	s := newStream(0)

@@ -306,6 +306,9 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 		if err != nil {
 			c.mu.Lock()
 			c.endSendLocked(k)
+			if c.state == stateOpen {
+				c.releasedLocked(c.streams[chatID])
+			}
 			c.mu.Unlock()
 			fail(err, chatID, cmid)
 		}
