@@ -94,7 +94,10 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	select {
 	case <-placed:
 	case <-ts.done:
-		t.Fatalf("node faults-client.js exited before its clients were placed: %v\n%s\nproblems: %s", ts.err, ts.stderrText(), strings.Join(r.problems, "; "))
+		r.mu.Lock()
+		problems := strings.Join(r.problems, "; ")
+		r.mu.Unlock()
+		t.Fatalf("node faults-client.js exited before its clients were placed: %v\n%s\nproblems: %s", ts.err, ts.stderrText(), problems)
 	case <-time.After(60 * time.Second):
 		t.Fatalf("the TypeScript clients were not placed within 60 s; stderr:\n%s", ts.stderrText())
 	}
