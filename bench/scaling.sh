@@ -59,16 +59,25 @@ fi
 case "$REDIS" in
 single) REDIS_URL=$REDIS_BASE ;;
 cluster)
-	# A first port P with P..P+5 and the bus ports P+10000.. free.
-	for _ in $(seq 50); do
-		p=$((20000 + RANDOM % 25000)) busy=
-		for q in $(seq "$p" $((p + 5))); do
-			if (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$((q + 10000))") 2>/dev/null; then busy=1; fi
+	# A first port P with P..P+5 and the bus ports P+10000.. free; on a
+	# loaded machine a node can miss the start script's 10 s: up to three
+	# tries.
+	REDIS_URL=
+	for _ in 1 2 3; do
+		CLUSTER_PORT=
+		for _ in $(seq 50); do
+			p=$((20000 + RANDOM % 25000)) busy=
+			for q in $(seq "$p" $((p + 5))); do
+				if (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$((q + 10000))") 2>/dev/null; then busy=1; fi
+			done
+			[ -z "$busy" ] && { CLUSTER_PORT=$p; break; }
 		done
-		[ -z "$busy" ] && { CLUSTER_PORT=$p; break; }
+		[ -n "$CLUSTER_PORT" ] || { echo "no free ports for a Redis Cluster" >&2; exit 1; }
+		REDIS_URL=$(REDIS_CLUSTER_PORT=$CLUSTER_PORT REDIS_CLUSTER_DIR=$WORK/cluster bash bench/redis-cluster.sh start) && break
+		REDIS_CLUSTER_PORT=$CLUSTER_PORT REDIS_CLUSTER_DIR=$WORK/cluster bash bench/redis-cluster.sh stop || true
+		REDIS_URL=
 	done
-	[ -n "$CLUSTER_PORT" ] || { echo "no free ports for a Redis Cluster" >&2; exit 1; }
-	REDIS_URL=$(REDIS_CLUSTER_PORT=$CLUSTER_PORT REDIS_CLUSTER_DIR=$WORK/cluster bash bench/redis-cluster.sh start)
+	[ -n "$REDIS_URL" ] || { CLUSTER_PORT=; exit 1; }
 	;;
 *) echo "redis: single or cluster, not $REDIS" >&2; exit 2 ;;
 esac
