@@ -690,6 +690,14 @@ func isProtocolError(err error) bool {
 // --- tasks: database and broker work off the delivery path ---
 
 // addTaskLocked queues fn for the task goroutine, starting it if needed.
+// afterTasks queues frame p behind the tasks already queued (the syncs'
+// replays, say).
+func (c *conn) afterTasks(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.addTaskLocked(func(context.Context) { c.frame(p) })
+}
+
 func (c *conn) addTaskLocked(fn func(ctx context.Context)) {
 	if c.state != stateOpen {
 		return

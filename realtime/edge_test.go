@@ -165,6 +165,40 @@ func TestSinceSeqPastTheEndIsClamped(t *testing.T) {
 	})
 }
 
+// TestRefusedSyncAnswersInOrder: a sync the server refuses (here, of a
+// chat that does not exist) is answered after the replays of the syncs
+// sent before it, so a client can mark the end of its syncs with one (the
+// fault tests' client does, to tell replayed frames from live ones).
+func TestRefusedSyncAnswersInOrder(t *testing.T) {
+	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
+		s := env.Start(t)
+		alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
+		chatID := privateChat(t, s, alice, bob.ID)
+		const n = 300
+		reqs := make([]repo.SendRequest, n)
+		for i := range reqs {
+			reqs[i] = repo.SendRequest{ChatID: chatID, SenderID: bob.ID, ClientMsgID: fmt.Sprint(i), Text: "x"}
+		}
+		if _, err := s.Store.InsertMessages(bg, reqs, repo.InsertOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		w := s.DialWS(t, "/ws", alice.Token)
+		settle(w)
+		w.Send(t, map[string]any{"type": "sync", "chat_id": chatID, "since_seq": 0})
+		w.Send(t, map[string]any{"type": "sync", "chat_id": 987654321, "since_seq": 0})
+		f, before := w.Until(t, "error", 10*time.Second)
+		msgs := 0
+		for _, b := range before {
+			if b.Type == "message.new" {
+				msgs++
+			}
+		}
+		if f.ChatID != 987654321 || msgs != n {
+			t.Errorf("the refusal %s came after %d of the %d replayed messages, want after all of them", f.Raw, msgs, n)
+		}
+	})
+}
+
 // TestInvalidUTF8FrameCloses1007: a text frame that is not UTF-8 closes
 // the connection with 1007 (RFC 6455 §8.1).
 func TestInvalidUTF8FrameCloses1007(t *testing.T) {

@@ -363,20 +363,23 @@ func (h *Hub) onFrame(c *conn, data []byte) {
 			fail(err, *f.ChatID, "")
 		}
 	case gen.SyncFrame:
+		// A refused sync is answered behind the replays of the syncs
+		// before it (they run as tasks), so the answers keep the frames'
+		// order: a client may mark the end of its syncs with one.
 		chatID := *f.ChatID
 		if !c.syncLimit.Allow() {
-			limited("sync frames", chatID, "")
+			c.afterTasks(encodeError(&frameError{code: gen.ErrorFrameCodeRateLimited, msg: "too many sync frames; slow down", chatID: chatID}))
 			return
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, taskTimeout)
 		defer cancel()
 		ch, err := h.svc.Authorize(ctx, c.userID, chatID)
 		if err != nil {
-			fail(err, chatID, "")
+			c.afterTasks(encodeError(&frameError{code: errorFrameCode(err), msg: errorMessage(err), chatID: chatID}))
 			return
 		}
 		if c.chatID != 0 && chatID != c.chatID {
-			c.frame(encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: chatID}))
+			c.afterTasks(encodeError(&frameError{code: gen.ErrorFrameCodeBadRequest, msg: "sync a chat on its own connection or on /ws", chatID: chatID}))
 			return
 		}
 		// A position past the chat's end is clamped to it; on a chat the
