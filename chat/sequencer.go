@@ -78,18 +78,14 @@ const commitTimeout = 10 * time.Second
 //
 // On each replica a chat belongs to one shard (chat id modulo the number
 // of shards) and each shard has one worker goroutine, so one chat's sends
-// are committed and published by one goroutine at a time. Each shard is a
-// pipeline of three stages, each stage taking whatever the previous one has
-// ready, in order:
+// are committed and published by one goroutine at a time. The worker takes
+// everything queued on its shard (up to MaxBatch) and, for that batch:
 //
-//  1. a claimer takes everything queued on the shard (up to MaxBatch) and
-//     claims the sends' dedup keys in the broker (one round trip); sends
-//     seen before whose original is stored answer as duplicates at once.
-//     It claims the next sends while the worker's transaction runs, so the
-//     round trip is off the commit's critical path;
-//  2. the worker stores every claimed operation waiting (up to MaxBatch)
-//     in one transaction (repo.Apply), which takes the chats' row locks:
-//     across replicas, that lock orders batches of one chat;
+//  1. claims the sends' dedup keys in the broker (one round trip); sends
+//     seen before whose original is stored answer as duplicates at once;
+//  2. stores the rest in one transaction (repo.InsertMessages), which
+//     takes the chats' row locks: across replicas, that lock orders
+//     batches of one chat;
 //  3. publishes each chat's new messages in seq order, one envelope per
 //     chat, all in one broker round trip, while the next batch is already
 //     being claimed and stored (the shard's publications are chained, so
@@ -156,66 +152,16 @@ func (q *sequencer) close() {
 	q.wg.Wait()
 }
 
-// claimed is operations past the claim, in queue order. assumeNew says
-// every send's key was fresh: the transaction need not look for repeats.
-type claimed struct {
-	ops       []*pending
-	assumeNew bool
-}
-
 // work is one shard's worker; it lives until close.
 func (q *sequencer) work(shard chan *pending) {
 	defer q.wg.Done()
-	ready := make(chan claimed, 1)
-	go q.claim(shard, ready)
+	batch := make([]*pending, 0, q.cfg.MaxBatch)
 	// published is closed once the shard's latest batch is published and
 	// answered; the next batch's publication waits for it, so the shard's
 	// chats are published in seq order while the next transaction already
 	// runs.
 	published := make(chan struct{})
 	close(published)
-	var carry *claimed
-	for {
-		var b claimed
-		if carry != nil {
-			b, carry = *carry, nil
-		} else {
-			var ok bool
-			if b, ok = <-ready; !ok {
-				break
-			}
-		}
-		batch := append(make([]*pending, 0, q.cfg.MaxBatch), b.ops...)
-		assumeNew := b.assumeNew
-	fill:
-		for len(batch) < q.cfg.MaxBatch {
-			select {
-			case more, ok := <-ready:
-				if !ok {
-					break fill
-				}
-				if len(batch)+len(more.ops) > q.cfg.MaxBatch {
-					carry = &more
-					break fill
-				}
-				batch = append(batch, more.ops...)
-				assumeNew = assumeNew && more.assumeNew
-			default:
-				break fill
-			}
-		}
-		published = q.commit(batch, assumeNew, published)
-	}
-	<-published
-}
-
-// claim is one shard's claimer: it takes everything queued (up to
-// MaxBatch), drops the sends whose senders gave up, claims the rest's
-// dedup keys and answers repeats, and hands what is left to the worker.
-// It closes ready when the shard closes.
-func (q *sequencer) claim(shard chan *pending, ready chan<- claimed) {
-	defer close(ready)
-	batch := make([]*pending, 0, q.cfg.MaxBatch)
 	for p := range shard {
 		batch = append(batch[:0], p)
 	fill:
@@ -230,47 +176,38 @@ func (q *sequencer) claim(shard chan *pending, ready chan<- claimed) {
 				break fill
 			}
 		}
-		live := q.alive(batch)
-		if len(live) == 0 {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		live, assumeNew := q.answerRepeats(ctx, live)
-		cancel()
-		if len(live) > 0 {
-			ready <- claimed{ops: live, assumeNew: assumeNew}
-		}
+		published = q.commit(batch, published)
 	}
+	<-published
 }
 
-// alive answers the operations whose senders gave up before their turn
-// (nothing stored) and returns the others, in a new slice.
-func (q *sequencer) alive(batch []*pending) []*pending {
-	live := make([]*pending, 0, len(batch))
+// commit runs one batch through claim and store, then hands it to a
+// goroutine that publishes and answers it once the shard's previous batch
+// (prev) is published. It returns the channel closed when this batch is.
+// A batch's publication thus overlaps the next batch's claim and
+// transaction, and a shard's batches still leave in commit order.
+func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
+	s := q.svc
+	live := batch[:0:0]
 	for _, p := range batch {
 		if err := p.ctx.Err(); err != nil {
-			p.done(SendOutcome{Err: err})
+			p.done(SendOutcome{Err: err}) // the sender gave up before its turn: nothing stored
 			continue
 		}
 		live = append(live, p)
 	}
-	return live
-}
-
-// commit stores one claimed batch, then hands it to a goroutine that
-// publishes and answers it once the shard's previous batch (prev) is
-// published. It returns the channel closed when this batch is. A batch's
-// publication thus overlaps the next batch's transaction, and a shard's
-// batches still leave in commit order.
-func (q *sequencer) commit(batch []*pending, assumeNew bool, prev chan struct{}) chan struct{} {
-	s := q.svc
-	live := q.alive(batch)
 	if len(live) == 0 {
 		return prev
 	}
 	// The batch's work outlives any one sender's request: a sender that
 	// gives up must not fail the others.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+
+	live, assumeNew := q.answerRepeats(ctx, live)
+	if len(live) == 0 {
+		cancel()
+		return prev
+	}
 	ops := make([]repo.Op, len(live))
 	for i, p := range live {
 		ops[i] = p.op
