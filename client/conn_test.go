@@ -235,9 +235,7 @@ func TestConnHoldsBackAboveAGap(t *testing.T) {
 	if got := rec.seqs(5); !slices.Equal(got, []int64{11, 12}) || rec.msgs[0].Text != "a, edited" || len(rec.updates) != 0 {
 		t.Fatalf("got seqs %v (first %q) and %d updates; want 11 (edited) and 12, no update", got, rec.msgs[0].Text, len(rec.updates))
 	}
-	if got := conn.Resume()[5]; got != (client.Position{Seq: 12, Rev: 13}) {
-		t.Fatalf("position %+v, want {12 13}", got)
-	}
+	waitPosition(t, "the", conn, 5, client.Position{Seq: 12, Rev: 13})
 	clock.Advance(5 * time.Second)
 	c.none(t) // no sync: nothing waits
 }
@@ -552,9 +550,7 @@ func TestConnChanges(t *testing.T) {
 	if rec.updates[0].Text != "fixed" || rec.errors[0].Code != rest.ErrorFrameCodeForbidden || *rec.errors[0].Seq != 3 {
 		t.Fatalf("got update %+v and error %v", rec.updates[0], rec.errors[0])
 	}
-	if got := conn.Resume()[5]; got != (client.Position{Seq: 3, Rev: 4}) {
-		t.Fatalf("after a refused delete: position %+v, want {3 4} (the chat still followed)", got)
-	}
+	waitPosition(t, "after a refused delete, the", conn, 5, client.Position{Seq: 3, Rev: 4}) // the chat still followed
 
 	// Made while disconnected: written after the reconnect.
 	c1.close(client.CloseGoingAway)
@@ -627,4 +623,22 @@ func TestConnTyping(t *testing.T) {
 	_ = conn.Typing(6)
 	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
 	c2.none(t)
+}
+
+// waitPosition waits for a chat's position to become want: it moves once
+// the application's callbacks for the message have returned, which may be
+// just after a recorder in another goroutine has seen it.
+func waitPosition(t *testing.T, who string, conn *client.Conn, chatID int64, want client.Position) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := conn.Resume()[chatID]
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s position in chat %d: %+v, want %+v", who, chatID, got, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

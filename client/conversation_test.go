@@ -367,9 +367,7 @@ func TestConnResumesByRevision(t *testing.T) {
 					t.Fatalf("bob's updates after the reconnect: got %v, want %v", got, want)
 				}
 				checkRevs(t, "bob", brec, group.ID)
-				if p := bconn.Resume()[group.ID]; p.Seq != sentinel.Seq || p.Rev != sentinel.Rev {
-					t.Fatalf("bob's position %+v, want seq %d rev %d", p, sentinel.Seq, sentinel.Rev)
-				}
+				waitPosition(t, "bob's", bconn, group.ID, client.Position{Seq: sentinel.Seq, Rev: sentinel.Rev})
 				pmu.Lock()
 				defer pmu.Unlock()
 				if len(paths) < 2 {
