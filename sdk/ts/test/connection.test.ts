@@ -235,7 +235,8 @@ describe("WindiConnection against " + BASE, () => {
     a.edit(chat.id, hello.seq, "hello, world");
     b.react(chat.id, hello.seq, "👍");
     await arec.until("edit and reaction", () => arec.state(chat.id, hello.seq)?.text === "hello, world" && reactions(arec.state(chat.id, hello.seq)) === `👍[${bob.id}]`);
-    await brec.until("edit and reaction (bob)", () => reactions(brec.state(chat.id, hello.seq)) === `👍[${bob.id}]`);
+    // The edit (Alice's) and the reaction (Bob's) race: wait for both.
+    await brec.until("edit and reaction (bob)", () => brec.state(chat.id, hello.seq)?.text === "hello, world" && reactions(brec.state(chat.id, hello.seq)) === `👍[${bob.id}]`);
     assert.ok(brec.state(chat.id, hello.seq)?.edited_at, "edited_at is set");
     b.unreact(chat.id, hello.seq, "👍");
     a.delete(chat.id, reply.seq); // the group's owner deletes Bob's message
