@@ -15,6 +15,7 @@ import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
 import { chromium } from "playwright-core";
+import { watch as watchPage } from "./watch.js";
 
 const URLS = (process.env.WINDI_WEB_URLS ?? process.env.WINDI_URL ?? "").split(",").filter(Boolean);
 if (!URLS.length) throw new Error("set WINDI_WEB_URLS (two servers, comma separated) or WINDI_URL");
@@ -38,30 +39,6 @@ const problems = [];
 const expected = new Set();
 const open = []; // every browser opened, for the failure screenshots
 
-function watch(page, who, origin) {
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    const text = msg.text();
-    if (/status of (\d+)/.test(text) && [...expected].some((e) => e.startsWith(`${who} ${text.match(/status of (\d+)/)[1]} `))) return;
-    problems.push(`${who}: console error: ${text} (${msg.location().url})`);
-  });
-  page.on("pageerror", (err) => problems.push(`${who}: page error: ${err.message}`));
-  page.on("request", (req) => {
-    const u = new URL(req.url());
-    if (u.protocol === "data:" || u.protocol === "blob:") return;
-    if (u.origin !== origin && u.origin !== origin.replace(/^http/, "ws")) problems.push(`${who}: request to another host: ${req.url()}`);
-  });
-  page.on("requestfailed", (req) => {
-    const why = req.failure()?.errorText ?? "";
-    if (why !== "net::ERR_ABORTED") problems.push(`${who}: request failed: ${req.url()}: ${why}`);
-  });
-  page.on("response", (res) => {
-    if (res.status() < 400) return;
-    if (expected.has(`${who} ${res.status()} ${new URL(res.url()).pathname}`)) return;
-    problems.push(`${who}: HTTP ${res.status()} for ${res.url()}`);
-  });
-}
-
 function noProblems() {
   assert.deepEqual(problems, [], problems.join("\n"));
 }
@@ -80,7 +57,7 @@ async function openBrowser(base, who, viewport = { width: 1100, height: 760 }) {
 async function newPage(b) {
   const page = await b.context.newPage();
   page.setDefaultTimeout(15_000);
-  watch(page, b.who, new URL(b.base).origin);
+  watchPage(page, b.who, new URL(b.base).origin, problems, expected);
   page.on("websocket", (ws) => {
     const rec = { url: ws.url(), page, openedAt: Date.now(), closedAt: 0 };
     b.sockets.push(rec);

@@ -16,6 +16,7 @@ import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 
 import { chromium } from "playwright-core";
+import { watch as watchPage } from "./watch.js";
 
 const URLS = (process.env.WINDI_WEB_URLS ?? process.env.WINDI_URL ?? "").split(",").filter(Boolean);
 if (!URLS.length) throw new Error("set WINDI_WEB_URLS (two servers, comma separated) or WINDI_URL");
@@ -40,30 +41,12 @@ const problems = [];
 let A; // Alice: { context, page }
 let B; // Bob
 
-function watch(page, who, origin) {
-  page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`${who}: console error: ${msg.text()} (${msg.location().url})`);
-  });
-  page.on("pageerror", (err) => problems.push(`${who}: page error: ${err.message}`));
-  page.on("request", (req) => {
-    const u = new URL(req.url());
-    if (u.protocol === "data:" || u.protocol === "blob:") return;
-    if (u.origin !== origin && u.origin !== origin.replace(/^http/, "ws")) problems.push(`${who}: request to another host: ${req.url()}`);
-  });
-  page.on("requestfailed", (req) => {
-    const why = req.failure()?.errorText ?? "";
-    if (why !== "net::ERR_ABORTED") problems.push(`${who}: request failed: ${req.url()}: ${why}`);
-  });
-  page.on("response", (res) => {
-    if (res.status() >= 400) problems.push(`${who}: HTTP ${res.status()} for ${res.url()}`);
-  });
-}
 
 async function openBrowser(base, viewport, who) {
   const context = await browser.newContext({ baseURL: base, viewport, deviceScaleFactor: 1, locale: "en-GB", timezoneId: "UTC" });
   const page = await context.newPage();
   page.setDefaultTimeout(15_000);
-  watch(page, who, new URL(base).origin);
+  watchPage(page, who, new URL(base).origin, problems);
   return { context, page, base, who };
 }
 
