@@ -486,3 +486,48 @@ func (c *Client) hasTokenFunc() bool {
 	defer c.mu.Unlock()
 	return c.tokenFunc != nil
 }
+
+// Do sends one raw request to path (with its query, e.g. "/chats?x=1") on
+// the server, with the Client's token unless header names its own
+// Authorization: for requests the generated client cannot express, such as
+// the malformed ones of tests. The caller closes the response body.
+func (c *Client) Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	if err := c.authorize(ctx, req); err != nil {
+		return nil, err
+	}
+	return retrier{c}.Do(req)
+}
+
+// DialSocket opens one raw Socket to path ("/ws" or "/ws/{chat_id}", with
+// its query) on the server: no reconnect, no resume (Dial returns a Conn
+// that has them). The handshake carries the Client's token as a bearer
+// token, unless opts.Header names its own Authorization or the path names
+// a token= itself.
+func (c *Client) DialSocket(ctx context.Context, path string, opts SocketOptions) (*Socket, *http.Response, error) {
+	p, q, _ := strings.Cut(path, "?")
+	h := opts.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	if h.Get("Authorization") == "" && !strings.Contains("&"+q, "&token=") {
+		tok, err := c.tokenFor(ctx, false, "")
+		if err != nil {
+			return nil, nil, err
+		}
+		if tok != "" {
+			h.Set("Authorization", "Bearer "+tok)
+		}
+	}
+	opts.Header = h
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = c.http
+	}
+	return DialSocket(ctx, c.wsURLRaw(p, q), opts)
+}
