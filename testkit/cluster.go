@@ -55,6 +55,12 @@ type Options struct {
 	// PlaceDB, when set, runs once the database exists, before any replica
 	// starts (e.g. to point replicas at Postgres through a proxy).
 	PlaceDB func(c *Cluster)
+	// Port, when set, is replica 1's port (a proxy in front of it keeps
+	// pointing at it across deployments); the others get free ones.
+	Port int
+	// Seed runs `windi seed` (the demo users and chats) with replica 1's
+	// environment before any replica starts.
+	Seed bool
 }
 
 // Cluster is one running deployment.
@@ -181,9 +187,11 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 		}
 	}
 	for i := range o.Replicas {
-		port, err := FreePort()
-		if err != nil {
-			return c, err
+		port, err := o.Port, error(nil)
+		if i > 0 || port == 0 {
+			if port, err = FreePort(); err != nil {
+				return c, err
+			}
 		}
 		r := &Replica{c: c, Index: i + 1, Host: "127.0.0.1", Port: port}
 		if o.Place != nil {
@@ -194,6 +202,11 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 	}
 	if o.PlaceDB != nil {
 		o.PlaceDB(c)
+	}
+	if o.Seed {
+		if err := c.seed(ctx); err != nil {
+			return c, err
+		}
 	}
 	errs := make([]error, len(c.Replicas))
 	var wg sync.WaitGroup
@@ -211,6 +224,22 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// seed runs `windi seed` with replica 1's environment; its output goes to
+// seed.log.
+func (c *Cluster) seed(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	r := c.Replicas[0]
+	cmd := exec.CommandContext(ctx, c.bin, "seed")
+	cmd.Env = c.env(r)
+	out, err := cmd.CombinedOutput()
+	_ = os.WriteFile(filepath.Join(c.Dir, "seed.log"), out, 0o644)
+	if err != nil {
+		return fmt.Errorf("windi seed: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // SecretFile is where an embedded replica keeps the JWT secret it

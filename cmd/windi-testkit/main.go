@@ -12,6 +12,10 @@
 // drops the database and deletes the keys. It exits with the command's
 // status (1 when the deployment failed to start).
 //
+// windi-testkit up starts the same deployment and keeps it until SIGTERM
+// or SIGINT, writing the variables below to -env-file once it is ready:
+// .ci/run starts it in the background and sources that file.
+//
 // The command's environment gets:
 //
 //	WINDI_URL                   where clients go (nginx, else replica 1)
@@ -49,38 +53,47 @@ func main() {
 
 func usage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: windi-testkit run [flags] -- command [arg...]")
+	fmt.Fprintln(w, "       windi-testkit up -env-file FILE [flags]   (until SIGTERM or SIGINT)")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("windi-testkit run", flag.ContinueOnError)
+	fs := flag.NewFlagSet("windi-testkit", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (
-		o    testkit.Options
-		env  listFlag
-		logs = fs.String("logs", "", "copy the logs into this directory at the end, named NAME-<log>")
-		tail = fs.Int("tail", 30, "when the command fails, print the last N lines of every log")
+		o       testkit.Options
+		env     listFlag
+		logs    = fs.String("logs", "", "copy the logs into this directory at the end, named NAME-<log>")
+		tail    = fs.Int("tail", 30, "when the command fails (run), print the last N lines of every log")
+		envFile = fs.String("env-file", "", "up: write the deployment's variables to FILE (KEY=VALUE lines a shell can source) once it is ready")
 	)
 	fs.StringVar(&o.Name, "name", "testkit", "label of the deployment: database windi_NAME_…, log names")
 	fs.IntVar(&o.Replicas, "replicas", 1, "windi processes")
 	fs.BoolVar(&o.Nginx, "nginx", false, "nginx in front (deploy/nginx/windi.conf.template)")
 	fs.BoolVar(&o.Embedded, "embedded", false, "the embedded default: SQLite and the in-process broker (one replica)")
+	fs.BoolVar(&o.Seed, "seed", false, "run `windi seed` (demo users and chats) before the replicas start")
+	fs.IntVar(&o.Port, "port", 0, "replica 1's port (default: a free one)")
 	fs.StringVar(&o.RedisURL, "redis", "", "REDIS_URL of the replicas (default WINDI_TEST_REDIS_URL or redis://127.0.0.1:6379/0; a Redis Cluster URL works)")
 	fs.StringVar(&o.Binary, "bin", "", "the windi binary (default: WINDI_TEST_BIN, or go build ./cmd/windi)")
 	fs.Var(&env, "env", "KEY=VALUE for every replica (repeatable)")
-	if len(args) == 0 || args[0] != "run" {
+	if len(args) == 0 || args[0] != "run" && args[0] != "up" {
 		usage(stderr, fs)
 		return 2
 	}
+	mode := args[0]
 	if err := fs.Parse(args[1:]); err != nil {
 		fmt.Fprintln(stderr, "windi-testkit:", err)
 		usage(stderr, fs)
 		return 2
 	}
 	cmdArgs := fs.Args()
-	if len(cmdArgs) == 0 {
-		fmt.Fprintln(stderr, "windi-testkit: no command after --")
+	switch {
+	case mode == "run" && len(cmdArgs) == 0:
+		fmt.Fprintln(stderr, "windi-testkit run: no command after --")
+		return 2
+	case mode == "up" && (len(cmdArgs) > 0 || *envFile == ""):
+		fmt.Fprintln(stderr, "windi-testkit up: takes -env-file FILE and no command")
 		return 2
 	}
 	for _, kv := range env {
@@ -91,6 +104,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	o.Env = env
 	name := o.Name
+
+	// SIGINT and SIGTERM end up: for run they go to the command, and the
+	// deployment ends after it. Caught before the deployment starts, so a
+	// signal during its start-up still ends it.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 
 	c, err := testkit.New(context.Background(), o)
 	if c != nil {
@@ -110,40 +130,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	describe(c, name, stdout)
 
-	cmd := exec.Command(cmdArgs[0], cmdArgs[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
-	cmd.Env = append(os.Environ(),
-		"WINDI_URL="+c.URL,
-		"WINDI_REPLICA_URLS="+replicaURLs(c),
-		"WINDI_TESTKIT_DIR="+c.Dir,
-	)
-	if c.Secret != "" {
-		cmd.Env = append(cmd.Env, "WINDI_TEST_JWT_SECRET="+c.Secret)
-	}
-	if f := c.SecretFile(); f != "" {
-		cmd.Env = append(cmd.Env, "WINDI_TEST_JWT_SECRET_FILE="+f)
-	}
-	// SIGINT and SIGTERM go to the command; the deployment ends after it.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	rc := 0
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(stderr, "windi-testkit %s: %v\n", name, err)
-		rc = 1
-	} else {
-		go func() {
-			for s := range sigs {
-				_ = cmd.Process.Signal(s)
-			}
-		}()
-		if err := cmd.Wait(); err != nil {
-			rc = 1
-			var ee *exec.ExitError
-			if errors.As(err, &ee) && ee.ExitCode() > 0 {
-				rc = ee.ExitCode()
-			}
+	if mode == "up" {
+		if err := os.WriteFile(*envFile, []byte(shellVars(c)), 0o600); err != nil {
+			fmt.Fprintf(stderr, "windi-testkit %s: %v\n", name, err)
+			return 1
 		}
+		<-sigs
+	} else {
+		rc = runCommand(c, cmdArgs, sigs, stdout, stderr)
 	}
 	if c.NginxAccessLog != "" {
 		fmt.Fprintf(stdout, "    %s: %s\n", name, c.NginxTraffic())
@@ -154,6 +149,65 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	keepLogs(c, *logs, name, stderr)
 	return rc
+}
+
+// vars are the deployment's variables for a command or a shell.
+func vars(c *testkit.Cluster) []string {
+	v := []string{
+		"WINDI_URL=" + c.URL,
+		"WINDI_REPLICA_URLS=" + replicaURLs(c),
+		"WINDI_TESTKIT_DIR=" + c.Dir,
+	}
+	if c.Secret != "" {
+		v = append(v, "WINDI_TEST_JWT_SECRET="+c.Secret)
+	}
+	if f := c.SecretFile(); f != "" {
+		v = append(v, "WINDI_TEST_JWT_SECRET_FILE="+f)
+	}
+	return v
+}
+
+// shellVars renders vars as lines a shell sources (every value is a URL,
+// a path or hex: nothing to quote but spaces, which paths may hold).
+func shellVars(c *testkit.Cluster) string {
+	var b strings.Builder
+	for _, kv := range vars(c) {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, "%s='%s'\n", k, strings.ReplaceAll(v, "'", `'\''`))
+	}
+	return b.String()
+}
+
+// runCommand runs the command with the deployment's variables and returns
+// its exit status; sigs are passed on to it.
+func runCommand(c *testkit.Cluster, args []string, sigs <-chan os.Signal, stdout, stderr io.Writer) int {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+	cmd.Env = append(os.Environ(), vars(c)...)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "windi-testkit: %v\n", err)
+		return 1
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				_ = cmd.Process.Signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	if err := cmd.Wait(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
+			return ee.ExitCode()
+		}
+		return 1
+	}
+	return 0
 }
 
 func replicaURLs(c *testkit.Cluster) string {

@@ -2,11 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/windi-chat/windi/client"
 	"github.com/windi-chat/windi/testkit"
 )
 
@@ -43,4 +50,81 @@ func TestRunPassesTheDeploymentAndTheStatus(t *testing.T) {
 	if rc := run([]string{"run", "-env", "NOEQUALS", "--", "true"}, &out, &errOut); rc != 2 {
 		t.Fatalf("bad -env: got %d, want 2", rc)
 	}
+}
+
+// TestUpKeepsTheDeploymentUntilSIGTERM starts a seeded embedded deployment
+// with up: the env file names a server where the demo users log in, on
+// the port asked for, and SIGTERM ends it.
+func TestUpKeepsTheDeploymentUntilSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts a server")
+	}
+	port, err := testkit.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	envFile := filepath.Join(t.TempDir(), "kit.env")
+	done := make(chan int, 1)
+	var out, errOut syncBuffer
+	go func() {
+		done <- run([]string{"up", "-name", "up", "-embedded", "-seed", "-port", strconv.Itoa(port), "-env-file", envFile}, &out, &errOut)
+	}()
+	var vars map[string]string
+	if err := testkit.WaitFor(90*time.Second, func() bool {
+		b, err := os.ReadFile(envFile)
+		if err != nil || len(b) == 0 {
+			return false
+		}
+		vars = map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			vars[k] = strings.Trim(v, "'")
+		}
+		return true
+	}); err != nil {
+		t.Fatalf("no env file: %v\n%s", err, errOut.String())
+	}
+	if want := fmt.Sprintf("http://127.0.0.1:%d", port); vars["WINDI_URL"] != want {
+		t.Fatalf("WINDI_URL %q, want %q", vars["WINDI_URL"], want)
+	}
+	c, err := client.New(vars["WINDI_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Login(context.Background(), "alice@windi.test", "alice-demo-pass"); err != nil {
+		t.Fatalf("the seeded Alice cannot log in: %v", err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rc := <-done:
+		if rc != 0 {
+			t.Fatalf("up exited %d after SIGTERM, want 0\n%s", rc, errOut.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("up still running 60 s after SIGTERM")
+	}
+	if code, _, err := testkit.Get(context.Background(), vars["WINDI_URL"]+"/readyz"); err == nil {
+		t.Fatalf("the server still answers (%d) after up ended", code)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the goroutine that writes it and
+// the test that reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
