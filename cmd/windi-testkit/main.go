@@ -12,6 +12,10 @@
 // drops the database and deletes the keys. It exits with the command's
 // status (1 when the deployment failed to start).
 //
+// windi-testkit port prints a free port (for a process the script starts
+// itself, such as a proxy); windi-testkit services starts the Postgres and
+// Redis the deployments use if they are down (after the fault tests).
+//
 // windi-testkit up starts the same deployment and keeps it until SIGTERM
 // or SIGINT, writing the variables below to -env-file once it is ready:
 // .ci/run starts it in the background and sources that file.
@@ -54,11 +58,32 @@ func main() {
 func usage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: windi-testkit run [flags] -- command [arg...]")
 	fmt.Fprintln(w, "       windi-testkit up -env-file FILE [flags]   (until SIGTERM or SIGINT)")
+	fmt.Fprintln(w, "       windi-testkit port       (print a free port on 127.0.0.1, below the ephemeral range)")
+	fmt.Fprintln(w, "       windi-testkit services   (start the Postgres and Redis of WINDI_TEST_DATABASE_URL and WINDI_TEST_REDIS_URL if they are down)")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 {
+		switch args[0] {
+		case "port":
+			p, err := testkit.FreePort()
+			if err != nil {
+				fmt.Fprintln(stderr, "windi-testkit:", err)
+				return 1
+			}
+			fmt.Fprintln(stdout, p)
+			return 0
+		case "services":
+			logf := func(format string, a ...any) { fmt.Fprintf(stdout, "    "+format+"\n", a...) }
+			if err := testkit.EnsureServices(logf); err != nil {
+				fmt.Fprintln(stderr, "windi-testkit:", err)
+				return 1
+			}
+			return 0
+		}
+	}
 	fs := flag.NewFlagSet("windi-testkit", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var (

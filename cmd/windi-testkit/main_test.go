@@ -128,3 +128,24 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestPortAndServices(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if rc := run([]string{"port"}, &out, &errOut); rc != 0 {
+		t.Fatalf("port: exit %d: %s", rc, &errOut)
+	}
+	p, err := strconv.Atoi(strings.TrimSpace(out.String()))
+	if err != nil || p < 20000 || p >= 32768 {
+		t.Fatalf("port printed %q (%v), want one from 20000 to 32767", out.String(), err)
+	}
+	if !testkit.PostgresReady() || !testkit.RedisReady() {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("Postgres and Redis must be running in CI")
+		}
+		t.Skip("services: Postgres or Redis is not running here (it would start them)")
+	}
+	out.Reset()
+	if rc := run([]string{"services"}, &out, &errOut); rc != 0 || out.Len() != 0 {
+		t.Fatalf("services with both running: exit %d, said %q; want 0 and nothing", rc, out.String())
+	}
+}
