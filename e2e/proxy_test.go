@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,12 +11,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // TestThroughProxy drives a deployment of several replicas only through
 // its proxy (WINDI_E2E_URL), the way clients see it: four users in one
 // group, two WebSockets each spread over the replicas, 80 concurrent sends,
-// then a reconnect that resumes with since_seq. Every connection must see
+// then a reconnect that resumes with since_seq (a client.Conn, as SDK
+// users resume). Every connection must see
 // every message exactly once, in seq order (SPEC §4, §6.2).
 // WINDI_E2E_REPLICAS (comma-separated base URLs of the replicas themselves)
 // is optional; with it the test also checks the replica names it sees.
@@ -31,55 +36,56 @@ func TestThroughProxy(t *testing.T) {
 		late         = 5  // messages sent while one connection is away
 	)
 	start := time.Now()
-	a := newAPI(t, base)
-	known := replicaNames(t, os.Getenv("WINDI_E2E_REPLICAS"))
-	checkProxyHeaders(t, a)
+	k := newKit(t, base)
+	known := replicaNames(t, k, os.Getenv("WINDI_E2E_REPLICAS"))
+	checkProxyHeaders(t, k)
 
 	// Four users and a group of all four, created by the first.
 	users := make([]user, nUsers)
 	for i := range users {
-		users[i] = a.register(t, fmt.Sprintf("User%d", i))
+		users[i] = k.register(fmt.Sprintf("User%d", i))
 	}
 	var others []int64
 	for _, u := range users[1:] {
 		others = append(others, u.ID)
 	}
 	run := randomHex(4)
-	var chat struct {
-		ID int64 `json:"id"`
-	}
-	a.json(t, http.MethodPost, "/chats", users[0].Token,
-		map[string]any{"type": "group", "name": "e2e " + run, "member_ids": others}, http.StatusCreated, &chat)
+	chat := createGroup(t, users[0], "e2e "+run, others)
 	chatPath := fmt.Sprintf("/ws/%d", chat.ID)
 
 	// No token: refused before the upgrade, through the proxy too.
-	if _, resp, err := dialWS(t, base, "anonymous", "/ws", ""); err == nil {
+	if s, resp, err := k.dialSocket(k.client(base, nil), "anonymous", "/ws", ""); err == nil {
+		s.close()
 		t.Fatal("dial /ws without a token: got a connection, want 401")
-	} else if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+	} else if resp == nil || resp.StatusCode != http.StatusUnauthorized || client.StatusOf(err) != http.StatusUnauthorized {
 		t.Fatalf("dial /ws without a token: got %v (%s), want status 401", statusOf(resp), err)
 	}
 
 	// Two connections per user, one on /ws and one on /ws/{chat_id}.
-	var conns []*wsConn
-	owner := map[*wsConn]int{} // connection -> index in users
+	var conns []*sock
+	owner := map[*sock]int{} // connection -> index in users
 	t.Cleanup(func() {
 		for _, c := range conns {
 			c.close()
 		}
 	})
-	dial := func(i int, path string) *wsConn {
+	checkReplica := func(c *sock) {
+		t.Helper()
+		if c.Replica == "" {
+			t.Fatalf("dial %s: the 101 response has no %s header", c.Name, replicaHeader)
+		}
+		if known != nil && !known[c.Replica] {
+			t.Fatalf("dial %s: landed on replica %q, not one of WINDI_E2E_REPLICAS (%v)", c.Name, c.Replica, keysOf(known))
+		}
+	}
+	dial := func(i int, path string) *sock {
 		t.Helper()
 		name := fmt.Sprintf("u%d%s", i, path)
-		c, resp, err := dialWS(t, base, name, path, users[i].Token)
+		c, resp, err := k.dialSocket(users[i].C, name, path, users[i].Token)
 		if err != nil {
 			t.Fatalf("dial %s: %v (status %v)", name, err, statusOf(resp))
 		}
-		if c.Replica == "" {
-			t.Fatalf("dial %s: the 101 response has no %s header", name, replicaHeader)
-		}
-		if known != nil && !known[c.Replica] {
-			t.Fatalf("dial %s: landed on replica %q, not one of WINDI_E2E_REPLICAS (%v)", name, c.Replica, keysOf(known))
-		}
+		checkReplica(c)
 		owner[c] = i
 		return c
 	}
@@ -107,13 +113,13 @@ func TestThroughProxy(t *testing.T) {
 
 	// Every connection sends its user's share, all at once.
 	type sendInfo struct {
-		conn   *wsConn
+		conn   *sock
 		sender int64
 		text   string
 	}
 	sent := map[string]sendInfo{} // client_msg_id -> who sent it
-	var mine = map[*wsConn]map[string]bool{}
-	var batches = map[*wsConn][]string{}
+	var mine = map[*sock]map[string]bool{}
+	var batches = map[*sock][]string{}
 	for j, c := range conns {
 		mine[c] = map[string]bool{}
 		for m := range perUser / connsPerUser {
@@ -124,11 +130,9 @@ func TestThroughProxy(t *testing.T) {
 		}
 	}
 	total := len(sent)
-	sendAll := func(c *wsConn, ids []string) error {
+	sendAll := func(c *sock, ids []string) error {
 		for _, id := range ids {
-			if err := c.send(map[string]any{
-				"type": "message.send", "chat_id": chat.ID, "client_msg_id": id, "text": sent[id].text,
-			}); err != nil {
+			if err := c.send(chat.ID, id, sent[id].text); err != nil {
 				return fmt.Errorf("%s: send %s: %w", c.Name, id, err)
 			}
 		}
@@ -154,14 +158,14 @@ func TestThroughProxy(t *testing.T) {
 	// verify reads n message frames from c and checks they are seqs
 	// from+1..from+n, each once, acks for c's own sends and message.new
 	// for everything else.
-	verify := func(c *wsConn, from int64, n int, acks bool) (last int64, err error) {
+	verify := func(c *sock, from int64, n int, acks bool) (last int64, err error) {
 		frames, err := c.messages(n, time.Now().Add(60*time.Second))
 		if err != nil {
 			return 0, err
 		}
 		for idx, f := range frames {
-			m, err := f.msg()
-			if err != nil {
+			m, duplicate, ok := messageOf(f)
+			if !ok {
 				return 0, fmt.Errorf("%s: bad message in %s", c.Name, f.Raw)
 			}
 			want := from + int64(idx) + 1
@@ -179,7 +183,7 @@ func TestThroughProxy(t *testing.T) {
 				return 0, fmt.Errorf("%s: got %s for its own send, want message.ack", c.Name, f.Raw)
 			case (!acks || info.conn != c) && f.Type != "message.new":
 				return 0, fmt.Errorf("%s: got %s for a message it did not send, want message.new", c.Name, f.Raw)
-			case f.Duplicate:
+			case duplicate:
 				return 0, fmt.Errorf("%s: got duplicate:true for a first send: %s", c.Name, f.Raw)
 			}
 		}
@@ -188,7 +192,7 @@ func TestThroughProxy(t *testing.T) {
 		}
 		return from + int64(n), nil
 	}
-	verifyAll := func(cs []*wsConn, from int64, n int) int {
+	verifyAll := func(cs []*sock, from int64, n int) int {
 		var wg sync.WaitGroup
 		for _, c := range cs {
 			wg.Go(func() {
@@ -209,8 +213,7 @@ func TestThroughProxy(t *testing.T) {
 	// History holds exactly the same messages, in seq order.
 	checkHistory := func(want int) {
 		t.Helper()
-		var hist []message
-		a.do(t, http.MethodGet, fmt.Sprintf("/history/%d?limit=100", chat.ID), users[nUsers-1].Token, nil, "", http.StatusOK, &hist)
+		hist := history(t, users[nUsers-1], chat.ID, 100)
 		if len(hist) != want {
 			t.Fatalf("history: got %d messages, want %d", len(hist), want)
 		}
@@ -229,7 +232,7 @@ func TestThroughProxy(t *testing.T) {
 
 	// One per-chat connection goes away; messages sent meanwhile come back
 	// when it reconnects with since_seq, exactly those and nothing else.
-	away := slices.IndexFunc(conns, func(c *wsConn) bool { return c.Path == chatPath && owner[c] != 0 })
+	away := slices.IndexFunc(conns, func(c *sock) bool { return c.Path == chatPath && owner[c] != 0 })
 	gone := conns[away]
 	gone.close()
 	conns = slices.Delete(conns, away, away+1)
@@ -244,12 +247,17 @@ func TestThroughProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	deliveries += verifyAll(conns, int64(total), late)
-	back := dial(owner[gone], fmt.Sprintf("%s?since_seq=%d", chatPath, total))
-	back.Name = gone.Name + "(again)"
+	// It comes back as a client.Conn that resumes by seq: its handshake is
+	// the since_seq one, its frames (Trace) must be exactly the missed
+	// messages, and OnMessage must hand them over in order.
+	back, got := k.resumeConn(users[owner[gone]], gone.Name+"(again)", chat.ID, int64(total))
+	owner[back] = owner[gone]
 	conns = append(conns, back)
+	checkReplica(back)
 	if _, err := verify(back, int64(total), late, false); err != nil {
 		t.Fatal(err)
 	}
+	checkDelivered(t, back.Name, got.wait(late, 10*time.Second), int64(total), late)
 	deliveries += late
 	checkHistory(total + late)
 	seen = replicasOf(conns)
@@ -265,14 +273,14 @@ func TestThroughProxy(t *testing.T) {
 
 // replicaNames asks each replica in list (comma-separated base URLs) for
 // its name; nil when list is empty.
-func replicaNames(t *testing.T, list string) map[string]bool {
+func replicaNames(t *testing.T, k *kit, list string) map[string]bool {
 	t.Helper()
 	if strings.TrimSpace(list) == "" {
 		return nil
 	}
 	names := map[string]bool{}
 	for _, u := range strings.Split(list, ",") {
-		resp := newAPI(t, strings.TrimSpace(u)).do(t, http.MethodGet, "/readyz", "", nil, "", http.StatusOK, nil)
+		resp := do(t, k.client(strings.TrimSpace(u), nil), http.MethodGet, "/readyz", nil, http.StatusOK)
 		name := resp.Header.Get(replicaHeader)
 		if name == "" || names[name] {
 			t.Fatalf("replica %s: %s is %q (want a name unique per process)", u, replicaHeader, name)
@@ -287,9 +295,10 @@ var nginxRequestID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 // checkProxyHeaders checks what the proxy adds: the replica's name comes
 // back, a client's X-Request-Id reaches the server, and a request without
 // one gets nginx's.
-func checkProxyHeaders(t *testing.T, a *api) {
+func checkProxyHeaders(t *testing.T, k *kit) {
 	t.Helper()
-	resp := a.do(t, http.MethodGet, "/readyz", "", nil, "", http.StatusOK, nil)
+	anon := k.client(k.base, nil)
+	resp := do(t, anon, http.MethodGet, "/readyz", nil, http.StatusOK)
 	if resp.Header.Get(replicaHeader) == "" {
 		t.Fatalf("GET /readyz through the proxy: no %s header", replicaHeader)
 	}
@@ -297,12 +306,9 @@ func checkProxyHeaders(t *testing.T, a *api) {
 		t.Errorf("GET /readyz without X-Request-Id: got X-Request-Id %q, want nginx's $request_id (32 hex digits)", id)
 	}
 	want := "e2e-" + randomHex(8)
-	req, err := http.NewRequest(http.MethodGet, a.base+"/healthz", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("X-Request-Id", want)
-	resp, err = a.hc.Do(req)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	resp, err := anon.Do(ctx, http.MethodGet, "/healthz", http.Header{"X-Request-Id": {want}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +318,25 @@ func checkProxyHeaders(t *testing.T, a *api) {
 	}
 }
 
-func replicasOf(conns []*wsConn) map[string]bool {
+// checkDelivered fails unless msgs (what a Conn handed to OnMessage) are
+// the seqs from+1..from+n, once each, in order.
+func checkDelivered(t *testing.T, who string, msgs []rest.Message, from int64, n int) {
+	t.Helper()
+	seqs := make([]int64, len(msgs))
+	for i, m := range msgs {
+		seqs[i] = m.Seq
+	}
+	if len(msgs) != n {
+		t.Fatalf("%s: OnMessage got %d messages (seqs %v), want %d (seqs %d..%d)", who, len(msgs), seqs, n, from+1, from+int64(n))
+	}
+	for i, s := range seqs {
+		if s != from+int64(i)+1 {
+			t.Fatalf("%s: OnMessage got seqs %v, want %d..%d once each, in order", who, seqs, from+1, from+int64(n))
+		}
+	}
+}
+
+func replicasOf(conns []*sock) map[string]bool {
 	m := map[string]bool{}
 	for _, c := range conns {
 		m[c.Replica] = true
