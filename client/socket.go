@@ -24,6 +24,10 @@ const MaxFrameBytes = 64 << 10
 // ErrFrameTooLarge is returned for a frame over MaxFrameBytes.
 var ErrFrameTooLarge = errors.New("client: frame over 64 KiB")
 
+// ErrBinaryFrame is returned by Read and ReadRaw for a binary frame, which
+// the server never sends; the connection stays usable.
+var ErrBinaryFrame = errors.New("client: binary frame from the server")
+
 // Frame is one server frame. Value holds the generated type its Type
 // selects, by value: rest.MessageNewFrame, rest.MessageAckFrame,
 // rest.MessageUpdatedFrame, rest.MessageReadEventFrame,
@@ -140,8 +144,9 @@ type SocketOptions struct {
 
 // Socket is one WebSocket connection to /ws or /ws/{chat_id}, with frames
 // typed from the spec and nothing more: no reconnect, no resume (Conn adds
-// those). Read must be called from one goroutine at a time; Write may be
-// called concurrently with Read and with itself.
+// those). Read and ReadRaw must be called from one goroutine at a time;
+// Write and WriteRaw may be called concurrently with them and with
+// themselves.
 type Socket struct {
 	ws    *websocket.Conn
 	trace func(out bool, data []byte)
@@ -199,9 +204,58 @@ func (s *Socket) Read(ctx context.Context) (Frame, error) {
 		s.trace(false, data)
 	}
 	if typ != websocket.MessageText {
-		return Frame{Raw: data}, errors.New("client: binary frame from the server")
+		return Frame{Raw: data}, ErrBinaryFrame
 	}
 	return DecodeFrame(data)
+}
+
+// ReadRaw reads the next server frame undecoded: it appends the frame's
+// bytes to buf[:0], reusing buf's capacity, and returns the result, which
+// the next call with the same buffer overwrites. It is Read without
+// DecodeFrame, for programs that parse only the few fields they need at a
+// rate where decoding every frame into the generated types (and
+// allocating it) would cost more than the rest of their work, such as the
+// load tool cmd/windi-load. A frame read this way counts for LastHeard and
+// is traced like one from Read. A binary frame is returned with
+// ErrBinaryFrame; the connection stays usable. When the connection ends,
+// the error carries the close code (CloseStatus). Like Read, it must be
+// called from one goroutine at a time, and canceling ctx closes the
+// connection.
+func (s *Socket) ReadRaw(ctx context.Context, buf []byte) ([]byte, error) {
+	typ, r, err := s.ws.Reader(ctx)
+	if err != nil {
+		return buf[:0], err
+	}
+	buf, err = readAll(r, buf[:0])
+	if err != nil {
+		return buf, err
+	}
+	s.heard.Store(time.Now().UnixNano())
+	if s.trace != nil {
+		s.trace(false, bytes.Clone(buf))
+	}
+	if typ != websocket.MessageText {
+		return buf, ErrBinaryFrame
+	}
+	return buf, nil
+}
+
+// readAll appends everything r has to buf, like io.ReadAll but into the
+// caller's buffer.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // Write sends v (a client frame such as rest.MessageSendFrame) as JSON.

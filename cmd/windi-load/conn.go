@@ -1,18 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/windi-chat/windi/client"
 )
 
 // ftype is a server frame's type, decoded without allocating.
@@ -170,7 +169,7 @@ type lconn struct {
 	sendChat int64    // the chat it sends to; 0 when it does not send
 	own      *ownMsgs // mixed load: the sender's messages and the changes it made
 
-	ws         *websocket.Conn
+	ws         *client.Socket
 	dialErr    error
 	dialStatus int
 	connectDur time.Duration
@@ -206,7 +205,7 @@ type lconn struct {
 	lastAck      time.Duration // since the run's base
 	lastDelivery time.Duration
 	unexpected   bool // closed by the server or the network, not by us
-	closeStatus  websocket.StatusCode
+	closeStatus  int  // the close code (client.CloseStatus)
 	closeErr     error
 }
 
@@ -217,17 +216,20 @@ func (c *lconn) path() string {
 	return "/ws"
 }
 
-// dial opens the connection; the token goes in the Authorization header
-// so it stays out of request logs.
-func (c *lconn) dial(ctx context.Context) {
-	u := "ws" + strings.TrimPrefix(c.url, "http") + c.path()
+// dial opens the connection through the SDK, on the connection's server
+// as its user; the token goes in the Authorization header so it stays out
+// of request logs.
+func (c *lconn) dial(ctx context.Context, srv *servers) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	h := http.Header{}
-	h.Set("Authorization", "Bearer "+c.token)
-	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h, CompressionMode: websocket.CompressionDisabled})
-	c.connectDur = time.Since(t0)
+	defer func() { c.connectDur = time.Since(t0) }()
+	api, err := srv.client(c.url, c.token)
+	if err != nil {
+		c.dialErr = err
+		return
+	}
+	ws, resp, err := api.DialSocket(ctx, c.path(), client.SocketOptions{ReadLimit: 1 << 20})
 	if err != nil {
 		c.dialErr = err
 		if resp != nil {
@@ -235,7 +237,6 @@ func (c *lconn) dial(ctx context.Context) {
 		}
 		return
 	}
-	ws.SetReadLimit(1 << 20)
 	c.ws = ws
 }
 
@@ -274,18 +275,21 @@ func (s *shared) anomaly(c *lconn, kind string, chatID, seq, prev int64, what st
 // order and latency, and answers the sender's window.
 func (c *lconn) read(st *shared) {
 	defer close(c.readerDone)
-	var buf bytes.Buffer
-	buf.Grow(4096)
+	// Frames are read undecoded into one reused buffer and parsed by
+	// scanFrame: decoding each into the SDK's generated types (Socket.Read)
+	// would make the tool's own CPU, not the server, the limit of a run.
+	buf := make([]byte, 0, 4096)
 	var f frame
 	for {
-		_, r, err := c.ws.Reader(context.Background())
-		if err == nil {
-			buf.Reset()
-			_, err = buf.ReadFrom(r)
+		var err error
+		buf, err = c.ws.ReadRaw(context.Background(), buf)
+		if errors.Is(err, client.ErrBinaryFrame) {
+			c.badFrames++
+			continue
 		}
 		if err != nil {
 			c.closeErr = err
-			c.closeStatus = websocket.CloseStatus(err)
+			c.closeStatus = client.CloseStatus(err)
 			if !st.closing.Load() {
 				c.unexpected = true
 				st.warn("connection %d (%s%s) closed unexpectedly: %v", c.idx, c.url, c.path(), err)
@@ -294,9 +298,9 @@ func (c *lconn) read(st *shared) {
 		}
 		now := st.now()
 		f = frame{ClientMsgID: -1}
-		if !scanFrame(buf.Bytes(), &f) {
+		if !scanFrame(buf, &f) {
 			f = frame{ClientMsgID: -1}
-			if err := json.Unmarshal(buf.Bytes(), &f); err != nil {
+			if err := json.Unmarshal(buf, &f); err != nil {
 				c.badFrames++
 				continue
 			}
@@ -500,7 +504,7 @@ func (c *lconn) send(ctx context.Context, st *shared, start, end time.Time, inte
 			buf = append(buf, pad[:max(size-(len(buf)-mark), 0)]...)
 			buf = append(buf, `"}`...)
 		}
-		if err := c.ws.Write(context.Background(), websocket.MessageText, buf); err != nil {
+		if err := c.ws.WriteRaw(context.Background(), buf); err != nil {
 			if !st.closing.Load() {
 				c.writeErr = err
 				st.warn("connection %d: write: %v", c.idx, err)
@@ -518,7 +522,7 @@ func (c *lconn) close() {
 	}
 	done := make(chan struct{})
 	go func() {
-		_ = c.ws.Close(websocket.StatusNormalClosure, "load run over")
+		_ = c.ws.Close(1000, "load run over") // normal closure
 		close(done)
 	}()
 	select {

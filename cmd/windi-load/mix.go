@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // The mixed load (-mix): a share of each sender's operations edit or
@@ -237,20 +237,16 @@ func checkViews(conns []*lconn, want map[int64]map[int64]expect, sc *StateCheck)
 
 // checkServer reads every chat with touched messages back through GET
 // /history (as a member) and compares the touched messages' states.
-func (r *rest) checkServer(ctx context.Context, p *plan, want map[int64]map[int64]expect, sc *StateCheck) error {
+func checkServer(ctx context.Context, p *plan, want map[int64]map[int64]expect, sc *StateCheck) error {
 	for chatID, msgs := range want {
-		token := p.users[p.members[chatID][0]].token
+		member := p.users[p.members[chatID][0]]
 		var after int64
 		limit := 100
 		for {
-			res, err := r.client(0).GetHistoryWithResponse(ctx, chatID, &gen.GetHistoryParams{AfterSeq: &after, Limit: &limit}, bearer(token))
+			page, err := member.api.History(ctx, chatID, &rest.GetHistoryParams{AfterSeq: &after, Limit: &limit})
 			if err != nil {
 				return fmt.Errorf("history of chat %d: %w", chatID, err)
 			}
-			if res.JSON200 == nil {
-				return fmt.Errorf("history of chat %d: status %d: %s", chatID, res.StatusCode(), res.Body)
-			}
-			page := *res.JSON200
 			for _, m := range page {
 				e, ok := msgs[m.Seq]
 				if !ok {

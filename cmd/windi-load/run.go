@@ -109,15 +109,15 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 
 	// Setup: users, chats.
 	t0 := time.Now()
-	rs, err := newRest(cfg.URLs, cfg.SetupConcurrency)
+	srv, err := newServers(cfg.URLs, cfg.SetupConcurrency)
 	if err != nil {
 		return rep, err
 	}
-	defer rs.close()
+	defer srv.close()
 	nu := cfg.users()
 	logf("setup: registering %d users (%d at a time) on %d server(s)", nu, cfg.SetupConcurrency, len(cfg.URLs))
 	step := max(nu/10, 100)
-	users, err := rs.createUsers(ctx, nu, cfg.SetupConcurrency, rep.RunID, func(done int) {
+	users, err := srv.createUsers(ctx, nu, cfg.SetupConcurrency, rep.RunID, func(done int) {
 		if done%step == 0 && done < nu {
 			logf("setup: %d/%d users", done, nu)
 		}
@@ -130,7 +130,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 	case "private":
 		p.chats = make([]int64, cfg.Chats)
 		err = pool(ctx, cfg.Chats, cfg.SetupConcurrency, func(ctx context.Context, i int) error {
-			id, err := rs.createPrivate(ctx, i, users[2*i], users[2*i+1])
+			id, err := createPrivate(ctx, i, users[2*i], users[2*i+1])
 			p.chats[i] = id
 			return err
 		})
@@ -139,7 +139,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 		}
 	default:
 		var id int64
-		id, err = rs.createGroup(ctx, "load "+rep.RunID, users)
+		id, err = createGroup(ctx, "load "+rep.RunID, users)
 		p.chats = []int64{id}
 		p.members[id] = make([]int, len(users))
 		for i := range users {
@@ -165,7 +165,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 	var mu sync.Mutex
 	_ = pool(ctx, len(p.conns), cfg.DialConcurrency, func(ctx context.Context, i int) error {
 		c := p.conns[i]
-		c.dial(ctx)
+		c.dial(ctx, srv)
 		if c.ws != nil {
 			go c.read(st)
 		} else {
@@ -320,7 +320,7 @@ func run(ctx context.Context, cfg Config) (Report, error) {
 			rep.States.Touched += int64(len(msgs))
 		}
 		checkViews(p.conns, want, rep.States)
-		if err := rs.checkServer(ctx, p, want, rep.States); err != nil {
+		if err := checkServer(ctx, p, want, rep.States); err != nil {
 			logf("verify: %v", err)
 			rep.States.ServerDiffer = -1
 		}

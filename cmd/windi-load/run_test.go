@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
+	"github.com/windi-chat/windi/client"
 )
 
 func testConfig(urls ...string) Config {
@@ -225,7 +225,7 @@ func TestCheckViewsFindsDifferences(t *testing.T) {
 	edited := msgState{text: hashText([]byte("2 2 edit x")), react: 1}
 	want := map[int64]map[int64]expect{7: {3: {first: sent, want: edited}}}
 	conn := func(views map[viewKey]msgState) *lconn {
-		return &lconn{ws: &websocket.Conn{}, follows: []int64{7}, views: views}
+		return &lconn{ws: &client.Socket{}, follows: []int64{7}, views: views}
 	}
 	var sc StateCheck
 	checkViews([]*lconn{

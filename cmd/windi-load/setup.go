@@ -12,22 +12,26 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
-// user is a registered, logged-in user.
+// user is a registered, logged-in user, with the SDK client (carrying its
+// token) of the server it registered on.
 type user struct {
 	id    int64
 	token string
+	api   *client.Client
 }
 
-// rest is one generated API client per base URL.
-type rest struct {
-	clients []*gen.ClientWithResponses
-	http    *http.Client
+// servers is a run's server base URLs and the HTTP client that every SDK
+// client of the run shares, for REST and for WebSocket handshakes.
+type servers struct {
+	urls []string
+	http *http.Client
 }
 
-func newRest(urls []string, conc int) (*rest, error) {
+func newServers(urls []string, conc int) (*servers, error) {
 	tr := &http.Transport{
 		Proxy:               nil,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -35,27 +39,26 @@ func newRest(urls []string, conc int) (*rest, error) {
 		MaxIdleConnsPerHost: 2 * conc,
 		IdleConnTimeout:     30 * time.Second,
 	}
-	hc := &http.Client{Transport: tr, Timeout: 60 * time.Second}
-	r := &rest{http: hc}
+	s := &servers{urls: urls, http: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	// A URL the SDK refuses fails the run before any request.
 	for _, u := range urls {
-		c, err := gen.NewClientWithResponses(u, gen.WithHTTPClient(hc))
-		if err != nil {
+		if _, err := s.client(u, ""); err != nil {
 			return nil, err
 		}
-		r.clients = append(r.clients, c)
 	}
-	return r, nil
+	return s, nil
 }
 
-func (r *rest) close() { r.http.CloseIdleConnections() }
+func (s *servers) close() { s.http.CloseIdleConnections() }
 
-func (r *rest) client(i int) *gen.ClientWithResponses { return r.clients[i%len(r.clients)] }
-
-func bearer(token string) gen.RequestEditorFn {
-	return func(_ context.Context, req *http.Request) error {
-		req.Header.Set("Authorization", "Bearer "+token)
-		return nil
+// client returns an SDK client for the server at url that carries token
+// ("" for none).
+func (s *servers) client(url, token string) (*client.Client, error) {
+	opts := []client.Option{client.WithHTTPClient(s.http)}
+	if token != "" {
+		opts = append(opts, client.WithToken(token))
 	}
+	return client.New(url, opts...)
 }
 
 func randomHex(n int) string {
@@ -116,9 +119,12 @@ func pool(ctx context.Context, n, conc int, fn func(ctx context.Context, i int) 
 }
 
 // createUsers registers and logs in n users with a run-unique email
-// suffix; registration hashes the password on the server (argon2id), so
-// the pool bounds how many the server hashes at once.
-func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progress func(done int), warn func(string, ...any)) ([]user, error) {
+// suffix, user i on the next server in turn; registration hashes the
+// password on the server (argon2id), so the pool bounds how many the
+// server hashes at once. It calls the generated REST client rather than
+// Client.Register and Client.Login because a 429 or 503 is retried after
+// its Retry-After, which only the response has.
+func (s *servers) createUsers(ctx context.Context, n, conc int, runID string, progress func(done int), warn func(string, ...any)) ([]user, error) {
 	users := make([]user, n)
 	pw := "load-" + randomHex(8)
 	var done atomic.Int64
@@ -130,11 +136,14 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 		})
 	}
 	err := pool(ctx, n, conc, func(ctx context.Context, i int) error {
-		c := r.client(i)
+		api, err := s.client(s.urls[i%len(s.urls)], "")
+		if err != nil {
+			return err
+		}
 		email := fmt.Sprintf("load-%s-%d@example.com", runID, i)
 		name := fmt.Sprintf("load %s %d", runID, i)
 		for attempt := 0; ; attempt++ {
-			res, err := c.RegisterWithResponse(ctx, gen.RegisterRequest{Name: name, Email: email, Password: pw})
+			res, err := api.REST.RegisterWithResponse(ctx, rest.RegisterRequest{Name: name, Email: email, Password: pw})
 			if err != nil {
 				return fmt.Errorf("register user %d: %w", i, err)
 			}
@@ -144,7 +153,7 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 			}
 			d, ok := retryable(res.HTTPResponse, attempt)
 			if !ok {
-				return fmt.Errorf("register user %d: status %d: %s", i, res.StatusCode(), res.Body)
+				return fmt.Errorf("register user %d: %w", i, client.ResponseError(res.HTTPResponse, res.Body))
 			}
 			limited("registrations", d)
 			if err := sleepCtx(ctx, d); err != nil {
@@ -152,7 +161,7 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 			}
 		}
 		for attempt := 0; ; attempt++ {
-			res, err := c.LoginWithFormdataBodyWithResponse(ctx, gen.LoginForm{Username: email, Password: pw})
+			res, err := api.REST.LoginWithFormdataBodyWithResponse(ctx, rest.LoginForm{Username: email, Password: pw})
 			if err != nil {
 				return fmt.Errorf("login user %d: %w", i, err)
 			}
@@ -162,13 +171,17 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 			}
 			d, ok := retryable(res.HTTPResponse, attempt)
 			if !ok {
-				return fmt.Errorf("login user %d: status %d: %s", i, res.StatusCode(), res.Body)
+				return fmt.Errorf("login user %d: %w", i, client.ResponseError(res.HTTPResponse, res.Body))
 			}
 			limited("logins", d)
 			if err := sleepCtx(ctx, d); err != nil {
 				return err
 			}
 		}
+		// Only the access token is kept: the tool never refreshes, so a
+		// run must end within the tokens' life (JWT_TTL).
+		api.SetToken(users[i].token)
+		users[i].api = api
 		if progress != nil {
 			progress(int(done.Add(1)))
 		}
@@ -178,40 +191,23 @@ func (r *rest) createUsers(ctx context.Context, n, conc int, runID string, progr
 }
 
 // createPrivate opens the private chat of a and b (as a).
-func (r *rest) createPrivate(ctx context.Context, i int, a, b user) (int64, error) {
-	var body gen.CreateChatRequest
-	if err := body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: "private", UserID: b.id}); err != nil {
-		return 0, err
-	}
-	res, err := r.client(i).CreateChatWithResponse(ctx, body, bearer(a.token))
+func createPrivate(ctx context.Context, i int, a, b user) (int64, error) {
+	ch, err := a.api.PrivateChat(ctx, b.id)
 	if err != nil {
 		return 0, fmt.Errorf("create private chat %d: %w", i, err)
 	}
-	switch {
-	case res.JSON201 != nil:
-		return res.JSON201.ID, nil
-	case res.JSON200 != nil:
-		return res.JSON200.ID, nil
-	}
-	return 0, fmt.Errorf("create private chat %d: status %d: %s", i, res.StatusCode(), res.Body)
+	return ch.ID, nil
 }
 
 // createGroup creates a group owned by users[0] with every other user.
-func (r *rest) createGroup(ctx context.Context, name string, users []user) (int64, error) {
+func createGroup(ctx context.Context, name string, users []user) (int64, error) {
 	ids := make([]int64, 0, len(users)-1)
 	for _, u := range users[1:] {
 		ids = append(ids, u.id)
 	}
-	var body gen.CreateChatRequest
-	if err := body.FromCreateGroupChat(gen.CreateGroupChat{Type: "group", Name: name, MemberIds: &ids}); err != nil {
-		return 0, err
-	}
-	res, err := r.client(0).CreateChatWithResponse(ctx, body, bearer(users[0].token))
+	ch, err := users[0].api.CreateGroup(ctx, name, ids...)
 	if err != nil {
 		return 0, fmt.Errorf("create group: %w", err)
 	}
-	if res.JSON201 == nil {
-		return 0, fmt.Errorf("create group: status %d: %s", res.StatusCode(), res.Body)
-	}
-	return res.JSON201.ID, nil
+	return ch.ID, nil
 }
