@@ -61,6 +61,9 @@ type Options struct {
 	// Seed runs `windi seed` (the demo users and chats) with replica 1's
 	// environment before any replica starts.
 	Seed bool
+	// Pprof gives every replica a pprof listener (WINDI_PPROF_ADDR) on a
+	// free port of its host: Replica.PprofURL.
+	Pprof bool
 }
 
 // Cluster is one running deployment.
@@ -105,6 +108,9 @@ type Replica struct {
 	Wrap []string
 	// Env is KEY=VALUE for this replica alone, after the cluster's.
 	Env []string
+	// PprofURL is the replica's pprof listener (Options.Pprof), e.g.
+	// http://127.0.0.1:PORT/debug/pprof/profile; "" without one.
+	PprofURL string
 
 	c    *Cluster
 	mu   sync.Mutex // guards p and name
@@ -196,6 +202,14 @@ func New(ctx context.Context, o Options) (*Cluster, error) {
 		r := &Replica{c: c, Index: i + 1, Host: "127.0.0.1", Port: port}
 		if o.Place != nil {
 			o.Place(r)
+		}
+		if o.Pprof {
+			pp, err := FreePort()
+			if err != nil {
+				return c, err
+			}
+			r.Env = append(r.Env, fmt.Sprintf("WINDI_PPROF_ADDR=%s:%d", r.Host, pp))
+			r.PprofURL = fmt.Sprintf("http://%s:%d", r.Host, pp)
 		}
 		r.URL = fmt.Sprintf("http://%s:%d", r.Host, r.Port)
 		c.Replicas = append(c.Replicas, r)

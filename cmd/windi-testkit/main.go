@@ -24,6 +24,8 @@
 //
 //	WINDI_URL                   where clients go (nginx, else replica 1)
 //	WINDI_REPLICA_URLS          every replica's own URL, comma-separated
+//	WINDI_REPLICA_PIDS          their process ids, in the same order
+//	WINDI_PPROF_URLS            their pprof listeners (-pprof)
 //	WINDI_TEST_JWT_SECRET       the replicas' JWT_SECRET (not embedded)
 //	WINDI_TEST_JWT_SECRET_FILE  the secret the embedded server generated
 //	WINDI_TESTKIT_DIR           the deployment's logs and data
@@ -39,6 +41,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -99,6 +102,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.Embedded, "embedded", false, "the embedded default: SQLite and the in-process broker (one replica)")
 	fs.BoolVar(&o.Seed, "seed", false, "run `windi seed` (demo users and chats) before the replicas start")
 	fs.IntVar(&o.Port, "port", 0, "replica 1's port (default: a free one)")
+	fs.BoolVar(&o.Pprof, "pprof", false, "a pprof listener on every replica (WINDI_PPROF_URLS)")
 	fs.StringVar(&o.RedisURL, "redis", "", "REDIS_URL of the replicas (default WINDI_TEST_REDIS_URL or redis://127.0.0.1:6379/0; a Redis Cluster URL works)")
 	fs.StringVar(&o.Binary, "bin", "", "the windi binary (default: WINDI_TEST_BIN, or go build ./cmd/windi)")
 	fs.Var(&env, "env", "KEY=VALUE for every replica (repeatable)")
@@ -178,10 +182,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // vars are the deployment's variables for a command or a shell.
 func vars(c *testkit.Cluster) []string {
+	var pids, pprof []string
+	for _, r := range c.Replicas {
+		pids = append(pids, strconv.Itoa(r.PID()))
+		if r.PprofURL != "" {
+			pprof = append(pprof, r.PprofURL)
+		}
+	}
 	v := []string{
 		"WINDI_URL=" + c.URL,
 		"WINDI_REPLICA_URLS=" + replicaURLs(c),
+		"WINDI_REPLICA_PIDS=" + strings.Join(pids, ","),
 		"WINDI_TESTKIT_DIR=" + c.Dir,
+	}
+	if len(pprof) > 0 {
+		v = append(v, "WINDI_PPROF_URLS="+strings.Join(pprof, ","))
 	}
 	if c.Secret != "" {
 		v = append(v, "WINDI_TEST_JWT_SECRET="+c.Secret)

@@ -33,8 +33,9 @@ func TestRunPassesTheDeploymentAndTheStatus(t *testing.T) {
 	}
 	logs := t.TempDir()
 	var out, errOut bytes.Buffer
-	script := `curl -fsS "$WINDI_URL/readyz" >/dev/null && test -s "$WINDI_TEST_JWT_SECRET_FILE" && test "$WINDI_REPLICA_URLS" = "$WINDI_URL" && exit 7`
-	rc := run([]string{"run", "-name", "kit", "-embedded", "-logs", logs, "--", "bash", "-c", script}, &out, &errOut)
+	script := `curl -fsS "$WINDI_URL/readyz" >/dev/null && test -s "$WINDI_TEST_JWT_SECRET_FILE" && test "$WINDI_REPLICA_URLS" = "$WINDI_URL" &&
+		kill -0 "$WINDI_REPLICA_PIDS" && curl -fsS "$WINDI_PPROF_URLS/debug/pprof/cmdline" >/dev/null && exit 7`
+	rc := run([]string{"run", "-name", "kit", "-embedded", "-pprof", "-logs", logs, "--", "bash", "-c", script}, &out, &errOut)
 	if rc != 7 {
 		t.Fatalf("got exit status %d, want the command's 7\nstdout:\n%s\nstderr:\n%s", rc, &out, &errOut)
 	}
