@@ -1,161 +1,127 @@
-// REST client for the WinDI Chat API (api/openapi.yaml): JSON in and out,
-// RFC 9457 problems turned into ApiError, the session's access token on
-// every call (session.js), refreshed and the call sent again after a 401.
+// REST for the page through the SDK (vendor/windi-sdk.js): each call goes
+// through the openapi-fetch client of the login's WindiSession, typed by
+// the spec's paths, which puts the access token on it, refreshes the token
+// before it expires and once more after a 401 (then sends the call again).
+// What is left here is the page's own: one method per call it makes, each
+// returning the answer's body or throwing the SDK's ApiError (status and
+// RFC 9457 problem), and a readable line for any error.
+import { ApiError, RefreshError, SessionEndedError, createWindiClient } from "./vendor/windi-sdk.js";
 
-export class ApiError extends Error {
-  constructor(status, problem) {
-    super(problem?.detail || problem?.title || `HTTP ${status}`);
-    this.name = "ApiError";
-    this.status = status;
-    this.code = problem?.code ?? "";
-    this.errors = problem?.errors ?? [];
-  }
+export { ApiError };
+
+// noStore: no API answer comes from the browser's cache.
+export const noStore = (input, init) => fetch(input, { ...init, cache: "no-store" });
+
+async function body(call) {
+  const { data, error, response } = await call;
+  if (!response.ok) throw new ApiError(response.status, typeof error === "object" && error?.code ? error : undefined);
+  return data ?? null;
 }
 
 export class Api {
-  // token() returns the bearer token (refreshed when about to expire);
-  // renew(stale) a new one after a 401; onUnauthorized runs when an
-  // authenticated call is refused even so (a revoked session).
-  constructor({ token, renew, onUnauthorized }) {
-    this.token = token;
-    this.renew = renew;
-    this.onUnauthorized = onUnauthorized;
+  // client() returns the session's REST client (WindiSession.api); it
+  // throws when there is no session.
+  constructor(client) {
+    this.client = client;
   }
 
-  // request sends one call; bearer, when given, is the token to send (no
-  // refresh, no retry).
-  async request(method, path, { body, form, auth = true, retry = true, bearer } = {}) {
-    const headers = { Accept: "application/json" };
-    let payload;
-    if (form) {
-      payload = new URLSearchParams(Object.entries(form).filter(([, v]) => v !== undefined && v !== null));
-    } else if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      payload = JSON.stringify(body);
-    }
-    const token = bearer ?? (auth ? await this.token() : "");
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const res = await fetch(path, { method, headers, body: payload, cache: "no-store" });
-    if (res.status === 204) return null;
-    const type = res.headers.get("Content-Type") ?? "";
-    const data = type.includes("json") ? await res.json().catch(() => null) : null;
-    if (!res.ok) {
-      // A 401 about the token (not a wrong password): refresh once and
-      // send again once; a revoked session is over without asking.
-      if (res.status === 401 && token && !bearer && data?.code !== "invalid_credentials") {
-        if (retry && data?.code !== "session_revoked") {
-          await this.renew(token);
-          return this.request(method, path, { body, form, auth, retry: false });
-        }
-        this.onUnauthorized?.(data?.code ?? "");
-      }
-      throw new ApiError(res.status, data);
-    }
-    return data;
-  }
-
-  register(name, email, password) {
-    return this.request("POST", "/register", { body: { name, email, password }, auth: false });
-  }
-
-  // OAuth2 password flow: the email is the username; device names the
-  // session in the device list.
-  login(email, password, device) {
-    return this.request("POST", "/login", { form: { grant_type: "password", username: email, password, device }, auth: false });
-  }
-
-  // logout revokes the session of token on every replica (its sockets
-  // close with 4401).
-  logout(token) {
-    return this.request("POST", "/logout", { bearer: token });
+  get(path, params) {
+    return body(this.client().GET(path, { params }));
   }
 
   me() {
-    return this.request("GET", "/users/me");
+    return this.get("/users/me");
   }
 
   rename(name) {
-    return this.request("PATCH", "/users/me", { body: { name } });
+    return body(this.client().PATCH("/users/me", { body: { name } }));
   }
 
   // changePassword revokes every other session of the user.
   changePassword(currentPassword, newPassword) {
-    return this.request("POST", "/users/me/password", { body: { current_password: currentPassword, new_password: newPassword } });
+    return body(this.client().POST("/users/me/password", { body: { current_password: currentPassword, new_password: newPassword } }));
   }
 
   sessions() {
-    return this.request("GET", "/sessions");
+    return this.get("/sessions");
   }
 
   revokeSession(id) {
-    return this.request("DELETE", `/sessions/${id}`);
+    return body(this.client().DELETE("/sessions/{session_id}", { params: { path: { session_id: id } } }));
   }
 
   // user is another user's public profile ({id, name}).
   user(id) {
-    return this.request("GET", `/users/${id}`);
+    return this.get("/users/{user_id}", { path: { user_id: id } });
   }
 
   // searchUsers matches a name prefix or an exact email; q is required.
   searchUsers(q, limit = 20) {
-    return this.request("GET", `/users?${new URLSearchParams({ q, limit: String(limit) })}`);
+    return this.get("/users", { query: { q, limit } });
   }
 
   chats() {
-    return this.request("GET", "/chats");
+    return this.get("/chats");
   }
 
   chat(id) {
-    return this.request("GET", `/chats/${id}`);
+    return this.get("/chats/{chat_id}", { path: { chat_id: id } });
   }
 
   openPrivate(userId) {
-    return this.request("POST", "/chats", { body: { type: "private", user_id: userId } });
+    return body(this.client().POST("/chats", { body: { type: "private", user_id: userId } }));
   }
 
   createGroup(name, memberIds) {
-    return this.request("POST", "/chats", { body: { type: "group", name, member_ids: memberIds } });
+    return body(this.client().POST("/chats", { body: { type: "group", name, member_ids: memberIds } }));
   }
 
   // history returns up to limit messages, oldest first; with beforeSeq, the
   // newest ones below it.
   history(chatId, { limit = 50, beforeSeq, afterSeq } = {}) {
-    const params = new URLSearchParams({ limit: String(limit) });
-    if (beforeSeq) params.set("before_seq", String(beforeSeq));
-    if (afterSeq !== undefined) params.set("after_seq", String(afterSeq));
-    return this.request("GET", `/history/${chatId}?${params}`);
+    const query = { limit };
+    if (beforeSeq) query.before_seq = beforeSeq;
+    if (afterSeq !== undefined) query.after_seq = afterSeq;
+    return this.get("/history/{chat_id}", { path: { chat_id: chatId }, query });
   }
 
   // searchMessages finds messages of the user's chats holding every word of
   // q (or words beginning with them), newest first; chatId narrows to one
   // chat, beforeId pages back.
   searchMessages({ q, chatId, limit = 20, beforeId } = {}) {
-    const params = new URLSearchParams({ q, limit: String(limit) });
-    if (chatId) params.set("chat_id", String(chatId));
-    if (beforeId) params.set("before_id", String(beforeId));
-    return this.request("GET", `/search?${params}`);
+    const query = { q, limit };
+    if (chatId) query.chat_id = chatId;
+    if (beforeId) query.before_id = beforeId;
+    return this.get("/search", { query });
   }
 
   presence(chatId) {
-    return this.request("GET", `/chats/${chatId}/presence`);
+    return this.get("/chats/{chat_id}/presence", { path: { chat_id: chatId } });
   }
 
   addMember(groupId, userId) {
-    return this.request("POST", `/groups/${groupId}/add_user/${userId}`);
+    return body(this.client().POST("/groups/{group_id}/add_user/{user_id}", { params: { path: { group_id: groupId, user_id: userId } } }));
   }
 
   removeMember(groupId, userId) {
-    return this.request("POST", `/groups/${groupId}/remove_user/${userId}`);
+    return body(this.client().POST("/groups/{group_id}/remove_user/{user_id}", { params: { path: { group_id: groupId, user_id: userId } } }));
   }
 }
 
-// Field-level problems as one readable line.
+// register needs no session.
+export function register(name, email, password) {
+  return body(createWindiClient(location.origin, undefined, { fetch: noStore }).POST("/register", { body: { name, email, password } }));
+}
+
+// describeError: field-level problems as one readable line.
 export function describeError(err) {
-  if (err?.name === "SessionEnded") return err.message;
+  if (err instanceof SessionEndedError) return "Your session has ended. Please log in again.";
   if (err instanceof ApiError) {
-    if (err.errors.length) return err.errors.map((e) => e.message).join("; ");
-    if (err.status === 0 || err.status >= 500) return "The server is unavailable. Try again in a moment.";
-    return err.message;
+    const p = err.problem;
+    if (p?.errors?.length) return p.errors.map((e) => e.message).join("; ");
+    if (err.status >= 500) return "The server is unavailable. Try again in a moment.";
+    return p?.detail || p?.title || `HTTP ${err.status}`;
   }
+  if (err instanceof RefreshError && err.status >= 500) return "The server is unavailable. Try again in a moment.";
   return "Cannot reach the server. Check your connection and try again.";
 }

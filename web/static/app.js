@@ -1,17 +1,23 @@
-// WinDI Chat in the browser: REST (api.js) for accounts, chats, history and
-// membership; the all-chats WebSocket (socket.js) for live messages, read
-// receipts and presence; replies, edits, deletes, reactions and typing in
-// messages.js; the login's tokens in session.js; the account dialog
-// (devices, name, password) in account.js. The view keeps each chat's
-// messages by seq, each in its latest state (the highest rev wins), so a
-// replay after a reconnect (resumed by revision, since_rev) never shows
-// anything twice, and a chat's view is always a contiguous run of seqs.
+// WinDI Chat in the browser, on the TypeScript SDK (vendor/windi-sdk.js,
+// its browser build): REST (api.js, through the session's openapi-fetch
+// client) for accounts, chats, history and membership; the all-chats
+// WebSocket through the SDK's WindiConnection for live messages, read
+// receipts and presence (it reconnects with backoff, resumes every chat by
+// revision, queues sends, changes and reads while disconnected, re-sends
+// unacknowledged messages under their client_msg_id, and hands over every
+// message once, in seq order); replies, edits, deletes, reactions and
+// typing in messages.js; the login's tokens in session.js (the SDK's
+// WindiSession, shared by the tabs); the account dialog (devices, name,
+// password) in account.js. The view keeps each chat's messages by seq, each
+// in its latest state (the highest rev wins), so a history page and live
+// frames that overlap never show anything twice, and a chat's view is
+// always a contiguous run of seqs.
 import { setupAccount } from "./account.js";
-import { Api, ApiError, describeError } from "./api.js";
-import { resumeQuery, setupMessages } from "./messages.js";
+import { Api, ApiError, describeError, register } from "./api.js";
+import { setupMessages } from "./messages.js";
 import { setupSearch } from "./search.js";
-import { Session } from "./session.js";
-import { Socket } from "./socket.js";
+import { Login, wrongPassword } from "./session.js";
+import { FrameError, SessionEndedError, newClientMsgId } from "./vendor/windi-sdk.js";
 
 const OPEN_KEY = "windi.open-chat";
 const HISTORY_PAGE = 50;
@@ -39,13 +45,6 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-// A client_msg_id: 128 random bits as hex (crypto.getRandomValues works
-// on plain http too, unlike crypto.randomUUID).
-function newClientMsgId() {
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  return "web-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
 // --- state -------------------------------------------------------------------
 
 const state = {
@@ -55,29 +54,36 @@ const state = {
   online: new Set(), // user ids online now
   openId: null,
   connected: false,
+  connState: "closed", // what the status line says of the connection
   everOpened: false,
-  resumeRest: [], // chats the handshake URL had no room for
   gen: 0, // counts sign-outs: work started before one stops
   starting: false,
 };
 
-const session = new Session({
+// The login ends (revoked, refused, logged out in another tab): to the
+// login form, with a notice.
+const login = new Login({
   onEnd: (notice) => signOut(notice),
   onStart: () => startSession(),
 });
-const api = new Api({
-  token: () => session.token(),
-  renew: (stale) => session.renew(stale),
-  onUnauthorized: (code) => endSession(code === "session_revoked" ? REVOKED_NOTICE : "Your session has ended. Please log in again."),
+const api = new Api(() => {
+  if (!login.session) throw new SessionEndedError(0);
+  return login.session.api;
 });
-let socket = null;
-const REVOKED_NOTICE = "This device was signed out (from another device, or by a password change). Log in again.";
+// The WindiConnection while logged in; connId counts connections, so the
+// callbacks of one that was stopped do nothing.
+let conn = null;
+let connId = 0;
 
-// endSession: the server ended this session; forget it here (every tab of
-// the browser follows) and go to the login form.
-function endSession(notice) {
-  session.forget();
-  signOut(notice);
+// withConn runs fn with the connection (edits, reactions, typing, reads);
+// after its end there is nothing to do.
+function withConn(fn) {
+  if (!conn) return;
+  try {
+    fn(conn);
+  } catch (err) {
+    showStatus("error", err.message);
+  }
 }
 
 const ui = setupMessages({
@@ -87,7 +93,7 @@ const ui = setupMessages({
   userName: (id) => userName(id),
   openChat: () => openChat(),
   isOwner: (chat) => isOwner(chat),
-  send: (frame) => socket?.send(frame) ?? false,
+  change: withConn,
   sendText: (text, opts) => sendText(text, opts),
   jumpTo: (chatId, seq) => jumpTo(chatId, seq),
   fetchMessage: async (chatId, seq) => (await api.history(chatId, { limit: 1, afterSeq: seq - 1 }))[0] ?? null,
@@ -103,7 +109,6 @@ function newChat(id) {
     createdAt: "",
     members: new Map(), // user id -> {user_id, role, last_read_seq}
     lastSeq: 0, // the highest seq known to exist
-    rev: 0, // the resume position: the last revision seen on the socket
     lastMessage: null,
     unread: 0,
     readSeq: 0, // every message up to it is read by every member
@@ -113,8 +118,8 @@ function newChat(id) {
     loading: 0, // history requests in flight: frames meanwhile wait in stash
     stash: [], // messages that arrived while history was loading
     quotes: new Map(), // seq -> replied-to messages outside the loaded pages
-    pending: new Map(), // client_msg_id -> {cmid, chatId, text, failed, error, tries}
-    readSent: 0, // highest seq sent in a message.read frame
+    pending: new Map(), // client_msg_id -> {cmid, chatId, text, replyTo, failed, error, sent}
+    readSent: 0, // highest seq handed to markRead since the last connect
     activity: 0, // ms; sorts the chat list
   };
 }
@@ -180,9 +185,6 @@ function mergeChat(c) {
   let chat = state.chats.get(c.id);
   if (!chat) {
     chat = newChat(c.id);
-    // A chat without a revision of its own starts after its last message's
-    // latest change; later changes to older messages are replayed, not missed.
-    chat.rev = c.last_message?.rev ?? 0;
     state.chats.set(c.id, chat);
   }
   const before = [...chat.members.keys()].sort().join(",");
@@ -275,16 +277,16 @@ async function refreshPresence(chat) {
 
 // --- messages ----------------------------------------------------------------
 
-// handleMessage applies a message frame (message.new, message.ack,
-// message.updated): a message above the last seq is new, any other is a
-// state of one already there, and only a newer rev replaces it.
+// handleMessage applies a message from the connection (onMessage: new, own
+// ones from their acks; onUpdate: a later state): a message above the last
+// seq is new, any other is a state of one already there, and only a newer
+// rev replaces it.
 function handleMessage(m) {
   const chat = state.chats.get(m.chat_id);
   if (!chat) {
     loadChat(m.chat_id);
     return;
   }
-  chat.rev = Math.max(chat.rev, m.rev);
   if (chat.loading) chat.stash.push(m);
   const mine = m.sender_id === me();
   if (mine) {
@@ -339,7 +341,6 @@ function onFrame(f) {
   }
   const chat = state.chats.get(f.chat_id);
   switch (f.type) {
-    case "message.ack":
     case "message.new":
     case "message.updated":
       handleMessage(f.message);
@@ -388,42 +389,56 @@ function onFrame(f) {
       loadChat(f.chat_id);
       render();
       break;
-    case "error":
-      onErrorFrame(f);
-      break;
   }
 }
 
-function onErrorFrame(f) {
-  if (f.client_msg_id) {
-    for (const chat of state.chats.values()) {
-      const p = chat.pending.get(f.client_msg_id);
-      if (!p) continue;
-      if ((f.code === "unavailable" || f.code === "rate_limited") && p.tries < 4) {
-        p.tries++;
-        setTimeout(() => transmit(p), 1000 * 2 ** p.tries);
-      } else {
-        p.failed = true;
-        p.error = f.message;
-      }
-      render();
-      return;
-    }
-    return;
-  }
-  if (f.chat_id && (f.code === "forbidden" || f.code === "not_found")) {
+// onRefused takes the error frames that answer no send (a send's answer
+// rejects its ack): a refused edit, delete or reaction names its message;
+// one naming only a chat says the user is no longer in it.
+function onRefused(err) {
+  const f = err.frame;
+  if (f.chat_id && f.seq === undefined && (f.code === "forbidden" || f.code === "not_found")) {
     forgetChat(f.chat_id);
     return;
   }
   showStatus("error", f.message);
 }
 
+// transmit hands a pending message to the connection, which writes it now
+// or once connected, again after a reconnect until acked, under the same
+// client_msg_id (so it is stored once), and retries rate_limited and
+// unavailable answers itself; any other answer fails it (Retry sends it
+// again, same id).
 function transmit(p) {
   p.failed = false;
   p.error = "";
-  const frame = { type: "message.send", chat_id: p.chatId, client_msg_id: p.cmid, text: p.text };
-  if (p.replyTo) frame.reply_to_seq = p.replyTo;
-  socket?.send(frame);
+  if (!conn) return; // startConnection hands it over
+  let sent;
+  try {
+    sent = conn.sendWith(p.chatId, p.text, { clientMsgId: p.cmid, replyToSeq: p.replyTo });
+  } catch (err) {
+    p.failed = true;
+    p.error = err.message;
+    return;
+  }
+  p.sent = sent;
+  const id = connId;
+  sent.ack.then(
+    () => {
+      // The message came through onMessage already (a duplicate's comes in
+      // its place in the stream, or came before).
+      const chat = state.chats.get(p.chatId);
+      if (chat?.pending.get(p.cmid) !== p) return;
+      chat.pending.delete(p.cmid);
+      render();
+    },
+    (err) => {
+      if (id !== connId || p.sent !== sent) return; // the connection was stopped
+      p.failed = true;
+      p.error = err instanceof FrameError ? err.frame.message : "Not sent: the connection ended.";
+      render();
+    },
+  );
 }
 
 function sendText(text, { replyToSeq } = {}) {
@@ -435,25 +450,22 @@ function sendText(text, { replyToSeq } = {}) {
     showStatus("error", `A message holds at most ${MAX_TEXT} characters.`);
     return false;
   }
-  const p = { cmid: newClientMsgId(), chatId: chat.id, text, replyTo: replyToSeq, failed: false, error: "", tries: 0 };
+  const p = { cmid: newClientMsgId(), chatId: chat.id, text, replyTo: replyToSeq, failed: false, error: "", sent: null };
   chat.pending.set(p.cmid, p);
-  transmit(p); // or from onSocketOpen, when the socket is down
+  transmit(p);
   view.stickToBottom = true;
   render();
   return true;
 }
 
-function onSocketOpen() {
+// onConnected runs on every (re)connect. The connection has resumed every
+// chat (by revision, in the handshake), written what waited (sends not yet
+// acked, changes, reads); a read receipt written to the socket that died
+// may not have arrived, so the open chat's goes again.
+function onConnected() {
   const reconnect = state.everOpened;
   state.everOpened = true;
-  // The handshake resumed every chat by revision (resumeQuery); chats that
-  // did not fit in its URL resume with a sync frame each.
-  for (const chat of state.resumeRest) socket.send({ type: "sync", chat_id: chat.id, since_rev: chat.rev });
-  for (const chat of state.chats.values()) {
-    chat.readSent = 0;
-    for (const p of chat.pending.values()) if (!p.failed) transmit(p);
-  }
-  ui.flush();
+  for (const chat of state.chats.values()) chat.readSent = 0;
   markRead();
   if (reconnect) {
     // Chats joined or left while away, unread counts, members.
@@ -524,8 +536,9 @@ function markRead() {
   const chat = openChat();
   if (!chat || document.visibilityState !== "visible") return;
   const seq = view.maxSeen;
-  if (seq <= myWatermark(chat) || seq <= chat.readSent) return;
-  if (socket?.send({ type: "message.read", chat_id: chat.id, seq })) chat.readSent = seq;
+  if (seq <= myWatermark(chat) || seq <= chat.readSent || !conn) return;
+  withConn((c) => c.markRead(chat.id, seq)); // written now, or when connected
+  chat.readSent = seq;
 }
 
 // --- rendering -----------------------------------------------------------------
@@ -783,13 +796,15 @@ function showStatus(kind, text) {
   el.hidden = false;
   el.dataset.state = kind;
   el.textContent = text;
-  statusTimer = setTimeout(() => setConnState(state.connected ? "open" : "connecting"), 6000);
+  // Then back to the connection's state ("waiting" has counted down meanwhile).
+  statusTimer = setTimeout(() => setConnState(state.connState === "waiting" ? "connecting" : state.connState), 6000);
 }
 
 function setConnState(s, delay) {
   const el = $("conn-status");
   clearTimeout(statusTimer);
   state.connected = s === "open";
+  state.connState = s;
   el.hidden = false;
   el.dataset.state = s;
   el.textContent = {
@@ -877,8 +892,9 @@ function closeChat() {
 // --- session -------------------------------------------------------------------------
 
 // startSession shows the workspace for the stored login: the access token
-// comes from a refresh (session.js), so a reload, a new tab or a tab opened
-// after the browser was closed all land here logged in.
+// comes from a refresh (session.js: the refresh token is stored), so a
+// reload, a new tab or a tab opened after the browser was closed all land
+// here logged in.
 async function startSession() {
   if (state.me || state.starting) return;
   const gen = ++state.gen; // signOut moves it: a start that outlived its session stops
@@ -902,7 +918,7 @@ async function startSessionNow(gen) {
       state.me = me;
       break;
     } catch (err) {
-      if (gen !== state.gen || !session.active) return; // signed out
+      if (gen !== state.gen || !login.active) return; // signed out
       setConnState("waiting", wait);
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 15000);
@@ -915,54 +931,105 @@ async function startSessionNow(gen) {
     if (gen !== state.gen) return;
     showStatus("error", describeError(err));
   }
-  if (gen !== state.gen) return;
-  let given = ""; // the token of the last attempt, which 4501 says expired
-  socket = new Socket({
-    token: async (expired) => (given = expired ? await session.renew(given) : await session.token()),
-    urlOf: (token) => {
-      const { query, rest } = resumeQuery(state.chats.values());
-      state.resumeRest = rest;
-      return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?token=${encodeURIComponent(token)}${query ? "&" + query : ""}`;
-    },
-    onOpen: onSocketOpen,
-    onFrame,
-    onState: setConnState,
-    onRevoked: () => endSession(REVOKED_NOTICE),
-    checkAuth: () => api.me().catch(() => {}),
-  });
-  socket.start();
+  if (gen !== state.gen || !login.session) return;
+  startConnection();
   const last = Number(sessionStorage.getItem(OPEN_KEY));
   if (last && state.chats.has(last)) openChatById(last, { focus: false });
   render();
 }
 
+// startConnection opens the all-chats WebSocket (/ws) through the SDK,
+// with the session's tokens: close 4501 (or a 401 at the handshake)
+// refreshes the token and reconnects at once, 4401 ends the session (and
+// so sends the page to the login form). Every chat resumes from where the
+// chat list left it (its last message, by that message's revision), so
+// nothing between that answer and the socket is missed. The connection
+// has no view of the network, so the page pauses it on the browser's
+// offline event (closing the socket rather than wait for a dead one to
+// time out) and reconnects on the online event.
+function startConnection() {
+  const id = ++connId;
+  const mine =
+    (fn) =>
+    (...args) => {
+      if (id === connId) fn(...args);
+    };
+  const resume = new Map();
+  for (const chat of state.chats.values()) resume.set(chat.id, { seq: chat.lastSeq, rev: chat.lastMessage?.rev ?? 0 });
+  conn = login.session.start({
+    resume,
+    onMessage: mine((m) => onFrame({ type: "message.new", message: m })),
+    onUpdate: mine((m) => onFrame({ type: "message.updated", message: m })),
+    onTyping: mine((chatId, userId) => onFrame({ type: "typing", chat_id: chatId, user_id: userId })),
+    onError: mine(onRefused),
+    onFrame: mine(onFrame),
+    onState: mine(onConnState),
+    onClose: mine(onConnClosed),
+  });
+  if (!navigator.onLine) conn.pause();
+  for (const chat of state.chats.values()) for (const p of chat.pending.values()) if (!p.failed && !p.sent) transmit(p);
+}
+
+// stopConnection closes the WebSocket; its callbacks say nothing more.
+function stopConnection() {
+  const c = conn;
+  conn = null;
+  connId++;
+  c?.close();
+}
+
+function onConnState(s, err, retryInMs) {
+  if (s === "connected") {
+    setConnState("open");
+    onConnected();
+  } else if (s === "closed") {
+    // onConnClosed says why
+  } else if (!navigator.onLine) {
+    setConnState("offline");
+  } else if (s === "disconnected" && retryInMs > 0) {
+    setConnState("waiting", retryInMs);
+  } else {
+    setConnState("connecting");
+  }
+}
+
+// onConnClosed: the connection ended for good. 4401 and a refused refresh
+// end the session too (the login form follows); anything else (a
+// handshake refused for good, a close code that means stop) is said, and
+// a reload tries again.
+function onConnClosed(err) {
+  conn = null; // its waiting sends fail (Retry is there for a new one)
+  if (!login.session || login.session.ended) return;
+  setConnState("closed");
+  showStatus("error", `Disconnected (${err.message}). Reload the page to connect again.`);
+}
+
+// The browser's view of the network drives the connection's pauses.
+function onOffline() {
+  if (!conn) return;
+  conn.pause();
+  setConnState("offline");
+}
+
+function onOnline() {
+  conn?.reconnect();
+}
+
 // logOut revokes this session on the server (POST /logout: every socket of
-// it closes, on every replica) and forgets it here first, so the
-// browser's other tabs say "logged out" rather than "signed out" (they
-// hear of it from a storage event before their sockets close). When the
-// server cannot be reached the tokens are forgotten all the same; the
-// session can then be signed out from another device's list.
+// it closes, on every replica); the socket goes first, so its 4401 brings
+// no news here.
 async function logOut() {
   const button = $("logout");
   button.disabled = true;
-  socket?.stop(); // the server is about to close it with 4401: no news here
-  socket = null;
-  let token = "";
-  try {
-    token = await session.token();
-  } catch {
-    // ended already, or no server to ask
-  }
-  session.forget();
-  if (token) await api.logout(token).catch(() => {});
+  stopConnection();
+  await login.logout();
   button.disabled = false;
   signOut("You are logged out.");
 }
 
 function signOut(notice) {
   state.gen++;
-  socket?.stop();
-  socket = null;
+  stopConnection();
   state.me = null;
   state.users.clear();
   state.chats.clear();
@@ -1015,13 +1082,12 @@ async function submitLogin(ev) {
   button.disabled = true;
   err.textContent = "";
   try {
-    const tok = await api.login(email, password, deviceName());
-    session.start(tok);
+    await login.login(email, password, deviceName());
     $("login-password").value = "";
     $("auth-notice").textContent = "";
     await startSession();
   } catch (e) {
-    err.textContent = e instanceof ApiError && e.status === 401 ? "Wrong email or password." : describeError(e);
+    err.textContent = wrongPassword(e) ? "Wrong email or password." : describeError(e);
   } finally {
     button.disabled = false;
   }
@@ -1045,7 +1111,7 @@ async function submitRegister(ev) {
   button.disabled = true;
   err.textContent = "";
   try {
-    await api.register(name, email, password);
+    await register(name, email, password);
     $("register-form").reset();
     $("login-email").value = email;
     showAuth("login", `Account created for ${email}. Log in to start chatting.`);
@@ -1284,9 +1350,13 @@ function init() {
   $("load-older").addEventListener("click", loadOlder);
   $("back").addEventListener("click", closeChat);
   document.addEventListener("visibilitychange", () => {
+    // Back in view with the connection waiting for its backoff: now.
+    if (document.visibilityState === "visible" && navigator.onLine && conn?.state === "disconnected") conn.reconnect();
     markRead();
     render();
   });
+  window.addEventListener("offline", onOffline);
+  window.addEventListener("online", onOnline);
 
   $("new-private").addEventListener("click", () => {
     $("private-search").value = "";
@@ -1361,7 +1431,7 @@ function init() {
   });
   $("open-account").addEventListener("click", () => openAccount());
 
-  if (session.active) startSession();
+  if (login.active) startSession();
   else showAuth("login");
 }
 

@@ -1,49 +1,24 @@
 // Conversation features of SPEC §11 in the browser: replies (a quoted
 // preview that jumps to the message), edits and deletes of one's own
 // messages (the group's owner deletes any), reactions from a small fixed
-// set with counts and who reacted, the typing line, and the resume
-// position by revision. app.js renders the messages and calls in here for
-// their conversation parts; everything the server answers comes back as
-// message.updated frames, which app.js applies in place.
+// set with counts and who reacted, and the typing line. app.js renders the
+// messages and calls in here for their conversation parts; the changes go
+// out through the SDK's connection (which queues them while disconnected
+// and writes them in order), and everything the server answers comes back
+// as message.updated frames, which app.js applies in place.
 
 export const EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
-// How often this page sends a typing frame per chat while the user types
-// (the server relays one per 2 s anyway), and how long another member's
-// typing shows after their last frame.
-const TYPING_SEND_MS = 2000;
+// How long another member's typing shows after their last frame (the SDK
+// writes this page's at most every 2 s).
 const TYPING_SHOW_MS = 5000;
-
-// The positions put in the handshake URL at most (the server takes request
-// headers up to 16 KiB); the other chats resume with sync frames.
-const MAX_RESUME_QUERY = 6 * 1024;
-
-// resumeQuery lists every chat's resume position for the /ws handshake,
-// `since_rev=12:80,14:3` (each chat's last revision seen on the socket, or
-// of its last message when it was loaded), so changes made while the page
-// was away arrive after a reconnect. Chats that do not fit are returned
-// in rest, to resume with sync frames.
-export function resumeQuery(chats) {
-  const pairs = [];
-  const rest = [];
-  let size = 0;
-  for (const chat of [...chats].sort((a, b) => a.id - b.id)) {
-    const pair = `${chat.id}:${chat.rev}`;
-    if (size + pair.length > MAX_RESUME_QUERY) rest.push(chat);
-    else {
-      pairs.push(pair);
-      size += pair.length + 1;
-    }
-  }
-  return { query: pairs.length ? `since_rev=${pairs.join(",")}` : "", rest };
-}
 
 // setupMessages wires the conversation features. deps: h and $ (DOM
 // helpers), me() (the user's id), userName(id), chatTitle(chat),
-// openChat(), isOwner(chat), send(frame) (writes a frame if the socket is
-// open, else false), sendText(text, {replyToSeq}), jumpTo(chatId, seq),
-// fetchMessage(chatId, seq) (one message from history), render(),
-// showStatus(kind, text).
+// openChat(), isOwner(chat), change(fn) (runs fn with the connection, whose
+// edit, delete, react, unreact and typing queue or write the frame),
+// sendText(text, {replyToSeq}), jumpTo(chatId, seq), fetchMessage(chatId,
+// seq) (one message from history), render(), showStatus(kind, text).
 export function setupMessages(deps) {
   const { h, $ } = deps;
 
@@ -54,8 +29,6 @@ export function setupMessages(deps) {
   // on (its controls are the ones Tab reaches), in the open chat.
   let openSeq = null;
   let activeSeq = null;
-  const queued = []; // changes written once the socket is back
-  const typedAt = new Map(); // chat id -> when this page last sent typing
   const typing = new Map(); // chat id -> Map(user id -> shown until, ms)
   const fetching = new Set(); // "chat:seq" of quotes being fetched
   let typingTimer = 0;
@@ -90,20 +63,13 @@ export function setupMessages(deps) {
     return null;
   }
 
-  // change writes an edit, delete or reaction frame, or keeps it for the
-  // next connection (each is idempotent: written twice, it changes
-  // nothing more).
-  function change(frame) {
-    if (!deps.send(frame)) queued.push(frame);
-  }
-
   function reactedByMe(m, emoji) {
     return m.reactions.some((r) => r.emoji === emoji && r.user_ids.includes(deps.me()));
   }
 
   function toggleReaction(chat, m, emoji) {
-    const type = reactedByMe(m, emoji) ? "reaction.remove" : "reaction.add";
-    change({ type, chat_id: chat.id, seq: m.seq, emoji });
+    const mine = reactedByMe(m, emoji);
+    deps.change((conn) => (mine ? conn.unreact(chat.id, m.seq, emoji) : conn.react(chat.id, m.seq, emoji)));
   }
 
   function canEdit(chat, m) {
@@ -118,7 +84,7 @@ export function setupMessages(deps) {
     const whose = m.sender_id === deps.me() ? "your message" : `${deps.userName(m.sender_id)}'s message`;
     if (!confirm(`Delete ${whose}? Everyone in the chat will see "message deleted".`)) return;
     openSeq = null;
-    change({ type: "message.delete", chat_id: chat.id, seq: m.seq });
+    deps.change((conn) => conn.delete(chat.id, m.seq));
     deps.render();
   }
 
@@ -177,7 +143,7 @@ export function setupMessages(deps) {
         deps.showStatus("error", "A message cannot be empty. Delete it instead.");
         return false;
       }
-      if (m && !m.deleted && t !== m.text) change({ type: "message.edit", chat_id: chat.id, seq: c.seq, text: t });
+      if (m && !m.deleted && t !== m.text) deps.change((conn) => conn.edit(chat.id, c.seq, t));
       compose = null;
       renderCompose();
       return true;
@@ -188,14 +154,13 @@ export function setupMessages(deps) {
     return true;
   }
 
-  // typed runs on every input in the composer: a typing frame at most
-  // every 2 s per chat, while there is text and it is not an edit.
+  // typed runs on every input in the composer: the user types, while there
+  // is text and it is not an edit (the SDK writes a typing frame at most
+  // every 2 s per chat, and none while disconnected).
   function typed(text) {
     const chat = deps.openChat();
     if (!chat || !text.trim() || compose?.mode === "edit") return;
-    const now = Date.now();
-    if (now - (typedAt.get(chat.id) ?? 0) < TYPING_SEND_MS) return;
-    if (deps.send({ type: "typing", chat_id: chat.id })) typedAt.set(chat.id, now);
+    deps.change((conn) => conn.typing(chat.id));
   }
 
   function onTyping(f) {
@@ -398,10 +363,6 @@ export function setupMessages(deps) {
     onTyping,
     stoppedTyping,
     renderTyping,
-    // flush writes the changes kept while the socket was down.
-    flush() {
-      while (queued.length && deps.send(queued[0])) queued.shift();
-    },
     // reset forgets the open chat's modes (another chat opens).
     reset() {
       compose = null;
@@ -412,9 +373,7 @@ export function setupMessages(deps) {
     // clear forgets everything (signed out).
     clear() {
       this.reset();
-      queued.length = 0;
       typing.clear();
-      typedAt.clear();
       clearTimeout(typingTimer);
     },
   };

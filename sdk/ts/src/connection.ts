@@ -120,7 +120,11 @@ export interface ConnectionOptions {
   onError?: (e: FrameError) => void;
   /** Every other frame: receipts, presence, membership (typing and errors without onTyping / onError). */
   onFrame?: (f: ServerFrame) => void;
-  onState?: (s: ConnectionState, err?: Error) => void;
+  /**
+   * Every change of state, with the error that caused it; on "disconnected"
+   * retryInMs says when the next attempt starts (none while paused).
+   */
+  onState?: (s: ConnectionState, err?: Error, retryInMs?: number) => void;
   /** Called once when the connection ends for good, with the reason. */
   onClose?: (err: Error) => void;
   backoff?: Backoff;
@@ -133,6 +137,16 @@ export interface ConnectionOptions {
   maxInFlight?: number;
   /** Retries of a send answered rate_limited or unavailable; default 10, 0 for none. */
   sendRetries?: number;
+  /**
+   * Drop a socket that has read nothing, not even a ping, for this long
+   * and reconnect, as the Go client does; default 60000 (the server pings
+   * every 25 s), 0 for never. It applies only where the WebSocket shows
+   * the server's pings, as `ws` does (its "ping" event): a browser's
+   * WebSocket answers pings unseen, so there a quiet socket is no sign of
+   * a dead one (use pause() and reconnect() on the offline and online
+   * events instead).
+   */
+  idleTimeoutMs?: number;
   WebSocket?: WebSocketConstructor;
   fetch?: typeof fetch;
   /** Sees every frame read (out false) and written (out true). */
@@ -257,6 +271,7 @@ export class WindiConnection {
   private readonly maxPending: number;
   private readonly maxInFlight: number;
   private readonly sendRetries: number;
+  private readonly idleMs: number;
   private WS?: WebSocketConstructor;
 
   private chats = new Map<number, ChatState>();
@@ -278,6 +293,13 @@ export class WindiConnection {
   private timer: unknown;
   private deadline = 0;
   private reconnectTimer: unknown;
+  private paused = false;
+  // Counts dials, pauses and reconnects: an attempt whose number is no
+  // longer current was overtaken by one of them and stops where it is.
+  private epoch = 0;
+  private dialing = false;
+  private idleWatch = false; // the socket shows pings: the idle check is on
+  private lastRead = 0;
   private ended: Error | undefined;
   private stateNow: ConnectionState = "connecting";
   private stateReported = false;
@@ -287,6 +309,11 @@ export class WindiConnection {
   private closedResolve!: (e: Error) => void;
   /** Resolves with the reason once the connection has ended. */
   readonly closed: Promise<Error>;
+  /**
+   * Resolves once the first socket is open and resumed; rejects with the
+   * error that ended the connection before that.
+   */
+  readonly ready: Promise<void>;
 
   private constructor(opts: ConnectionOptions) {
     this.opts = opts;
@@ -304,10 +331,16 @@ export class WindiConnection {
     this.maxPending = opts.maxPending ?? 10000;
     this.maxInFlight = opts.maxInFlight ?? 64;
     this.sendRetries = opts.sendRetries ?? 10;
+    this.idleMs = opts.idleTimeoutMs ?? 60_000;
     this.WS = opts.WebSocket;
     for (const [id, seq] of entries(opts.since)) this.chats.set(id, newChat({ seq, rev: 0 }, true));
     for (const [id, p] of entries(opts.resume)) this.chats.set(id, newChat(p, true));
     this.closed = new Promise((resolve) => (this.closedResolve = resolve));
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.firstResolve = resolve;
+      this.firstReject = reject;
+    });
+    this.ready.catch(() => {}); // start()'s caller may never look: onClose tells it too
   }
 
   /**
@@ -316,13 +349,22 @@ export class WindiConnection {
    * refused for good, the token provider's error). Failures that may pass
    * are retried with backoff.
    */
-  static connect(opts: ConnectionOptions): Promise<WindiConnection> {
+  static async connect(opts: ConnectionOptions): Promise<WindiConnection> {
+    const c = WindiConnection.start(opts);
+    await c.ready;
+    return c;
+  }
+
+  /**
+   * start starts a connection and returns it at once, before any socket
+   * is open: sends, changes and reads queue until one is (`ready` says
+   * when). For an application that shows its own state meanwhile, such
+   * as a page that may open while offline.
+   */
+  static start(opts: ConnectionOptions): WindiConnection {
     const c = new WindiConnection(opts);
-    return new Promise((resolve, reject) => {
-      c.firstResolve = () => resolve(c);
-      c.firstReject = reject;
-      void c.dial();
-    });
+    void c.dial();
+    return c;
   }
 
   get state(): ConnectionState {
@@ -463,15 +505,67 @@ export class WindiConnection {
     return this.closed;
   }
 
+  /**
+   * pause closes the socket and connects no more until reconnect(): for
+   * when the application knows the network is gone (a browser's offline
+   * event), rather than wait for a dead socket to time out and back off
+   * against no network. Sends, changes and reads queue meanwhile; the
+   * state is "disconnected".
+   */
+  pause(): void {
+    if (this.ended || this.paused) return;
+    this.paused = true;
+    this.epoch++; // an attempt on its way stops
+    this.dialing = false;
+    if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    const ws = this.ws;
+    this.detach();
+    if (ws && (ws.readyState === 0 || ws.readyState === OPEN)) ws.close(1000, "client paused");
+    this.setState("disconnected", new Error("paused"));
+  }
+
+  /**
+   * reconnect ends a pause, or a wait for the backoff, and connects at
+   * once with the backoff started over: for when the application knows
+   * the network is back (a browser's online event). A socket open or on
+   * its way is left as it is.
+   */
+  reconnect(): void {
+    if (this.ended) return;
+    this.paused = false;
+    if (this.ws || this.dialing) return;
+    if (this.reconnectTimer !== undefined) this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.attempt = 0;
+    void this.dial();
+  }
+
   // --- connecting ---
 
   private async dial(): Promise<void> {
-    if (this.ended) return;
+    if (this.ended || this.paused) return;
+    const epoch = ++this.epoch;
+    this.dialing = true;
+    try {
+      await this.dialNow(epoch);
+    } finally {
+      if (epoch === this.epoch) this.dialing = false;
+    }
+  }
+
+  /** current: the attempt numbered epoch still counts (no end, pause or newer attempt overtook it). */
+  private current(epoch: number): boolean {
+    return !this.ended && epoch === this.epoch;
+  }
+
+  private async dialNow(epoch: number): Promise<void> {
     this.setState("connecting");
     let token: string;
     try {
       token = await this.tokenOf(this.expired);
     } catch (e) {
+      if (!this.current(epoch)) return;
       const err = e instanceof Error ? e : new Error(String(e));
       if ((err as { temporary?: unknown }).temporary === true) {
         // The provider could not renew the token just now (a refresh on
@@ -483,10 +577,10 @@ export class WindiConnection {
       this.finish(err);
       return;
     }
-    if (this.ended) return;
+    if (!this.current(epoch)) return;
     if (!this.positioned) {
       const status = await this.readPositions(token);
-      if (this.ended) return;
+      if (!this.current(epoch)) return;
       if (status !== 0) {
         this.failed(status, new Error(`reading positions: status ${status}`));
         return;
@@ -499,6 +593,7 @@ export class WindiConnection {
       this.finish(e as Error);
       return;
     }
+    if (!this.current(epoch)) return;
     const ws = new this.WS(this.url(token));
     this.ws = ws;
     this.opened = false;
@@ -508,9 +603,17 @@ export class WindiConnection {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.detach();
-      if (!this.opened) void this.handshakeFailed(token);
+      if (!this.opened) void this.handshakeFailed(token, epoch);
       else this.lost(ev.code, ev.reason);
     };
+    // `ws` (Node) shows the server's pings; a browser's WebSocket does not.
+    const pings = ws as unknown as { on?: (event: string, fn: () => void) => unknown };
+    this.idleWatch = this.idleMs > 0 && typeof pings.on === "function";
+    if (this.idleWatch) {
+      pings.on!("ping", () => {
+        if (this.ws === ws) this.lastRead = this.clock.now();
+      });
+    }
   }
 
   /**
@@ -585,7 +688,7 @@ export class WindiConnection {
    * handshakeFailed learns why a socket never opened: browsers do not show
    * the handshake's status, so a REST request with the same token asks.
    */
-  private async handshakeFailed(token: string): Promise<void> {
+  private async handshakeFailed(token: string, epoch: number): Promise<void> {
     const api = createWindiClient(this.opts.baseUrl, token, this.opts.fetch ? { fetch: this.opts.fetch } : {});
     let status = -1;
     try {
@@ -597,7 +700,7 @@ export class WindiConnection {
     } catch {
       // the server is unreachable: back off
     }
-    if (this.ended) return;
+    if (!this.current(epoch)) return;
     this.failed(status, new Error(`websocket handshake failed (status ${status})`));
   }
 
@@ -614,7 +717,8 @@ export class WindiConnection {
   }
 
   private retry(ms: number, err: Error): void {
-    this.setState("disconnected", err);
+    if (this.paused) return this.setState("disconnected", err);
+    this.setState("disconnected", err, ms);
     this.reconnectTimer = this.clock.setTimeout(() => {
       this.reconnectTimer = undefined;
       void this.dial();
@@ -627,6 +731,8 @@ export class WindiConnection {
     this.rejected = 0;
     this.upSince = this.clock.now();
     const now = this.upSince;
+    this.lastRead = now;
+    if (this.idleWatch) this.schedule(now + this.idleMs);
     this.inflight = 0;
     this.pauseUntil = 0;
     this.pauses = 0;
@@ -664,8 +770,23 @@ export class WindiConnection {
   private detach(): void {
     const ws = this.ws;
     this.ws = undefined;
-    if (ws) ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // Not null: `ws` throws an error event nobody listens to (closing a
+      // socket still connecting makes one).
+      ws.onerror = () => {};
+    }
     this.stopTimer();
+  }
+
+  /** idle drops a socket that read nothing for idleTimeoutMs: the link is dead, though no close says so. */
+  private idle(): void {
+    const ws = this.ws;
+    this.detach();
+    const t = ws as unknown as { terminate?: () => void } | undefined;
+    if (typeof t?.terminate === "function") t.terminate(); // no closing handshake on a dead link
+    else ws?.close(1000, "idle");
+    this.lost(1006, `nothing read for ${this.idleMs} ms`);
   }
 
   private write(data: string): void {
@@ -715,6 +836,7 @@ export class WindiConnection {
 
   private onMessage(data: unknown): void {
     const text = typeof data === "string" ? data : String(data);
+    this.lastRead = this.clock.now();
     this.opts.trace?.(false, text);
     let f: ServerFrame;
     try {
@@ -863,6 +985,10 @@ export class WindiConnection {
     this.deadline = 0;
     if (!this.ws || !this.opened) return;
     const now = this.clock.now();
+    if (this.idleWatch) {
+      if (now - this.lastRead >= this.idleMs) return this.idle();
+      this.schedule(this.lastRead + this.idleMs);
+    }
     if (this.pauseUntil !== 0) {
       if (now < this.pauseUntil) this.schedule(this.pauseUntil);
       else {
@@ -882,11 +1008,11 @@ export class WindiConnection {
 
   // --- the end ---
 
-  private setState(s: ConnectionState, err?: Error): void {
-    if (s === this.stateNow && this.stateReported) return;
+  private setState(s: ConnectionState, err?: Error, retryInMs?: number): void {
+    if (s === this.stateNow && this.stateReported && retryInMs === undefined) return;
     this.stateNow = s;
     this.stateReported = true;
-    this.opts.onState?.(s, err);
+    this.opts.onState?.(s, err, retryInMs);
   }
 
   private finish(err: Error): void {

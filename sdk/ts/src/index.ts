@@ -34,6 +34,7 @@ export {
   type LoginOptions,
   type SessionOptions,
   type SessionTokens,
+  type SharedSession,
 } from "./session.js";
 export { ApiError, createWindiClient, formBody, login, wsURL, type WindiClient } from "./rest.js";
 export {

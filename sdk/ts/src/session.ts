@@ -29,8 +29,10 @@ export interface SessionTokens {
 
 /**
  * SessionEndedError: the session cannot go on, log in again. status is the
- * refresh's (401: revoked, expired, or a refresh token used twice), or 4401
- * when a WebSocket of the session was closed as revoked.
+ * refresh's (401: revoked, expired, or a refresh token used twice), 4401
+ * when a WebSocket of the session was closed as revoked, or 0 when the
+ * shared store no longer holds the session (SharedSession.read: logged out
+ * in another tab).
  */
 export class SessionEndedError extends Error {
   constructor(
@@ -55,6 +57,22 @@ export class RefreshError extends Error {
   }
 }
 
+/**
+ * SharedSession lets several holders of one session (a browser's tabs, or
+ * processes sharing a token file) refresh it without spending a refresh
+ * token twice, which would make the server revoke the session: every
+ * refresh runs under lock, one holder at a time, and spends the refresh
+ * token read() returns then (the one the last holder stored); onTokens,
+ * still under the lock, stores its successor. Each holder keeps its own
+ * access token.
+ */
+export interface SharedSession {
+  /** Runs fn under a lock all holders share, e.g. (fn) => navigator.locks.request("windi.refresh", fn). */
+  lock<T>(fn: () => Promise<T>): Promise<T>;
+  /** The refresh token stored now; null when the store no longer holds the session (it then ends here too, with status 0). */
+  read(): string | null;
+}
+
 export interface SessionOptions {
   baseUrl: string;
   /** The tokens of a login (from WindiSession.login, or stored), or only a refresh token (the first call refreshes). */
@@ -65,6 +83,8 @@ export interface SessionOptions {
   onEnd?: (err: SessionEndedError) => void;
   /** Refresh this long before the access token expires; default a quarter of its lifetime, at most 60 s. */
   refreshEarlyMs?: number;
+  /** The session is shared with other holders (tabs, processes): refreshes take turns under a lock. */
+  shared?: SharedSession;
   fetch?: typeof fetch;
   /** The time; tests pass a fake one. */
   now?: () => number;
@@ -186,11 +206,20 @@ export class WindiSession {
   /** refresh trades the refresh token for new tokens; concurrent calls share one request. */
   refresh(): Promise<string> {
     if (this.endedWith) return Promise.reject(this.endedWith);
-    this.inflight ??= this.doRefresh().finally(() => (this.inflight = undefined));
+    const shared = this.opts.shared;
+    this.inflight ??= (shared ? shared.lock(() => this.doRefresh()) : this.doRefresh()).finally(() => (this.inflight = undefined));
     return this.inflight;
   }
 
   private async doRefresh(): Promise<string> {
+    if (this.endedWith) throw this.endedWith; // it ended while this waited for the lock
+    const shared = this.opts.shared;
+    if (shared) {
+      // Another holder may have refreshed meanwhile: this one's token is spent then.
+      const stored = shared.read();
+      if (stored === null) throw this.end(new SessionEndedError(0));
+      this.refreshTok = stored;
+    }
     const anon = createWindiClient(this.baseUrl, undefined, { fetch: (req: Request) => this.fetchFn(req) });
     let r;
     try {
@@ -242,11 +271,20 @@ export class WindiSession {
   /**
    * connect opens a WindiConnection with this session's tokens: it renews
    * them on 4501 and on a 401 at the handshake; close 4401 ends it and the
-   * session.
+   * session. It resolves once the first socket is open.
    */
   async connect(opts: Omit<ConnectionOptions, "baseUrl" | "token">): Promise<WindiConnection> {
+    return WindiConnection.connect(this.connectionOptions(opts));
+  }
+
+  /** start is connect that returns the connection at once (WindiConnection.start): sends queue until a socket is open. */
+  start(opts: Omit<ConnectionOptions, "baseUrl" | "token">): WindiConnection {
+    return WindiConnection.start(this.connectionOptions(opts));
+  }
+
+  private connectionOptions(opts: Omit<ConnectionOptions, "baseUrl" | "token">): ConnectionOptions {
     const onClose = opts.onClose;
-    return WindiConnection.connect({
+    return {
       ...opts,
       baseUrl: this.baseUrl,
       token: this.token,
@@ -255,7 +293,7 @@ export class WindiSession {
         if (err instanceof CloseError && err.code === CloseCode.Revoked) this.end(new SessionEndedError(CloseCode.Revoked));
         onClose?.(err);
       },
-    });
+    };
   }
 
   /** logout revokes this session on the server (POST /logout): its sockets close with 4401 everywhere. */

@@ -3,9 +3,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { CloseError, FrameError, TYPING_INTERVAL_MS, WindiConnection, type ConnectionOptions, type Message } from "../src/index.js";
+import { WebSocketServer } from "ws";
+
+import { CloseError, FrameError, TYPING_INTERVAL_MS, WindiConnection, type ConnectionOptions, type ConnectionState, type Message } from "../src/index.js";
 import { ChatStream, type Position } from "../src/order.js";
-import { FakeClock, FakeSocket, settle } from "./fakes.js";
+import { FakeClock, FakeSocket, PingSocket, settle } from "./fakes.js";
 
 const chats = [{ id: 5, type: "group", name: "g", created_at: "2026-01-01T00:00:00Z", last_seq: 3, last_message: null, members: [], unread: 0 }];
 
@@ -203,6 +205,175 @@ describe("WindiConnection reconnect rules", () => {
     await settle();
     assert.equal(errors[0]?.name, "HandshakeError");
     assert.equal((errors[0] as { status?: number }).status, 401);
+  });
+
+  test("start returns at once: what is sent before the first socket opens is written when it does", async () => {
+    FakeSocket.all = [];
+    const clock = new FakeClock();
+    const conn = WindiConnection.start({ baseUrl: "http://windi.test", token: "tok", clock, WebSocket: FakeSocket, fetch: fakeFetch(() => 200) });
+    let ready = false;
+    void conn.ready.then(() => (ready = true));
+    const p = conn.send(5, "early");
+    conn.markRead(5, 3);
+    await settle();
+    assert.equal(conn.state, "connecting");
+    assert.equal(ready, false);
+    FakeSocket.all[0]!.open();
+    await settle();
+    assert.equal(ready, true);
+    assert.deepEqual(
+      FakeSocket.all[0]!.sent.map((f) => f.type),
+      ["message.send", "message.read"],
+    );
+    FakeSocket.all[0]!.deliver({ type: "message.ack", client_msg_id: p.clientMsgId, duplicate: false, message: { ...msg(4, 4, "early"), client_msg_id: p.clientMsgId } });
+    assert.equal((await p.ack).message.seq, 4);
+    await conn.close();
+  });
+
+  test("onState says when the next attempt starts", async () => {
+    const states: [string, number | undefined][] = [];
+    const { conn, clock } = await start({ onState: (s, _err, ms) => states.push([s, ms]) });
+    FakeSocket.all[0]!.serverClose(1006);
+    await clock.advance(1000);
+    FakeSocket.all[1]!.serverClose(1006); // never opened: a failed handshake, asked about through REST
+    await settle();
+    assert.deepEqual(states, [
+      ["connecting", undefined],
+      ["connected", undefined],
+      ["disconnected", 1000],
+      ["connecting", undefined],
+      ["disconnected", 2000],
+    ]);
+    await conn.close();
+  });
+
+  test("pause closes the socket and connects no more; reconnect connects at once, sends queued meanwhile written", async () => {
+    const states: string[] = [];
+    const { conn, clock } = await start({ onState: (s) => states.push(s) });
+    const s1 = FakeSocket.all[0]!;
+    conn.pause();
+    assert.equal(s1.readyState, 3, "the socket is closed");
+    assert.equal(conn.state, "disconnected");
+    const p = conn.send(5, "while offline");
+    conn.edit(5, 1, "fixed offline");
+    await clock.advance(10 * 60_000);
+    assert.equal(FakeSocket.all.length, 1, "no attempt while paused");
+    assert.deepEqual(s1.sent, []);
+
+    conn.reconnect();
+    await settle();
+    assert.equal(FakeSocket.all.length, 2, "at once, no backoff");
+    const s2 = FakeSocket.all[1]!;
+    s2.open();
+    assert.deepEqual(
+      s2.sent.map((f) => f.type),
+      ["message.send", "message.edit"],
+    );
+    assert.equal(s2.sent[0]!.client_msg_id, p.clientMsgId);
+    conn.reconnect(); // open already: nothing
+    await settle();
+    assert.equal(FakeSocket.all.length, 2);
+
+    // During a backoff wait, reconnect skips what is left of it.
+    s2.serverClose(1006);
+    await clock.advance(500);
+    assert.equal(FakeSocket.all.length, 2);
+    conn.reconnect();
+    await settle();
+    assert.equal(FakeSocket.all.length, 3);
+    FakeSocket.all[2]!.open();
+    assert.deepEqual(states, ["connecting", "connected", "disconnected", "connecting", "connected", "disconnected", "connecting", "connected"]);
+    await conn.close();
+  });
+
+  test("a pause while the token is on its way stops that attempt; reconnect makes a new one", async () => {
+    FakeSocket.all = [];
+    const clock = new FakeClock();
+    const gives: ((t: string) => void)[] = [];
+    const conn = WindiConnection.start({
+      baseUrl: "http://windi.test",
+      token: () => new Promise<string>((r) => gives.push(r)),
+      clock,
+      WebSocket: FakeSocket,
+      fetch: fakeFetch(() => 200),
+    });
+    await settle();
+    conn.pause();
+    gives[0]!("tok-1");
+    await settle();
+    assert.equal(FakeSocket.all.length, 0, "the paused attempt opened no socket");
+    conn.reconnect();
+    await settle();
+    gives[1]!("tok-2");
+    await settle();
+    assert.equal(FakeSocket.all.length, 1);
+    assert.match(FakeSocket.all[0]!.url, /token=tok-2/);
+    await conn.close();
+  });
+
+  test("idle: a socket that shows pings is dropped after idleTimeoutMs without a frame or a ping", async () => {
+    const { conn, clock } = await start({ WebSocket: PingSocket, idleTimeoutMs: 60_000 });
+    const s1 = FakeSocket.all[0] as PingSocket;
+    for (let i = 0; i < 4; i++) {
+      await clock.advance(25_000);
+      s1.ping(); // the server's heartbeat keeps it
+    }
+    await clock.advance(30_000);
+    s1.deliver({ type: "presence", chat_id: 5, user_id: 7, online: true }); // so does a frame
+    await clock.advance(59_999);
+    assert.equal(s1.terminated, false, "alive while something came within 60 s");
+    assert.equal(FakeSocket.all.length, 1);
+    await clock.advance(1);
+    assert.equal(s1.terminated, true, "60 s of silence: dropped");
+    assert.equal(conn.state, "disconnected");
+    await clock.advance(1000);
+    assert.equal(FakeSocket.all.length, 2, "and reconnected after the backoff");
+    await conn.close();
+  });
+
+  test("idle: a socket that shows no pings (a browser's) is never dropped for silence", async () => {
+    const { conn, clock } = await start({ idleTimeoutMs: 60_000 });
+    await clock.advance(10 * 60_000);
+    assert.equal(FakeSocket.all.length, 1);
+    assert.equal(FakeSocket.all[0]!.readyState, 1);
+    assert.equal(conn.state, "connected");
+    await conn.close();
+  });
+
+  test("idle with the real `ws` package: pings keep a quiet socket, their silence drops it", async () => {
+    // A server of the test's own that pings every 100 ms until told to stop, as a dead link would.
+    const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
+    await new Promise<void>((r) => wss.once("listening", () => r()));
+    const port = (wss.address() as { port: number }).port;
+    let pinging = true;
+    let accepted = 0;
+    wss.on("connection", (sock) => {
+      accepted++;
+      const t = setInterval(() => pinging && sock.ping(), 100);
+      sock.on("close", () => clearInterval(t));
+    });
+    const states: ConnectionState[] = [];
+    const conn = await WindiConnection.connect({
+      baseUrl: `http://127.0.0.1:${port}`,
+      token: "tok",
+      fetch: fakeFetch(() => 200),
+      idleTimeoutMs: 500,
+      backoff: () => 50,
+      onState: (s) => states.push(s),
+    });
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(accepted, 1, "three times the idle timeout without a frame, kept by the pings");
+      assert.equal(conn.state, "connected");
+      pinging = false;
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.ok(accepted >= 2, `dropped and reconnected (connections ${accepted}, states ${states.join(" ")})`);
+      assert.ok(states.includes("disconnected"));
+    } finally {
+      await conn.close();
+      for (const c of wss.clients) c.terminate();
+      await new Promise((r) => wss.close(r));
+    }
   });
 
   test("1001 reconnects within a quarter second", async () => {

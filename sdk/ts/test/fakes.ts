@@ -67,3 +67,20 @@ export class FakeSocket implements WebSocketLike {
     this.onmessage?.({ data: JSON.stringify(frame) });
   }
 }
+
+/** A FakeSocket that shows pings the way `ws` does (an EventEmitter's "ping"), and can be terminated. */
+export class PingSocket extends FakeSocket {
+  private pingers: (() => void)[] = [];
+  terminated = false;
+  on(event: string, fn: () => void): this {
+    if (event === "ping") this.pingers.push(fn);
+    return this;
+  }
+  ping(): void {
+    for (const fn of this.pingers) fn();
+  }
+  terminate(): void {
+    this.terminated = true;
+    this.readyState = 3;
+  }
+}

@@ -216,6 +216,59 @@ describe("WindiSession", () => {
     await assert.rejects(session.accessToken(), SessionEndedError);
   });
 
+  test("shared: two holders of one session (two tabs) take turns and each spends the refresh token the other stored", async () => {
+    const clock = new FakeClock();
+    const server = new FakeServer(clock);
+    const first = server.login();
+    let store: string | null = first.refreshToken; // localStorage, say
+    let queue = Promise.resolve(); // a lock both take, as navigator.locks would
+    let locked = 0;
+    const shared = {
+      lock<T>(fn: () => Promise<T>): Promise<T> {
+        const run = queue.then(async () => {
+          locked++;
+          assert.equal(locked, 1, "one holder at a time");
+          try {
+            return await fn();
+          } finally {
+            locked--;
+          }
+        });
+        queue = run.then(
+          () => {},
+          () => {},
+        );
+        return run;
+      },
+      read: () => store,
+    };
+    const ended: SessionEndedError[] = [];
+    const tab = (tokens: SessionTokens | { refreshToken: string }) =>
+      new WindiSession({ baseUrl: BASE, tokens, fetch: server.fetch, now: () => clock.now(), shared, onTokens: (t) => (store = t.refreshToken), onEnd: (e) => ended.push(e) });
+    const a = tab(first);
+    const b = tab({ refreshToken: first.refreshToken }); // opened later, from the store
+
+    // Both refresh at once, twice over: each refresh spends the latest token.
+    for (let i = 0; i < 2; i++) {
+      const [ta, tb] = await Promise.all([a.refresh(), b.refresh()]);
+      assert.notEqual(ta, tb, "each tab has an access token of its own");
+    }
+    assert.equal(server.refreshCalls, 4);
+    assert.equal(server.revoked, false, "no refresh token was presented twice");
+    const sent = server.requests.filter((r) => r.path === "/token/refresh").map((r) => JSON.parse(r.body).refresh_token as string);
+    assert.equal(new Set(sent).size, 4);
+    assert.equal(store, b.tokens.refreshToken, "the store holds the last refresh's token");
+    assert.equal((await me(a)).response.status, 200);
+    assert.equal((await me(b)).response.status, 200);
+
+    // Logged out in another tab: the store is empty, and the next refresh ends the session without asking.
+    store = null;
+    await assert.rejects(a.refresh(), (e: unknown) => e instanceof SessionEndedError && e.status === 0);
+    assert.equal(server.refreshCalls, 4);
+    assert.equal(ended.length, 1);
+    assert.deepEqual(ended[0], a.ended);
+  });
+
   test("connect: 4501 reconnects at once with a refreshed token; 4401 ends the connection and the session", async () => {
     FakeSocket.all = [];
     const { clock, server, session, ended } = setup();
