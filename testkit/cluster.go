@@ -16,9 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/redis/go-redis/v9"
 )
 
 // Options describe a deployment.
@@ -294,20 +291,12 @@ func (c *Cluster) Close() error {
 }
 
 func (c *Cluster) createDatabase(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	admin := AdminDatabaseURL()
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", admin, err)
-	}
-	defer conn.Close(ctx)
 	name := fmt.Sprintf("windi_%s_%d_%s", strings.ReplaceAll(c.o.Name, "-", "_"), time.Now().Unix(), RandomHex(3))
-	if _, err := conn.Exec(ctx, `CREATE DATABASE "`+name+`"`); err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
+	u, err := CreateDatabase(ctx, name)
+	if err != nil {
+		return err
 	}
-	c.DatabaseName = name
-	c.DatabaseURL = withPath(admin, "/"+name)
+	c.DatabaseName, c.DatabaseURL = name, u
 	return nil
 }
 
@@ -330,65 +319,16 @@ func (c *Cluster) dropData() error {
 	if c.o.Embedded {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	ctx := context.Background()
 	var errs []error
 	if c.DatabaseName != "" {
-		if conn, err := pgx.Connect(ctx, AdminDatabaseURL()); err == nil {
-			if _, err := conn.Exec(ctx, `DROP DATABASE IF EXISTS "`+c.DatabaseName+`" WITH (FORCE)`); err != nil {
-				errs = append(errs, fmt.Errorf("drop database %s: %w", c.DatabaseName, err))
-			}
-			conn.Close(ctx)
-		} else {
-			errs = append(errs, fmt.Errorf("drop database %s: %w", c.DatabaseName, err))
-		}
+		errs = append(errs, DropDatabase(ctx, c.DatabaseName))
 	}
-	if err := c.deleteKeys(ctx); err != nil {
+	cluster := IsClusterURL(c.RedisURL) || slices.Contains(c.o.Env, "WINDI_REDIS_CLUSTER=1")
+	if err := DeleteKeys(ctx, c.RedisURL, c.Prefix, cluster); err != nil {
 		errs = append(errs, fmt.Errorf("delete Redis keys %s*: %w", c.Prefix, err))
 	}
 	return errors.Join(errs...)
-}
-
-func (c *Cluster) deleteKeys(ctx context.Context) error {
-	scan := func(ctx context.Context, rc *redis.Client) error {
-		iter := rc.Scan(ctx, 0, c.Prefix+"*", 500).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		for _, k := range keys { // one by one: in a cluster they live in many slots
-			if err := rc.Del(ctx, k).Err(); err != nil {
-				return err
-			}
-		}
-		return iter.Err()
-	}
-	if strings.Contains(c.RedisURL, "addr=") || slices.Contains(c.o.Env, "WINDI_REDIS_CLUSTER=1") {
-		opt, err := redis.ParseClusterURL(c.RedisURL)
-		if err != nil {
-			return err
-		}
-		cc := redis.NewClusterClient(opt)
-		defer cc.Close()
-		return cc.ForEachMaster(ctx, scan)
-	}
-	opt, err := redis.ParseURL(c.RedisURL)
-	if err != nil {
-		return err
-	}
-	rc := redis.NewClient(opt)
-	defer rc.Close()
-	if !RedisReadyAt(ctx, rc) {
-		return nil // stopped by a fault test and not back: nothing to delete from
-	}
-	return scan(ctx, rc)
-}
-
-// RedisReadyAt reports whether rc answers a ping.
-func RedisReadyAt(ctx context.Context, rc *redis.Client) bool {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	return rc.Ping(ctx).Err() == nil
 }
 
 // env is the environment of replica r: this process's, without any windi

@@ -12,21 +12,16 @@ package repotest
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
+	"errors"
 	"net/url"
 	"os"
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // Registers the "pgx" database/sql driver.
-
 	"github.com/windi-chat/windi/repo"
+	"github.com/windi-chat/windi/testkit"
 )
-
-// DefaultPostgresURL is the server tests use when WINDI_TEST_DATABASE_URL
-// is unset.
-const DefaultPostgresURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
 // ForEachDialect runs fn as a subtest named after each dialect ("sqlite",
 // "postgres"), each with its own freshly migrated store.
@@ -73,48 +68,32 @@ func open(t testing.TB, databaseURL, dataDir string) *repo.Store {
 	return s
 }
 
-// NewPostgresURL creates an empty database named windi_test_<random> and
-// returns its URL. The database is dropped, with any open connections, when
-// the test ends; cleanups registered later (such as closing a store) run
+// NewPostgresURL creates an empty database named windi_test_<random>
+// (testkit.CreateDatabase, the harness every test kit shares) and returns
+// its URL. The database is dropped, with any open connections, when the
+// test ends; cleanups registered later (such as closing a store) run
 // before that.
 func NewPostgresURL(t testing.TB) string {
 	t.Helper()
-	adminURL := os.Getenv("WINDI_TEST_DATABASE_URL")
-	if adminURL == "" {
-		adminURL = DefaultPostgresURL
-	}
+	adminURL := testkit.AdminDatabaseURL()
 	u, err := url.Parse(adminURL)
 	if err != nil {
 		t.Fatalf("parse WINDI_TEST_DATABASE_URL: %v", err)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	admin, err := sql.Open("pgx", adminURL)
-	if err != nil {
-		t.Fatalf("open postgres: %v", err)
+	if !testkit.PostgresReady() {
+		unreachable(t, u, errors.New("no answer to a ping within 2 s"))
 	}
-	if err := admin.PingContext(ctx); err != nil {
-		_ = admin.Close()
-		unreachable(t, u, err)
-	}
-
 	name := "windi_test_" + randomHex(t, 8)
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-		_ = admin.Close()
-		t.Fatalf("create database %s: %v", name, err)
+	dbURL, err := testkit.CreateDatabase(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		defer admin.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("drop database %s: %v", name, err)
+		if err := testkit.DropDatabase(context.Background(), name); err != nil {
+			t.Error(err)
 		}
 	})
-
-	u.Path = "/" + name
-	return u.String()
+	return dbURL
 }
 
 // unreachable ends a test that cannot reach Postgres: a failure on CI,
