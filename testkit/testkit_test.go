@@ -135,6 +135,26 @@ func TestClusterLifecycle(t *testing.T) {
 	if _, err := c.WaitReady(http.StatusOK, 300*time.Millisecond); err == nil {
 		t.Fatal("WaitReady(200) succeeded with windi-1 dead")
 	}
+	// Handshakes with the token in the query while a replica is dead: nginx
+	// tries the dead one first for some, and its error log must not quote
+	// them (tokens never reach logs).
+	tok, err := cl.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		s, _, err := cl.DialSocket(ctx, "/ws?token="+tok, client.SocketOptions{})
+		if err != nil {
+			t.Fatalf("dial through nginx with windi-1 dead: %v", err)
+		}
+		_ = s.CloseNow()
+	}
+	if !strings.Contains(c.NginxStats(), "requests retried") || strings.Contains(c.NginxStats(), " 0 requests retried") {
+		t.Fatalf("NginxStats after requests to a dead replica: %q, want some retried", c.NginxStats())
+	}
+	if n := c.TokensInLogs(); n != 0 {
+		t.Fatalf("got %d tokens in nginx's logs, want 0", n)
+	}
 	if err := r1.Start(); err != nil {
 		t.Fatal(err)
 	}
