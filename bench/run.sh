@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: the pgbench reference, then two windi replicas on a
-# fresh Postgres database and Redis db 14, loaded by windi-load scenarios
+# fresh Postgres database and a Redis key prefix of their own (started and
+# ended by windi-testkit, bench/kit.sh), loaded by windi-load scenarios
 # (private, group 10, group 100, idle). Prints each scenario's JSON line and
 # its persisted_msgs_per_s as a ratio to the pgbench tps; a summary at the
-# end. Everything it starts is stopped on exit.
+# end. Everything it starts is stopped on exit, the database dropped and the
+# keys deleted.
 #
 #   bench/run.sh
 #
 # Environment (defaults in brackets):
 #   PGURL          Postgres admin URL [postgres://postgres@127.0.0.1:5432/postgres]
-#   REDIS_BASE     Redis server [redis://127.0.0.1:6379]; db 14 is flushed and used
+#   REDIS_BASE     Redis server [redis://127.0.0.1:6379]; only keys under the
+#                  deployment's prefix are written, and deleted at the end
+#   BIN            a prebuilt windi [built from this tree]
 #   DURATION       seconds per send scenario [20]
 #   IDLE_DURATION  seconds the idle scenario holds [10]
 #   PGBENCH_T      pgbench seconds [20]; PGBENCH_C clients [32]; PGBENCH_J threads [2]
-#   PORTS          the two replicas' ports ["18081 18082"]
+#   PORTS          as many words as replicas, the first replica 1's port (the
+#                  others get free ones) [two replicas on free ports]
 #   SCENARIOS      which to run ["private group10 group100 idle"]; also
 #                  fanout100 (one sender, 100 members online, open loop at
 #                  each of RATES msg/s) and fanout999 (999 members, open
@@ -24,11 +29,14 @@
 #   RATES          fanout100's rates ["200 500 1000 1500 2000 3000"]
 #   RATE999        fanout999's rate [100]
 #   MIXRATE        mixed's rate [1000]
-#   MODE           scaled (two replicas on Postgres + Redis) or embedded
+#   MODE           scaled (the replicas on Postgres + Redis) or embedded
 #                  (one server, SQLite, in-process broker) [scaled]
 #   PGBENCH=0      skip the pgbench reference
 #   LOAD_ARGS      extra windi-load flags for every scenario [""]
-#   KEEP_LOGS=1    keep the work directory (server logs) after the run
+#   KEEP_LOGS=1    keep the work directory (server logs bench-windi-N.log)
+#                  after the run
+#   WINDI_*        passed on to the servers (limits are off whatever they
+#                  say; WINDI_LOG_LEVEL defaults to warn), as is JWT_TTL
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -39,39 +47,24 @@ IDLE_DURATION=${IDLE_DURATION:-10}
 PGBENCH_T=${PGBENCH_T:-20}
 PGBENCH_C=${PGBENCH_C:-32}
 PGBENCH_J=${PGBENCH_J:-2}
-PORTS=${PORTS:-"18081 18082"}
+PORTS=${PORTS:-}
 MODE=${MODE:-scaled}
 RATES=${RATES:-"200 500 1000 1500 2000 3000"}
 RATE999=${RATE999:-100}
 MIXRATE=${MIXRATE:-1000}
 PGBENCH=${PGBENCH:-1}
-[ "$MODE" = embedded ] && PORTS=${PORTS%% *}
 SCENARIOS=${SCENARIOS:-"private group10 group100 idle"}
 LOAD_ARGS=${LOAD_ARGS:-}
-DB=windi_bench
-REDIS_URL="$REDIS_BASE/14"
-
-base=${PGURL%%\?*}
-query=""
-[ "$base" != "$PGURL" ] && query="?${PGURL#*\?}"
-rest=${base#*://}
-if [[ $rest == */* ]]; then DATABASE_URL="${base%/*}/$DB$query"; else DATABASE_URL="$base/$DB$query"; fi
+# Tokens outlive the run: windi-load does not refresh them.
+export JWT_TTL=${JWT_TTL:-2h}
+# shellcheck source=bench/kit.sh
+. bench/kit.sh
 
 work=$(mktemp -d -t windi-bench.XXXXXX)
-pids=()
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	local rc=$?
-	for pid in "${pids[@]}"; do
-		kill -TERM "$pid" 2>/dev/null || true
-	done
-	for pid in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-	redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null 2>&1 || true
+	kit_down
 	if [ "${KEEP_LOGS:-}" = 1 ]; then echo "logs kept in $work" >&2; else rm -rf "$work"; fi
 	exit "$rc"
 }
@@ -80,9 +73,14 @@ trap 'exit 130' INT TERM
 
 log() { echo "== $*" >&2; }
 
-log "building windi and windi-load"
-go build -o "$work/windi" ./cmd/windi
+if [ -z "${BIN:-}" ]; then
+	log "building windi"
+	go build -o "$work/windi" ./cmd/windi
+	BIN=$work/windi
+fi
+log "building windi-load"
 go build -o "$work/windi-load" ./cmd/windi-load
+kit_build "$work"
 
 tps=
 if [ "$PGBENCH" = 1 ]; then
@@ -92,42 +90,22 @@ if [ "$PGBENCH" = 1 ]; then
 	tps=$(grep -o '"pgbench_tps":[0-9.]*' <<<"$pg_line" | cut -d: -f2)
 fi
 
-JWT_SECRET=$(openssl rand -hex 32)
-export JWT_SECRET
-# Tokens outlive the run: windi-load does not refresh them.
-export JWT_TTL=${JWT_TTL:-2h}
+# The deployment: PORTS' words are the replicas (one when embedded), its
+# first word replica 1's port.
+read -ra ports <<<"$PORTS"
+replicas=${#ports[@]}
+[ "$replicas" -gt 0 ] || replicas=2
+flags=(-bin "$BIN")
+[ ${#ports[@]} -gt 0 ] && flags+=(-port "${ports[0]}")
 if [ "$MODE" = scaled ]; then
-	log "fresh database $DB, Redis db 14 flushed"
-	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-	psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
-	redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
-	export DATABASE_URL REDIS_URL
+	log "windi-testkit: $replicas replicas, a fresh database, Redis $REDIS_BASE under a prefix of their own"
+	flags+=(-replicas "$replicas" -redis "$REDIS_BASE")
 else
-	log "embedded mode: one server, SQLite in $work, in-process broker"
-	unset DATABASE_URL REDIS_URL
+	log "windi-testkit: embedded mode, one server, SQLite, in-process broker"
+	flags+=(-embedded)
 fi
-# Limits off for throughput: sends per connection and per user, logins per
-# IP and email (the tool registers and logs in hundreds of users from one IP).
-export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0 WINDI_REGISTER_LIMIT_IP=0
-export WINDI_LOG_LEVEL=${WINDI_LOG_LEVEL:-warn}
-
-urls=()
-i=0
-for port in $PORTS; do
-	i=$((i + 1))
-	log "starting replica $i on 127.0.0.1:$port"
-	WINDI_ADDR="127.0.0.1:$port" WINDI_DATA_DIR="$work/data-$i" "$work/windi" serve >"$work/windi-$i.log" 2>&1 &
-	pids+=($!)
-	urls+=("http://127.0.0.1:$port")
-	# Wait for readiness before the next one, so migrations run once.
-	for _ in $(seq 150); do
-		curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-		kill -0 "${pids[-1]}" 2>/dev/null || { tail -n 20 "$work/windi-$i.log" >&2; echo "replica $i exited" >&2; exit 1; }
-		sleep 0.2
-	done
-	curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { tail -n 20 "$work/windi-$i.log" >&2; echo "replica $i not ready" >&2; exit 1; }
-done
-url_list=$(IFS=,; echo "${urls[*]}")
+kit_up bench "$work" "${flags[@]}"
+url_list=$WINDI_REPLICA_URLS
 
 summary=()
 failed=0
@@ -136,10 +114,8 @@ run_load() {
 	shift
 	log "windi-load $name: $*"
 	local out rc=0
-	local pid_list
-	pid_list=$(IFS=,; echo "${pids[*]}")
 	# shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
-	out=$("$work/windi-load" -url "$url_list" -cpu-pids "$pid_list" "$@" $LOAD_ARGS 2> >(sed "s/^/[$name] /" >&2)) || rc=$?
+	out=$("$work/windi-load" -url "$url_list" -cpu-pids "$WINDI_REPLICA_PIDS" "$@" $LOAD_ARGS 2> >(sed "s/^/[$name] /" >&2)) || rc=$?
 	# The table, then the JSON line.
 	echo "$out" | sed '$d' >&2
 	local line

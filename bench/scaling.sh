@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# The scaled-down runs behind SCALING.md: N replicas of windi on a fresh
-# Postgres database and either the shared Redis (a random key prefix, no
-# flush) or a Redis Cluster of 3 masters + 3 replicas this script starts on
-# free loopback ports (bench/redis-cluster.sh), loaded by one windi-load
-# run whose connections are spread over the replicas. Prints the tool's
-# table and appends {"name":…,"replicas":N,"redis":…,"report":{…}} to
-# $OUT (default bench/results/scaling.jsonl).
+# The scaled-down runs behind SCALING.md: N replicas of windi, started by
+# windi-testkit (bench/kit.sh) on a fresh Postgres database and a Redis key
+# prefix of their own, on either the shared Redis or a Redis Cluster of 3
+# masters + 3 replicas this script starts on free loopback ports
+# (bench/redis-cluster.sh), loaded by one windi-load run whose connections
+# are spread over the replicas. Prints the tool's table and appends
+# {"name":…,"replicas":N,"redis":…,"rss_kib":[…],"report":{…}} to $OUT
+# (default bench/results/scaling.jsonl).
 #
 #   bench/scaling.sh NAME REPLICAS single|cluster [windi-load flags...]
 #   bench/scaling.sh fanout-r2 2 single -scenario group -members 100 -devices 1 -senders 1 -open -rate 500 -duration 15s
 #
 # Environment: PGURL (Postgres admin URL), REDIS_BASE (the shared Redis,
 # default redis://127.0.0.1:6379/0), OUT, WORK (binaries and logs; default
-# a temp dir, removed on exit unless KEEP=1), BIN (a prebuilt windi). Limits
-# are off. The servers' CPU during the send phase is charged by windi-load
-# (-cpu-pids). Everything started here is stopped on exit; the shared
-# Postgres and Redis are only used, never restarted or flushed.
+# a temp dir, removed on exit unless KEEP=1), BIN (a prebuilt windi), and
+# any WINDI_* variable for the servers. Limits are off; WINDI_LOG_LEVEL
+# defaults to warn. The servers' CPU during the send phase is charged by
+# windi-load (-cpu-pids). Everything started here is stopped on exit, the
+# database dropped and the keys deleted; the shared Postgres and Redis are
+# only used, never restarted or flushed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,22 +28,14 @@ PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 REDIS_BASE=${REDIS_BASE:-redis://127.0.0.1:6379/0}
 OUT=${OUT:-$ROOT/bench/results/scaling.jsonl}
 WORK=${WORK:-$(mktemp -d -t windi-scaling.XXXXXX)}
-DB=windi_scaling_$$
-PREFIX=windi-scaling-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n'):
-CLUSTER_PORT='' pids=()
+CLUSTER_PORT=''
+# shellcheck source=bench/kit.sh
+. bench/kit.sh
 
 cleanup() {
-	local rc=$? pid
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-		kill -KILL "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-	if [ "$REDIS" = single ]; then
-		redis-cli -u "$REDIS_BASE" --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli -u "$REDIS_BASE" del >/dev/null || true
-	fi
+	local rc=$?
+	# The deployment first: it deletes its keys from the cluster too.
+	kit_down
 	if [ -n "$CLUSTER_PORT" ]; then
 		REDIS_CLUSTER_PORT=$CLUSTER_PORT REDIS_CLUSTER_DIR=$WORK/cluster bash bench/redis-cluster.sh stop || true
 	fi
@@ -55,6 +50,7 @@ if [ -z "${BIN:-}" ]; then
 	BIN=$WORK/windi
 fi
 [ -x "$WORK/windi-load" ] || CGO_ENABLED=0 go build -o "$WORK/windi-load" ./cmd/windi-load
+kit_build "$WORK"
 
 case "$REDIS" in
 single) REDIS_URL=$REDIS_BASE ;;
@@ -82,30 +78,13 @@ cluster)
 *) echo "redis: single or cluster, not $REDIS" >&2; exit 2 ;;
 esac
 
-psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
-export DATABASE_URL="${PGURL%/*}/$DB?sslmode=disable" REDIS_URL WINDI_REDIS_PREFIX=$PREFIX
-JWT_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
-export JWT_SECRET
-export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0 \
-	WINDI_MAX_CONNS_PER_USER=0 WINDI_REGISTER_LIMIT_IP=0 WINDI_MAX_CONNS=0 WINDI_LOG_LEVEL=${WINDI_LOG_LEVEL:-warn}
-
-urls=()
-for i in $(seq 1 "$N"); do
-	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-	WINDI_ADDR=127.0.0.1:$port WINDI_DATA_DIR=$WORK/d$i "$BIN" serve >"$WORK/server-$i.log" 2>&1 &
-	pids+=($!)
-	# One at a time: the first runs the migrations.
-	for _ in $(seq 150); do curl -fs "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
-	curl -fs "127.0.0.1:$port/readyz" >/dev/null || { tail -n 20 "$WORK/server-$i.log" >&2; exit 1; }
-	urls+=("http://127.0.0.1:$port")
-done
-u=$(IFS=,; echo "${urls[*]}")
-p=$(IFS=,; echo "${pids[*]}")
+kit_up scaling "$WORK" -bin "$BIN" -replicas "$N" -redis "$REDIS_URL"
 echo "== $NAME: $N replicas, Redis $REDIS ($REDIS_URL), load: $*" >&2
 rc=0
-out=$("$WORK/windi-load" -url "$u" -cpu-pids "$p" "$@" 2>"$WORK/tool.log") || rc=$?
+out=$("$WORK/windi-load" -url "$WINDI_REPLICA_URLS" -cpu-pids "$WINDI_REPLICA_PIDS" "$@" 2>"$WORK/tool.log") || rc=$?
 sed '$d' <<<"$out"
 line=$(tail -n 1 <<<"$out")
+IFS=, read -ra pids <<<"$WINDI_REPLICA_PIDS"
 rss=$(for pid in "${pids[@]}"; do awk '/VmRSS/ {print $2}' "/proc/$pid/status"; done | paste -sd, -)
 mkdir -p "$(dirname "$OUT")"
 printf '{"name":"%s","replicas":%d,"redis":"%s","rss_kib":[%s],"report":%s}\n' "$NAME" "$N" "$REDIS" "$rss" "${line:-null}" >>"$OUT"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One run of a benchmark sitting: start BIN (two replicas on a fresh
-# Postgres database and Redis db 13, or one embedded server), run windi-load
-# against it with the given flags, print the tool's table, append
-# {"name":NAME,"report":…} to $WORK/results.jsonl, stop everything.
+# One run of a benchmark sitting: windi-testkit (bench/kit.sh) runs BIN as
+# two replicas on a fresh Postgres database and a Redis key prefix of their
+# own, or as one embedded server; windi-load runs against it with the given
+# flags; the tool's table is printed and {"name":NAME,"report":…} appended
+# to $WORK/results.jsonl; then everything is stopped, the database dropped
+# and the keys deleted.
 #
 #   bench/sitting.sh BIN scaled|embedded NAME [windi-load flags...]
 #
@@ -13,12 +15,17 @@
 #   bench/sitting.sh /tmp/windi-new scaled fanout100@1000 \
 #     -scenario group -members 100 -devices 1 -senders 1 -open -rate 1000 -duration 15s
 #
-# Environment: WORK (default /tmp/windi-sitting; holds windi-load, logs and
-# results.jsonl), PROF=file.prof takes an 8 s CPU profile of the first
-# server during the send phase, PGURL (Postgres admin URL), and any WINDI_*
-# variable for the servers (limits are off here). The servers' CPU during
-# the send phase is charged by windi-load (-cpu-pids).
+# Environment: WORK (default /tmp/windi-sitting; holds windi-load, the
+# windi-testkit this script builds there when missing, the last run's
+# server logs sitting-windi-N.log and tool.log, and results.jsonl),
+# PROF=file.prof takes an 8 s CPU profile of replica 1 (its pprof listener)
+# during the send phase, PGURL (Postgres admin URL), and any WINDI_*
+# variable for the servers (limits are off here; WINDI_LOG_LEVEL defaults
+# to warn). The servers' CPU during the send phase is charged by windi-load
+# (-cpu-pids). Exit status: windi-load's (1 when anything was lost,
+# repeated or out of order), 1 when the deployment did not start.
 set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/tmp/windi-sitting}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 mkdir -p "$WORK"
@@ -27,46 +34,32 @@ BIN=$1 MODE=$2 NAME=$3
 shift 3
 PROF=${PROF:-}
 [ -x ./windi-load ] || { echo "build windi-load into $WORK first (see the header)" >&2; exit 2; }
-rm -rf "$WORK/d1" "$WORK/d2"
-export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0 \
-	WINDI_MAX_CONNS_PER_USER=0 WINDI_REGISTER_LIMIT_IP=0 WINDI_MAX_CONNS=0 WINDI_LOG_LEVEL=${WINDI_LOG_LEVEL:-warn}
-urls=() pids=()
-if [ "$MODE" = scaled ]; then
-	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS windi_sitting WITH (FORCE)" >/dev/null 2>&1
-	psql "$PGURL" -qX -c "CREATE DATABASE windi_sitting" >/dev/null
-	redis-cli -n 13 flushdb >/dev/null
-	export DATABASE_URL="${PGURL%/*}/windi_sitting?sslmode=disable" REDIS_URL=redis://127.0.0.1:6379/13
-	JWT_SECRET=$(openssl rand -hex 32)
-	export JWT_SECRET
-	# Tokens outlive the run: windi-load does not refresh them.
-	export JWT_TTL=${JWT_TTL:-2h}
-	n=2
-else
-	unset DATABASE_URL REDIS_URL JWT_SECRET
-	n=1
-fi
-for i in $(seq 1 "$n"); do
-	port=$((18180 + i))
-	WINDI_ADDR=127.0.0.1:$port WINDI_DATA_DIR=$WORK/d$i WINDI_PPROF_ADDR=127.0.0.1:$((18190 + i)) "$BIN" serve >"$WORK/server-$i.log" 2>&1 &
-	pids+=($!)
-	for _ in $(seq 100); do curl -fs "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
-	urls+=("http://127.0.0.1:$port")
-done
-u=$(IFS=,; echo "${urls[*]}")
-p=$(IFS=,; echo "${pids[*]}")
+# shellcheck source=bench/kit.sh
+. "$ROOT/bench/kit.sh"
+kit_build "$WORK" || exit 1
+trap kit_down EXIT
+trap 'exit 130' INT TERM
+# Tokens outlive the run: windi-load does not refresh them.
+export JWT_TTL=${JWT_TTL:-2h}
+case "$MODE" in
+scaled) flags=(-replicas 2) ;;
+embedded) flags=(-embedded) ;;
+*) echo "mode: scaled or embedded, not $MODE" >&2; exit 2 ;;
+esac
+kit_up sitting "$WORK" -bin "$BIN" -pprof "${flags[@]}" || exit 1
 profpid=
 if [ -n "$PROF" ]; then
 	rm -f "$WORK/tool.log"
 	(
 		for _ in $(seq 300); do grep -q 'send:' "$WORK/tool.log" 2>/dev/null && break; sleep 0.3; done
 		sleep 3
-		curl -s "127.0.0.1:18191/debug/pprof/profile?seconds=8" >"$WORK/$PROF"
+		curl -s "${WINDI_PPROF_URLS%%,*}/debug/pprof/profile?seconds=8" >"$WORK/$PROF"
 	) &
 	profpid=$!
 fi
-./windi-load -url "$u" -cpu-pids "$p" "$@" 2>"$WORK/tool.log" >"$WORK/out.txt"
+rc=0
+./windi-load -url "$WINDI_REPLICA_URLS" -cpu-pids "$WINDI_REPLICA_PIDS" "$@" 2>"$WORK/tool.log" >"$WORK/out.txt" || rc=$?
 sed '$d' "$WORK/out.txt" | sed "s/^/[$NAME] /"
 echo "{\"name\":\"$NAME\",\"report\":$(tail -n1 "$WORK/out.txt")}" >>"$WORK/results.jsonl"
-[ -n "$profpid" ] && wait "$profpid"
-for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+[ -z "$profpid" ] || wait "$profpid"
+exit "$rc"
