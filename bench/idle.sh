@@ -4,53 +4,66 @@
 #   bench/idle.sh            # embedded mode (SQLite, in-process broker)
 #   MODE=scaled bench/idle.sh   # Postgres + Redis
 #
-# Starts one windi (limits off, pprof on for /debug/freeosmemory), samples its process_resident_memory_bytes
-# and windi_ws_connections from /metrics every 200 ms while windi-load opens
-# CONNS idle connections (over USERS users) and holds them, then prints the
-# resident memory just before the first connection, at the plateau, and the
-# growth per connection, plus one JSON line.
+# windi-testkit (bench/kit.sh) starts one windi (limits off, a pprof
+# listener for /debug/freeosmemory; scaled: a fresh database and a Redis key
+# prefix of its own, dropped and deleted at the end); this script samples
+# its process_resident_memory_bytes and windi_ws_connections from /metrics
+# every 200 ms while windi-load opens CONNS idle connections (over USERS
+# users) and holds them, then prints the resident memory just before the
+# first connection, at the plateau, and the growth per connection, plus one
+# JSON line.
+#
+# Environment: CONNS [10000], USERS [2], HOLD seconds [15], MODE
+# embedded|scaled, PORT (the server's port [a free one]), PGURL (Postgres
+# admin URL), BIN (a prebuilt windi [built from this tree]), WINDI_* for
+# the server (limits are off; WINDI_LOG_LEVEL defaults to warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10000}
 USERS=${USERS:-2}
-PPROF_PORT=${PPROF_PORT:-18091}
 HOLD=${HOLD:-15}
-PORT=${PORT:-18090}
+PORT=${PORT:-}
 MODE=${MODE:-embedded}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
-DB=windi_idle_bench
+# Tokens outlive the run: windi-load does not refresh them.
+export JWT_TTL=${JWT_TTL:-2h}
+# shellcheck source=bench/kit.sh
+. bench/kit.sh
 
 work=$(mktemp -d -t windi-idle.XXXXXX)
-pid=
+sampler=
 cleanup() {
 	local rc=$?
-	[ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-	[ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null || true
-	[ "$MODE" = scaled ] && psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+	[ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
+	kit_down
 	rm -rf "$work"
 	exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-go build -o "$work/windi" ./cmd/windi
-go build -o "$work/windi-load" ./cmd/windi-load
-export WINDI_SEND_RATE=0 WINDI_USER_SEND_RATE=0 WINDI_LOGIN_LIMIT_IP=0 WINDI_LOGIN_LIMIT_EMAIL=0 WINDI_REGISTER_LIMIT_IP=0 WINDI_MAX_CONNS_PER_USER=0
-export WINDI_LOG_LEVEL=warn WINDI_ADDR=127.0.0.1:$PORT WINDI_DATA_DIR=$work/data WINDI_PPROF_ADDR=127.0.0.1:$PPROF_PORT
-if [ "$MODE" = scaled ]; then
-	psql "$PGURL" -qX -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-	psql "$PGURL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
-	export DATABASE_URL="${PGURL%/*}/$DB" REDIS_URL=redis://127.0.0.1:6379/0 WINDI_REDIS_PREFIX="idle-$RANDOM:" JWT_SECRET=$(openssl rand -hex 32) JWT_TTL=${JWT_TTL:-2h}
+if [ -z "${BIN:-}" ]; then
+	go build -o "$work/windi" ./cmd/windi
+	BIN=$work/windi
 fi
-"$work/windi" >"$work/windi.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+go build -o "$work/windi-load" ./cmd/windi-load
+kit_build "$work"
+flags=(-bin "$BIN" -pprof)
+[ -z "$PORT" ] || flags+=(-port "$PORT")
+case "$MODE" in
+embedded) flags+=(-embedded) ;;
+scaled) ;;
+*) echo "mode: embedded or scaled, not $MODE" >&2; exit 2 ;;
+esac
+kit_up idle "$work" "${flags[@]}"
+URL=$WINDI_URL PPROF=$WINDI_PPROF_URLS
 
 sample() {
 	while true; do
 		# Garbage (password hashing during setup allocates ~19 MiB a user)
 		# must not count: hand freed memory back to the OS before reading.
-		curl -fsS "http://127.0.0.1:$PPROF_PORT/debug/freeosmemory" >/dev/null 2>&1 || true
-		m=$(curl -fsS "http://127.0.0.1:$PORT/metrics" 2>/dev/null) || true
+		curl -fsS "$PPROF/debug/freeosmemory" >/dev/null 2>&1 || true
+		m=$(curl -fsS "$URL/metrics" 2>/dev/null) || true
 		rss=$(awk '/^process_resident_memory_bytes /{print $2}' <<<"$m")
 		conns=$(awk '/^windi_ws_connections /{print $2}' <<<"$m")
 		gor=$(awk '/^go_goroutines /{print $2}' <<<"$m")
@@ -60,7 +73,7 @@ sample() {
 }
 sample >"$work/samples" &
 sampler=$!
-"$work/windi-load" -url "http://127.0.0.1:$PORT" -scenario idle -conns "$CONNS" -users "$USERS" -duration "${HOLD}s" -dial-concurrency 64 -setup-concurrency 8 | tail -n 1 >"$work/load.json"
+"$work/windi-load" -url "$URL" -scenario idle -conns "$CONNS" -users "$USERS" -duration "${HOLD}s" -dial-concurrency 64 -setup-concurrency 8 | tail -n 1 >"$work/load.json"
 kill "$sampler" 2>/dev/null || true
 sampler=
 # Base: the last sample with no connection before they open; plateau: the
