@@ -27,6 +27,9 @@ var (
 	ErrClosed = errors.New("client: connection closed")
 	// ErrQueueFull: MaxPending sends wait for their acks already.
 	ErrQueueFull = errors.New("client: too many sends waiting for their acks")
+	// ErrReconnect: the connection was dropped because Reconnect asked
+	// for a new one (OnState's Disconnected error).
+	ErrReconnect = errors.New("client: reconnecting, as Reconnect asked")
 )
 
 // Close codes of SPEC §4 beyond RFC 6455's.
@@ -79,8 +82,8 @@ func (s State) String() string {
 // the Conn's one goroutine, in the order of events: each sees a consistent
 // view and must return soon (a callback that blocks stops reading, and a
 // server that cannot deliver closes with 4008; the Conn then reconnects
-// and resumes). They may call Send, SendWithID, MarkRead, Positions and
-// Close.
+// and resumes). They may call Send, SendWithID, MarkRead, Positions,
+// Reconnect and Close. OnConnect and Trace run on that goroutine too.
 type Config struct {
 	// ChatID, when set, connects to /ws/{chat_id}: that chat only. Zero
 	// connects to /ws: every chat of the user, and chats joined meanwhile.
@@ -128,6 +131,12 @@ type Config struct {
 	// OnState sees each state change; err says why the connection was lost
 	// (Disconnected) or ended (Closed).
 	OnState func(s State, err error)
+	// OnConnect sees the server's answer to the handshake of every
+	// connection the Conn opens (status 101, no Body), before OnState
+	// reports it Connected: its headers say which server took it behind a
+	// load balancer (WinDI Chat's X-Windi-Replica), its Request the URL
+	// with the positions the connection resumes from.
+	OnConnect func(resp *http.Response)
 	// OnClose is called once when the Conn ends: ErrClosed after Close, a
 	// *CloseError for a terminal close code (4401, 4403, 4500–4999), a
 	// *HandshakeError for a terminal handshake answer (401 after a token
@@ -156,8 +165,13 @@ type Config struct {
 	// unavailable is tried again before its Pending fails; 0 means 10,
 	// negative means never.
 	SendRetries int
-	// Trace, when set, sees every frame read (out false) and written (out
-	// true).
+	// Trace, when set, sees every frame the Conn takes from a socket (out
+	// false) and every frame it writes (out true), on the Conn's goroutine
+	// in the order of events: a frame read just before the Conn's calls it
+	// causes (OnMessage, OnError…). A frame a socket had read when the Conn
+	// dropped it is not traced, since the Conn never took it (the resume
+	// brings it again). Tests check frames against the spec with it, and
+	// count what the server sent before the Conn dropped repeats.
 	Trace func(out bool, data []byte)
 }
 
@@ -266,6 +280,7 @@ type Conn struct {
 
 	wake     chan struct{} // capacity 1: the queue or reads changed
 	closeReq chan struct{} // closed by Close
+	redial   chan struct{} // capacity 1: Reconnect was called
 	done     chan struct{} // closed when the goroutine has ended
 	fetched  chan fetchResult
 	first    chan error // the first connection's outcome, once
@@ -339,7 +354,7 @@ func (c *Client) newConn(cfg Config) *Conn {
 	conn := &Conn{
 		client: c, cfg: cfg, clock: cfg.Clock,
 		pending: map[sendKey]*Pending{}, reads: map[int64]int64{},
-		wake: make(chan struct{}, 1), closeReq: make(chan struct{}), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), closeReq: make(chan struct{}), redial: make(chan struct{}, 1), done: make(chan struct{}),
 		fetched: make(chan fetchResult, 16), first: make(chan error, 1),
 		chats: map[int64]*chatState{}, sendReads: map[int64]int64{},
 	}
@@ -608,6 +623,22 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// Reconnect drops the current connection and opens a new one at once,
+// resuming as after any lost connection (sends not yet acked are written
+// again, with their client_msg_id): to move to another server behind a
+// load balancer, say, or when the device has changed networks and the old
+// path may be dead. The old socket is closed with 1000 in the background.
+// While the Conn waits to reconnect after a loss, Reconnect ends the wait;
+// while it dials, the connection being dialed is the new one. OnState
+// reports Disconnected with ErrReconnect, then Connecting and Connected.
+// After the Conn has ended it does nothing.
+func (c *Conn) Reconnect() {
+	select {
+	case c.redial <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
 func (c *Conn) signal() {
 	select {
 	case c.wake <- struct{}{}:
@@ -656,7 +687,11 @@ func (c *Conn) run() {
 			}
 		}
 		c.setState(Connecting, nil)
-		sock, err := c.connect(expired)
+		select { // a Reconnect asked for before this attempt: it is the new connection
+		case <-c.redial:
+		default:
+		}
+		sock, resp, err := c.connect(expired)
 		if err != nil {
 			if c.ctx.Err() != nil {
 				c.finish(ErrClosed)
@@ -683,6 +718,9 @@ func (c *Conn) run() {
 			continue
 		}
 		expired, rejected = false, 0
+		if c.cfg.OnConnect != nil {
+			c.cfg.OnConnect(resp)
+		}
 		up := c.clock.Now()
 		err = c.serve(sock)
 		c.sock = nil
@@ -695,6 +733,8 @@ func (c *Conn) run() {
 		}
 		lastErr = err
 		switch code := CloseStatus(err); {
+		case errors.Is(err, ErrReconnect):
+			wait = 0
 		case code == CloseTokenExpired:
 			expired, wait = true, 0
 		case code == CloseGoingAway:
@@ -724,22 +764,23 @@ func isTokenErr(err error) bool {
 	return errors.As(err, &te)
 }
 
-// connect gets a token, reads the first positions (once), and dials.
-func (c *Conn) connect(expired bool) (*Socket, error) {
+// connect gets a token, reads the first positions (once), and dials; it
+// returns the handshake's answer too.
+func (c *Conn) connect(expired bool) (*Socket, *http.Response, error) {
 	tok, err := c.client.tokenFor(c.ctx, expired, c.lastToken)
 	if err != nil {
 		if errors.Is(err, ErrNoToken) || errors.Is(err, ErrSessionEnded) {
-			return nil, err
+			return nil, nil, err
 		}
 		if c.client.hasTokenFunc() {
-			return nil, &tokenError{err}
+			return nil, nil, &tokenError{err}
 		}
-		return nil, err // a refresh that failed on the way (network, 503): retried with backoff
+		return nil, nil, err // a refresh that failed on the way (network, 503): retried with backoff
 	}
 	c.lastToken = tok
 	if !c.positioned {
 		if err := c.readPositions(tok); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c.positioned = true
 	}
@@ -749,12 +790,24 @@ func (c *Conn) connect(expired bool) (*Socket, error) {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
 	defer cancel()
-	sock, _, err := DialSocket(ctx, c.client.wsURLRaw(path, query), SocketOptions{
+	opts := SocketOptions{
 		HTTPClient: c.client.http,
 		Header:     http.Header{"Authorization": {"Bearer " + tok}},
-		Trace:      c.cfg.Trace,
-	})
-	return sock, err
+	}
+	if trace := c.cfg.Trace; trace != nil {
+		// Writes are traced by the socket (they happen on this goroutine);
+		// reads by serve, when it takes them.
+		opts.Trace = func(out bool, data []byte) {
+			if out {
+				trace(true, data)
+			}
+		}
+	}
+	sock, resp, err := DialSocket(ctx, c.client.wsURLRaw(path, query), opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sock, resp, nil
 }
 
 // maxResumeQuery bounds the positions listed in the handshake URL (the
@@ -891,6 +944,8 @@ func (c *Conn) sleep(d time.Duration) bool {
 			return true
 		case <-c.closeReq:
 			return false
+		case <-c.redial:
+			return true
 		case <-c.wake:
 			c.take()
 		case f := <-c.fetched:
@@ -906,6 +961,7 @@ func (c *Conn) serve(sock *Socket) error {
 	frames := make(chan readResult)
 	stop := make(chan struct{})
 	stopReader := sync.OnceFunc(func() { close(stop) })
+	closeSock := sock.CloseNow
 	go func() { // reads the socket until it ends or serve returns
 		for {
 			f, err := sock.Read(context.Background())
@@ -921,7 +977,7 @@ func (c *Conn) serve(sock *Socket) error {
 	}()
 	defer func() {
 		stopReader()
-		_ = sock.CloseNow()
+		_ = closeSock()
 		c.stopTimer()
 	}()
 
@@ -962,6 +1018,9 @@ func (c *Conn) serve(sock *Socket) error {
 			if r.err != nil && r.f.Raw == nil {
 				return r.err
 			}
+			if c.cfg.Trace != nil {
+				c.cfg.Trace(false, r.f.Raw)
+			}
 			c.handle(r.f)
 		case <-c.wake:
 			c.take()
@@ -981,6 +1040,15 @@ func (c *Conn) serve(sock *Socket) error {
 			stopReader()
 			_ = sock.Close(int(websocket.StatusNormalClosure), "")
 			return errUserClose
+		case <-c.redial:
+			// The close handshake waits for the server (up to 5 s, longer
+			// than a dead path deserves): the new socket need not.
+			stopReader()
+			closeSock = func() error {
+				go func() { _ = sock.Close(int(websocket.StatusNormalClosure), "reconnecting") }()
+				return nil
+			}
+			return ErrReconnect
 		}
 		if c.writeErr != nil {
 			return c.writeErr

@@ -56,7 +56,17 @@
 // session was revoked), 4403 (removed from the chat of a per-chat Conn),
 // other codes from 4500 on, and on 4501 (token expired) or a 401 at the
 // handshake unless the Client gets a new token: by refreshing its session
-// or from its TokenFunc.
+// or from its TokenFunc. Reconnect drops the connection and opens a new
+// one at once (or cuts short the wait before the next attempt), resuming
+// as after any loss: to move to another server behind a load balancer, or
+// when the device has changed networks. Config.OnConnect sees the answer
+// to each handshake; WinDI Chat's X-Windi-Replica header in it names the
+// replica that took the connection.
+//
+// Config.Trace sees the raw frames, on the Conn's goroutine in order with
+// the callbacks: every frame the Conn reads (repeats it drops included)
+// and writes. Tests check them against the spec, and count from them what
+// the server sent, which the Conn's guarantees hide.
 //
 // # Sessions and refresh
 //

@@ -139,6 +139,9 @@ type fakeConn struct {
 	t  *testing.T
 	ws *websocket.Conn
 	in chan map[string]any
+	// end is the read error that ended the connection, set before in is
+	// closed (it carries the client's close code).
+	end error
 }
 
 func newFakeServer(t *testing.T, chats ...rest.Chat) *fakeServer {
@@ -184,6 +187,10 @@ func newFakeServer(t *testing.T, chats ...rest.Chat) *fakeServer {
 			_, _ = w.Write([]byte(`{"code":"refused","title":"refused","status":` + strconv.Itoa(status) + `,"type":"about:blank"}`))
 			return
 		}
+		// Each connection names itself, as a replica behind a proxy does.
+		f.mu.Lock()
+		w.Header().Set("X-Windi-Replica", "fake-"+strconv.Itoa(len(f.all)+1))
+		f.mu.Unlock()
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -198,6 +205,7 @@ func newFakeServer(t *testing.T, chats ...rest.Chat) *fakeServer {
 			for {
 				_, data, err := c.Read(context.Background())
 				if err != nil {
+					fc.end = err
 					return
 				}
 				var m map[string]any
