@@ -1,39 +1,51 @@
 package faults
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/windi-chat/windi/app/apptest/speccheck"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
-// api is a REST client for one base URL (the proxy, or one replica).
-type api struct {
-	base string
-	hc   *http.Client
+// The tests talk to the servers through the Go SDK: a client.Client per
+// user for REST, and client.Conn (see device) or a raw client.Socket for
+// WebSockets.
+
+// user is a registered, logged-in user with a Client of the proxy.
+type user struct {
+	ID    int64
+	Name  string
+	Token string
+	c     *client.Client
 }
 
-// newAPI returns a client of base whose every answer from a replica is
-// checked against api/openapi.yaml; a mismatch fails t. What nginx answers
-// itself (a 502 while a replica is down) is not the server's and is left
-// out.
-func newAPI(t testing.TB, base string) *api {
+// specHTTP returns the HTTP client of the tests' SDK clients: every REST
+// answer from a replica is checked against api/openapi.yaml, and a
+// mismatch fails t. What nginx answers itself (a 502 while a replica is
+// down) is not the server's and is left out, and so are WebSocket
+// upgrades (their body is the connection).
+func specHTTP(t testing.TB) *http.Client {
 	t.Helper()
-	tr := &speccheck.Transport{Checker: spec(t), R: speccheck.ForTest(t), Skip: func(resp *http.Response) string {
-		if resp.Header.Get("X-Windi-Replica") == "" {
-			return "answered by the proxy, not a replica"
-		}
-		return ""
-	}}
-	return &api{base: strings.TrimRight(base, "/"), hc: &http.Client{Timeout: 15 * time.Second, Transport: tr}}
+	tr := &speccheck.Transport{
+		Checker: spec(t), R: speccheck.ForTest(t),
+		Base: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 16, IdleConnTimeout: 30 * time.Second},
+		Skip: func(resp *http.Response) string {
+			switch {
+			case resp.StatusCode == http.StatusSwitchingProtocols:
+				return "a WebSocket upgrade"
+			case resp.Header.Get("X-Windi-Replica") == "":
+				return "answered by the proxy, not a replica"
+			}
+			return ""
+		},
+	}
+	return &http.Client{Timeout: 15 * time.Second, Transport: tr}
 }
 
 // spec returns the checker of api/openapi.yaml.
@@ -46,112 +58,76 @@ func spec(t testing.TB) *speccheck.Checker {
 	return c
 }
 
-// call sends a request and returns the status and body; no test helpers,
-// so any goroutine may use it.
-func (a *api) call(ctx context.Context, method, path, token string, body any) (int, []byte, error) {
-	var rd io.Reader
-	ctype := ""
-	switch b := body.(type) {
-	case nil:
-	case url.Values:
-		rd, ctype = strings.NewReader(b.Encode()), "application/x-www-form-urlencoded"
-	default:
-		j, err := json.Marshal(b)
-		if err != nil {
-			return 0, nil, err
-		}
-		rd, ctype = bytes.NewReader(j), "application/json"
+// newClient returns a Client of base (the proxy, or one replica) with
+// token, over hc.
+func newClient(t testing.TB, hc *http.Client, base, token string) *client.Client {
+	t.Helper()
+	c, err := client.New(base, client.WithHTTPClient(hc), client.WithToken(token))
+	if err != nil {
+		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	return c
+}
+
+// register registers a user through base and logs in.
+func register(t testing.TB, hc *http.Client, base, name string) *user {
+	t.Helper()
+	c, err := client.New(base, client.WithHTTPClient(hc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, rd)
-	if err != nil {
-		return 0, nil, err
-	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, data, err
-}
-
-// must calls and fails the test unless the status is want; out (unless
-// nil) receives the JSON answer. Only from the test's goroutine.
-func (a *api) must(t testing.TB, method, path, token string, body any, want int, out any) {
-	t.Helper()
-	code, data, err := a.call(context.Background(), method, path, token, body)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	if code != want {
-		t.Fatalf("%s %s: got status %d, want %d; body: %s", method, path, code, want, data)
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			t.Fatalf("%s %s: decode %s: %v", method, path, data, err)
-		}
-	}
-}
-
-// user is a registered, logged-in user.
-type user struct {
-	ID    int64
-	Name  string
-	Token string
-}
-
-func (a *api) register(t testing.TB, name string) *user {
-	t.Helper()
 	email := fmt.Sprintf("faults-%s-%s@example.com", strings.ToLower(name), randomHex(5))
 	const password = "faults correct horse"
-	var u struct {
-		ID int64 `json:"id"`
+	u, err := c.Register(ctx, name, email, password)
+	if err != nil {
+		t.Fatalf("register %s: %v", name, err)
 	}
-	a.must(t, http.MethodPost, "/register", "", map[string]string{"name": name, "email": email, "password": password}, http.StatusCreated, &u)
-	var tok struct {
-		AccessToken string `json:"access_token"`
+	tok, err := c.Login(ctx, email, password)
+	if err != nil {
+		t.Fatalf("log in %s: %v", name, err)
 	}
-	a.must(t, http.MethodPost, "/login", "", url.Values{"username": {email}, "password": {password}}, http.StatusOK, &tok)
-	return &user{ID: u.ID, Name: name, Token: tok.AccessToken}
+	return &user{ID: u.ID, Name: name, Token: tok.AccessToken, c: c}
 }
 
-// message is the Message schema, the fields the tests look at.
-type message struct {
-	ID          int64  `json:"id"`
-	ChatID      int64  `json:"chat_id"`
-	Seq         int64  `json:"seq"`
-	SenderID    int64  `json:"sender_id"`
-	Text        string `json:"text"`
-	ClientMsgID string `json:"client_msg_id"`
+// createGroup makes a group of owner with the other members; it returns
+// its id.
+func createGroup(t testing.TB, owner *user, name string, members ...int64) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	ch, err := owner.c.CreateGroup(ctx, name, members...)
+	if err != nil {
+		t.Fatalf("create group %q: %v", name, err)
+	}
+	return ch.ID
+}
+
+// privateChat makes the private chat of a and b; it returns its id.
+func privateChat(t testing.TB, a, b *user) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	ch, err := a.c.PrivateChat(ctx, b.ID)
+	if err != nil {
+		t.Fatalf("private chat of %s and %s: %v", a.Name, b.Name, err)
+	}
+	return ch.ID
 }
 
 // history reads a chat's whole history, oldest first, page by page with
 // after_seq.
-func (a *api) history(ctx context.Context, token string, chatID int64) ([]message, error) {
-	var all []message
-	var after int64
+func history(ctx context.Context, c *client.Client, chatID int64) ([]rest.Message, error) {
+	var all []rest.Message
+	limit, after := 100, int64(0)
 	for {
-		code, data, err := a.call(ctx, http.MethodGet, fmt.Sprintf("/history/%d?limit=100&after_seq=%d", chatID, after), token, nil)
+		page, err := c.History(ctx, chatID, &rest.GetHistoryParams{Limit: &limit, AfterSeq: &after})
 		if err != nil {
-			return nil, err
-		}
-		if code != http.StatusOK {
-			return nil, fmt.Errorf("history of chat %d: status %d: %s", chatID, code, data)
-		}
-		var page []message
-		if err := json.Unmarshal(data, &page); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("history of chat %d: %w", chatID, err)
 		}
 		all = append(all, page...)
-		if len(page) < 100 {
+		if len(page) < limit {
 			return all, nil
 		}
 		after = page[len(page)-1].Seq
@@ -159,26 +135,35 @@ func (a *api) history(ctx context.Context, token string, chatID int64) ([]messag
 }
 
 // presence returns the online members of a chat.
-func (a *api) presence(ctx context.Context, token string, chatID int64) (map[int64]bool, error) {
-	code, data, err := a.call(ctx, http.MethodGet, fmt.Sprintf("/chats/%d/presence", chatID), token, nil)
+func presence(ctx context.Context, c *client.Client, chatID int64) (map[int64]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	r, err := c.REST.GetPresenceWithResponse(ctx, chatID)
 	if err != nil {
 		return nil, err
 	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("presence of chat %d: status %d: %s", chatID, code, data)
-	}
-	var ids []int64
-	if err := json.Unmarshal(data, &ids); err != nil {
-		return nil, err
+	if r.JSON200 == nil {
+		return nil, fmt.Errorf("presence of chat %d: %w", chatID, client.ResponseError(r.HTTPResponse, r.Body))
 	}
 	on := map[int64]bool{}
-	for _, id := range ids {
+	for _, id := range *r.JSON200 {
 		on[id] = true
 	}
 	return on, nil
 }
 
-// wsURL turns an http(s) base URL into the ws(s) URL of path.
-func wsURL(base, path string) string {
-	return "ws" + strings.TrimPrefix(strings.TrimRight(base, "/"), "http") + path
+// sendREST sends a message over REST (POST /chats/{id}/messages); it
+// returns the status and body.
+func sendREST(ctx context.Context, c *client.Client, chatID int64, cmid, text string) (int, string, *rest.Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	r, err := c.REST.SendMessageWithResponse(ctx, chatID, rest.SendMessageRequest{ClientMsgID: cmid, Text: text})
+	if err != nil {
+		return 0, "", nil, err
+	}
+	m := r.JSON200
+	if m == nil {
+		m = r.JSON201
+	}
+	return r.StatusCode(), string(r.Body), m, nil
 }

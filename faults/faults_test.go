@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/windi-chat/windi/client"
 )
 
 // report prints a scenario's one-line summary (also kept in the test log).
@@ -42,8 +44,7 @@ func TestKill9(t *testing.T) {
 	l.spread(t, 2)
 	l.pinObservers(t, victim)
 
-	survivor := newAPI(t, c.replicas[1].url)
-	token := l.users[0].Token
+	survivor := l.clientAt(t, c.replicas[1].url, l.users[0])
 	online := func(on map[int64]bool, us []*user) int {
 		n := 0
 		for _, u := range us {
@@ -55,7 +56,7 @@ func TestKill9(t *testing.T) {
 	}
 	observers := []*user{l.obs[0].u, l.obs[1].u}
 	if err := waitFor(10*time.Second, func() bool {
-		on, err := survivor.presence(context.Background(), token, l.group)
+		on, err := presence(context.Background(), survivor, l.group)
 		return err == nil && online(on, observers) == len(observers) && online(on, l.users) == len(l.users)
 	}); err != nil {
 		t.Fatalf("observers and users not all online before the kill: %v", err)
@@ -84,7 +85,7 @@ func TestKill9(t *testing.T) {
 		var pr presenceResult
 		for {
 			pr.polled++
-			on, err := survivor.presence(context.Background(), token, l.group)
+			on, err := presence(context.Background(), survivor, l.group)
 			if err == nil && online(on, observers) == 0 {
 				pr.after, pr.users = time.Since(killedAt), online(on, l.users)
 				presc <- pr
@@ -99,22 +100,15 @@ func TestKill9(t *testing.T) {
 		}
 	}()
 
-	recovery, err := l.waitRecovered(20 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	for _, d := range moving {
-		if r, ready := d.currentReplica(); !ready || r == victimName {
-			t.Errorf("%s: still not moved off the killed replica (on %q, ready %v)", d.name, r, ready)
+	var pr presenceResult
+	res, recovery := l.finish(t, ending{recoverWithin: 20 * time.Second, sendUntil: killedAt.Add(6 * time.Second), beforeClose: func() {
+		for _, d := range moving {
+			if r, ready := d.currentReplica(); !ready || r == victimName {
+				t.Errorf("%s: still not moved off the killed replica (on %q, ready %v)", d.name, r, ready)
+			}
 		}
-	}
-	sleepUntil(killedAt.Add(6 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	pr := <-presc // the devices stay connected meanwhile: their users must stay online
-	l.close()
+		pr = <-presc // the devices stay connected meanwhile: their users must stay online
+	}})
 	l.mu.Lock()
 	offline := 0
 	for _, u := range observers {
@@ -177,7 +171,7 @@ func TestRedisRestart(t *testing.T) {
 	// Presence right after the restart, then until every user is back,
 	// on every replica.
 	presenceRight := -1
-	if on, err := newAPI(t, c.replicas[0].url).presence(context.Background(), l.users[0].Token, l.group); err == nil {
+	if on, err := presence(context.Background(), l.clientAt(t, c.replicas[0].url, l.users[0]), l.group); err == nil {
 		presenceRight = len(on)
 	}
 	ready, err := c.waitReady(http.StatusOK, 20*time.Second)
@@ -192,17 +186,24 @@ func TestRedisRestart(t *testing.T) {
 	case after.code != "" || !after.dup || after.seq != before.seq || after.id != before.id:
 		t.Errorf("repeat of %s after the restart: got %+v, want duplicate:true of seq %d id %d", dupID, after, before.seq, before.id)
 	}
-	var viaREST message
-	l.a.must(t, http.MethodPost, fmt.Sprintf("/chats/%d/messages", l.group), l.users[0].Token,
-		map[string]string{"client_msg_id": dupID, "text": "the same send, over REST"}, http.StatusOK, &viaREST)
-	if viaREST.ID != before.id || viaREST.Seq != before.seq {
+	code, body, viaREST, err := sendREST(context.Background(), l.users[0].c, l.group, dupID, "the same send, over REST")
+	switch {
+	case err != nil:
+		t.Errorf("REST repeat of %s: %v", dupID, err)
+	case code != http.StatusOK || viaREST == nil:
+		t.Errorf("REST repeat of %s: got status %d %s, want 200 with the original message", dupID, code, body)
+	case viaREST.ID != before.id || viaREST.Seq != before.seq:
 		t.Errorf("REST repeat of %s: got id %d seq %d, want the original id %d seq %d", dupID, viaREST.ID, viaREST.Seq, before.id, before.seq)
 	}
 
 	var presenceBack time.Duration
+	perReplica := make([]*client.Client, len(c.replicas))
+	for i, r := range c.replicas {
+		perReplica[i] = l.clientAt(t, r.url, l.users[0])
+	}
 	err = waitFor(30*time.Second, func() bool {
-		for _, r := range c.replicas {
-			on, err := newAPI(t, r.url).presence(context.Background(), l.users[0].Token, l.group)
+		for _, rc := range perReplica {
+			on, err := presence(context.Background(), rc, l.group)
 			if err != nil {
 				return false
 			}
@@ -219,16 +220,7 @@ func TestRedisRestart(t *testing.T) {
 		t.Errorf("presence not rebuilt on every replica %s after Redis came back", secs(presenceBack))
 	}
 
-	recovery, err := l.waitRecovered(20 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(faultAt.Add(8 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 20 * time.Second, sendUntil: faultAt.Add(8 * time.Second)})
 	report(t, "redis-restart", start, res,
 		fmt.Sprintf("Redis down %s", secs(outage)),
 		"replicas ready again after "+secs(ready),
@@ -293,16 +285,7 @@ func TestPostgresOutage(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
-	recovery, err := l.waitRecovered(30 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(startedAt.Add(4 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: startedAt.Add(4 * time.Second)})
 
 	// Sends first made while the database was down: refused with
 	// unavailable, none acked; every device's sends go through again.
@@ -379,7 +362,7 @@ func TestRollingRestart(t *testing.T) {
 		worst = max(worst, recovery)
 		var with1001 int
 		for _, d := range moving {
-			cl := d.closesOn(name)
+			cl := d.closesOn(name, faultAt)
 			if len(cl) == 1 && cl[0].code == 1001 {
 				with1001++
 			} else {
@@ -403,11 +386,7 @@ func TestRollingRestart(t *testing.T) {
 			r.idx, with1001, len(moving), secs(exited), secs(recovery), secs(restarted), secs(routed)))
 		time.Sleep(time.Second)
 	}
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, _ := l.finish(t, ending{})
 	report(t, "rolling-restart", start, res, append(steps, "recovery "+secs(worst)+" (worst step)", c.nginxStats())...)
 	res.check(t)
 }

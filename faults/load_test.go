@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/windi-chat/windi/app/apptest/speccheck"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 type loadOptions struct {
@@ -31,25 +31,33 @@ type ackRec struct {
 	dev           *device
 }
 
+// rawAck is what the server's acks of one client_msg_id said, from the
+// raw frames of every device.
+type rawAck struct {
+	seq, id int64
+	fresh   int // acks with duplicate:false
+}
+
 // load is a set of users in a group chat (and a private chat of two of
 // them), each with two devices through the proxy, all sending while a
 // scenario breaks things; it checks and counts what every device receives.
 type load struct {
 	t       *testing.T
 	c       *cluster
-	a       *api // through the proxy
+	hc      *http.Client // the SDK clients', checking REST answers against the spec
 	spec    *speccheck.Checker
 	run     string
 	users   []*user
 	group   int64
 	private int64
-	devices []*device // tracked: they send and every delivery is checked
-	obs     []*device // observers
+	devices []*device   // tracked: they send and every delivery is checked
+	obs     []*observer // observers
 
 	ctx      context.Context
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup // device connections
+	obsWG    sync.WaitGroup // observers' readers
 	sendWG   sync.WaitGroup // senders
+	waiting  sync.WaitGroup // sends waiting for their outcome
 	sending  atomic.Bool
 	interval time.Duration
 	window   int
@@ -60,11 +68,12 @@ type load struct {
 	sent      map[string]*sendRec
 	acked     map[string]ackRec
 	failed    map[string]ackRec
+	rawAcks   map[string]rawAck
 	errCodes  map[string]int
 	dialFails map[string]int
 	dupAcks   int
+	syncs     int // sync frames the SDK wrote: it saw a gap
 	faultAt   time.Time
-	waiters   map[string]chan ackRec
 	problems  []string
 	nProblems int
 	// known, when set, names a known server bug an error answer shows
@@ -85,33 +94,26 @@ func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
 		o.window = 4
 	}
 	l := &load{
-		t: t, c: c, a: newAPI(t, c.base), spec: spec(t), run: randomHex(4), interval: o.interval, window: o.window,
-		sent: map[string]*sendRec{}, acked: map[string]ackRec{}, failed: map[string]ackRec{},
-		errCodes: map[string]int{}, dialFails: map[string]int{}, waiters: map[string]chan ackRec{},
+		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: randomHex(4), interval: o.interval, window: o.window,
+		sent: map[string]*sendRec{}, acked: map[string]ackRec{}, failed: map[string]ackRec{}, rawAcks: map[string]rawAck{},
+		errCodes: map[string]int{}, dialFails: map[string]int{},
 		knownIssues: map[string]int{}, offline: map[int64][]time.Time{},
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	t.Cleanup(l.close)
 	for i := range 4 {
-		l.users = append(l.users, l.a.register(t, fmt.Sprintf("User%d", i)))
+		l.users = append(l.users, l.register(t, fmt.Sprintf("User%d", i)))
 	}
 	var obsUsers []*user
 	for i := range o.observers {
-		obsUsers = append(obsUsers, l.a.register(t, fmt.Sprintf("Observer%d", i)))
+		obsUsers = append(obsUsers, l.register(t, fmt.Sprintf("Observer%d", i)))
 	}
 	var members []int64
 	for _, u := range append(l.users[1:], obsUsers...) {
 		members = append(members, u.ID)
 	}
-	var chat struct {
-		ID int64 `json:"id"`
-	}
-	l.a.must(t, http.MethodPost, "/chats", l.users[0].Token,
-		map[string]any{"type": "group", "name": "faults " + l.run, "member_ids": members}, http.StatusCreated, &chat)
-	l.group = chat.ID
-	l.a.must(t, http.MethodPost, "/chats", l.users[0].Token,
-		map[string]any{"type": "private", "user_id": l.users[1].ID}, http.StatusCreated, &chat)
-	l.private = chat.ID
+	l.group = createGroup(t, l.users[0], "faults "+l.run, members...)
+	l.private = privateChat(t, l.users[0], l.users[1])
 
 	// Two devices per user: one on /ws (every chat of the user), one on
 	// /ws/{chat_id}.
@@ -131,19 +133,40 @@ func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
 		if d.chatID != 0 {
 			kind = fmt.Sprintf("c%d", d.chatID)
 		}
-		l.devices = append(l.devices, newDevice(l, i, fmt.Sprintf("u%d-%s-%d", d.user, kind, i), l.users[d.user], d.chatID, d.chats, true))
+		l.devices = append(l.devices, newDevice(l, i, fmt.Sprintf("u%d-%s-%d", d.user, kind, i), l.users[d.user], d.chatID, d.chats))
 	}
 	for i, u := range obsUsers {
-		l.obs = append(l.obs, newDevice(l, 100+i, fmt.Sprintf("observer%d", i), u, g, nil, false))
+		l.obs = append(l.obs, &observer{name: fmt.Sprintf("observer%d", i), u: u})
 	}
-	for _, d := range l.devices {
-		l.wg.Add(1)
-		go d.run()
+	ctx, cancel := context.WithTimeout(l.ctx, 20*time.Second)
+	defer cancel()
+	errs := make([]error, len(l.devices))
+	var wg sync.WaitGroup
+	for i, d := range l.devices {
+		wg.Go(func() { errs[i] = d.dial(ctx) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := l.waitConnected(20 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// register registers a user through the proxy.
+func (l *load) register(t *testing.T, name string) *user {
+	t.Helper()
+	return register(t, l.hc, l.c.base, name)
+}
+
+// clientAt is a Client of one replica (or any base URL) with u's token.
+func (l *load) clientAt(t *testing.T, base string, u *user) *client.Client {
+	t.Helper()
+	return newClient(t, l.hc, base, u.Token)
 }
 
 func (l *load) waitConnected(d time.Duration) error {
@@ -177,7 +200,7 @@ func (l *load) on(replica string) []*device {
 }
 
 // spread makes sure at least n devices are on every replica, moving
-// devices (a client-side close and a redial through the proxy) until they
+// devices (Conn.Reconnect: a new connection through the proxy) until they
 // are. Only before the load starts.
 func (l *load) spread(t *testing.T, n int) {
 	t.Helper()
@@ -202,8 +225,9 @@ func (l *load) spread(t *testing.T, n int) {
 				from = ds
 			}
 		}
-		from[attempt%len(from)].forceReconnect()
-		time.Sleep(50 * time.Millisecond)
+		if err := from[attempt%len(from)].move(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
 		if err := l.waitConnected(10 * time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -214,27 +238,38 @@ func (l *load) spread(t *testing.T, n int) {
 // it lands on r. Observers never reconnect.
 func (l *load) pinObservers(t *testing.T, r *replica) {
 	t.Helper()
-	for _, d := range l.obs {
+	for _, o := range l.obs {
 		pinned := false
 		for attempt := 0; attempt < 40 && !pinned; attempt++ {
-			conn, rep, err := d.dial(l.c.base)
+			ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+			sock, resp, err := o.u.c.DialSocket(ctx, fmt.Sprintf("/ws/%d", l.group), client.SocketOptions{Trace: func(out bool, data []byte) {
+				if !out {
+					if err := l.spec.CheckServerFrame(data); err != nil {
+						l.problem("%s: %v", o.name, err)
+					}
+				}
+			}})
+			cancel()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			if rep != r.Name() {
-				_ = conn.Close(websocket.StatusNormalClosure, "wrong replica")
+			if resp.Header.Get("X-Windi-Replica") != r.Name() {
+				_ = sock.Close(1000, "wrong replica")
 				continue
 			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				d.serve(conn, rep)
-			}()
+			o.sock = sock
+			l.obsWG.Go(func() {
+				for {
+					if f, err := sock.Read(context.Background()); err != nil && f.Raw == nil {
+						return
+					}
+				}
+			})
 			pinned = true
 		}
 		if !pinned {
-			t.Fatalf("%s: no connection through the proxy landed on %s in 40 dials", d.name, r.Name())
+			t.Fatalf("%s: no connection through the proxy landed on %s in 40 dials", o.name, r.Name())
 		}
 	}
 }
@@ -254,8 +289,8 @@ func (l *load) stopSending() {
 	l.sendWG.Wait()
 }
 
-// markFault starts a recovery measurement: a device has recovered once it
-// receives a message first sent after this moment.
+// markFault starts a recovery measurement: a device has recovered once its
+// application sees a message first sent after this moment.
 func (l *load) markFault() time.Time {
 	now := time.Now()
 	l.mu.Lock()
@@ -314,43 +349,61 @@ func (l *load) recordSent(r *sendRec) {
 	}
 }
 
-func (l *load) recordAck(d *device, cmid string, m message, dup, mine bool) {
+// recordAck takes the ack a send of d resolved with: it must carry what
+// was first sent under its client_msg_id, and agree with any earlier ack
+// of it.
+func (l *load) recordAck(d *device, ack rest.MessageAckFrame) ackRec {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	m, cmid := ack.Message, ack.ClientMsgID
+	a := ackRec{chat: m.ChatID, seq: m.Seq, id: m.ID, dup: ack.Duplicate, at: time.Now(), dev: d}
 	r := l.sent[cmid]
 	if r == nil {
 		l.problemLocked("%s: ack for %q, which no device sent", d.name, cmid)
-		return
+		return a
 	}
-	a := ackRec{chat: m.ChatID, seq: m.Seq, id: m.ID, dup: dup, at: time.Now(), dev: d}
 	if m.ChatID != r.chat || m.ClientMsgID != cmid || m.Text != r.text {
 		l.problemLocked("%s: ack for %q carries chat %d, client_msg_id %q, text %q; sent to chat %d with text %q", d.name, cmid, m.ChatID, m.ClientMsgID, m.Text, r.chat, r.text)
-	}
-	if !mine {
-		l.problemLocked("%s: ack for %q, which it had no send of in flight", d.name, cmid)
 	}
 	if prev, ok := l.acked[cmid]; ok {
 		if prev.seq != a.seq || prev.id != a.id {
 			l.problemLocked("%s: %q acked as seq %d (id %d), earlier as seq %d (id %d)", d.name, cmid, a.seq, a.id, prev.seq, prev.id)
 		}
-		if !dup {
+		if !a.dup {
 			l.problemLocked("%s: %q acked as new (duplicate:false) a second time", d.name, cmid)
 		}
 	} else {
 		l.acked[cmid] = a
 	}
+	return a
+}
+
+// rawAck takes an ack frame as the server sent it (the Conn answers a
+// Pending with one of them): every ack of a client_msg_id names the same
+// message, and at most one says duplicate:false.
+func (l *load) rawAck(d *device, cmid string, m rest.Message, dup bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if dup {
 		l.dupAcks++
 	}
-	if w := l.waiters[cmid]; w != nil {
-		select {
-		case w <- a:
-		default:
+	prev, ok := l.rawAcks[cmid]
+	if ok && (prev.seq != m.Seq || prev.id != m.ID) {
+		l.problemLocked("%s: the server acked %q as seq %d (id %d), earlier as seq %d (id %d)", d.name, cmid, m.Seq, m.ID, prev.seq, prev.id)
+	}
+	if !ok {
+		prev = rawAck{seq: m.Seq, id: m.ID}
+	}
+	if !dup {
+		prev.fresh++
+		if prev.fresh == 2 {
+			l.problemLocked("%s: the server acked %q as new (duplicate:false) a second time", d.name, cmid)
 		}
 	}
+	l.rawAcks[cmid] = prev
 }
 
-func (l *load) recordFailed(r *sendRec, code string) {
+func (l *load) recordFailed(r *sendRec, code string) ackRec {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	a := ackRec{chat: r.chat, code: code, at: time.Now(), dev: r.dev}
@@ -362,12 +415,7 @@ func (l *load) recordFailed(r *sendRec, code string) {
 			l.problemLocked("%s: send %q answered with error %q", r.dev.name, r.cmid, code)
 		}
 	}
-	if w := l.waiters[r.cmid]; w != nil {
-		select {
-		case w <- a:
-		default:
-		}
-	}
+	return a
 }
 
 func (l *load) knownIssue(r *sendRec, code string) string {
@@ -389,6 +437,12 @@ func (l *load) recordPresence(userID int64, online bool) {
 func (l *load) countError(code string) {
 	l.mu.Lock()
 	l.errCodes[code]++
+	l.mu.Unlock()
+}
+
+func (l *load) countSync() {
+	l.mu.Lock()
+	l.syncs++
 	l.mu.Unlock()
 }
 
@@ -443,12 +497,12 @@ func (l *load) unsettled() string {
 	for _, d := range l.devices {
 		d.mu.Lock()
 		switch {
-		case !d.ready:
+		case !d.connected:
 			why = append(why, d.name+" not connected")
-		case len(d.pending) > 0:
-			why = append(why, fmt.Sprintf("%s has %d sends unanswered", d.name, len(d.pending)))
+		case len(d.outstanding) > 0:
+			why = append(why, fmt.Sprintf("%s has %d sends unanswered", d.name, len(d.outstanding)))
 		default:
-			for c, s := range d.streams {
+			for c, s := range d.seen {
 				if s.last < top[c] {
 					why = append(why, fmt.Sprintf("%s is at seq %d of chat %d, acked up to %d", d.name, s.last, c, top[c]))
 				}
@@ -459,23 +513,71 @@ func (l *load) unsettled() string {
 	return strings.Join(why, "; ")
 }
 
+// ending is how a scenario ends, once its fault is over.
+type ending struct {
+	// recoverWithin, when set, is how long the devices may take to
+	// recover from the fault (markFault): each to see a message first sent
+	// after it.
+	recoverWithin time.Duration
+	// sendUntil is when the load stops sending (at once if it has passed).
+	sendUntil time.Time
+	// beforeClose, when set, runs after the verification while the
+	// devices are still connected.
+	beforeClose func()
+}
+
+// finish ends a scenario the way every one does: it waits for the
+// recovery, lets the load run on until e.sendUntil, drains it (every send
+// answered, every device caught up), verifies what was sent, acked and
+// received against history, and closes the load. Waits that time out
+// fail the test; it returns what verify found and the recovery time.
+func (l *load) finish(t *testing.T, e ending) (result, time.Duration) {
+	t.Helper()
+	var recovery time.Duration
+	if e.recoverWithin > 0 {
+		var err error
+		if recovery, err = l.waitRecovered(e.recoverWithin); err != nil {
+			t.Error(err)
+		}
+	}
+	sleepUntil(e.sendUntil)
+	if err := l.drain(30 * time.Second); err != nil {
+		t.Error(err)
+	}
+	res := l.verify(t)
+	if e.beforeClose != nil {
+		e.beforeClose()
+	}
+	l.close()
+	return res, recovery
+}
+
 // close stops everything the load started.
 func (l *load) close() {
 	l.stopOnce.Do(func() {
 		l.stopSending()
 		var wg sync.WaitGroup
-		for _, d := range append(append([]*device{}, l.devices...), l.obs...) {
+		for _, d := range l.devices {
 			wg.Go(d.stop)
 		}
+		for _, o := range l.obs {
+			if o.sock != nil {
+				wg.Go(func() { _ = o.sock.Close(1000, "test over") })
+			}
+		}
 		wg.Wait()
+		l.cancel()
 		done := make(chan struct{})
-		go func() { l.wg.Wait(); close(done) }()
+		go func() {
+			l.waiting.Wait()
+			l.obsWG.Wait()
+			close(done)
+		}()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
+			l.t.Errorf("sends or observers still running 10 s after the load closed")
 		}
-		l.cancel()
-		<-done
 	})
 }
 
@@ -484,25 +586,30 @@ type result struct {
 	sent, acked, failed, dupAcks int
 	unanswered                   int
 	historyLen                   map[int64]int
-	delivered, expected          int // seq-stream frames received; members × messages
+	delivered, expected          int // messages the applications saw; members × messages
 	lost                         int // acked messages missing from history, plus deliveries that never came
-	repeated, outOfOrder, gaps   int
-	unacked                      int // stored without an ack
-	reconnects                   int
-	maxAway                      time.Duration
-	preSync                      int
-	problems                     []string
-	nProblems                    int
-	errCodes                     map[string]int
-	dialFails                    map[string]int
-	knownIssues                  map[string]int
+	// repeated, outOfOrder and gaps count both views: what the server
+	// sent (a repeat the Conn dropped, a seq sent out of order) and what
+	// the applications saw.
+	repeated, outOfOrder, gaps int
+	unacked                    int // stored without an ack
+	reconnects                 int
+	maxAway                    time.Duration
+	replayed                   int // frames the server sent again, by right, after a resume or the SDK's sync
+	syncs                      int // sync frames the SDK wrote (it saw a gap)
+	problems                   []string
+	nProblems                  int
+	errCodes                   map[string]int
+	dialFails                  map[string]int
+	knownIssues                map[string]int
 }
 
 // verify compares what was acknowledged and received with history: every
 // acked message is in history exactly once at the seq it was acked with,
 // seqs have no gaps, nothing is stored that was not acked (or that was
-// refused), and every device received every message of its chats exactly
-// once and in seq order.
+// refused), every device's application saw every message of its chats
+// exactly once and in seq order, and the server sent each device none
+// twice (bar what a resume asked for again) and none out of order.
 func (l *load) verify(t *testing.T) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -514,9 +621,9 @@ func (l *load) verify(t *testing.T) result {
 			res.problems = append(res.problems, fmt.Sprintf(format, args...))
 		}
 	}
-	hist := map[int64][]message{}
+	hist := map[int64][]rest.Message{}
 	for _, c := range []int64{l.group, l.private} {
-		h, err := l.a.history(ctx, l.users[0].Token, c)
+		h, err := history(ctx, l.users[0].c, c)
 		if err != nil {
 			t.Fatalf("history: %v", err)
 		}
@@ -525,7 +632,7 @@ func (l *load) verify(t *testing.T) result {
 	}
 
 	l.mu.Lock()
-	stored := map[string]message{}
+	stored := map[string]rest.Message{}
 	for c, h := range hist {
 		for i, m := range h {
 			if m.Seq != int64(i+1) {
@@ -560,7 +667,7 @@ func (l *load) verify(t *testing.T) result {
 			add("%q acked as seq %d of chat %d but not in history", cmid, a.seq, a.chat)
 		}
 	}
-	res.sent, res.acked, res.failed, res.dupAcks = len(l.sent), len(l.acked), len(l.failed), l.dupAcks
+	res.sent, res.acked, res.failed, res.dupAcks, res.syncs = len(l.sent), len(l.acked), len(l.failed), l.dupAcks, l.syncs
 	res.problems = append(res.problems, l.problems...)
 	res.nProblems += l.nProblems
 	res.errCodes, res.dialFails, res.knownIssues = l.errCodes, l.dialFails, l.knownIssues
@@ -568,29 +675,29 @@ func (l *load) verify(t *testing.T) result {
 
 	for _, d := range l.devices {
 		d.mu.Lock()
-		res.unanswered += len(d.pending)
-		for cmid := range d.pending {
+		res.unanswered += len(d.outstanding)
+		for cmid := range d.outstanding {
 			add("%s: send %q never answered", d.name, cmid)
 		}
 		res.reconnects += d.reconnects
 		res.maxAway = max(res.maxAway, d.maxAway)
-		res.preSync += d.preSync
-		chats := make([]int64, 0, len(d.streams))
-		for c := range d.streams {
+		chats := make([]int64, 0, len(d.seen))
+		for c := range d.seen {
 			chats = append(chats, c)
 		}
 		sort.Slice(chats, func(i, j int) bool { return chats[i] < chats[j] })
 		for _, c := range chats {
-			s, h := d.streams[c], hist[c]
+			s, r, h := d.seen[c], d.raw[c], hist[c]
 			res.expected += len(h)
-			res.repeated += s.repeats
-			res.outOfOrder += s.outOfOrder
-			res.gaps += s.gaps
+			res.repeated += s.repeats + r.repeats
+			res.outOfOrder += s.outOfOrder + r.outOfOrder
+			res.gaps += s.gaps + r.gaps
+			res.replayed += r.replayed
 			missing := 0
 			for seq, n := range s.got {
 				res.delivered += n
 				if seq > int64(len(h)) {
-					add("%s: got seq %d of chat %d, which history does not have", d.name, seq, c)
+					add("%s: saw seq %d of chat %d, which history does not have", d.name, seq, c)
 				}
 			}
 			for i, m := range h {
@@ -600,12 +707,12 @@ func (l *load) verify(t *testing.T) result {
 					continue
 				}
 				if s.cmid[seq] != m.ClientMsgID {
-					add("%s: seq %d of chat %d arrived as %q, history has %q", d.name, seq, c, s.cmid[seq], m.ClientMsgID)
+					add("%s: seq %d of chat %d seen as %q, history has %q", d.name, seq, c, s.cmid[seq], m.ClientMsgID)
 				}
 			}
 			if missing > 0 {
 				res.lost += missing
-				add("%s: %d of the %d messages of chat %d never arrived (highest seq received %d)", d.name, missing, len(h), c, s.last)
+				add("%s: %d of the %d messages of chat %d never seen (highest seq seen %d)", d.name, missing, len(h), c, s.last)
 			}
 		}
 		d.mu.Unlock()
@@ -621,7 +728,7 @@ func (res result) check(t *testing.T) {
 	}
 	t.Errorf("%d problems (first %d):\n  %s", res.nProblems, len(res.problems), strings.Join(res.problems, "\n  "))
 	if res.delivered != res.expected {
-		t.Errorf("delivered %d frames, want %d (every device × every message of its chats)", res.delivered, res.expected)
+		t.Errorf("delivered %d messages, want %d (every device × every message of its chats)", res.delivered, res.expected)
 	}
 }
 
@@ -638,6 +745,9 @@ func (res result) summary() string {
 	}
 	if len(res.dialFails) > 0 {
 		s += ", failed dials " + fmtCounts(res.dialFails)
+	}
+	if res.syncs > 0 || res.replayed > 0 {
+		s += fmt.Sprintf(", SDK syncs %d, frames sent again after a resume or sync %d (dropped by the SDK)", res.syncs, res.replayed)
 	}
 	for issue, n := range res.knownIssues {
 		s += fmt.Sprintf(", KNOWN SERVER BUG seen %d times: %s", n, issue)

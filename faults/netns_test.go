@@ -335,16 +335,7 @@ func TestNetRedisSilent(t *testing.T) {
 	lab.heal("redis")
 	resub, resubscribed := c.firstEvent(inNS, "broker.resubscribed", cutAt, 20*time.Second)
 
-	recovery, err := l.waitRecovered(30 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(healAt.Add(5 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: healAt.Add(5 * time.Second)})
 	detected := "never"
 	if noticed {
 		detected = fmt.Sprintf("%s after the cut (%s)", secs(lost.Time.Sub(cutAt)), lost.Err)
@@ -423,11 +414,9 @@ func TestNetPostgresCut(t *testing.T) {
 
 	// The REST probe goes to a chat of its own, which verify does not
 	// read (it is no device's).
-	var probe struct {
-		ID int64 `json:"id"`
-	}
-	prober, peer := l.a.register(t, "Prober"), l.a.register(t, "ProbePeer")
-	l.a.must(t, "POST", "/chats", prober.Token, map[string]any{"type": "private", "user_id": peer.ID}, 201, &probe)
+	prober, peer := l.register(t, "Prober"), l.register(t, "ProbePeer")
+	probe := privateChat(t, prober, peer)
+	direct := l.clientAt(t, inNS.url, prober)
 
 	cutAt := l.markFault()
 	lab.cut("pg")
@@ -438,11 +427,9 @@ func TestNetPostgresCut(t *testing.T) {
 	wg.Go(func() {
 		// A REST send straight to the namespace replica, during the cut.
 		time.Sleep(time.Second)
-		a := newAPI(t, inNS.url)
 		t0 := time.Now()
-		code, body, err := a.call(context.Background(), "POST", fmt.Sprintf("/chats/%d/messages", probe.ID), prober.Token,
-			map[string]string{"client_msg_id": l.run + "-rest-during-cut", "text": "sent over REST while the database is cut off"})
-		restCode, restBody, restAfter = code, string(body), time.Since(t0)
+		code, body, _, err := sendREST(context.Background(), direct, probe, l.run+"-rest-during-cut", "sent over REST while the database is cut off")
+		restCode, restBody, restAfter = code, body, time.Since(t0)
 		if err != nil {
 			restBody = err.Error()
 		}
@@ -456,16 +443,7 @@ func TestNetPostgresCut(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
-	recovery, err := l.waitRecovered(30 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(healAt.Add(5 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: healAt.Add(5 * time.Second)})
 
 	// The sends the namespace replica's devices first made during the cut.
 	// (Devices do not move in this test: a device's replica now is the
@@ -566,16 +544,7 @@ func TestNetSlowLinks(t *testing.T) {
 		}
 	}
 	fastAt := time.Now()
-	recovery, err := l.waitRecovered(30 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(fastAt.Add(3 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: fastAt.Add(3 * time.Second)})
 	// Send-to-ack times of what was sent while slowed, per replica.
 	l.mu.Lock()
 	lat := map[*device][]time.Duration{}

@@ -291,16 +291,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	}
 	okAfter = time.Since(killedAt)
 
-	recovery, err := l.waitRecovered(30 * time.Second)
-	if err != nil {
-		t.Error(err)
-	}
-	sleepUntil(killedAt.Add(8 * time.Second))
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: killedAt.Add(8 * time.Second)})
 	report(t, "redis-cluster-failover", start, res,
 		fmt.Sprintf("killed (SIGKILL) the master %s owning slot %d (slots %s: the group's channel and dedup keys)", victim.addr, slot, victim.slotRanges()),
 		fmt.Sprintf("its replica %s took the slot over after %s (outage window), cluster_state ok on every surviving node after %s", promoted.addr, secs(promotedAfter), secs(okAfter)),

@@ -45,18 +45,13 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	// replica that will be killed, three on the other.
 	users := map[string]*user{}
 	for _, n := range []string{"g0", "g1", "g2", "g3", "t0", "t1"} {
-		users[n] = r.a.register(t, strings.ToUpper(n[:1])+n[1:])
+		users[n] = register(t, r.hc, c.base, strings.ToUpper(n[:1])+n[1:])
 	}
 	var members []int64
 	for _, n := range []string{"g1", "g2", "g3", "t0", "t1"} {
 		members = append(members, users[n].ID)
 	}
-	var chat struct {
-		ID int64 `json:"id"`
-	}
-	r.a.must(t, http.MethodPost, "/chats", users["g0"].Token,
-		map[string]any{"type": "group", "name": "resume " + r.run, "member_ids": members}, http.StatusCreated, &chat)
-	r.group = chat.ID
+	r.group = createGroup(t, users["g0"], "resume "+r.run, members...)
 	layout := []struct {
 		name, kind, user string
 		perChat          bool
@@ -318,7 +313,7 @@ type ackInfo struct {
 type resumeRun struct {
 	t        *testing.T
 	c        *cluster
-	a        *api
+	hc       *http.Client // the SDK clients', checking REST answers against the spec
 	spec     *speccheck.Checker
 	run      string
 	group    int64
@@ -341,7 +336,7 @@ func newResumeRun(t *testing.T, c *cluster) *resumeRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	return &resumeRun{
-		t: t, c: c, a: newAPI(t, c.base), spec: spec(t), run: randomHex(4), interval: 100 * time.Millisecond, ctx: ctx,
+		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: randomHex(4), interval: 100 * time.Millisecond, ctx: ctx,
 		sent: map[string]*sendInfo{}, acked: map[string]ackInfo{}, failed: map[string]string{},
 	}
 }
@@ -487,40 +482,21 @@ func (r *resumeRun) tsEvent(ev tsEvent) {
 	}
 }
 
-// upgradeRecorder passes requests on and keeps the replica named by the
-// last WebSocket handshake's answer.
-type upgradeRecorder struct {
-	base    http.RoundTripper
-	replica atomic.Value // string
-}
-
-func (u *upgradeRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := u.base.RoundTrip(req)
-	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
-		u.replica.Store(resp.Header.Get("X-Windi-Replica"))
-	}
-	return resp, err
-}
-
-func (u *upgradeRecorder) last() string {
-	s, _ := u.replica.Load().(string)
-	return s
-}
-
 // dialGo dials a client.Conn through the proxy until it lands on the
 // client's target replica (before the load: nothing is missed).
 func (r *resumeRun) dialGo(t *testing.T, sc *sdkClient) *client.Conn {
 	t.Helper()
 	for attempt := 1; attempt <= 40; attempt++ {
-		rec := &upgradeRecorder{base: &http.Transport{Proxy: nil}}
-		cl, err := client.New(r.c.base, client.WithHTTPClient(&http.Client{Transport: rec}), client.WithToken(sc.u.Token))
-		if err != nil {
-			t.Fatal(err)
+		var replica atomic.Value // string: the X-Windi-Replica of its connection
+		last := func() string {
+			s, _ := replica.Load().(string)
+			return s
 		}
 		var discarded atomic.Bool
 		ctx, cancel := context.WithTimeout(r.ctx, 20*time.Second)
-		conn, err := cl.Dial(ctx, client.Config{
-			ChatID: sc.chatID,
+		conn, err := sc.u.c.Dial(ctx, client.Config{
+			ChatID:    sc.chatID,
+			OnConnect: func(resp *http.Response) { replica.Store(resp.Header.Get("X-Windi-Replica")) },
 			OnMessage: func(m rest.Message) {
 				if !discarded.Load() {
 					r.recordSeen(sc, m.ChatID, m.Seq, m.SenderID, m.ClientMsgID, m.Text)
@@ -528,7 +504,7 @@ func (r *resumeRun) dialGo(t *testing.T, sc *sdkClient) *client.Conn {
 			},
 			OnState: func(s client.State, err error) {
 				if !discarded.Load() && s != client.Closed {
-					r.recordState(sc, s == client.Connected, rec.last())
+					r.recordState(sc, s == client.Connected, last())
 				}
 			},
 			OnError: func(e *client.FrameError) { r.problem("%s: error frame %v", sc.name, e) },
@@ -552,7 +528,7 @@ func (r *resumeRun) dialGo(t *testing.T, sc *sdkClient) *client.Conn {
 		if err != nil {
 			t.Fatalf("%s: dial: %v", sc.name, err)
 		}
-		if rep := rec.last(); rep == sc.target {
+		if rep := last(); rep == sc.target {
 			r.place(sc, rep)
 			return conn
 		}
@@ -751,14 +727,14 @@ func (r *resumeRun) verify(t *testing.T) (result, map[string]string) {
 	r.ackWG.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	hist, err := r.a.history(ctx, r.clients[0].u.Token, r.group)
+	hist, err := history(ctx, r.clients[0].u.c, r.group)
 	if err != nil {
 		t.Fatalf("history: %v", err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	res := result{historyLen: map[int64]int{r.group: len(hist)}}
-	stored := map[string]message{}
+	stored := map[string]rest.Message{}
 	for i, m := range hist {
 		if m.Seq != int64(i+1) {
 			r.problemLocked("history: message %d has seq %d (a gap or a repeat)", i+1, m.Seq)

@@ -2,7 +2,6 @@ package faults
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,7 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // sample is one reading of a replica's resource metrics.
@@ -105,13 +105,14 @@ func TestSoak(t *testing.T) {
 			churnErrs = append(churnErrs, fmt.Sprintf(format, args...))
 		}
 	}
-	// A churning client: its own pseudo-device, so that its sends are
-	// checked against history like the others (it receives, but does not
-	// check, deliveries).
+	// A churning client: a raw client.Socket (no reconnect, no resume)
+	// with a pseudo-device of its own, so that its sends are checked
+	// against history like the others (it receives, but does not check,
+	// deliveries).
 	var rounds [workers]int // per worker, across runs: client_msg_ids stay unique
 	churn := func(w int, until time.Time) {
 		u := l.users[w%len(l.users)]
-		d := newDevice(l, 200+w, fmt.Sprintf("churn%d", w), u, 0, nil, false)
+		d := newDevice(l, 200+w, fmt.Sprintf("churn%d", w), u, 0, nil)
 		for ; time.Now().Before(until); rounds[w]++ {
 			i := rounds[w]
 			path := fmt.Sprintf("/ws/%d", l.group)
@@ -119,33 +120,28 @@ func TestSoak(t *testing.T) {
 				path = "/ws"
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			h := http.Header{}
-			h.Set("Authorization", "Bearer "+u.Token)
-			conn, _, err := websocket.Dial(ctx, wsURL(c.base, path), &websocket.DialOptions{HTTPHeader: h})
+			sock, _, err := u.c.DialSocket(ctx, path, client.SocketOptions{})
 			if err != nil {
 				cancel()
 				churnErr("churn%d: dial %s: %v", w, path, err)
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}
-			conn.SetReadLimit(1 << 20)
 			opened.Add(1)
-			acks := make(chan message, 16)
+			acks := make(chan rest.MessageAckFrame, 16)
 			go func() {
 				for {
-					_, data, err := conn.Read(context.Background())
-					if err != nil {
+					f, err := sock.Read(context.Background())
+					if err != nil && f.Raw == nil {
 						close(acks)
 						return
 					}
-					var f frame
-					if json.Unmarshal(data, &f) == nil && f.Type == "message.ack" {
-						var m message
-						_ = json.Unmarshal(f.Message, &m)
-						l.recordAck(d, f.ClientMsgID, m, f.Duplicate, true)
-						acks <- m
-					} else if f.Type == "error" {
-						churnErr("churn%d: %s", w, data)
+					switch v := f.Value.(type) {
+					case rest.MessageAckFrame:
+						l.recordAck(d, v)
+						acks <- v
+					case rest.ErrorFrame:
+						churnErr("churn%d: %s", w, f.Raw)
 					}
 				}
 			}()
@@ -158,8 +154,8 @@ func TestSoak(t *testing.T) {
 				r := d.newSendLocked(fmt.Sprintf("%s-churn%d-%d-%d", l.run, w, i, k), l.group)
 				d.mu.Unlock()
 				sends.Add(1)
-				b, _ := json.Marshal(sendFrame(r))
-				if err := conn.Write(ctx, websocket.MessageText, b); err != nil {
+				chat := r.chat
+				if err := sock.Write(ctx, rest.MessageSendFrame{Type: rest.MessageSend, ChatID: &chat, ClientMsgID: r.cmid, Text: r.text}); err != nil {
 					churnErr("churn%d: write: %v", w, err)
 				}
 			}
@@ -179,12 +175,12 @@ func TestSoak(t *testing.T) {
 				}
 			}
 			d.mu.Lock()
-			d.pending = map[string]*sendRec{} // answered (or reported above)
+			d.outstanding = map[string]*sendRec{} // answered (or reported above)
 			d.mu.Unlock()
 			if i%4 == 2 {
-				_ = conn.CloseNow() // gone without a close frame
+				_ = sock.CloseNow() // gone without a close frame
 			} else {
-				_ = conn.Close(websocket.StatusNormalClosure, "bye")
+				_ = sock.Close(1000, "bye")
 			}
 			cancel()
 		}
@@ -295,11 +291,7 @@ func TestSoak(t *testing.T) {
 	}
 	errMu.Unlock()
 
-	if err := l.drain(30 * time.Second); err != nil {
-		t.Error(err)
-	}
-	res := l.verify(t)
-	l.close()
+	res, _ := l.finish(t, ending{})
 	report(t, "soak", start, res,
 		fmt.Sprintf("churn %s with %d workers: %d connections opened and closed (%.0f/s), %d sends, %d acked",
 			secs(churnTook), workers, opened.Load(), float64(opened.Load())/churnTook.Seconds(), sends.Load(), acked.Load()),
