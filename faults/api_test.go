@@ -11,6 +11,7 @@ import (
 	"github.com/windi-chat/windi/app/apptest/speccheck"
 	"github.com/windi-chat/windi/client"
 	"github.com/windi-chat/windi/client/rest"
+	"github.com/windi-chat/windi/testkit"
 )
 
 // The tests talk to the servers through the Go SDK: a client.Client per
@@ -78,7 +79,7 @@ func register(t testing.TB, hc *http.Client, base, name string) *user {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	email := fmt.Sprintf("faults-%s-%s@example.com", strings.ToLower(name), randomHex(5))
+	email := fmt.Sprintf("faults-%s-%s@example.com", strings.ToLower(name), testkit.RandomHex(5))
 	const password = "faults correct horse"
 	u, err := c.Register(ctx, name, email, password)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/testkit"
 )
 
 // report prints a scenario's one-line summary (also kept in the test log).
@@ -38,13 +39,13 @@ func sleepUntil(t time.Time) { time.Sleep(time.Until(t)) }
 func TestKill9(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
-	c := startCluster(t, clusterOptions{replicas: 3, nginx: true})
+	c := startCluster(t, testkit.Options{Replicas: 3, Nginx: true})
 	l := newLoad(t, c, loadOptions{observers: 2})
-	victim := c.replicas[0]
+	victim := c.Replicas[0]
 	l.spread(t, 2)
 	l.pinObservers(t, victim)
 
-	survivor := l.clientAt(t, c.replicas[1].url, l.users[0])
+	survivor := l.clientAt(t, c.Replicas[1].URL, l.users[0])
 	online := func(on map[int64]bool, us []*user) int {
 		n := 0
 		for _, u := range us {
@@ -55,7 +56,7 @@ func TestKill9(t *testing.T) {
 		return n
 	}
 	observers := []*user{l.obs[0].u, l.obs[1].u}
-	if err := waitFor(10*time.Second, func() bool {
+	if err := testkit.WaitFor(10*time.Second, func() bool {
 		on, err := presence(context.Background(), survivor, l.group)
 		return err == nil && online(on, observers) == len(observers) && online(on, l.users) == len(l.users)
 	}); err != nil {
@@ -67,8 +68,8 @@ func TestKill9(t *testing.T) {
 	victimName := victim.Name()
 	moving := l.on(victimName)
 	killedAt := l.markFault()
-	victim.proc().signal(syscall.SIGKILL)
-	if !victim.proc().wait(5 * time.Second) {
+	victim.Signal(syscall.SIGKILL)
+	if !victim.Wait(5 * time.Second) {
 		t.Fatal("the killed replica did not exit")
 	}
 
@@ -128,7 +129,7 @@ func TestKill9(t *testing.T) {
 		fmt.Sprintf("killed 1 of 3 replicas holding %d of %d devices", len(moving), len(l.devices)),
 		"recovery "+secs(recovery),
 		fmt.Sprintf("killed replica's observers left presence after %s (bound 60s, TTL 45s); presence frames online:false for them since the kill: %d", secs(pr.after), offline),
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }
 
@@ -142,7 +143,7 @@ func TestKill9(t *testing.T) {
 func TestRedisRestart(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
-	c := startCluster(t, clusterOptions{replicas: 2, nginx: true})
+	c := startCluster(t, testkit.Options{Replicas: 2, Nginx: true})
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 2)
 	l.start()
@@ -158,11 +159,11 @@ func TestRedisRestart(t *testing.T) {
 	}
 
 	faultAt := time.Now()
-	if err := redisStop(); err != nil {
+	if err := testkit.RedisStop(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if err := redisStart(); err != nil {
+	if err := testkit.RedisStart(); err != nil {
 		t.Fatal(err)
 	}
 	upAt := l.markFault() // recovery counts from Redis being back
@@ -171,10 +172,10 @@ func TestRedisRestart(t *testing.T) {
 	// Presence right after the restart, then until every user is back,
 	// on every replica.
 	presenceRight := -1
-	if on, err := presence(context.Background(), l.clientAt(t, c.replicas[0].url, l.users[0]), l.group); err == nil {
+	if on, err := presence(context.Background(), l.clientAt(t, c.Replicas[0].URL, l.users[0]), l.group); err == nil {
 		presenceRight = len(on)
 	}
-	ready, err := c.waitReady(http.StatusOK, 20*time.Second)
+	ready, err := c.WaitReady(http.StatusOK, 20*time.Second)
 	if err != nil {
 		t.Error(err)
 	}
@@ -197,11 +198,11 @@ func TestRedisRestart(t *testing.T) {
 	}
 
 	var presenceBack time.Duration
-	perReplica := make([]*client.Client, len(c.replicas))
-	for i, r := range c.replicas {
-		perReplica[i] = l.clientAt(t, r.url, l.users[0])
+	perReplica := make([]*client.Client, len(c.Replicas))
+	for i, r := range c.Replicas {
+		perReplica[i] = l.clientAt(t, r.URL, l.users[0])
 	}
-	err = waitFor(30*time.Second, func() bool {
+	err = testkit.WaitFor(30*time.Second, func() bool {
 		for _, rc := range perReplica {
 			on, err := presence(context.Background(), rc, l.group)
 			if err != nil {
@@ -227,9 +228,9 @@ func TestRedisRestart(t *testing.T) {
 		"recovery "+secs(recovery)+" after Redis was back",
 		fmt.Sprintf("the same client_msg_id before and after: one row (seq %d), duplicate ack over WebSocket and 200 over REST", before.seq),
 		fmt.Sprintf("%d publishes failed while Redis was down (delivered on their own replica), %d broker resubscriptions refilled the other replica from the database",
-			c.logCount(`"event":"broker.error"`, `"op":"publish"`), c.logCount(`"event":"broker.resubscribed"`)),
+			c.LogCount(`"event":"broker.error"`, `"op":"publish"`), c.LogCount(`"event":"broker.resubscribed"`)),
 		fmt.Sprintf("presence right after the restart %d of %d users, all back on every replica after %s", presenceRight, len(l.users), secs(presenceBack)),
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }
 
@@ -241,7 +242,7 @@ func TestRedisRestart(t *testing.T) {
 func TestPostgresOutage(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
-	c := startCluster(t, clusterOptions{replicas: 2, nginx: true})
+	c := startCluster(t, testkit.Options{Replicas: 2, Nginx: true})
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 2)
 
@@ -257,14 +258,14 @@ func TestPostgresOutage(t *testing.T) {
 	stopBegan = time.Now()
 	l.mu.Unlock()
 	go func() {
-		d, err := c.waitReady(http.StatusServiceUnavailable, 20*time.Second)
+		d, err := c.WaitReady(http.StatusServiceUnavailable, 20*time.Second)
 		if err != nil {
 			notReadyc <- err.Error()
 			return
 		}
 		notReadyc <- secs(d)
 	}()
-	if err := pgStop(); err != nil {
+	if err := testkit.PostgresStop(); err != nil {
 		t.Fatal(err)
 	}
 	l.mu.Lock()
@@ -277,11 +278,11 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	sleepUntil(stoppedAt.Add(1500 * time.Millisecond))
 	upAt := l.markFault()
-	if err := pgStart(); err != nil {
+	if err := testkit.PostgresStart(); err != nil {
 		t.Fatal(err)
 	}
 	startedAt := time.Now()
-	readyAgain, err := c.waitReady(http.StatusOK, 30*time.Second)
+	readyAgain, err := c.WaitReady(http.StatusOK, 30*time.Second)
 	if err != nil {
 		t.Error(err)
 	}
@@ -326,7 +327,7 @@ func TestPostgresOutage(t *testing.T) {
 		fmt.Sprintf("/readyz 503 on every replica %s after the stop began, 200 again %s after the start", notReady, secs(readyAgain)),
 		"recovery "+secs(recovery)+" after the start",
 		fmt.Sprintf("sending resumed on %d of %d devices", len(resumed), len(l.devices)),
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }
 
@@ -338,7 +339,7 @@ func TestPostgresOutage(t *testing.T) {
 func TestRollingRestart(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
-	c := startCluster(t, clusterOptions{replicas: 2, nginx: true})
+	c := startCluster(t, testkit.Options{Replicas: 2, Nginx: true})
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 3)
 	l.start()
@@ -346,13 +347,13 @@ func TestRollingRestart(t *testing.T) {
 
 	var steps []string
 	var worst time.Duration
-	for _, r := range c.replicas {
+	for _, r := range c.Replicas {
 		name := r.Name()
 		moving := l.on(name)
 		faultAt := l.markFault()
-		r.proc().signal(syscall.SIGTERM)
-		if !r.proc().wait(30 * time.Second) {
-			t.Fatalf("windi-%d did not exit within 30 s of SIGTERM", r.idx)
+		r.Signal(syscall.SIGTERM)
+		if !r.Wait(30 * time.Second) {
+			t.Fatalf("windi-%d did not exit within 30 s of SIGTERM", r.Index)
 		}
 		exited := time.Since(faultAt)
 		recovery, err := l.waitRecovered(20 * time.Second)
@@ -366,11 +367,11 @@ func TestRollingRestart(t *testing.T) {
 			if len(cl) == 1 && cl[0].code == 1001 {
 				with1001++
 			} else {
-				t.Errorf("%s: its connections to windi-%d ended with %+v, want one close with 1001", d.name, r.idx, cl)
+				t.Errorf("%s: its connections to windi-%d ended with %+v, want one close with 1001", d.name, r.Index, cl)
 			}
 		}
 		restartAt := time.Now()
-		if err := r.start(); err != nil {
+		if err := r.Start(); err != nil {
 			t.Fatal(err)
 		}
 		restarted := time.Since(restartAt)
@@ -378,15 +379,15 @@ func TestRollingRestart(t *testing.T) {
 		// refused connects while down) and tries it again only after
 		// fail_timeout (10 s); a rollout waits until the proxy sends it
 		// traffic again before it stops the next replica.
-		routed, err := c.waitRouted(r, 30*time.Second)
+		routed, err := c.WaitRouted(r, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		steps = append(steps, fmt.Sprintf("windi-%d: %d/%d connections closed with 1001, exited after %s, devices recovered in %s, restarted in %s, back in nginx's rotation after %s",
-			r.idx, with1001, len(moving), secs(exited), secs(recovery), secs(restarted), secs(routed)))
+			r.Index, with1001, len(moving), secs(exited), secs(recovery), secs(restarted), secs(routed)))
 		time.Sleep(time.Second)
 	}
 	res, _ := l.finish(t, ending{})
-	report(t, "rolling-restart", start, res, append(steps, "recovery "+secs(worst)+" (worst step)", c.nginxStats())...)
+	report(t, "rolling-restart", start, res, append(steps, "recovery "+secs(worst)+" (worst step)", c.NginxStats())...)
 	res.check(t)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/windi-chat/windi/app/apptest/speccheck"
 	"github.com/windi-chat/windi/client"
 	"github.com/windi-chat/windi/client/rest"
+	"github.com/windi-chat/windi/testkit"
 )
 
 type loadOptions struct {
@@ -43,7 +44,7 @@ type rawAck struct {
 // scenario breaks things; it checks and counts what every device receives.
 type load struct {
 	t       *testing.T
-	c       *cluster
+	c       *testkit.Cluster
 	hc      *http.Client // the SDK clients', checking REST answers against the spec
 	spec    *speccheck.Checker
 	run     string
@@ -85,7 +86,7 @@ type load struct {
 
 // newLoad registers four users (plus observers), makes the chats, and
 // connects every device through the cluster's proxy.
-func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
+func newLoad(t *testing.T, c *testkit.Cluster, o loadOptions) *load {
 	t.Helper()
 	if o.interval == 0 {
 		o.interval = 100 * time.Millisecond
@@ -94,7 +95,7 @@ func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
 		o.window = 4
 	}
 	l := &load{
-		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: randomHex(4), interval: o.interval, window: o.window,
+		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: testkit.RandomHex(4), interval: o.interval, window: o.window,
 		sent: map[string]*sendRec{}, acked: map[string]ackRec{}, failed: map[string]ackRec{}, rawAcks: map[string]rawAck{},
 		errCodes: map[string]int{}, dialFails: map[string]int{},
 		knownIssues: map[string]int{}, offline: map[int64][]time.Time{},
@@ -160,7 +161,7 @@ func newLoad(t *testing.T, c *cluster, o loadOptions) *load {
 // register registers a user through the proxy.
 func (l *load) register(t *testing.T, name string) *user {
 	t.Helper()
-	return register(t, l.hc, l.c.base, name)
+	return register(t, l.hc, l.c.URL, name)
 }
 
 // clientAt is a Client of one replica (or any base URL) with u's token.
@@ -206,7 +207,7 @@ func (l *load) spread(t *testing.T, n int) {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		short := ""
-		for _, r := range l.c.replicas {
+		for _, r := range l.c.Replicas {
 			if len(l.on(r.Name())) < n {
 				short = r.Name()
 				break
@@ -220,7 +221,7 @@ func (l *load) spread(t *testing.T, n int) {
 		}
 		// Move a device from the most crowded replica.
 		var from []*device
-		for _, r := range l.c.replicas {
+		for _, r := range l.c.Replicas {
 			if ds := l.on(r.Name()); len(ds) > len(from) {
 				from = ds
 			}
@@ -236,7 +237,7 @@ func (l *load) spread(t *testing.T, n int) {
 
 // pinObservers connects each observer through the proxy, redialing until
 // it lands on r. Observers never reconnect.
-func (l *load) pinObservers(t *testing.T, r *replica) {
+func (l *load) pinObservers(t *testing.T, r *testkit.Replica) {
 	t.Helper()
 	for _, o := range l.obs {
 		pinned := false

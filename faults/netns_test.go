@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,8 @@ import (
 	"github.com/Shopify/toxiproxy/v2/collectors"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/windi-chat/windi/testkit"
 )
 
 // The network-fault tests put one of two replicas in a network namespace
@@ -146,7 +147,7 @@ func startNetLab(t *testing.T) *netLab {
 	t.Helper()
 	requireNetns(t)
 	sweepNetns(t)
-	id := randomHex(2)
+	id := testkit.RandomHex(2)
 	lab := &netLab{t: t, ns: fmt.Sprintf("%s%d-%s", netnsPrefix, os.Getpid(), id), base: freeSubnet(t), links: map[string]vethLink{}}
 	if err := ipCmd("netns", "add", lab.ns); err != nil {
 		t.Fatal(err)
@@ -177,8 +178,8 @@ func startNetLab(t *testing.T) *netLab {
 	}
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
 	srv.Metrics.ProxyMetrics = collectors.NewProxyMetricCollectors()
-	lab.redis = lab.proxy(srv, "redis", lab.links["redis"].hostIP, hostPort(t, redisURL(), "6379"))
-	lab.pg = lab.proxy(srv, "pg", lab.links["pg"].hostIP, hostPort(t, adminDatabaseURL(), "5432"))
+	lab.redis = lab.proxy(srv, "redis", lab.links["redis"].hostIP, hostPort(t, testkit.RedisURL(), "6379"))
+	lab.pg = lab.proxy(srv, "pg", lab.links["pg"].hostIP, hostPort(t, testkit.AdminDatabaseURL(), "5432"))
 	t.Logf("network namespace %s: http %s<->%s, redis %s -> %s, postgres %s -> %s",
 		lab.ns, lab.links["http"].hostIP, lab.links["http"].peerIP, lab.redis.Listen, lab.redis.Upstream, lab.pg.Listen, lab.pg.Upstream)
 	return lab
@@ -236,31 +237,31 @@ func (lab *netLab) heal(link string) {
 // place puts replica 2 in the namespace: it listens on the http link and
 // reaches Redis and Postgres through the proxies; replica 1 stays on the
 // host, on 127.0.0.1.
-func (lab *netLab) place(r *replica) {
-	if r.idx != 2 {
+func (lab *netLab) place(r *testkit.Replica) {
+	if r.Index != 2 {
 		return
 	}
-	r.host = lab.links["http"].peerIP
-	r.wrap = []string{"ip", "netns", "exec", lab.ns}
-	r.env = append(r.env, "REDIS_URL=redis://"+lab.redis.Listen+"/0")
+	r.Host = lab.links["http"].peerIP
+	r.Wrap = []string{"ip", "netns", "exec", lab.ns}
+	r.Env = append(r.Env, "REDIS_URL=redis://"+lab.redis.Listen+"/0")
 }
 
 // placeDB finishes what place began once the database exists: the
 // namespace replica's DATABASE_URL names the Postgres proxy.
-func (lab *netLab) placeDB(c *cluster) {
-	u, err := url.Parse(c.dbURL)
+func (lab *netLab) placeDB(c *testkit.Cluster) {
+	u, err := url.Parse(c.DatabaseURL)
 	if err != nil {
 		lab.t.Fatal(err)
 	}
 	u.Host = lab.pg.Listen
-	r := c.replicas[1]
-	r.env = append(r.env, "DATABASE_URL="+u.String())
+	r := c.Replicas[1]
+	r.Env = append(r.Env, "DATABASE_URL="+u.String())
 }
 
 // netCluster is a deployment with replica 2 in lab's namespace.
-func netCluster(t *testing.T, lab *netLab) *cluster {
+func netCluster(t *testing.T, lab *netLab) *testkit.Cluster {
 	t.Helper()
-	return startCluster(t, clusterOptions{replicas: 2, nginx: true, place: lab.place, placeDB: lab.placeDB})
+	return startCluster(t, testkit.Options{Replicas: 2, Nginx: true, Place: lab.place, PlaceDB: lab.placeDB})
 }
 
 // logEvent is one line of a replica's JSON log.
@@ -271,8 +272,8 @@ type logEvent struct {
 }
 
 // events returns replica r's log lines with event name, at or after since.
-func (c *cluster) events(r *replica, name string, since time.Time) []logEvent {
-	f, err := os.Open(filepath.Join(c.dir, fmt.Sprintf("windi-%d.log", r.idx)))
+func events(r *testkit.Replica, name string, since time.Time) []logEvent {
+	f, err := os.Open(r.LogPath())
 	if err != nil {
 		return nil
 	}
@@ -294,10 +295,10 @@ func (c *cluster) events(r *replica, name string, since time.Time) []logEvent {
 
 // firstEvent waits up to d for replica r to log event name at or after
 // since; it returns the line.
-func (c *cluster) firstEvent(r *replica, name string, since time.Time, d time.Duration) (logEvent, bool) {
+func firstEvent(r *testkit.Replica, name string, since time.Time, d time.Duration) (logEvent, bool) {
 	var e logEvent
-	ok := waitFor(d, func() bool {
-		if es := c.events(r, name, since); len(es) > 0 {
+	ok := testkit.WaitFor(d, func() bool {
+		if es := events(r, name, since); len(es) > 0 {
 			e = es[0]
 			return true
 		}
@@ -321,7 +322,7 @@ func TestNetRedisSilent(t *testing.T) {
 	start := time.Now()
 	lab := startNetLab(t)
 	c := netCluster(t, lab)
-	inNS := c.replicas[1]
+	inNS := c.Replicas[1]
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 2)
 	l.start()
@@ -329,11 +330,11 @@ func TestNetRedisSilent(t *testing.T) {
 
 	cutAt := l.markFault()
 	lab.cut("redis")
-	lost, noticed := c.firstEvent(inNS, "broker.conn_lost", cutAt, 8*time.Second)
+	lost, noticed := firstEvent(inNS, "broker.conn_lost", cutAt, 8*time.Second)
 	sleepUntil(cutAt.Add(8 * time.Second))
 	healAt := time.Now()
 	lab.heal("redis")
-	resub, resubscribed := c.firstEvent(inNS, "broker.resubscribed", cutAt, 20*time.Second)
+	resub, resubscribed := firstEvent(inNS, "broker.resubscribed", cutAt, 20*time.Second)
 
 	res, recovery := l.finish(t, ending{recoverWithin: 30 * time.Second, sendUntil: healAt.Add(5 * time.Second)})
 	detected := "never"
@@ -358,15 +359,15 @@ func TestNetRedisSilent(t *testing.T) {
 		"resubscribed "+resubAfter,
 		"recovery "+secs(recovery)+" after the cut",
 		fmt.Sprintf("namespace replica: %d publishes and %d dedup claims failed, %d broker resubscriptions refilled it from the database; host replica: %d resubscriptions",
-			countEvents(c, inNS, `"event":"broker.error"`, `"op":"publish"`), countEvents(c, inNS, `"event":"dedup.error"`), countEvents(c, inNS, `"event":"broker.resubscribed"`),
-			countEvents(c, c.replicas[0], `"event":"broker.resubscribed"`)),
-		c.nginxStats())
+			countEvents(inNS, `"event":"broker.error"`, `"op":"publish"`), countEvents(inNS, `"event":"dedup.error"`), countEvents(inNS, `"event":"broker.resubscribed"`),
+			countEvents(c.Replicas[0], `"event":"broker.resubscribed"`)),
+		c.NginxStats())
 	res.check(t)
 }
 
 // countEvents counts replica r's log lines that contain every one of substrs.
-func countEvents(c *cluster, r *replica, substrs ...string) int {
-	b, err := os.ReadFile(filepath.Join(c.dir, fmt.Sprintf("windi-%d.log", r.idx)))
+func countEvents(r *testkit.Replica, substrs ...string) int {
+	b, err := os.ReadFile(r.LogPath())
 	if err != nil {
 		return 0
 	}
@@ -405,7 +406,7 @@ func TestNetPostgresCut(t *testing.T) {
 	start := time.Now()
 	lab := startNetLab(t)
 	c := netCluster(t, lab)
-	inNS := c.replicas[1]
+	inNS := c.Replicas[1]
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 2)
 	onNS := len(l.on(inNS.Name()))
@@ -416,7 +417,7 @@ func TestNetPostgresCut(t *testing.T) {
 	// read (it is no device's).
 	prober, peer := l.register(t, "Prober"), l.register(t, "ProbePeer")
 	probe := privateChat(t, prober, peer)
-	direct := l.clientAt(t, inNS.url, prober)
+	direct := l.clientAt(t, inNS.URL, prober)
 
 	cutAt := l.markFault()
 	lab.cut("pg")
@@ -439,7 +440,7 @@ func TestNetPostgresCut(t *testing.T) {
 	healAt := time.Now()
 	lab.heal("pg")
 	wg.Wait()
-	readyAgain, err := c.waitReady(200, 30*time.Second)
+	readyAgain, err := c.WaitReady(200, 30*time.Second)
 	if err != nil {
 		t.Error(err)
 	}
@@ -492,15 +493,15 @@ func TestNetPostgresCut(t *testing.T) {
 		fmt.Sprintf("REST send to it during the cut: %d in %s", restCode, secs(restAfter)),
 		"its /readyz 503 "+notReady+" after the cut, every replica 200 again "+secs(readyAgain)+" after the link came back",
 		"recovery "+secs(recovery)+" after the cut",
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }
 
 // waitFor503 polls r's /readyz until it answers 503, at most d.
-func waitFor503(r *replica, d time.Duration) (string, error) {
+func waitFor503(r *testkit.Replica, d time.Duration) (string, error) {
 	start := time.Now()
 	for {
-		code, _, err := httpGet(context.Background(), r.url+"/readyz")
+		code, _, err := testkit.Get(context.Background(), r.URL+"/readyz")
 		if err == nil && code == 503 {
 			return secs(time.Since(start)), nil
 		}
@@ -557,7 +558,7 @@ func TestNetSlowLinks(t *testing.T) {
 	byReplica := map[string][]time.Duration{}
 	for d, ds := range lat {
 		name := "host replica"
-		if r, _ := d.currentReplica(); r == c.replicas[1].Name() {
+		if r, _ := d.currentReplica(); r == c.Replicas[1].Name() {
 			name = "namespace replica"
 		}
 		byReplica[name] = append(byReplica[name], ds...)
@@ -577,6 +578,6 @@ func TestNetSlowLinks(t *testing.T) {
 		"both links of the namespace replica slowed 10.00s (toxiproxy latency 40ms ± 20ms per chunk, each way)",
 		"sent while slowed: "+strings.Join(acks, ", "),
 		"recovery "+secs(recovery)+" after the slowdown began",
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }

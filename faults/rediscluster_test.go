@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/windi-chat/windi/testkit"
 )
 
 // redisCluster is a Redis Cluster a test starts for itself with
@@ -114,7 +116,7 @@ func startRedisCluster(t *testing.T) *redisCluster {
 	// A replica fails over only once it has synced with its master: wait
 	// for every replica's link (a fresh cluster's first sync can take
 	// seconds on a busy machine).
-	if err := waitFor(30*time.Second, rc.replicasInSync); err != nil {
+	if err := testkit.WaitFor(30*time.Second, rc.replicasInSync); err != nil {
 		t.Fatalf("the cluster's replicas did not sync with their masters within 30 s")
 	}
 	t.Logf("Redis Cluster on 127.0.0.1:%d-%d up in %s: %s", rc.port, rc.port+5, secs(time.Since(start)), rc.url)
@@ -235,13 +237,13 @@ func TestRedisClusterFailover(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
 	rc := startRedisCluster(t)
-	c := startCluster(t, clusterOptions{replicas: 2, nginx: true, redisURL: rc.url})
+	c := startCluster(t, testkit.Options{Replicas: 2, Nginx: true, RedisURL: rc.url})
 	l := newLoad(t, c, loadOptions{})
 	l.spread(t, 2)
 
 	// The group's channel, as the broker names it in cluster mode
 	// (realtime/broker/names.go): its slot's master is the victim.
-	slot, err := rc.keySlot(rc.port, c.prefix+fmt.Sprintf("{chat:%d}", l.group))
+	slot, err := rc.keySlot(rc.port, c.Prefix+fmt.Sprintf("{chat:%d}", l.group))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +271,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	// every surviving node says cluster_state:ok.
 	var promoted clusterNode
 	var promotedAfter, okAfter time.Duration
-	if err := waitFor(30*time.Second, func() bool {
+	if err := testkit.WaitFor(30*time.Second, func() bool {
 		n, ok := rc.owner(witness, slot)
 		if ok && n.id != victim.id {
 			promoted, promotedAfter = n, time.Since(killedAt)
@@ -279,7 +281,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("no replica took over slot %d within 30 s of the kill", slot)
 	}
-	if err := waitFor(30*time.Second, func() bool {
+	if err := testkit.WaitFor(30*time.Second, func() bool {
 		for p := rc.port; p < rc.port+6; p++ {
 			if p != victim.port() && !rc.stateOK(p) {
 				return false
@@ -297,7 +299,7 @@ func TestRedisClusterFailover(t *testing.T) {
 		fmt.Sprintf("its replica %s took the slot over after %s (outage window), cluster_state ok on every surviving node after %s", promoted.addr, secs(promotedAfter), secs(okAfter)),
 		"recovery "+secs(recovery)+" after the kill",
 		fmt.Sprintf("%d publishes and %d dedup claims failed meanwhile (stored and acked anyway), %d broker resubscriptions refilled the replicas from the database",
-			c.logCount(`"event":"broker.error"`, `"op":"publish"`), c.logCount(`"event":"dedup.error"`), c.logCount(`"event":"broker.resubscribed"`)),
-		c.nginxStats())
+			c.LogCount(`"event":"broker.error"`, `"op":"publish"`), c.LogCount(`"event":"dedup.error"`), c.LogCount(`"event":"broker.resubscribed"`)),
+		c.NginxStats())
 	res.check(t)
 }

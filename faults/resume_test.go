@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"sort"
@@ -18,6 +17,7 @@ import (
 	"github.com/windi-chat/windi/app/apptest/speccheck"
 	"github.com/windi-chat/windi/client"
 	"github.com/windi-chat/windi/client/rest"
+	"github.com/windi-chat/windi/testkit"
 )
 
 // TestClientsResumeAcrossReplicaKill runs the two SDKs as applications
@@ -36,16 +36,16 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	requireFaults(t)
 	start := time.Now()
 	tsSDK(t) // build first: a missing node fails before any server starts
-	c := startCluster(t, clusterOptions{replicas: 2, nginx: true})
+	c := startCluster(t, testkit.Options{Replicas: 2, Nginx: true})
 	r := newResumeRun(t, c)
-	victim, survivor := c.replicas[0], c.replicas[1]
+	victim, survivor := c.Replicas[0], c.Replicas[1]
 
 	// Five Go connections and two TypeScript ones, on /ws and on
 	// /ws/{chat_id}; user g0 has one of each. Four are placed on the
 	// replica that will be killed, three on the other.
 	users := map[string]*user{}
 	for _, n := range []string{"g0", "g1", "g2", "g3", "t0", "t1"} {
-		users[n] = register(t, r.hc, c.base, strings.ToUpper(n[:1])+n[1:])
+		users[n] = register(t, r.hc, c.URL, strings.ToUpper(n[:1])+n[1:])
 	}
 	var members []int64
 	for _, n := range []string{"g1", "g2", "g3", "t0", "t1"} {
@@ -55,7 +55,7 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	layout := []struct {
 		name, kind, user string
 		perChat          bool
-		on               *replica
+		on               *testkit.Replica
 	}{
 		{"g0-ws", "Go", "g0", false, victim},
 		{"g0-chat", "Go", "g0", true, survivor},
@@ -80,7 +80,7 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	// The TypeScript clients first: node reports each once placed.
 	placed := make(chan struct{})
 	var placedOnce sync.Once
-	ts := startTSClients(t, c.base, r.group, r.run, r.interval, tsSpecs, filepath.Join(c.dir, "ts-clients.log"), func(ev tsEvent) {
+	ts := startTSClients(t, c.URL, r.group, r.run, r.interval, tsSpecs, filepath.Join(c.Dir, "ts-clients.log"), func(ev tsEvent) {
 		if ev.Ev == "placed" {
 			placedOnce.Do(func() { close(placed) })
 		}
@@ -111,10 +111,10 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	// The replicas' own count of open WebSockets names the victim: the
 	// one that holds the most.
 	var counts []int
-	if err := waitFor(10*time.Second, func() bool {
+	if err := testkit.WaitFor(10*time.Second, func() bool {
 		counts = counts[:0]
 		total := 0
-		for _, rep := range c.replicas {
+		for _, rep := range c.Replicas {
 			n := wsConnections(rep)
 			counts = append(counts, n)
 			total += n
@@ -175,8 +175,8 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	storedAtKill := replicaMetric(victim, "windi_messages_stored_total") - storedBefore
 	victimName := victim.Name()
 	killedAt := r.markKill(victimName)
-	victim.proc().signal(syscall.SIGKILL)
-	if !victim.proc().wait(5 * time.Second) {
+	victim.Signal(syscall.SIGKILL)
+	if !victim.Wait(5 * time.Second) {
 		t.Fatal("the killed replica did not exit")
 	}
 	reconnect, err := r.waitMoved(moving, victimName, 20*time.Second)
@@ -185,7 +185,7 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 	}
 	sleepUntil(killedAt.Add(4 * time.Second))
 	restartAt := time.Now()
-	if err := victim.start(); err != nil {
+	if err := victim.Start(); err != nil {
 		t.Fatal(err)
 	}
 	restarted := time.Since(restartAt)
@@ -218,33 +218,24 @@ func TestClientsResumeAcrossReplicaKill(t *testing.T) {
 		"reconnect after the kill "+reconnect,
 		"recovery "+secs(recovery),
 		"killed replica restarted in "+secs(restarted),
-		c.nginxStats())
+		c.NginxStats())
 	res.check(t)
 }
 
 // wsConnections is a replica's windi_ws_connections gauge (-1 when it
 // cannot be read).
-func wsConnections(rep *replica) int { return replicaMetric(rep, "windi_ws_connections") }
+func wsConnections(rep *testkit.Replica) int { return replicaMetric(rep, "windi_ws_connections") }
 
 // replicaMetric reads one unlabelled sample of a replica's /metrics (-1
 // when it cannot be read).
-func replicaMetric(rep *replica, name string) int {
+func replicaMetric(rep *testkit.Replica, name string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rep.url+"/metrics", nil)
+	text, err := scrape(ctx, rep.URL+"/metrics")
 	if err != nil {
 		return -1
 	}
-	resp, err := noKeepAlive.Do(req)
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return -1
-	}
-	v, ok := metricValue(string(b), name)
+	v, ok := metricValue(text, name)
 	if !ok {
 		return -1
 	}
@@ -312,7 +303,7 @@ type ackInfo struct {
 // resumeRun records what every client of the test did.
 type resumeRun struct {
 	t        *testing.T
-	c        *cluster
+	c        *testkit.Cluster
 	hc       *http.Client // the SDK clients', checking REST answers against the spec
 	spec     *speccheck.Checker
 	run      string
@@ -332,11 +323,11 @@ type resumeRun struct {
 	nProblems int
 }
 
-func newResumeRun(t *testing.T, c *cluster) *resumeRun {
+func newResumeRun(t *testing.T, c *testkit.Cluster) *resumeRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	return &resumeRun{
-		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: randomHex(4), interval: 100 * time.Millisecond, ctx: ctx,
+		t: t, c: c, hc: specHTTP(t), spec: spec(t), run: testkit.RandomHex(4), interval: 100 * time.Millisecond, ctx: ctx,
 		sent: map[string]*sendInfo{}, acked: map[string]ackInfo{}, failed: map[string]string{},
 	}
 }
@@ -537,7 +528,7 @@ func (r *resumeRun) dialGo(t *testing.T, sc *sdkClient) *client.Conn {
 		// The round robin's next pick is the other replica: a plain
 		// request moves it on, so the next handshake does not meet the
 		// same one.
-		_, _, _ = httpGet(context.Background(), r.c.base+"/readyz")
+		_, _, _ = testkit.Get(context.Background(), r.c.URL+"/readyz")
 	}
 	t.Fatalf("%s: no connection through the proxy landed on %s in 40 dials", sc.name, sc.target)
 	return nil

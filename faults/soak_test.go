@@ -3,8 +3,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/windi-chat/windi/client"
 	"github.com/windi-chat/windi/client/rest"
+	"github.com/windi-chat/windi/testkit"
 )
 
 // sample is one reading of a replica's resource metrics.
@@ -32,26 +31,19 @@ func (s sample) String() string {
 // process_open_fds, process_resident_memory_bytes,
 // go_memstats_heap_inuse_bytes, windi_ws_connections). With gc, it first
 // has the server collect garbage (GET /debug/pprof/heap?gc=1 on
-// WINDI_PPROF_ADDR).
-func readSample(base, pprofAddr string, gc bool) (sample, error) {
-	if gc && pprofAddr != "" {
-		if _, _, err := httpGet(context.Background(), "http://"+pprofAddr+"/debug/pprof/heap?gc=1"); err != nil {
+// its pprof listener, testkit.Options.Pprof).
+func readSample(r *testkit.Replica, gc bool) (sample, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if gc && r.PprofURL != "" {
+		if _, err := scrape(ctx, r.PprofURL+"/debug/pprof/heap?gc=1"); err != nil {
 			return sample{}, err
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
-	resp, err := noKeepAlive.Do(req)
+	text, err := scrape(ctx, r.URL+"/metrics")
 	if err != nil {
 		return sample{}, err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return sample{}, err
-	}
-	text := string(b)
 	var s sample
 	var ok [5]bool
 	s.goroutines, ok[0] = metricValue(text, "go_goroutines")
@@ -87,8 +79,8 @@ func TestSoak(t *testing.T) {
 		dur = time.Duration(n) * time.Second
 	}
 	start := time.Now()
-	pprofAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	c := startCluster(t, clusterOptions{replicas: 1, env: []string{"WINDI_PPROF_ADDR=" + pprofAddr}})
+	c := startCluster(t, testkit.Options{Replicas: 1, Pprof: true})
+	rep := c.Replicas[0]
 	l := newLoad(t, c, loadOptions{interval: 250 * time.Millisecond})
 	l.start()
 
@@ -202,7 +194,7 @@ func TestSoak(t *testing.T) {
 		prev := -1.0
 		for time.Now().Before(deadline) {
 			time.Sleep(500 * time.Millisecond)
-			if s, err = readSample(c.base, pprofAddr, true); err != nil {
+			if s, err = readSample(rep, true); err != nil {
 				continue
 			}
 			if s.conns == float64(len(l.devices)) && s.goroutines == prev {
@@ -217,14 +209,14 @@ func TestSoak(t *testing.T) {
 	}
 
 	// Warm up (pools, buffers), then the baseline.
-	pid, port := c.replicas[0].proc().pid(), c.replicas[0].port
+	pid, port := rep.PID(), rep.Port
 	runChurn(3 * time.Second)
 	base, err := settle()
 	if err != nil {
 		t.Fatal(err)
 	}
 	baseFDs := fdKinds(pid, port)
-	saveHeapProfile(t, pprofAddr, "soak-heap-before.pb.gz")
+	saveHeapProfile(t, rep, "soak-heap-before.pb.gz")
 
 	// The churn, with the peak sampled every second.
 	var peak sample
@@ -240,7 +232,7 @@ func TestSoak(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			if s, err := readSample(c.base, pprofAddr, false); err == nil {
+			if s, err := readSample(rep, false); err == nil {
 				peakMu.Lock()
 				peak = sample{max(peak.goroutines, s.goroutines), max(peak.fds, s.fds), max(peak.rss, s.rss), max(peak.heap, s.heap), max(peak.conns, s.conns)}
 				peakMu.Unlock()
@@ -261,7 +253,7 @@ func TestSoak(t *testing.T) {
 		t.Error(err)
 	}
 	afterFDs := fdKinds(pid, port)
-	saveHeapProfile(t, pprofAddr, "soak-heap-after.pb.gz")
+	saveHeapProfile(t, rep, "soak-heap-after.pb.gz")
 	// Tolerances: a few goroutines; open files other than the pooled
 	// connections to Postgres and Redis (bounded pools that may hold a few
 	// more idle connections after a busy spell) within 3; memory within
@@ -366,23 +358,20 @@ func hexPort(addr string) int {
 }
 
 // saveHeapProfile keeps the replica's heap profile (after a GC) in
-// WINDI_FAULTS_LOGS, if set: compare the two of a soak with
+// WINDI_TEST_LOGS (or WINDI_FAULTS_LOGS), if set: compare the two of a
+// soak with
 // `go tool pprof -top -diff_base soak-heap-before.pb.gz soak-heap-after.pb.gz`.
-func saveHeapProfile(t *testing.T, pprofAddr, name string) {
-	dir := os.Getenv("WINDI_FAULTS_LOGS")
+func saveHeapProfile(t *testing.T, r *testkit.Replica, name string) {
+	dir := os.Getenv("WINDI_TEST_LOGS")
 	if dir == "" {
 		return
 	}
-	resp, err := noKeepAlive.Get("http://" + pprofAddr + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		t.Logf("heap profile: %v", err)
-		return
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b, err := scrape(ctx, r.PprofURL+"/debug/pprof/heap?gc=1")
 	if err == nil {
 		_ = os.MkdirAll(dir, 0o755)
-		err = os.WriteFile(filepath.Join(dir, name), b, 0o644)
+		err = os.WriteFile(filepath.Join(dir, name), []byte(b), 0o644)
 	}
 	if err != nil {
 		t.Logf("heap profile: %v", err)
