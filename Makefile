@@ -70,5 +70,5 @@ faults:
 # one replica, then goroutines, open files and memory must come back.
 SOAK_SECONDS ?= 600
 soak:
-	WINDI_FAULTS=1 WINDI_SOAK_SECONDS=$(SOAK_SECONDS) WINDI_FAULTS_LOGS=$(CURDIR)/.ci/out/soak \
+	WINDI_FAULTS=1 WINDI_SOAK_SECONDS=$(SOAK_SECONDS) WINDI_TEST_LOGS=$(CURDIR)/.ci/out/soak \
 		go test -count=1 -timeout $$(( $(SOAK_SECONDS) + 300 ))s -run '^TestSoak$$' -v ./faults/
