@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // metricValue returns the value of the sample whose line starts with name
@@ -54,16 +54,16 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			t.Error("Go runtime or process metrics missing")
 		}
 		alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
-		var body gen.CreateChatRequest
-		_ = body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: gen.CreatePrivateChatTypePrivate, UserID: bob.ID})
+		var body rest.CreateChatRequest
+		_ = body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: bob.ID})
 		cr, _ := s.Client.CreateChatWithResponse(t.Context(), body, alice.Auth())
 		chatID := cr.JSON201.ID
 		w := s.DialWS(t, fmt.Sprintf("/ws/%d", chatID), bob.Token)
 		time.Sleep(200 * time.Millisecond)
 		for i := range 3 {
-			s.Client.SendMessageWithResponse(t.Context(), chatID, gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("m%d", i), Text: "hi"}, alice.Auth())
+			s.Client.SendMessageWithResponse(t.Context(), chatID, rest.SendMessageRequest{ClientMsgID: fmt.Sprintf("m%d", i), Text: "hi"}, alice.Auth())
 		}
-		s.Client.SendMessageWithResponse(t.Context(), chatID, gen.SendMessageRequest{ClientMsgID: "m0", Text: "hi"}, alice.Auth())
+		s.Client.SendMessageWithResponse(t.Context(), chatID, rest.SendMessageRequest{ClientMsgID: "m0", Text: "hi"}, alice.Auth())
 		for range 3 {
 			w.Until(t, "message.new", 5*time.Second)
 		}
@@ -106,14 +106,14 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
 		secretText := "TOP-SECRET-TEXT-" + apptest.RandomID()
 		s.Do(t, "POST", "/login", "application/x-www-form-urlencoded", apptest.Form("username", alice.Email, "password", "WRONG-PASSWORD-"+apptest.RandomID()), "")
-		var body gen.CreateChatRequest
-		_ = body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: gen.CreatePrivateChatTypePrivate, UserID: bob.ID})
+		var body rest.CreateChatRequest
+		_ = body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: bob.ID})
 		cr, _ := s.Client.CreateChatWithResponse(t.Context(), body, alice.Auth())
 		chatID := cr.JSON201.ID
 		w := s.DialWS(t, fmt.Sprintf("/ws/%d", chatID), alice.Token) // token in ?token=
 		w.Send(t, map[string]any{"type": "message.send", "client_msg_id": "c1", "text": secretText})
 		w.Until(t, "message.ack", 5*time.Second)
-		s.Client.SendMessageWithResponse(t.Context(), chatID, gen.SendMessageRequest{ClientMsgID: "c2", Text: secretText}, alice.Auth())
+		s.Client.SendMessageWithResponse(t.Context(), chatID, rest.SendMessageRequest{ClientMsgID: "c2", Text: secretText}, alice.Auth())
 		s.Do(t, "GET", "/chats?token="+alice.Token, "", nil, alice.Token)
 		w.Close()
 		time.Sleep(200 * time.Millisecond)

@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,11 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // TestSlowBodyIsCutOff is a real slow client: it sends a request's headers
@@ -84,30 +81,21 @@ func TestWebSocketOutlivesReadTimeout(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.StartMain(t, func(m *app.Main) { m.HTTP.Read = time.Second })
 		alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
-		var body gen.CreateChatRequest
-		_ = body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: gen.CreatePrivateChatTypePrivate, UserID: bob.ID})
+		var body rest.CreateChatRequest
+		_ = body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: bob.ID})
 		cr, err := s.Client.CreateChatWithResponse(t.Context(), body, alice.Auth())
 		if err != nil || cr.JSON201 == nil {
 			t.Fatalf("create chat: %v %v", err, cr)
 		}
-		ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
-		defer cancel()
-		ws, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(s.URL, "http")+"/ws/"+strconv.FormatInt(cr.JSON201.ID, 10)+"?token="+bob.Token, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ws.CloseNow()
+		w := s.DialWS(t, "/ws/"+strconv.FormatInt(cr.JSON201.ID, 10), bob.Token)
 		time.Sleep(2500 * time.Millisecond) // past the read timeout on purpose
-		r, err := s.Client.SendMessageWithResponse(ctx, cr.JSON201.ID, gen.SendMessageRequest{ClientMsgID: "late-1", Text: "still there?"}, alice.Auth())
+		r, err := s.Client.SendMessageWithResponse(t.Context(), cr.JSON201.ID, rest.SendMessageRequest{ClientMsgID: "late-1", Text: "still there?"}, alice.Auth())
 		if err != nil || r.StatusCode() != 201 {
 			t.Fatalf("send: %v %v", err, r)
 		}
+		// Until fails at once if the WebSocket ends before the message.
 		for {
-			_, data, err := ws.Read(ctx)
-			if err != nil {
-				t.Fatalf("the WebSocket ended before the message arrived: %v", err)
-			}
-			if strings.Contains(string(data), `"message.new"`) && strings.Contains(string(data), "late-1") {
+			if f, _ := w.Until(t, "message.new", 15*time.Second); f.Msg().ClientMsgID == "late-1" {
 				return
 			}
 		}
@@ -157,8 +145,8 @@ func TestReplicasSharingANameKeepPresence(t *testing.T) {
 		same := func(c *app.Config) { c.ReplicaName = "twin" }
 		a, b := env.Start(t, same), env.Start(t, same)
 		alice, bob := a.NewUser(t, "Alice"), a.NewUser(t, "Bob")
-		var body gen.CreateChatRequest
-		_ = body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: gen.CreatePrivateChatTypePrivate, UserID: bob.ID})
+		var body rest.CreateChatRequest
+		_ = body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: bob.ID})
 		cr, err := a.Client.CreateChatWithResponse(t.Context(), body, alice.Auth())
 		if err != nil || cr.JSON201 == nil {
 			t.Fatalf("create chat: %v %v", err, cr)

@@ -137,6 +137,10 @@ type SocketOptions struct {
 	Header http.Header
 	// ReadLimit is the largest frame read; 0 means 1 MiB.
 	ReadLimit int64
+	// Oversize lets Write and WriteRaw send frames over MaxFrameBytes:
+	// for tests of the server's own limit (it closes the connection with
+	// 1009).
+	Oversize bool
 	// Trace, when set, sees every frame read (out false) and written (out
 	// true), as bytes; tests check them against the spec with it.
 	Trace func(out bool, data []byte)
@@ -148,16 +152,17 @@ type SocketOptions struct {
 // Write and WriteRaw may be called concurrently with them and with
 // themselves.
 type Socket struct {
-	ws    *websocket.Conn
-	trace func(out bool, data []byte)
-	heard atomic.Int64 // Unix nanoseconds of the last frame or ping read
+	ws       *websocket.Conn
+	trace    func(out bool, data []byte)
+	oversize bool         // frames over MaxFrameBytes may be written
+	heard    atomic.Int64 // Unix nanoseconds of the last frame or ping read
 }
 
 // DialSocket opens a WebSocket to url (ws:// or wss://). A handshake the
 // server refused with a status is a *HandshakeError; the response is
 // returned too when there was one.
 func DialSocket(ctx context.Context, url string, opts SocketOptions) (*Socket, *http.Response, error) {
-	s := &Socket{trace: opts.Trace}
+	s := &Socket{trace: opts.Trace, oversize: opts.Oversize}
 	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{
 		HTTPClient: opts.HTTPClient,
 		HTTPHeader: opts.Header,
@@ -268,9 +273,10 @@ func (s *Socket) Write(ctx context.Context, v any) error {
 }
 
 // WriteRaw sends data as one text frame, unchecked (for tests of malformed
-// frames), except that a frame over MaxFrameBytes is refused.
+// frames), except that a frame over MaxFrameBytes is refused unless
+// SocketOptions.Oversize allows it.
 func (s *Socket) WriteRaw(ctx context.Context, data []byte) error {
-	if len(data) > MaxFrameBytes {
+	if len(data) > MaxFrameBytes && !s.oversize {
 		return ErrFrameTooLarge
 	}
 	if s.trace != nil {

@@ -97,3 +97,42 @@ func TestSocketReadRaw(t *testing.T) {
 		t.Errorf("at the close got %v (code %d), want code 4001", err, client.CloseStatus(err))
 	}
 }
+
+// TestSocketOversize: a frame over MaxFrameBytes is refused unless the
+// socket was opened with Oversize; then it goes on the wire, and the
+// server's own limit (the fake's is coder/websocket's 32 KiB) closes the
+// connection with 1009.
+func TestSocketOversize(t *testing.T) {
+	f := newFakeServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	huge := bytes.Repeat([]byte("x"), client.MaxFrameBytes+1)
+
+	sock, _, err := f.client(t).DialSocket(ctx, "/ws", client.SocketOptions{})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	<-f.conns
+	if err := sock.WriteRaw(ctx, huge); !errors.Is(err, client.ErrFrameTooLarge) {
+		t.Errorf("WriteRaw without Oversize: got %v, want ErrFrameTooLarge", err)
+	}
+	if err := sock.Write(ctx, string(huge)); !errors.Is(err, client.ErrFrameTooLarge) {
+		t.Errorf("Write without Oversize: got %v, want ErrFrameTooLarge", err)
+	}
+	_ = sock.CloseNow()
+
+	sock, _, err = f.client(t).DialSocket(ctx, "/ws", client.SocketOptions{Oversize: true})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer func() { _ = sock.CloseNow() }()
+	<-f.conns
+	// The server may stop reading mid-frame, so the write may fail; it
+	// must not be refused.
+	if err := sock.WriteRaw(ctx, huge); errors.Is(err, client.ErrFrameTooLarge) {
+		t.Fatalf("WriteRaw with Oversize: got %v, want the frame sent", err)
+	}
+	if _, err := sock.ReadRaw(ctx, nil); client.CloseStatus(err) != 1009 {
+		t.Errorf("after the oversize frame: got %v (code %d), want the server's 1009", err, client.CloseStatus(err))
+	}
+}

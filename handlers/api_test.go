@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 var bg = context.Background()
@@ -21,7 +21,7 @@ var bg = context.Background()
 func ptr[T any](v T) *T { return &v }
 
 // wantProblem checks an RFC 9457 body: status, content type and code.
-func wantProblem(t *testing.T, status int, hdr http.Header, body []byte, wantStatus int, wantCode gen.ProblemCode) {
+func wantProblem(t *testing.T, status int, hdr http.Header, body []byte, wantStatus int, wantCode rest.ProblemCode) {
 	t.Helper()
 	if status != wantStatus {
 		t.Fatalf("got status %d, want %d (body %s)", status, wantStatus, body)
@@ -29,7 +29,7 @@ func wantProblem(t *testing.T, status int, hdr http.Header, body []byte, wantSta
 	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
 		t.Errorf("got Content-Type %q, want application/problem+json", ct)
 	}
-	var p gen.Problem
+	var p rest.Problem
 	if err := json.Unmarshal(body, &p); err != nil {
 		t.Fatalf("problem body %s: %v", body, err)
 	}
@@ -52,10 +52,10 @@ func wantStatus(t *testing.T, r resp, err error, want int) {
 	}
 }
 
-func group(t *testing.T, s *apptest.Server, owner apptest.User, name string, members ...int64) gen.Chat {
+func group(t *testing.T, s *apptest.Server, owner apptest.User, name string, members ...int64) rest.Chat {
 	t.Helper()
-	var body gen.CreateChatRequest
-	g := gen.CreateGroupChat{Type: gen.CreateGroupChatTypeGroup, Name: name}
+	var body rest.CreateChatRequest
+	g := rest.CreateGroupChat{Type: rest.CreateGroupChatTypeGroup, Name: name}
 	if members != nil {
 		g.MemberIds = &members
 	}
@@ -67,18 +67,18 @@ func group(t *testing.T, s *apptest.Server, owner apptest.User, name string, mem
 	return *r.JSON201
 }
 
-func private(t *testing.T, s *apptest.Server, a apptest.User, b int64) (*gen.CreateChatResponse, error) {
+func private(t *testing.T, s *apptest.Server, a apptest.User, b int64) (*rest.CreateChatResponse, error) {
 	t.Helper()
-	var body gen.CreateChatRequest
-	if err := body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: gen.CreatePrivateChatTypePrivate, UserID: b}); err != nil {
+	var body rest.CreateChatRequest
+	if err := body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: rest.CreatePrivateChatTypePrivate, UserID: b}); err != nil {
 		t.Fatal(err)
 	}
 	return s.Client.CreateChatWithResponse(bg, body, a.Auth())
 }
 
-func send(t *testing.T, s *apptest.Server, u apptest.User, chatID int64, cmid, text string) *gen.SendMessageResponse {
+func send(t *testing.T, s *apptest.Server, u apptest.User, chatID int64, cmid, text string) *rest.SendMessageResponse {
 	t.Helper()
-	r, err := s.Client.SendMessageWithResponse(bg, chatID, gen.SendMessageRequest{ClientMsgID: cmid, Text: text}, u.Auth())
+	r, err := s.Client.SendMessageWithResponse(bg, chatID, rest.SendMessageRequest{ClientMsgID: cmid, Text: text}, u.Auth())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func send(t *testing.T, s *apptest.Server, u apptest.User, chatID int64, cmid, t
 func TestRegisterAndLogin(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.Start(t)
-		r, err := s.Client.RegisterWithResponse(bg, gen.RegisterRequest{Name: " Alice ", Email: "Alice@Example.COM", Password: "correct horse"})
+		r, err := s.Client.RegisterWithResponse(bg, rest.RegisterRequest{Name: " Alice ", Email: "Alice@Example.COM", Password: "correct horse"})
 		wantStatus(t, r, err, 201)
 		if u := r.JSON201; u.Email != "alice@example.com" || u.Name != "Alice" || u.ID == 0 || u.CreatedAt.IsZero() {
 			t.Errorf("got user %+v, want normalized email and trimmed name", u)
@@ -100,7 +100,7 @@ func TestRegisterAndLogin(t *testing.T) {
 		// The email is compared case-insensitively.
 		code, hdr, body := s.Do(t, "POST", "/register", "application/json",
 			strings.NewReader(`{"name":"A2","email":"ALICE@example.com","password":"12345678"}`), "")
-		wantProblem(t, code, hdr, body, 409, gen.ProblemCodeEmailTaken)
+		wantProblem(t, code, hdr, body, 409, rest.ProblemCodeEmailTaken)
 
 		for name, payload := range map[string]string{
 			"bad email":      `{"name":"B","email":"not-an-email","password":"12345678"}`,
@@ -115,16 +115,16 @@ func TestRegisterAndLogin(t *testing.T) {
 		} {
 			t.Run(name, func(t *testing.T) {
 				code, hdr, body := s.Do(t, "POST", "/register", "application/json", strings.NewReader(payload), "")
-				wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+				wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 			})
 		}
 		code, hdr, body = s.Do(t, "POST", "/register", "application/json", strings.NewReader(`{"name":`), "")
-		wantProblem(t, code, hdr, body, 400, gen.ProblemCodeBadRequest)
+		wantProblem(t, code, hdr, body, 400, rest.ProblemCodeBadRequest)
 
 		// Login: success, then identical failures for a wrong password and an unknown email.
-		lr, err := s.Client.LoginWithFormdataBodyWithResponse(bg, gen.LoginForm{Username: "ALICE@example.com", Password: "correct horse"})
+		lr, err := s.Client.LoginWithFormdataBodyWithResponse(bg, rest.LoginForm{Username: "ALICE@example.com", Password: "correct horse"})
 		wantStatus(t, lr, err, 200)
-		if lr.JSON200.TokenType != gen.Bearer || lr.JSON200.ExpiresIn != 3600 || lr.JSON200.AccessToken == "" {
+		if lr.JSON200.TokenType != rest.Bearer || lr.JSON200.ExpiresIn != 3600 || lr.JSON200.AccessToken == "" {
 			t.Errorf("got token %+v, want bearer expiring in 3600 s", lr.JSON200)
 		}
 		me, err := s.Client.GetMeWithResponse(bg, apptest.Bearer(lr.JSON200.AccessToken))
@@ -134,13 +134,13 @@ func TestRegisterAndLogin(t *testing.T) {
 		}
 		c1, h1, b1 := s.Do(t, "POST", "/login", "application/x-www-form-urlencoded", apptest.Form("username", "alice@example.com", "password", "wrong password"), "")
 		c2, h2, b2 := s.Do(t, "POST", "/login", "application/x-www-form-urlencoded", apptest.Form("username", "nobody@example.com", "password", "wrong password"), "")
-		wantProblem(t, c1, h1, b1, 401, gen.ProblemCodeInvalidCredentials)
-		wantProblem(t, c2, h2, b2, 401, gen.ProblemCodeInvalidCredentials)
+		wantProblem(t, c1, h1, b1, 401, rest.ProblemCodeInvalidCredentials)
+		wantProblem(t, c2, h2, b2, 401, rest.ProblemCodeInvalidCredentials)
 		if string(b1) != string(b2) {
 			t.Errorf("login failures differ: %s vs %s", b1, b2)
 		}
 		code, hdr, body = s.Do(t, "POST", "/login", "application/x-www-form-urlencoded", apptest.Form("username", "alice@example.com"), "")
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 	})
 }
 
@@ -156,7 +156,7 @@ func TestConcurrentRegistration(t *testing.T) {
 				s = b
 			}
 			wg.Go(func() {
-				r, err := s.Client.RegisterWithResponse(bg, gen.RegisterRequest{Name: "Race", Email: "race@example.com", Password: "12345678"})
+				r, err := s.Client.RegisterWithResponse(bg, rest.RegisterRequest{Name: "Race", Email: "race@example.com", Password: "12345678"})
 				if err != nil {
 					t.Error(err)
 					return
@@ -193,14 +193,14 @@ func TestAuthentication(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				for _, path := range []string{"/users/me", "/users", "/chats", "/chats/1", "/history/1", "/chats/1/presence"} {
 					code, hdr, body := s.Do(t, "GET", path, "", nil, token)
-					wantProblem(t, code, hdr, body, 401, gen.ProblemCodeUnauthorized)
+					wantProblem(t, code, hdr, body, 401, rest.ProblemCodeUnauthorized)
 					if hdr.Get("WWW-Authenticate") == "" {
 						t.Errorf("%s: 401 without WWW-Authenticate", path)
 					}
 				}
 				for _, path := range []string{"/chats", "/chats/1/messages", "/chats/1/read", "/groups/1/add_user/2", "/groups/1/remove_user/2"} {
 					code, hdr, body := s.Do(t, "POST", path, "application/json", strings.NewReader(`{}`), token)
-					wantProblem(t, code, hdr, body, 401, gen.ProblemCodeUnauthorized)
+					wantProblem(t, code, hdr, body, 401, rest.ProblemCodeUnauthorized)
 				}
 			})
 		}
@@ -219,7 +219,7 @@ func TestUsersSearch(t *testing.T) {
 		alice := s.NewUser(t, "Alice")
 		s.NewUser(t, "Albert")
 		bob := s.NewUser(t, "Bob")
-		r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al"}, alice.Auth())
+		r, err := s.Client.SearchUsersWithResponse(bg, &rest.SearchUsersParams{Q: "al"}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		var names []string
 		for _, u := range *r.JSON200 {
@@ -230,14 +230,14 @@ func TestUsersSearch(t *testing.T) {
 		}
 		// An email prefix finds nobody; the exact email (any case) finds
 		// its user, and the answer carries no email.
-		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "BOB-"}, alice.Auth())
+		r, err = s.Client.SearchUsersWithResponse(bg, &rest.SearchUsersParams{Q: "BOB-"}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if len(*r.JSON200) != 0 {
 			t.Errorf("email prefix: got %+v, want nobody", *r.JSON200)
 		}
-		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: " " + strings.ToUpper(bob.Email) + " "}, alice.Auth())
+		r, err = s.Client.SearchUsersWithResponse(bg, &rest.SearchUsersParams{Q: " " + strings.ToUpper(bob.Email) + " "}, alice.Auth())
 		wantStatus(t, r, err, 200)
-		if len(*r.JSON200) != 1 || (*r.JSON200)[0] != (gen.UserPublic{ID: bob.ID, Name: "Bob"}) {
+		if len(*r.JSON200) != 1 || (*r.JSON200)[0] != (rest.UserPublic{ID: bob.ID, Name: "Bob"}) {
 			t.Errorf("exact email: got %+v, want Bob", *r.JSON200)
 		}
 		if bytes.Contains(r.Body, []byte("@")) {
@@ -246,17 +246,17 @@ func TestUsersSearch(t *testing.T) {
 		// Never a listing of everyone: q is required and must not be blank.
 		for _, path := range []string{"/users", "/users?q=", "/users?q=%20%20"} {
 			code, hdr, body := s.Do(t, "GET", path, "", nil, alice.Token)
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		}
-		r, err = s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "al", Limit: ptr(2)}, alice.Auth())
+		r, err = s.Client.SearchUsersWithResponse(bg, &rest.SearchUsersParams{Q: "al", Limit: ptr(2)}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if len(*r.JSON200) != 2 {
 			t.Errorf("limit 2: got %d users", len(*r.JSON200))
 		}
 		code, hdr, body := s.Do(t, "GET", "/users?q=a&limit=101", "", nil, alice.Token)
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		code, hdr, body = s.Do(t, "GET", "/users?q=a&limit=abc", "", nil, alice.Token)
-		wantProblem(t, code, hdr, body, 400, gen.ProblemCodeBadRequest)
+		wantProblem(t, code, hdr, body, 400, rest.ProblemCodeBadRequest)
 	})
 }
 
@@ -267,7 +267,7 @@ func TestPrivateChats(t *testing.T) {
 		r, err := private(t, s, alice, bob.ID)
 		wantStatus(t, r, err, 201)
 		c := r.JSON201
-		if c.Type != gen.ChatTypePrivate || c.Name != nil || len(c.Members) != 2 || c.LastMessage != nil || c.Unread != 0 {
+		if c.Type != rest.ChatTypePrivate || c.Name != nil || len(c.Members) != 2 || c.LastMessage != nil || c.Unread != 0 {
 			t.Errorf("got chat %+v, want a private chat of two with no name and no messages", c)
 		}
 		again, err := private(t, s, bob, alice.ID)
@@ -281,7 +281,7 @@ func TestPrivateChats(t *testing.T) {
 		wantStatus(t, self, err, 422)
 		code, hdr, body := s.Do(t, "POST", "/chats", "application/json", strings.NewReader(`{"type":"channel","user_id":2}`), alice.Token)
 		if code != 400 && code != 422 {
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		}
 
 		g, err := s.Client.GetChatWithResponse(bg, c.ID, alice.Auth())
@@ -341,23 +341,23 @@ func TestGroups(t *testing.T) {
 		s := env.Start(t)
 		owner, m1, m2, out := s.NewUser(t, "Owner"), s.NewUser(t, "M1"), s.NewUser(t, "M2"), s.NewUser(t, "Out")
 		g := group(t, s, owner, "Team", m1.ID, owner.ID, m1.ID)
-		if g.Type != gen.ChatTypeGroup || g.Name == nil || *g.Name != "Team" || len(g.Members) != 2 {
+		if g.Type != rest.ChatTypeGroup || g.Name == nil || *g.Name != "Team" || len(g.Members) != 2 {
 			t.Fatalf("got group %+v, want Team with owner and m1", g)
 		}
-		roles := map[int64]gen.MemberRole{}
+		roles := map[int64]rest.MemberRole{}
 		for _, m := range g.Members {
 			roles[m.UserID] = m.Role
 		}
-		if roles[owner.ID] != gen.Owner || roles[m1.ID] != gen.Member {
+		if roles[owner.ID] != rest.Owner || roles[m1.ID] != rest.Member {
 			t.Errorf("got roles %v, want owner and member", roles)
 		}
 
 		code, hdr, body := s.Do(t, "POST", "/chats", "application/json", strings.NewReader(`{"type":"group","name":"X","member_ids":[99999]}`), owner.Token)
-		wantProblem(t, code, hdr, body, 404, gen.ProblemCodeNotFound)
+		wantProblem(t, code, hdr, body, 404, rest.ProblemCodeNotFound)
 		code, hdr, body = s.Do(t, "POST", "/chats", "application/json", strings.NewReader(`{"type":"group","name":"  "}`), owner.Token)
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		code, hdr, body = s.Do(t, "POST", "/chats", "application/json", strings.NewReader(`{"type":"group","name":"`+strings.Repeat("n", 101)+`"}`), owner.Token)
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 
 		// Add: owner only, idempotent, 404 for unknown users and groups, 409 for private chats.
 		add, err := s.Client.AddGroupMemberWithResponse(bg, g.ID, m2.ID, owner.Auth())
@@ -383,7 +383,7 @@ func TestGroups(t *testing.T) {
 		add, err = s.Client.AddGroupMemberWithResponse(bg, pc.JSON201.ID, m1.ID, owner.Auth())
 		wantStatus(t, add, err, 409)
 		code, hdr, body = s.Do(t, "POST", fmt.Sprintf("/groups/%d/add_user/%d", pc.JSON201.ID, m1.ID), "", nil, owner.Token)
-		wantProblem(t, code, hdr, body, 409, gen.ProblemCodeNotAGroup)
+		wantProblem(t, code, hdr, body, 409, rest.ProblemCodeNotAGroup)
 
 		// Remove: a member may remove only itself, the owner anyone but itself.
 		rm, err := s.Client.RemoveGroupMemberWithResponse(bg, g.ID, m2.ID, m1.Auth())
@@ -391,7 +391,7 @@ func TestGroups(t *testing.T) {
 		rm, err = s.Client.RemoveGroupMemberWithResponse(bg, g.ID, owner.ID, m1.Auth())
 		wantStatus(t, rm, err, 403)
 		code, hdr, body = s.Do(t, "POST", fmt.Sprintf("/groups/%d/remove_user/%d", g.ID, owner.ID), "", nil, owner.Token)
-		wantProblem(t, code, hdr, body, 409, gen.ProblemCodeOwnerCannotBeRemoved)
+		wantProblem(t, code, hdr, body, 409, rest.ProblemCodeOwnerCannotBeRemoved)
 		rm, err = s.Client.RemoveGroupMemberWithResponse(bg, g.ID, m1.ID, m1.Auth())
 		wantStatus(t, rm, err, 200)
 		if !rm.JSON200.Changed || rm.JSON200.Member {
@@ -450,17 +450,17 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		}
 
 		for name, tc := range map[string]struct {
-			params *gen.GetHistoryParams
+			params *rest.GetHistoryParams
 			want   []int64
 		}{
 			"default":          {nil, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}},
-			"limit":            {&gen.GetHistoryParams{Limit: ptr(3)}, []int64{1, 2, 3}},
-			"offset":           {&gen.GetHistoryParams{Limit: ptr(3), Offset: ptr(2)}, []int64{3, 4, 5}},
-			"after_seq":        {&gen.GetHistoryParams{AfterSeq: ptr(int64(7))}, []int64{8, 9, 10}},
-			"before_seq":       {&gen.GetHistoryParams{BeforeSeq: ptr(int64(5)), Limit: ptr(2)}, []int64{3, 4}},
-			"after and before": {&gen.GetHistoryParams{AfterSeq: ptr(int64(2)), BeforeSeq: ptr(int64(6))}, []int64{3, 4, 5}},
-			"offset past end":  {&gen.GetHistoryParams{Offset: ptr(50)}, []int64{}},
-			"after last":       {&gen.GetHistoryParams{AfterSeq: ptr(int64(10))}, []int64{}},
+			"limit":            {&rest.GetHistoryParams{Limit: ptr(3)}, []int64{1, 2, 3}},
+			"offset":           {&rest.GetHistoryParams{Limit: ptr(3), Offset: ptr(2)}, []int64{3, 4, 5}},
+			"after_seq":        {&rest.GetHistoryParams{AfterSeq: ptr(int64(7))}, []int64{8, 9, 10}},
+			"before_seq":       {&rest.GetHistoryParams{BeforeSeq: ptr(int64(5)), Limit: ptr(2)}, []int64{3, 4}},
+			"after and before": {&rest.GetHistoryParams{AfterSeq: ptr(int64(2)), BeforeSeq: ptr(int64(6))}, []int64{3, 4, 5}},
+			"offset past end":  {&rest.GetHistoryParams{Offset: ptr(50)}, []int64{}},
+			"after last":       {&rest.GetHistoryParams{AfterSeq: ptr(int64(10))}, []int64{}},
 		} {
 			t.Run(name, func(t *testing.T) {
 				h, err := s.Client.GetHistoryWithResponse(bg, chatID, tc.params, bob.Auth())
@@ -476,7 +476,7 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		}
 		for _, q := range []string{"limit=0", "limit=101", "offset=-1"} {
 			code, hdr, body := s.Do(t, "GET", fmt.Sprintf("/history/%d?%s", chatID, q), "", nil, bob.Token)
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		}
 		h, err := s.Client.GetHistoryWithResponse(bg, chatID, nil, carol.Auth())
 		wantStatus(t, h, err, 403)
@@ -494,9 +494,9 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		if c.Unread != 8 || c.LastMessage == nil || c.LastMessage.Seq != 10 || c.LastMessage.Read {
 			t.Errorf("got unread %d last %+v, want 8 and unread seq 10", c.Unread, c.LastMessage)
 		}
-		rd, err := s.Client.MarkReadWithResponse(bg, chatID, gen.ReadRequest{Seq: 6}, bob.Auth())
+		rd, err := s.Client.MarkReadWithResponse(bg, chatID, rest.ReadRequest{Seq: 6}, bob.Auth())
 		wantStatus(t, rd, err, 204)
-		rd, err = s.Client.MarkReadWithResponse(bg, chatID, gen.ReadRequest{Seq: 3}, bob.Auth()) // lower: no change
+		rd, err = s.Client.MarkReadWithResponse(bg, chatID, rest.ReadRequest{Seq: 3}, bob.Auth()) // lower: no change
 		wantStatus(t, rd, err, 204)
 		h, err = s.Client.GetHistoryWithResponse(bg, chatID, nil, alice.Auth())
 		wantStatus(t, h, err, 200)
@@ -505,7 +505,7 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 				t.Errorf("seq %d: got read %v, want %v", m.Seq, m.Read, want)
 			}
 		}
-		rd, err = s.Client.MarkReadWithResponse(bg, chatID, gen.ReadRequest{Seq: 1000}, bob.Auth()) // capped at last_seq
+		rd, err = s.Client.MarkReadWithResponse(bg, chatID, rest.ReadRequest{Seq: 1000}, bob.Auth()) // capped at last_seq
 		wantStatus(t, rd, err, 204)
 		g, err := s.Client.GetChatWithResponse(bg, chatID, bob.Auth())
 		wantStatus(t, g, err, 200)
@@ -517,12 +517,12 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		if g.JSON200.Unread != 0 || !g.JSON200.LastMessage.Read {
 			t.Errorf("got unread %d read %v, want 0 and read", g.JSON200.Unread, g.JSON200.LastMessage.Read)
 		}
-		rd, err = s.Client.MarkReadWithResponse(bg, chatID, gen.ReadRequest{Seq: 1}, carol.Auth())
+		rd, err = s.Client.MarkReadWithResponse(bg, chatID, rest.ReadRequest{Seq: 1}, carol.Auth())
 		wantStatus(t, rd, err, 403)
-		rd, err = s.Client.MarkReadWithResponse(bg, 99999, gen.ReadRequest{Seq: 1}, carol.Auth())
+		rd, err = s.Client.MarkReadWithResponse(bg, 99999, rest.ReadRequest{Seq: 1}, carol.Auth())
 		wantStatus(t, rd, err, 404)
 		code, hdr, body := s.Do(t, "POST", fmt.Sprintf("/chats/%d/read", chatID), "application/json", strings.NewReader(`{"seq":-1}`), bob.Token)
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 
 		// Send errors.
 		for name, tc := range map[string]struct {
@@ -541,9 +541,9 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		} {
 			t.Run(name, func(t *testing.T) {
 				code, hdr, body := s.Do(t, "POST", fmt.Sprintf("/chats/%d/messages", chatID), "application/json", strings.NewReader(tc.payload), alice.Token)
-				want := gen.ProblemCodeValidationFailed
+				want := rest.ProblemCodeValidationFailed
 				if tc.status == 400 {
-					want = gen.ProblemCodeBadRequest
+					want = rest.ProblemCodeBadRequest
 				}
 				wantProblem(t, code, hdr, body, tc.status, want)
 			})
@@ -552,7 +552,7 @@ func TestMessagesHistoryAndRead(t *testing.T) {
 		wantStatus(t, send(t, s, alice, chatID, "max", strings.Repeat("é", 4096)), nil, 201)
 		wantStatus(t, send(t, s, carol, chatID, "c1", "let me in"), nil, 403)
 		wantStatus(t, send(t, s, carol, 99999, "c1", "anyone?"), nil, 404)
-		h, _ = s.Client.GetHistoryWithResponse(bg, chatID, &gen.GetHistoryParams{AfterSeq: ptr(int64(10))}, alice.Auth())
+		h, _ = s.Client.GetHistoryWithResponse(bg, chatID, &rest.GetHistoryParams{AfterSeq: ptr(int64(10))}, alice.Auth())
 		if len(*h.JSON200) != 1 {
 			t.Errorf("got %d messages after the failed sends, want only the 4096-character one", len(*h.JSON200))
 		}
@@ -580,7 +580,7 @@ func TestConcurrentSends(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		h, err := a.Client.GetHistoryWithResponse(bg, g.ID, &gen.GetHistoryParams{Limit: ptr(100)}, owner.Auth())
+		h, err := a.Client.GetHistoryWithResponse(bg, g.ID, &rest.GetHistoryParams{Limit: ptr(100)}, owner.Auth())
 		wantStatus(t, h, err, 200)
 		if len(*h.JSON200) != n {
 			t.Fatalf("got %d messages, want %d", len(*h.JSON200), n)
@@ -625,7 +625,7 @@ func TestConcurrentSends(t *testing.T) {
 		if count[201] != 1 || count[200] != k-1 || len(ids) != 1 {
 			t.Errorf("got statuses %v and ids %v, want one 201, %d 200, one id", count, ids, k-1)
 		}
-		h, _ = a.Client.GetHistoryWithResponse(bg, g.ID, &gen.GetHistoryParams{AfterSeq: ptr(int64(n))}, owner.Auth())
+		h, _ = a.Client.GetHistoryWithResponse(bg, g.ID, &rest.GetHistoryParams{AfterSeq: ptr(int64(n))}, owner.Auth())
 		if len(*h.JSON200) != 1 || (*h.JSON200)[0].Seq != n+1 {
 			t.Errorf("got %d rows after seq %d, want exactly one with seq %d", len(*h.JSON200), n, n+1)
 		}
@@ -654,17 +654,17 @@ func TestProblemsForEverything(t *testing.T) {
 	s := env.Start(t)
 	alice := s.NewUser(t, "Alice")
 	code, hdr, body := s.Do(t, "GET", "/no/such/route", "", nil, alice.Token)
-	wantProblem(t, code, hdr, body, 404, gen.ProblemCodeNotFound)
+	wantProblem(t, code, hdr, body, 404, rest.ProblemCodeNotFound)
 	code, hdr, body = s.Do(t, "DELETE", "/chats", "", nil, alice.Token)
-	wantProblem(t, code, hdr, body, 405, gen.ProblemCodeMethodNotAllowed)
+	wantProblem(t, code, hdr, body, 405, rest.ProblemCodeMethodNotAllowed)
 	big := `{"client_msg_id":"big","text":"` + strings.Repeat("x", 70<<10) + `"}`
 	code, hdr, body = s.Do(t, "POST", "/chats/1/messages", "application/json", strings.NewReader(big), alice.Token)
-	wantProblem(t, code, hdr, body, 422, gen.ProblemCodePayloadTooLarge)
+	wantProblem(t, code, hdr, body, 422, rest.ProblemCodePayloadTooLarge)
 	code, hdr, body = s.Do(t, "POST", "/register", "text/plain", strings.NewReader("hello"), "")
 	if code != 415 && code != 400 {
 		t.Errorf("wrong content type: got %d %s, want 415 or 400", code, body)
 	}
-	wantProblem(t, code, hdr, body, code, map[int]gen.ProblemCode{415: gen.ProblemCodeUnsupportedMediaType, 400: gen.ProblemCodeBadRequest}[code])
+	wantProblem(t, code, hdr, body, code, map[int]rest.ProblemCode{415: rest.ProblemCodeUnsupportedMediaType, 400: rest.ProblemCodeBadRequest}[code])
 	code, hdr, body = s.Do(t, "GET", "/chats/abc", "", nil, alice.Token)
 	if code != 400 && code != 422 {
 		t.Errorf("non-numeric id: got %d %s, want 400", code, body)

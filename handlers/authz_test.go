@@ -19,7 +19,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // This file is the authorization matrix (issue "Reliability", item 2): every
@@ -315,7 +315,7 @@ type authzExtra struct {
 	kind tokenKind
 	req  func(t *testing.T, f *authzFixture) authzReq
 	want int
-	code gen.ProblemCode // for non-2xx
+	code rest.ProblemCode // for non-2xx
 }
 
 var authzExtras = []authzExtra{
@@ -324,19 +324,19 @@ var authzExtras = []authzExtra{
 		return authzReq{params: map[string]int64{"session_id": f.owner.SessionID}, after: func(t *testing.T, _ int) {
 			f.wantSessionLive(t, f.owner.Token, true)
 		}}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"member revokes a session that does not exist", "revokeSession", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"session_id": missingID}}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"member revokes its revoked session again", "revokeSession", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"session_id": f.revokedSession}}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"member changes its password with a wrong current one", "changePassword", kindMember, func(t *testing.T, f *authzFixture) authzReq {
 		other := f.s.Session(t, f.member)
 		r := jsonReq(`{"current_password":"not-the-password","new_password":"whatever-123"}`)
 		r.after = func(t *testing.T, _ int) { f.wantSessionLive(t, other.Token, true) }
 		return r
-	}, 401, gen.ProblemCodeInvalidCredentials},
+	}, 401, rest.ProblemCodeInvalidCredentials},
 	{"refresh with a rotated refresh token", "refreshToken", kindNone, func(t *testing.T, f *authzFixture) authzReq {
 		tok := f.s.LoginToken(t, f.loginEmail, f.loginPassword)
 		code, _, body := f.s.Do(t, "POST", "/token/refresh", "application/json", strings.NewReader(fmt.Sprintf(`{"refresh_token":%q}`, tok.RefreshToken)), "")
@@ -344,55 +344,55 @@ var authzExtras = []authzExtra{
 			t.Fatalf("first refresh: got %d %s", code, body)
 		}
 		return jsonReq(fmt.Sprintf(`{"refresh_token":%q}`, tok.RefreshToken))
-	}, 401, gen.ProblemCodeInvalidCredentials},
+	}, 401, rest.ProblemCodeInvalidCredentials},
 	{"refresh with an access token", "refreshToken", kindNone, func(_ *testing.T, f *authzFixture) authzReq {
 		return jsonReq(fmt.Sprintf(`{"refresh_token":%q}`, f.member.Token))
-	}, 401, gen.ProblemCodeInvalidCredentials},
+	}, 401, rest.ProblemCodeInvalidCredentials},
 	{"member looks up a user that does not exist", "getUser", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": missingID}}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"member searches with an empty q", "searchUsers", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return authzReq{query: "q="}
-	}, 422, gen.ProblemCodeValidationFailed},
+	}, 422, rest.ProblemCodeValidationFailed},
 	{"owner removes the owner", "removeGroupMember", kindOwner, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": f.owner.ID}}
-	}, 409, gen.ProblemCodeOwnerCannotBeRemoved},
+	}, 409, rest.ProblemCodeOwnerCannotBeRemoved},
 	{"member removes another member", "removeGroupMember", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": f.bystander.ID}}
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	{"outsider removes itself", "removeGroupMember", kindNonMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": f.outsider.ID}}
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	{"member removes from a private chat", "removeGroupMember", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"group_id": f.privateID, "user_id": f.outsider.ID}}
-	}, 409, gen.ProblemCodeNotAGroup},
+	}, 409, rest.ProblemCodeNotAGroup},
 	{"member adds to a private chat", "addGroupMember", kindMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"group_id": f.privateID, "user_id": f.owner.ID}}
-	}, 409, gen.ProblemCodeNotAGroup},
+	}, 409, rest.ProblemCodeNotAGroup},
 	{"owner adds an unknown user", "addGroupMember", kindOwner, func(_ *testing.T, _ *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"user_id": missingID}}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"outsider reopens its private chat with the member", "createChat", kindNonMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return jsonReq(fmt.Sprintf(`{"type":"private","user_id":%d}`, f.member.ID))
 	}, 200, ""},
 	// O owns G but is an outsider of the private chat P (M and X).
-	{"group owner reads a foreign private chat", "getChat", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
-	{"group owner reads foreign private history", "getHistory", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
-	{"group owner watches foreign presence", "getPresence", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
+	{"group owner reads a foreign private chat", "getChat", kindOwner, privateChat, 403, rest.ProblemCodeForbidden},
+	{"group owner reads foreign private history", "getHistory", kindOwner, privateChat, 403, rest.ProblemCodeForbidden},
+	{"group owner watches foreign presence", "getPresence", kindOwner, privateChat, 403, rest.ProblemCodeForbidden},
 	{"group owner marks a foreign chat read", "markRead", kindOwner, func(t *testing.T, f *authzFixture) authzReq {
 		r := privateChat(t, f)
 		r.contentType, r.body = "application/json", `{"seq":0}`
 		return r
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	{"group owner sends to a foreign private chat", "sendMessage", kindOwner, func(t *testing.T, f *authzFixture) authzReq {
 		r := privateChat(t, f)
 		r.contentType, r.body = "application/json", `{"client_msg_id":"authz-foreign","text":"let me in"}`
 		return r
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	{"member reads its private chat", "getHistory", kindMember, privateChat, 200, ""},
 	{"member deletes the owner's message", "deleteMessage", kindMember, func(_ *testing.T, _ *authzFixture) authzReq {
 		return authzReq{params: map[string]int64{"seq": 1}}
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	{"member edits a deleted message", "editMessage", kindMember, func(t *testing.T, f *authzFixture) authzReq {
 		seq := f.memberMessage(t)
 		if status := f.deleteAs(t, f.member, seq); status != 200 {
@@ -401,29 +401,29 @@ var authzExtras = []authzExtra{
 		r := jsonReq(`{"text":"back"}`)
 		r.params = map[string]int64{"seq": seq}
 		return r
-	}, 409, gen.ProblemCodeMessageDeleted},
+	}, 409, rest.ProblemCodeMessageDeleted},
 	{"member edits a message that is not there", "editMessage", kindMember, func(_ *testing.T, _ *authzFixture) authzReq {
 		r := jsonReq(`{"text":"nothing"}`)
 		r.params = map[string]int64{"seq": 1 << 30}
 		return r
-	}, 404, gen.ProblemCodeNotFound},
-	{"group owner reacts in a foreign private chat", "addReaction", kindOwner, privateChat, 403, gen.ProblemCodeForbidden},
+	}, 404, rest.ProblemCodeNotFound},
+	{"group owner reacts in a foreign private chat", "addReaction", kindOwner, privateChat, 403, rest.ProblemCodeForbidden},
 	// Odd input (issue 15): the body's shape is judged before the token.
 	{"JSON posted to the login form", "login", kindNone, func(_ *testing.T, f *authzFixture) authzReq {
 		return jsonReq(fmt.Sprintf(`{"username":%q,"password":%q}`, f.loginEmail, f.loginPassword))
-	}, 415, gen.ProblemCodeUnsupportedMediaType},
+	}, 415, rest.ProblemCodeUnsupportedMediaType},
 	{"oversized body without a token", "createChat", kindNone, func(*testing.T, *authzFixture) authzReq {
 		return jsonReq(`{"type":"group","name":"` + strings.Repeat("n", 70_000) + `"}`)
-	}, 422, gen.ProblemCodePayloadTooLarge},
+	}, 422, rest.ProblemCodePayloadTooLarge},
 	{"trailing bytes after the body", "sendMessage", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return jsonReq(`{"client_msg_id":"authz-trailing","text":"x"} {}`)
-	}, 400, gen.ProblemCodeBadRequest},
+	}, 400, rest.ProblemCodeBadRequest},
 	{"member searches a chat that does not exist", "searchMessages", kindMember, func(*testing.T, *authzFixture) authzReq {
 		return authzReq{query: fmt.Sprintf("q=hello&chat_id=%d", missingID)}
-	}, 404, gen.ProblemCodeNotFound},
+	}, 404, rest.ProblemCodeNotFound},
 	{"group owner searches a foreign private chat", "searchMessages", kindOwner, func(_ *testing.T, f *authzFixture) authzReq {
 		return authzReq{query: fmt.Sprintf("q=hello&chat_id=%d", f.privateID)}
-	}, 403, gen.ProblemCodeForbidden},
+	}, 403, rest.ProblemCodeForbidden},
 	// Unnarrowed, each finds the seed message of its own chats only.
 	{"outsider searches all its chats", "searchMessages", kindNonMember, func(_ *testing.T, f *authzFixture) authzReq {
 		return f.searchFinds(kindNonMember, f.privateID)
@@ -443,7 +443,7 @@ func (f *authzFixture) searchFinds(k tokenKind, chats ...int64) authzReq {
 		if status != 200 {
 			return
 		}
-		r, err := f.s.Client.SearchMessagesWithResponse(bg, &gen.SearchMessagesParams{Q: "hello"}, apptest.Bearer(f.tokens[k]))
+		r, err := f.s.Client.SearchMessagesWithResponse(bg, &rest.SearchMessagesParams{Q: "hello"}, apptest.Bearer(f.tokens[k]))
 		wantStatus(t, r, err, 200)
 		var got []int64
 		for _, h := range *r.JSON200 {
@@ -669,15 +669,15 @@ func (f *authzFixture) wantSessionLive(t *testing.T, token string, live bool) {
 	case live && code != 200:
 		t.Errorf("session token: got %d %s, want 200 (the session lives)", code, body)
 	case !live:
-		wantProblem(t, code, hdr, body, 401, gen.ProblemCodeSessionRevoked)
+		wantProblem(t, code, hdr, body, 401, rest.ProblemCodeSessionRevoked)
 	}
 }
 
 // freshUser registers a user (without logging it in) whose password is
 // "password-123".
-func (f *authzFixture) freshUser(t *testing.T) gen.User {
+func (f *authzFixture) freshUser(t *testing.T) rest.User {
 	t.Helper()
-	r, err := f.s.Client.RegisterWithResponse(bg, gen.RegisterRequest{Name: "Fresh", Email: "fresh-" + apptest.RandomID() + "@example.com", Password: "password-123"})
+	r, err := f.s.Client.RegisterWithResponse(bg, rest.RegisterRequest{Name: "Fresh", Email: "fresh-" + apptest.RandomID() + "@example.com", Password: "password-123"})
 	wantStatus(t, r, err, 201)
 	return *r.JSON201
 }
@@ -694,7 +694,7 @@ func (f *authzFixture) inGroup(t *testing.T, userID int64) bool {
 	t.Helper()
 	r, err := f.s.Client.GetChatWithResponse(bg, f.groupID, f.owner.Auth())
 	wantStatus(t, r, err, 200)
-	return slices.ContainsFunc(r.JSON200.Members, func(m gen.ChatMember) bool { return m.UserID == userID })
+	return slices.ContainsFunc(r.JSON200.Members, func(m rest.ChatMember) bool { return m.UserID == userID })
 }
 
 // memberMessage sends a fresh message of M to G and returns its seq.
@@ -720,7 +720,7 @@ func (f *authzFixture) deleteAs(t *testing.T, u apptest.User, seq int64) int {
 // groupMessageText is the text of message seq of G, as the owner sees it.
 func (f *authzFixture) groupMessageText(t *testing.T, seq int64) string {
 	t.Helper()
-	r, err := f.s.Client.GetHistoryWithResponse(bg, f.groupID, &gen.GetHistoryParams{AfterSeq: ptr(seq - 1), Limit: ptr(1)}, f.owner.Auth())
+	r, err := f.s.Client.GetHistoryWithResponse(bg, f.groupID, &rest.GetHistoryParams{AfterSeq: ptr(seq - 1), Limit: ptr(1)}, f.owner.Auth())
 	wantStatus(t, r, err, 200)
 	if len(*r.JSON200) != 1 {
 		t.Fatalf("message %d of G not found", seq)
@@ -731,15 +731,15 @@ func (f *authzFixture) groupMessageText(t *testing.T, seq int64) string {
 // groupHasMessage reports whether G holds a message with client_msg_id cmid.
 func (f *authzFixture) groupHasMessage(t *testing.T, cmid string) bool {
 	t.Helper()
-	r, err := f.s.Client.GetHistoryWithResponse(bg, f.groupID, &gen.GetHistoryParams{Limit: ptr(100), BeforeSeq: ptr(int64(1) << 40)}, f.owner.Auth())
+	r, err := f.s.Client.GetHistoryWithResponse(bg, f.groupID, &rest.GetHistoryParams{Limit: ptr(100), BeforeSeq: ptr(int64(1) << 40)}, f.owner.Auth())
 	wantStatus(t, r, err, 200)
-	return slices.ContainsFunc(*r.JSON200, func(m gen.Message) bool { return m.ClientMsgID == cmid })
+	return slices.ContainsFunc(*r.JSON200, func(m rest.Message) bool { return m.ClientMsgID == cmid })
 }
 
 // call sends o's request as kind k, checks the status (want), the problem
 // document of a non-2xx (code, when given, else the status's usual code),
 // and the response against the spec; it returns the status.
-func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKind, r authzReq, want int, code gen.ProblemCode) int {
+func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKind, r authzReq, want int, code rest.ProblemCode) int {
 	t.Helper()
 	params := map[string]int64{"chat_id": f.groupID, "group_id": f.groupID, "user_id": f.member.ID, "seq": 1}
 	// String path parameters: the emoji (👍, escaped).
@@ -788,15 +788,15 @@ func (f *authzFixture) call(t *testing.T, doc *openapi3.T, o authzOp, k tokenKin
 		if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
 			t.Errorf("%s %s as %s: status %d with Content-Type %q, want application/problem+json", o.method, path, k, status, ct)
 		}
-		var p gen.Problem
+		var p rest.Problem
 		if err := json.Unmarshal(respBody, &p); err != nil {
 			t.Errorf("%s %s as %s: problem body %s: %v", o.method, path, k, respBody, err)
 		}
 		wantCode := code
 		if wantCode == "" {
-			wantCode = map[int]gen.ProblemCode{401: gen.ProblemCodeUnauthorized, 403: gen.ProblemCodeForbidden, 404: gen.ProblemCodeNotFound}[status]
+			wantCode = map[int]rest.ProblemCode{401: rest.ProblemCodeUnauthorized, 403: rest.ProblemCodeForbidden, 404: rest.ProblemCodeNotFound}[status]
 			if k == kindRevoked && status == 401 {
-				wantCode = gen.ProblemCodeSessionRevoked
+				wantCode = rest.ProblemCodeSessionRevoked
 			}
 		}
 		if p.Status != status || (wantCode != "" && p.Code != wantCode) || p.Title == "" || p.Type == "" {

@@ -12,7 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/handlers"
 )
 
@@ -29,14 +29,14 @@ func FuzzRequests(f *testing.F) {
 	// message and membership code, not only the 404 for a chat that does
 	// not exist.
 	peer := s.NewUser(f, "Peer")
-	var group gen.CreateChatRequest
-	_ = group.FromCreateGroupChat(gen.CreateGroupChat{Type: gen.CreateGroupChatTypeGroup, Name: "fuzz", MemberIds: &[]int64{peer.ID}})
+	var group rest.CreateChatRequest
+	_ = group.FromCreateGroupChat(rest.CreateGroupChat{Type: rest.CreateGroupChatTypeGroup, Name: "fuzz", MemberIds: &[]int64{peer.ID}})
 	if r, err := s.Client.CreateChatWithResponse(context.Background(), group, u.Auth()); err != nil || r.JSON201 == nil || r.JSON201.ID != 1 {
 		f.Fatalf("create the group: %v %v", err, r)
 	}
 	// Messages for searches to find.
 	for i, text := range []string{"hi there", "Привет, мир", `quotes ' " \ and :* & | !`} {
-		body := gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("fuzz-%d", i), Text: text}
+		body := rest.SendMessageRequest{ClientMsgID: fmt.Sprintf("fuzz-%d", i), Text: text}
 		if r, err := s.Client.SendMessageWithResponse(context.Background(), 1, body, u.Auth()); err != nil || r.JSON201 == nil {
 			f.Fatalf("send %q: %v %v", text, err, r)
 		}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 func TestRateLimitsSharedAcrossReplicas(t *testing.T) {
@@ -33,7 +33,7 @@ func TestRateLimitsSharedAcrossReplicas(t *testing.T) {
 				apptest.Form("username", alice.Email, "password", pw), "")
 			codes = append(codes, code)
 			if code == 429 {
-				wantProblem(t, code, hdr, body, 429, gen.ProblemCodeRateLimited)
+				wantProblem(t, code, hdr, body, 429, rest.ProblemCodeRateLimited)
 				if n, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || n < 1 || n > 60 {
 					t.Errorf("got Retry-After %q, want 1..60 seconds", hdr.Get("Retry-After"))
 				}

@@ -9,19 +9,19 @@ import (
 	"testing"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // search calls GET /search as u and returns the hits; the server checks
 // the answer against the spec.
-func search(t *testing.T, s *apptest.Server, u apptest.User, p gen.SearchMessagesParams) []gen.SearchHit {
+func search(t *testing.T, s *apptest.Server, u apptest.User, p rest.SearchMessagesParams) []rest.SearchHit {
 	t.Helper()
 	r, err := s.Client.SearchMessagesWithResponse(bg, &p, u.Auth())
 	wantStatus(t, r, err, 200)
 	return *r.JSON200
 }
 
-func hitTexts(hits []gen.SearchHit) []string {
+func hitTexts(hits []rest.SearchHit) []string {
 	out := []string{}
 	for _, h := range hits {
 		out = append(out, h.Message.Text)
@@ -45,7 +45,7 @@ func TestSearchMessages(t *testing.T) {
 
 		// Cyrillic prefix, any case: the hit carries the Message as
 		// elsewhere, with its chat.
-		hits := search(t, s, bob, gen.SearchMessagesParams{Q: "ПРИВ"})
+		hits := search(t, s, bob, rest.SearchMessagesParams{Q: "ПРИВ"})
 		if len(hits) != 1 || hits[0].ChatID != g || !reflect.DeepEqual(hits[0].Message, *greeting.JSON201) {
 			t.Fatalf("bob searches ПРИВ: got %+v, want the greeting %+v in chat %d", hits, *greeting.JSON201, g)
 		}
@@ -55,44 +55,44 @@ func TestSearchMessages(t *testing.T) {
 		// The read flag is derived as elsewhere: once bob and carol have
 		// read it, it is read.
 		for _, u := range []apptest.User{bob, carol} {
-			mr, err := s.Client.MarkReadWithResponse(bg, g, gen.ReadRequest{Seq: 1}, u.Auth())
+			mr, err := s.Client.MarkReadWithResponse(bg, g, rest.ReadRequest{Seq: 1}, u.Auth())
 			wantStatus(t, mr, err, 204)
 		}
-		if hits := search(t, s, carol, gen.SearchMessagesParams{Q: "всем"}); len(hits) != 1 || !hits[0].Message.Read {
+		if hits := search(t, s, carol, rest.SearchMessagesParams{Q: "всем"}); len(hits) != 1 || !hits[0].Message.Read {
 			t.Errorf("carol searches всем after everyone read it: got %+v, want it read", hits)
 		}
 
 		// Newest first, across the caller's chats; only the caller's.
-		if got, want := hitTexts(search(t, s, bob, gen.SearchMessagesParams{Q: "hello"})), []string{"hello private Bob", "hello World"}; !slices.Equal(got, want) {
+		if got, want := hitTexts(search(t, s, bob, rest.SearchMessagesParams{Q: "hello"})), []string{"hello private Bob", "hello World"}; !slices.Equal(got, want) {
 			t.Errorf("bob searches hello: got %q, want %q", got, want)
 		}
-		if got, want := hitTexts(search(t, s, carol, gen.SearchMessagesParams{Q: "hello"})), []string{"hello World"}; !slices.Equal(got, want) {
+		if got, want := hitTexts(search(t, s, carol, rest.SearchMessagesParams{Q: "hello"})), []string{"hello World"}; !slices.Equal(got, want) {
 			t.Errorf("carol (not in the private chat) searches hello: got %q, want %q", got, want)
 		}
-		if got, want := hitTexts(search(t, s, bob, gen.SearchMessagesParams{Q: "hello", ChatID: &p})), []string{"hello private Bob"}; !slices.Equal(got, want) {
+		if got, want := hitTexts(search(t, s, bob, rest.SearchMessagesParams{Q: "hello", ChatID: &p})), []string{"hello private Bob"}; !slices.Equal(got, want) {
 			t.Errorf("bob searches hello in the private chat: got %q, want %q", got, want)
 		}
 		// Operators and punctuation are words or nothing, never errors.
-		if got := hitTexts(search(t, s, bob, gen.SearchMessagesParams{Q: `hello & !(wor* | "x`})); len(got) != 0 {
+		if got := hitTexts(search(t, s, bob, rest.SearchMessagesParams{Q: `hello & !(wor* | "x`})); len(got) != 0 {
 			t.Errorf(`bob searches hello & !(wor* | "x: got %q, want nothing (x is in no message)`, got)
 		}
-		if got := hitTexts(search(t, s, bob, gen.SearchMessagesParams{Q: `"hello" & !(wor*`})); !slices.Equal(got, []string{"hello World"}) {
+		if got := hitTexts(search(t, s, bob, rest.SearchMessagesParams{Q: `"hello" & !(wor*`})); !slices.Equal(got, []string{"hello World"}) {
 			t.Errorf(`bob searches "hello" & !(wor*: got %q, want hello World`, got)
 		}
-		if got := search(t, s, bob, gen.SearchMessagesParams{Q: `?!* & | :* "`}); len(got) != 0 {
+		if got := search(t, s, bob, rest.SearchMessagesParams{Q: `?!* & | :* "`}); len(got) != 0 {
 			t.Errorf("punctuation only: got %+v, want nothing", got)
 		}
 
 		// A member who leaves finds nothing more of that chat.
 		rm, err := s.Client.RemoveGroupMemberWithResponse(bg, g, carol.ID, carol.Auth())
 		wantStatus(t, rm, err, 200)
-		if got := search(t, s, carol, gen.SearchMessagesParams{Q: "hello"}); len(got) != 0 {
+		if got := search(t, s, carol, rest.SearchMessagesParams{Q: "hello"}); len(got) != 0 {
 			t.Errorf("carol after leaving: got %+v, want nothing", got)
 		}
 		code, hdr, body := s.Do(t, "GET", fmt.Sprintf("/search?q=hello&chat_id=%d", g), "", nil, carol.Token)
-		wantProblem(t, code, hdr, body, 403, gen.ProblemCodeForbidden)
+		wantProblem(t, code, hdr, body, 403, rest.ProblemCodeForbidden)
 		code, hdr, body = s.Do(t, "GET", "/search?q=hello&chat_id=99999", "", nil, carol.Token)
-		wantProblem(t, code, hdr, body, 404, gen.ProblemCodeNotFound)
+		wantProblem(t, code, hdr, body, 404, rest.ProblemCodeNotFound)
 
 		// Bad input is a 422 naming the parameter, or a 400 when it does
 		// not parse.
@@ -113,7 +113,7 @@ func TestSearchMessages(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				code, hdr, body := s.Do(t, "GET", "/search?"+tc.query, "", nil, bob.Token)
-				wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+				wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 				if !strings.Contains(string(body), `"field":"`+tc.field+`"`) {
 					t.Errorf("got %s, want the field %s named", body, tc.field)
 				}
@@ -121,14 +121,14 @@ func TestSearchMessages(t *testing.T) {
 		}
 		for _, q := range []string{"q=a&chat_id=abc", "q=a&limit=x", "q=a&before_id=1.5"} {
 			code, hdr, body := s.Do(t, "GET", "/search?"+q, "", nil, bob.Token)
-			wantProblem(t, code, hdr, body, 400, gen.ProblemCodeBadRequest)
+			wantProblem(t, code, hdr, body, 400, rest.ProblemCodeBadRequest)
 		}
 		// The longest query allowed is fine.
-		if got := search(t, s, bob, gen.SearchMessagesParams{Q: strings.Repeat("я", 200)}); len(got) != 0 {
+		if got := search(t, s, bob, rest.SearchMessagesParams{Q: strings.Repeat("я", 200)}); len(got) != 0 {
 			t.Errorf("200 characters: got %+v, want nothing", got)
 		}
 		code, hdr, body = s.Do(t, "GET", "/search?q=hello", "", nil, "")
-		wantProblem(t, code, hdr, body, 401, gen.ProblemCodeUnauthorized)
+		wantProblem(t, code, hdr, body, 401, rest.ProblemCodeUnauthorized)
 	})
 }
 
@@ -150,12 +150,12 @@ func TestSearchMessagesPaging(t *testing.T) {
 			wantStatus(t, send(t, s, alice, chat, fmt.Sprintf("pg-%d", i), text), nil, 201)
 			want = append([]string{text}, want...)
 		}
-		if got := search(t, s, bob, gen.SearchMessagesParams{Q: "paging"}); len(got) != 20 {
+		if got := search(t, s, bob, rest.SearchMessagesParams{Q: "paging"}); len(got) != 20 {
 			t.Errorf("default limit: got %d hits, want 20", len(got))
 		}
 
 		var got []string
-		params := gen.SearchMessagesParams{Q: "pag mess", Limit: ptr(7)}
+		params := rest.SearchMessagesParams{Q: "pag mess", Limit: ptr(7)}
 		for pages := 1; ; pages++ {
 			hits := search(t, s, bob, params)
 			got = append(got, hitTexts(hits)...)
@@ -181,7 +181,7 @@ func TestSearchMessagesPaging(t *testing.T) {
 			}
 		}
 		got = nil
-		params = gen.SearchMessagesParams{Q: "paging", ChatID: &g, Limit: ptr(5)}
+		params = rest.SearchMessagesParams{Q: "paging", ChatID: &g, Limit: ptr(5)}
 		for {
 			hits := search(t, s, bob, params)
 			if len(hits) == 0 {

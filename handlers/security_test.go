@@ -19,7 +19,7 @@ import (
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
 	"github.com/windi-chat/windi/auth"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // This file holds the tests of issue 15 on the HTTP side: password
@@ -144,7 +144,7 @@ func TestRegisterLimitedPerIP(t *testing.T) {
 			t.Errorf("got statuses %v, want exactly 5 × 201 and 15 × 429", got)
 		}
 		code, hdr, body := register(a, "192.0.2.10")
-		wantProblem(t, code, hdr, body, 429, gen.ProblemCodeRateLimited)
+		wantProblem(t, code, hdr, body, 429, rest.ProblemCodeRateLimited)
 		if n, err := strconv.Atoi(hdr.Get("Retry-After")); err != nil || n < 1 || n > 60 {
 			t.Errorf("got Retry-After %q, want 1..60 seconds", hdr.Get("Retry-After"))
 		}
@@ -205,7 +205,7 @@ func TestPasswordHashingIsBounded(t *testing.T) {
 			t.Errorf("logins: got statuses %v, want some 200 and some 503, nothing else", got)
 		}
 		for _, b := range busy {
-			wantProblem(t, 503, http.Header{"Content-Type": {"application/problem+json"}}, b, 503, gen.ProblemCodeUnavailable)
+			wantProblem(t, 503, http.Header{"Content-Type": {"application/problem+json"}}, b, 503, rest.ProblemCodeUnavailable)
 		}
 	})
 }
@@ -341,7 +341,7 @@ func TestOddInput(t *testing.T) {
 				{"/register", ""}, {"/chats", u.Token}, {"/chats", ""}, {"/chats", "not-a-jwt"},
 			} {
 				code, hdr, body := chunked(t, s, c.path, c.token, `{"name":"`+big+`"}`)
-				wantProblem(t, code, hdr, body, 422, gen.ProblemCodePayloadTooLarge)
+				wantProblem(t, code, hdr, body, 422, rest.ProblemCodePayloadTooLarge)
 				if strings.Contains(string(body), "code=413") {
 					t.Errorf("%s: internal detail leaks: %s", c.path, body)
 				}
@@ -356,7 +356,7 @@ func TestOddInput(t *testing.T) {
 			for _, tail := range []string{" x", `{"name":"again"}`, "]", "\x00"} {
 				code, hdr, body := s.Do(t, "POST", "/register", "application/json",
 					strings.NewReader(`{"name":"T","email":"t@example.com","password":"password-123"}`+tail), "")
-				wantProblem(t, code, hdr, body, 400, gen.ProblemCodeBadRequest)
+				wantProblem(t, code, hdr, body, 400, rest.ProblemCodeBadRequest)
 			}
 			code, _, body := s.Do(t, "POST", "/register", "application/json",
 				strings.NewReader("{\"name\":\"T\",\"email\":\"t@example.com\",\"password\":\"password-123\"}\n\t "), "")
@@ -371,12 +371,12 @@ func TestOddInput(t *testing.T) {
 				{"/chats", "{\"type\":\"group\",\"name\":\"g\",\"x\xfe\":1}", "x\ufffd"},
 			} {
 				code, hdr, body := s.Do(t, "POST", c.path, "application/json", strings.NewReader(c.body), u.Token)
-				wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+				wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 				if want := fmt.Sprintf(`"field":%q`, c.field); !strings.Contains(string(body), want) {
 					t.Errorf("%s: got %s, want errors naming %s", c.path, body, want)
 				}
 			}
-			r, err := s.Client.SearchUsersWithResponse(bg, &gen.SearchUsersParams{Q: "bad"}, u.Auth())
+			r, err := s.Client.SearchUsersWithResponse(bg, &rest.SearchUsersParams{Q: "bad"}, u.Auth())
 			if err != nil || r.JSON200 == nil || len(*r.JSON200) != 0 {
 				t.Errorf("a user with an invalid name was stored: %v %s", err, r.Body)
 			}
@@ -384,7 +384,7 @@ func TestOddInput(t *testing.T) {
 		t.Run("every bad field is listed", func(t *testing.T) {
 			code, hdr, body := s.Do(t, "POST", "/register", "application/json",
 				strings.NewReader(`{"name":"","email":"not-an-email","password":"short"}`), "")
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 			for _, f := range []string{"name", "email", "password"} {
 				if !strings.Contains(string(body), fmt.Sprintf(`"field":%q`, f)) {
 					t.Errorf("got %s, want %s among the errors", body, f)
@@ -394,20 +394,20 @@ func TestOddInput(t *testing.T) {
 			// field the schema catches.
 			code, hdr, body = s.Do(t, "POST", "/register", "application/json",
 				strings.NewReader(`{"name":"","email":"pаypal@example.com","password":"password-123"}`), "")
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 			for _, f := range []string{"name", "email"} {
 				if !strings.Contains(string(body), fmt.Sprintf(`"field":%q`, f)) {
 					t.Errorf("got %s, want %s among the errors", body, f)
 				}
 			}
 			code, hdr, body = s.Do(t, "GET", "/history/1?limit=0&offset=-1", "", nil, u.Token)
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 			if !strings.Contains(string(body), `"field":"limit"`) || !strings.Contains(string(body), `"field":"offset"`) {
 				t.Errorf("got %s, want limit and offset among the errors", body)
 			}
 			code, hdr, body = s.Do(t, "POST", "/chats", "application/json",
 				strings.NewReader(`{"type":"group","name":"","member_ids":["x"]}`), u.Token)
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 			if !strings.Contains(string(body), `"field":"name"`) || !strings.Contains(string(body), `"field":"member_ids.0"`) {
 				t.Errorf("got %s, want name and member_ids.0 among the errors", body)
 			}
@@ -418,7 +418,7 @@ func TestOddInput(t *testing.T) {
 				{"PUT", "/chats", "GET, POST"}, {"OPTIONS", "/chats", "GET, POST"},
 			} {
 				code, hdr, body := s.Do(t, c.method, c.path, "", nil, u.Token)
-				wantProblem(t, code, hdr, body, 405, gen.ProblemCodeMethodNotAllowed)
+				wantProblem(t, code, hdr, body, 405, rest.ProblemCodeMethodNotAllowed)
 				if got := hdr.Get("Allow"); got != c.allow {
 					t.Errorf("%s %s: got Allow %q, want %q", c.method, c.path, got, c.allow)
 				}
@@ -438,7 +438,7 @@ func TestOddInput(t *testing.T) {
 		t.Run("JSON posted to login", func(t *testing.T) {
 			code, hdr, body := s.Do(t, "POST", "/login", "application/json",
 				strings.NewReader(fmt.Sprintf(`{"username":%q,"password":%q}`, u.Email, u.Password)), "")
-			wantProblem(t, code, hdr, body, 415, gen.ProblemCodeUnsupportedMediaType)
+			wantProblem(t, code, hdr, body, 415, rest.ProblemCodeUnsupportedMediaType)
 			if !strings.Contains(string(body), "application/x-www-form-urlencoded") || !strings.Contains(string(body), "form") {
 				t.Errorf("got %s, want a detail saying a form (application/x-www-form-urlencoded) is expected", body)
 			}
@@ -512,14 +512,14 @@ func TestEmailIdentity(t *testing.T) {
 		}
 		for _, twin := range []string{"\ufb01nn@example.com", "ｆｉｎｎ@ｅｘａｍｐｌｅ.ｃｏｍ", " FINN@EXAMPLE.COM"} {
 			code, hdr, body := reg(twin)
-			wantProblem(t, code, hdr, body, 409, gen.ProblemCodeEmailTaken)
+			wantProblem(t, code, hdr, body, 409, rest.ProblemCodeEmailTaken)
 		}
 		// Logging in with a form that reads the same reaches the account.
 		if code, _, body := s.Do(t, "POST", "/login", formType, strings.NewReader(loginForm("ｆｉｎｎ@example.com", "password-123")), ""); code != 200 {
 			t.Errorf("login with the fullwidth form: got %d %s, want 200", code, body)
 		}
 		code, hdr, body := reg("p\u0430ypal@example.com") // Cyrillic а among Latin letters
-		wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+		wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		if !strings.Contains(string(body), `"field":"email"`) || !strings.Contains(string(body), "scripts") {
 			t.Errorf("mixed script: got %s, want an email error about scripts", body)
 		}
@@ -542,6 +542,6 @@ func TestEmailIdentity(t *testing.T) {
 		}
 		// Its normal form cannot register beside it when typed in the old form.
 		code, hdr, body = reg("\ufb01x@example.com")
-		wantProblem(t, code, hdr, body, 409, gen.ProblemCodeEmailTaken)
+		wantProblem(t, code, hdr, body, 409, rest.ProblemCodeEmailTaken)
 	})
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // fakeClock is a clock tests move by hand; it starts at the real time so
@@ -35,9 +35,9 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 // refresh posts a refresh token and returns the status and the answer.
-func refresh(t *testing.T, s *apptest.Server, token string) (int, *gen.Token, []byte) {
+func refresh(t *testing.T, s *apptest.Server, token string) (int, *rest.Token, []byte) {
 	t.Helper()
-	r, err := s.Client.RefreshTokenWithResponse(bg, gen.RefreshRequest{RefreshToken: token})
+	r, err := s.Client.RefreshTokenWithResponse(bg, rest.RefreshRequest{RefreshToken: token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func meStatus(t *testing.T, s *apptest.Server, token string) int {
 }
 
 // sessionsOf lists the sessions token's user sees.
-func sessionsOf(t *testing.T, s *apptest.Server, token string) []gen.Session {
+func sessionsOf(t *testing.T, s *apptest.Server, token string) []rest.Session {
 	t.Helper()
 	r, err := s.Client.ListSessionsWithResponse(bg, apptest.Bearer(token))
 	wantStatus(t, r, err, 200)
@@ -72,9 +72,9 @@ func TestLoginStartsSessions(t *testing.T) {
 		if code != 200 || hdr.Get("Cache-Control") != "no-store" {
 			t.Fatalf("login with a device: got %d %s, Cache-Control %q", code, body, hdr.Get("Cache-Control"))
 		}
-		var tok gen.Token
+		var tok rest.Token
 		mustJSON(t, body, &tok)
-		if tok.ExpiresIn != 900 || tok.TokenType != gen.Bearer {
+		if tok.ExpiresIn != 900 || tok.TokenType != rest.Bearer {
 			t.Errorf("got expires_in %d, token_type %q, want 900 (JWT_TTL 15m) and bearer", tok.ExpiresIn, tok.TokenType)
 		}
 		ss := sessionsOf(t, s, tok.AccessToken)
@@ -122,7 +122,7 @@ func TestRefreshRotationAndReuse(t *testing.T) {
 		}
 		for _, tok := range []string{alice.Token, t1.AccessToken, t2.AccessToken} {
 			c, hdr, b := s.Do(t, "GET", "/users/me", "", nil, tok)
-			wantProblem(t, c, hdr, b, 401, gen.ProblemCodeSessionRevoked)
+			wantProblem(t, c, hdr, b, 401, rest.ProblemCodeSessionRevoked)
 		}
 		if code, _, _ := refresh(t, s, t2.RefreshToken); code != 401 {
 			t.Errorf("refresh of the revoked session's latest token: got %d, want 401", code)
@@ -188,7 +188,7 @@ func TestRevocationOnEveryReplica(t *testing.T) {
 		wantStatus(t, r, err, 204)
 		// Replica a revoked it: refused there with no delay at all.
 		code, hdr, body := a.Do(t, "GET", "/users/me", "", nil, phone.Token)
-		wantProblem(t, code, hdr, body, 401, gen.ProblemCodeSessionRevoked)
+		wantProblem(t, code, hdr, body, 401, rest.ProblemCodeSessionRevoked)
 		took := waitStatus(t, b, phone.Token, 401, time.Second)
 		t.Logf("replica b refused the revoked token %v after the DELETE answered", took)
 		if meStatus(t, b, alice.Token) != 200 {
@@ -240,8 +240,8 @@ func TestChangePasswordRevokesOtherSessions(t *testing.T) {
 		laptop, phone := a.Session(t, alice), b.Session(t, alice)
 		bob := a.NewUser(t, "Bob")
 
-		body := func(cur, next string) gen.ChangePasswordRequest {
-			return gen.ChangePasswordRequest{CurrentPassword: cur, NewPassword: next}
+		body := func(cur, next string) rest.ChangePasswordRequest {
+			return rest.ChangePasswordRequest{CurrentPassword: cur, NewPassword: next}
 		}
 		r, err := a.Client.ChangePasswordWithResponse(bg, body("wrong-password", "new-password-1"), laptop.Auth())
 		wantStatus(t, r, err, 401)
@@ -284,19 +284,19 @@ func TestProfilesAndPrivacy(t *testing.T) {
 	apptest.ForEachDialect(t, func(t *testing.T, env *apptest.Env) {
 		s := env.Start(t)
 		alice, bob := s.NewUser(t, "Alice"), s.NewUser(t, "Bob")
-		r, err := s.Client.UpdateMeWithResponse(bg, gen.UpdateMeRequest{Name: "  Alice Liddell "}, alice.Auth())
+		r, err := s.Client.UpdateMeWithResponse(bg, rest.UpdateMeRequest{Name: "  Alice Liddell "}, alice.Auth())
 		wantStatus(t, r, err, 200)
 		if r.JSON200.Name != "Alice Liddell" || r.JSON200.Email != alice.Email {
 			t.Errorf("rename: got %+v, want the trimmed name and her own email", r.JSON200)
 		}
 		for _, bad := range []string{"", "   ", strings.Repeat("n", 101)} {
 			code, hdr, body := s.Do(t, "PATCH", "/users/me", "application/json", strings.NewReader(fmt.Sprintf(`{"name":%q}`, bad)), alice.Token)
-			wantProblem(t, code, hdr, body, 422, gen.ProblemCodeValidationFailed)
+			wantProblem(t, code, hdr, body, 422, rest.ProblemCodeValidationFailed)
 		}
 		// Bob sees Alice's new name and never her email.
 		u, err := s.Client.GetUserWithResponse(bg, alice.ID, bob.Auth())
 		wantStatus(t, u, err, 200)
-		if *u.JSON200 != (gen.UserPublic{ID: alice.ID, Name: "Alice Liddell"}) || strings.Contains(string(u.Body), "@") {
+		if *u.JSON200 != (rest.UserPublic{ID: alice.ID, Name: "Alice Liddell"}) || strings.Contains(string(u.Body), "@") {
 			t.Errorf("public profile: got %s", u.Body)
 		}
 		g := group(t, s, alice, "Tea party", bob.ID)
@@ -338,7 +338,7 @@ func TestSessionExpiry(t *testing.T) {
 		}
 		clock.Add(2 * time.Second)
 		code, hdr, body := s.Do(t, "GET", "/users/me", "", nil, alice.Token)
-		wantProblem(t, code, hdr, body, 401, gen.ProblemCodeUnauthorized)
+		wantProblem(t, code, hdr, body, 401, rest.ProblemCodeUnauthorized)
 
 		// 23 h later the refresh token still works, and slides on.
 		clock.Add(23 * time.Hour)

@@ -3,8 +3,8 @@ package realtime_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -15,7 +15,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // This file is the WebSocket half of the authorization matrix (issue
@@ -158,7 +159,7 @@ func newWSAuthzFixture(t *testing.T, s *apptest.Server) *wsAuthzFixture {
 			u = f.owner
 		}
 		for i := 1; i <= 2; i++ {
-			r, err := s.Client.SendMessageWithResponse(bg, c, gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("seed-%d", i), Text: "seed"}, u.Auth())
+			r, err := s.Client.SendMessageWithResponse(bg, c, rest.SendMessageRequest{ClientMsgID: fmt.Sprintf("seed-%d", i), Text: "seed"}, u.Auth())
 			if err != nil || r.StatusCode() != 201 {
 				t.Fatalf("seed chat %d: %v %d", c, err, r.StatusCode())
 			}
@@ -253,14 +254,17 @@ func handshake(t *testing.T, s *apptest.Server, path, token, via string, want in
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/problem+json") {
 		t.Errorf("dial %s via %s: status %d with Content-Type %q, want application/problem+json", path, via, got, ct)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	var p gen.Problem
-	if err := json.Unmarshal(body, &p); err != nil {
-		t.Errorf("dial %s via %s: problem body %q: %v", path, via, body, err)
+	// The SDK reads the body: a problem document becomes the
+	// HandshakeError's Problem.
+	var he *client.HandshakeError
+	if !errors.As(err, &he) || he.Problem == nil {
+		t.Errorf("dial %s via %s: got error %v, want a *client.HandshakeError with the problem document", path, via, err)
+		return got
 	}
-	wantCode := map[int]gen.ProblemCode{401: gen.ProblemCodeUnauthorized, 403: gen.ProblemCodeForbidden, 404: gen.ProblemCodeNotFound}[want]
+	p := he.Problem
+	wantCode := map[int]rest.ProblemCode{401: rest.ProblemCodeUnauthorized, 403: rest.ProblemCodeForbidden, 404: rest.ProblemCodeNotFound}[want]
 	if p.Status != want || p.Code != wantCode {
-		t.Errorf("dial %s via %s: got problem %s, want status %d code %s", path, via, body, want, wantCode)
+		t.Errorf("dial %s via %s: got problem %d %s, want status %d code %s", path, via, p.Status, p.Code, want, wantCode)
 	}
 	if want == 401 && resp.Header.Get("WWW-Authenticate") == "" {
 		t.Errorf("dial %s via %s: 401 without WWW-Authenticate", path, via)
@@ -278,7 +282,7 @@ func TestWSAuthorizationForeignFrames(t *testing.T) {
 		s := env.Start(t)
 		f := newWSAuthzFixture(t, s)
 		foreign := map[int64]bool{f.foreignGroup: true, f.foreignP: true}
-		before := map[int64]gen.Chat{}
+		before := map[int64]rest.Chat{}
 		for c := range foreign {
 			before[c] = f.chatAsX(t, c)
 		}
@@ -369,7 +373,7 @@ func TestWSAuthorizationForeignFrames(t *testing.T) {
 }
 
 // chatAsX returns chat c as X sees it.
-func (f *wsAuthzFixture) chatAsX(t *testing.T, c int64) gen.Chat {
+func (f *wsAuthzFixture) chatAsX(t *testing.T, c int64) rest.Chat {
 	t.Helper()
 	r, err := f.s.Client.GetChatWithResponse(bg, c, f.x.Auth())
 	if err != nil || r.JSON200 == nil {

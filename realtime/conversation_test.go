@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // msgOf decodes a frame's message with every field.
-func msgOf(t *testing.T, f apptest.Frame) gen.Message {
+func msgOf(t *testing.T, f apptest.Frame) rest.Message {
 	t.Helper()
-	var m gen.Message
+	var m rest.Message
 	if err := json.Unmarshal(f.Message, &m); err != nil {
 		t.Fatalf("frame %s: %v", f.Raw, err)
 	}
@@ -24,10 +24,10 @@ func msgOf(t *testing.T, f apptest.Frame) gen.Message {
 
 // changes reads frames until it has n message frames (new, ack, updated)
 // of chatID and returns them with their types.
-func changes(t *testing.T, w *apptest.WS, chatID int64, n int) ([]string, []gen.Message) {
+func changes(t *testing.T, w *apptest.WS, chatID int64, n int) ([]string, []rest.Message) {
 	t.Helper()
 	var types []string
-	var msgs []gen.Message
+	var msgs []rest.Message
 	deadline := time.After(wait)
 	for len(msgs) < n {
 		select {
@@ -49,7 +49,7 @@ func changes(t *testing.T, w *apptest.WS, chatID int64, n int) ([]string, []gen.
 	return types, msgs
 }
 
-func revsOf(ms []gen.Message) []int64 {
+func revsOf(ms []rest.Message) []int64 {
 	out := make([]int64, len(ms))
 	for i, m := range ms {
 		out[i] = m.Rev
@@ -57,7 +57,7 @@ func revsOf(ms []gen.Message) []int64 {
 	return out
 }
 
-func wantRevs(t *testing.T, name string, ms []gen.Message, from, to int64) {
+func wantRevs(t *testing.T, name string, ms []rest.Message, from, to int64) {
 	t.Helper()
 	got := revsOf(ms)
 	if int64(len(got)) != to-from+1 {
@@ -148,7 +148,7 @@ func waitRev(t *testing.T, s *apptest.Server, u apptest.User, chatID, rev int64)
 	t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
-		h, err := s.Client.GetHistoryWithResponse(bg, chatID, &gen.GetHistoryParams{AfterRev: ptr64(rev - 1)}, u.Auth())
+		h, err := s.Client.GetHistoryWithResponse(bg, chatID, &rest.GetHistoryParams{AfterRev: ptr64(rev - 1)}, u.Auth())
 		if err == nil && h.JSON200 != nil && len(*h.JSON200) > 0 {
 			return
 		}
@@ -272,7 +272,7 @@ func TestChangesRacingAReconnect(t *testing.T) {
 			t.Errorf("sync since_rev 3: revs %v, want [4 6 7]", got)
 		}
 		// GET /history?after_rev: the same current states.
-		h, err := a.Client.GetHistoryWithResponse(bg, chatID, &gen.GetHistoryParams{AfterRev: ptr64(3)}, bob.Auth())
+		h, err := a.Client.GetHistoryWithResponse(bg, chatID, &rest.GetHistoryParams{AfterRev: ptr64(3)}, bob.Auth())
 		if err != nil || h.JSON200 == nil || !slices.Equal(revsOf(*h.JSON200), []int64{4, 6, 7}) {
 			t.Errorf("history after_rev 3: %v %s, want revs [4 6 7]", err, h.Body)
 		}
@@ -378,7 +378,7 @@ func TestReplies(t *testing.T) {
 			t.Errorf("reply to seq 9: %s", f.Raw)
 		}
 		seq := int64(7)
-		r, err := s.Client.SendMessageWithResponse(bg, chatID, gen.SendMessageRequest{ClientMsgID: "r3", Text: "x", ReplyToSeq: &seq}, bob.Auth())
+		r, err := s.Client.SendMessageWithResponse(bg, chatID, rest.SendMessageRequest{ClientMsgID: "r3", Text: "x", ReplyToSeq: &seq}, bob.Auth())
 		if err != nil || r.StatusCode() != 422 {
 			t.Errorf("REST reply to seq 7: %v %d %s, want 422", err, r.StatusCode(), r.Body)
 		}

@@ -11,11 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/repo"
 )
 
@@ -210,7 +208,7 @@ func TestInvalidUTF8FrameCloses1007(t *testing.T) {
 	if err := w.TrySendRaw([]byte("{\"type\":\"sync\",\"x\":\"\xff\xfe\"}")); err != nil {
 		t.Fatal(err)
 	}
-	if code := w.WaitClosed(t, wait); code != websocket.StatusInvalidFramePayloadData {
+	if code := w.WaitClosed(t, wait); code != 1007 {
 		t.Errorf("closed with %d, want 1007", code)
 	}
 }
@@ -230,7 +228,7 @@ func TestUpgradeRefusalsAreProblems(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var p gen.Problem
+		var p rest.Problem
 		if resp.StatusCode != want || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/problem+json") ||
 			json.Unmarshal(body, &p) != nil || p.Status != want || p.Code == "" {
 			t.Errorf("%s: got %d %q %s, want a %d problem", name, resp.StatusCode, resp.Header.Get("Content-Type"), body, want)
@@ -264,7 +262,7 @@ func TestRemovedMemberRepeatIsForbidden(t *testing.T) {
 		if r, err := s.Client.RemoveGroupMemberWithResponse(bg, g, bob.ID, owner.Auth()); err != nil || r.StatusCode() != 200 {
 			t.Fatalf("remove: %v", err)
 		}
-		r, err := s.Client.SendMessageWithResponse(bg, g, gen.SendMessageRequest{ClientMsgID: "old", Text: "while a member"}, bob.Auth())
+		r, err := s.Client.SendMessageWithResponse(bg, g, rest.SendMessageRequest{ClientMsgID: "old", Text: "while a member"}, bob.Auth())
 		if err != nil || r.StatusCode() != 403 {
 			t.Errorf("REST repeat after removal: got %d %s, want 403", r.StatusCode(), r.Body)
 		}

@@ -13,37 +13,37 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/repo"
 )
 
 // watcher is a light WebSocket client for tests that open hundreds of
 // sockets: it keeps no frames, only whether one of them leaked a chat.
 type watcher struct {
-	conn   *websocket.Conn
+	conn   *client.Socket
 	leaked atomic.Value // string: the first frame that mentioned the watched chat after the cut-off
 	closed chan struct{}
 }
 
 // watch reads every frame of conn and records the first message.new (or
 // any message frame) of chatID whose text is marker.
-func watch(conn *websocket.Conn, chatID int64, marker string) *watcher {
+func watch(conn *client.Socket, chatID int64, marker string) *watcher {
 	w := &watcher{conn: conn, closed: make(chan struct{})}
-	conn.SetReadLimit(1 << 20)
 	go func() {
 		defer close(w.closed)
+		var buf []byte
 		for {
-			_, data, err := conn.Read(context.Background())
+			data, err := conn.ReadRaw(context.Background(), buf)
 			if err != nil {
 				return
 			}
 			if leakedFrame(data, chatID, marker) && w.leaked.Load() == nil {
 				w.leaked.Store(string(data))
 			}
+			buf = data
 		}
 	}()
 	return w
@@ -65,17 +65,21 @@ func leakedFrame(data []byte, chatID int64, marker string) bool {
 	return strings.HasPrefix(f.Type, "message.") && f.Message.ChatID == chatID && f.Message.Text == marker
 }
 
-func wsURL(s *apptest.Server, path, token string) string {
+// dialSocket opens path on s with token (in ?token=) as a raw Socket
+// whose frames are checked against the spec; hc, when not nil, sends
+// the handshake.
+func dialSocket(ctx context.Context, s *apptest.Server, path, token string, hc *http.Client) (*client.Socket, error) {
 	sep := "?"
 	if strings.Contains(path, "?") {
 		sep = "&"
 	}
-	return "ws" + strings.TrimPrefix(s.URL, "http") + path + sep + "token=" + token
+	sock, _, err := s.SDK.DialSocket(ctx, path+sep+"token="+token, client.SocketOptions{HTTPClient: hc, Trace: s.SpecTrace(path)})
+	return sock, err
 }
 
 func restSend(t *testing.T, s *apptest.Server, u apptest.User, chatID int64, cmid, text string) {
 	t.Helper()
-	r, err := s.Client.SendMessageWithResponse(bg, chatID, gen.SendMessageRequest{ClientMsgID: cmid, Text: text}, u.Auth())
+	r, err := s.Client.SendMessageWithResponse(bg, chatID, rest.SendMessageRequest{ClientMsgID: cmid, Text: text}, u.Auth())
 	if err != nil || r.StatusCode() != 201 {
 		t.Fatalf("send %s: %v %d %s", cmid, err, r.StatusCode(), r.Body)
 	}
@@ -116,7 +120,7 @@ func TestRemovalDuringReconnectStorm(t *testing.T) {
 					}
 					for ctx.Err() == nil {
 						dctx, cancel := context.WithTimeout(bg, 5*time.Second)
-						c, _, err := websocket.Dial(dctx, wsURL(srv, path, m.Token), nil)
+						c, err := dialSocket(dctx, srv, path, m.Token, nil)
 						cancel()
 						if err != nil {
 							time.Sleep(2 * time.Millisecond) // 403 once removed
@@ -165,17 +169,16 @@ func TestRemovalDuringReconnectStorm(t *testing.T) {
 
 // slowDial opens path with a tiny socket receive buffer and returns the
 // raw connection, which the caller reads only when it wants to.
-func slowDial(t *testing.T, s *apptest.Server, path, token string) *websocket.Conn {
+func slowDial(t *testing.T, s *apptest.Server, path, token string) *client.Socket {
 	t.Helper()
 	dialer := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
 	}}
 	hc := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
-	c, _, err := websocket.Dial(bg, wsURL(s, path, token), &websocket.DialOptions{HTTPClient: hc})
+	c, err := dialSocket(bg, s, path, token, hc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadLimit(1 << 20)
 	t.Cleanup(func() { _ = c.CloseNow() })
 	return c
 }
@@ -211,7 +214,7 @@ func TestAddThenRemoveWhileBusy(t *testing.T) {
 			c := slowDial(t, b, "/ws", m.Token)
 			time.Sleep(100 * time.Millisecond)
 			sync, _ := json.Marshal(map[string]any{"type": "sync", "chat_id": big, "since_seq": 0})
-			if err := c.Write(bg, websocket.MessageText, sync); err != nil {
+			if err := c.WriteRaw(bg, sync); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(200 * time.Millisecond) // the replay fills the socket

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // TestResumeCollapsedCreationIsNew: a message created after the resume
@@ -20,7 +20,7 @@ func TestResumeCollapsedCreationIsNew(t *testing.T) {
 		g := groupChat(t, s, owner, bob.ID)
 		restSend(t, s, owner, g, "o1", "one") // seq 1, rev 1
 		restSend(t, s, owner, g, "o2", "two") // seq 2, rev 2
-		if r, err := s.Client.EditMessageWithResponse(bg, g, 1, gen.EditMessageJSONRequestBody{Text: "one, edited"}, owner.Auth()); err != nil || r.StatusCode() != 200 {
+		if r, err := s.Client.EditMessageWithResponse(bg, g, 1, rest.EditMessageJSONRequestBody{Text: "one, edited"}, owner.Auth()); err != nil || r.StatusCode() != 200 {
 			t.Fatalf("edit: %v", err)
 		}
 		for _, path := range []string{fmt.Sprintf("/ws/%d?since_rev=0", g), fmt.Sprintf("/ws?since_rev=%d:0", g)} {

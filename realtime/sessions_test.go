@@ -7,7 +7,7 @@ import (
 
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 )
 
 // revokedWithin is how soon a revoked session's sockets must close, on
@@ -44,7 +44,7 @@ func wantClosedRevoked(t *testing.T, since time.Time, sockets ...*apptest.WS) ti
 func wantOpen(t *testing.T, w *apptest.WS, chatID int64) {
 	t.Helper()
 	cmid := "still-open-" + apptest.RandomID()
-	w.Send(t, gen.MessageSendFrame{Type: gen.MessageSend, ChatID: &chatID, ClientMsgID: cmid, Text: "still here"})
+	w.Send(t, rest.MessageSendFrame{Type: rest.MessageSend, ChatID: &chatID, ClientMsgID: cmid, Text: "still here"})
 	if f, _ := w.Until(t, "message.ack", wait); f.ClientMsgID != cmid {
 		t.Errorf("got %s, want the ack of %s", f.Raw, cmid)
 	}
@@ -85,7 +85,7 @@ func testRevocationClosesSockets(t *testing.T, a, b *apptest.Server) {
 	laptopSockets := socketsOf(t, laptop, chatID, a, b)
 	firstSocket := a.DialWS(t, "/ws", alice.Token)
 	start = time.Now()
-	pr, err := b.Client.ChangePasswordWithResponse(bg, gen.ChangePasswordRequest{CurrentPassword: alice.Password, NewPassword: "brand-new-password"}, laptop.Auth())
+	pr, err := b.Client.ChangePasswordWithResponse(bg, rest.ChangePasswordRequest{CurrentPassword: alice.Password, NewPassword: "brand-new-password"}, laptop.Auth())
 	if err != nil || pr.StatusCode() != 204 {
 		t.Fatalf("change password: %v %v", err, pr.StatusCode())
 	}

@@ -1,6 +1,7 @@
 // Package apptest runs real WinDI Chat servers for tests: app.Main on
-// 127.0.0.1:0 over embedded SQLite or a fresh Postgres database, with a
-// generated client and helpers to register and log in users.
+// 127.0.0.1:0 over embedded SQLite or a fresh Postgres database, with the
+// project's Go SDK (package client and its generated REST part,
+// client/rest) and helpers to register and log in users.
 //
 // Every response such a server sends on a path of the spec, whoever the
 // client, and every frame the WS client sends (Send) or receives, is
@@ -28,7 +29,8 @@ import (
 	"github.com/windi-chat/windi/app"
 	"github.com/windi-chat/windi/app/apptest/speccheck"
 	"github.com/windi-chat/windi/auth"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client"
+	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo/repotest"
 )
@@ -64,8 +66,15 @@ const Secret = "apptest-secret-0123456789abcdef-0123456789"
 // Server is one running server.
 type Server struct {
 	*app.Main
-	URL    string
-	Client *gen.ClientWithResponses
+	URL string
+	// SDK is a client.Client of the server with no token of its own:
+	// every request names its user (User.Auth, Bearer, a token= in a
+	// WebSocket path). Never log it in, or every request would carry
+	// that user's token.
+	SDK *client.Client
+	// Client is SDK.REST, the REST client generated from
+	// api/openapi.yaml.
+	Client *rest.ClientWithResponses
 	// Logs holds everything the server logged, as JSON lines.
 	Logs *SyncBuffer
 	// Spec checks the server's responses and frames against
@@ -296,17 +305,17 @@ func (e *Env) StartMain(t testing.TB, tune func(*app.Main)) *Server {
 		})
 	}
 	t.Cleanup(stop)
-	c, err := gen.NewClientWithResponses(m.URL())
+	c, err := client.New(m.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Main: m, URL: m.URL(), Client: c, Logs: logs, Spec: spec, stop: stop, rep: rep}
+	return &Server{Main: m, URL: m.URL(), SDK: c, Client: c.REST, Logs: logs, Spec: spec, stop: stop, rep: rep}
 }
 
 // User is a registered, logged-in user: Token is the access token of its
 // session SessionID, Refresh that session's refresh token.
 type User struct {
-	gen.User
+	rest.User
 	Password  string
 	Token     string
 	Refresh   string
@@ -314,10 +323,10 @@ type User struct {
 }
 
 // Auth returns a request editor that sends u's token.
-func (u User) Auth() gen.RequestEditorFn { return Bearer(u.Token) }
+func (u User) Auth() rest.RequestEditorFn { return Bearer(u.Token) }
 
 // Bearer returns a request editor that sends token.
-func Bearer(token string) gen.RequestEditorFn {
+func Bearer(token string) rest.RequestEditorFn {
 	return func(_ context.Context, r *http.Request) error {
 		r.Header.Set("Authorization", "Bearer "+token)
 		return nil
@@ -337,15 +346,12 @@ func (s *Server) NewUser(t testing.TB, name string) User {
 	ctx := context.Background()
 	email := strings.ToLower(name) + "-" + RandomID() + "@example.com"
 	pw := "password-" + RandomID()
-	r, err := s.Client.RegisterWithResponse(ctx, gen.RegisterRequest{Name: name, Email: email, Password: pw})
+	u, err := s.SDK.Register(ctx, name, email, pw)
 	if err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
-	if r.JSON201 == nil {
-		t.Fatalf("register %s: status %d body %s", name, r.StatusCode(), r.Body)
-	}
 	tok := s.LoginToken(t, email, pw)
-	return User{User: *r.JSON201, Password: pw, Token: tok.AccessToken, Refresh: tok.RefreshToken, SessionID: tok.SessionID}
+	return User{User: *u, Password: pw, Token: tok.AccessToken, Refresh: tok.RefreshToken, SessionID: tok.SessionID}
 }
 
 // Login logs in (a new session) and returns the access token.
@@ -355,16 +361,19 @@ func (s *Server) Login(t testing.TB, email, password string) string {
 }
 
 // LoginToken logs in (a new session) and returns the whole answer.
-func (s *Server) LoginToken(t testing.TB, email, password string) gen.Token {
+func (s *Server) LoginToken(t testing.TB, email, password string) rest.Token {
 	t.Helper()
-	r, err := s.Client.LoginWithFormdataBodyWithResponse(context.Background(), gen.LoginForm{Username: email, Password: password})
+	// A Client of its own: Login keeps the tokens in the Client, and s.SDK
+	// must stay without one.
+	c, err := client.New(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := c.Login(context.Background(), email, password)
 	if err != nil {
 		t.Fatalf("login %s: %v", email, err)
 	}
-	if r.JSON200 == nil {
-		t.Fatalf("login %s: status %d body %s", email, r.StatusCode(), r.Body)
-	}
-	return *r.JSON200
+	return *tok
 }
 
 // Session logs u in once more: another session (device) of the same user.
@@ -375,20 +384,18 @@ func (s *Server) Session(t testing.TB, u User) User {
 	return u
 }
 
-// Do sends a raw request and returns the status, headers and body.
+// Do sends a raw request (through client.Client.Do) with token, unless
+// empty, as its bearer token, and returns the status, headers and body.
 func (s *Server) Do(t testing.TB, method, path, contentType string, payload io.Reader, token string) (int, http.Header, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, s.URL+path, payload)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := http.Header{}
 	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+		h.Set("Content-Type", contentType)
 	}
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		h.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.SDK.Do(context.Background(), method, path, h, payload)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}

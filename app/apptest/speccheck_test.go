@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/windi-chat/windi/app/apptest/speccheck"
+	"github.com/windi-chat/windi/client"
 )
 
 // reports is a speccheck.Reporter, and with recordingTB a testing.TB,
@@ -43,6 +44,7 @@ type recordingTB struct {
 func (r recordingTB) Errorf(format string, args ...any) { r.reports.Errorf(format, args...) }
 
 // TestWSChecksFrames runs the test WebSocket client against a fake server
+// (its side of the socket is coder/websocket's, as the real server's is)
 // that sends one frame that matches the spec and two that do not: the
 // client reports the two, names them, and still hands every frame to the
 // test. Send checks client frames, SendRaw does not, and both send.
@@ -80,7 +82,11 @@ func TestWSChecksFrames(t *testing.T) {
 	defer fake.Close()
 
 	rep := &reports{}
-	s := &Server{URL: fake.URL, Spec: spec, rep: rep}
+	sdk, err := client.New(fake.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{URL: fake.URL, SDK: sdk, Spec: spec, rep: rep}
 	w, _, err := s.TryDialWS("/ws", "token", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package apptest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -10,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/windi-chat/windi/client"
 )
 
 // Frame is one server frame, decoded loosely so tests can inspect any
@@ -46,19 +47,26 @@ func (f Frame) Msg() Msg {
 	return m
 }
 
-// WS is a test WebSocket client that collects every frame it receives.
-// Every frame it receives is checked against ServerFrame in
+// WS is a test WebSocket client, a client.Socket that collects every frame
+// it receives. Every frame it receives is checked against ServerFrame in
 // api/openapi.yaml, and every frame Send writes against ClientFrame; a
 // mismatch fails the test that started the server. SendRaw and TrySendRaw
-// write bytes unchecked, for tests that send malformed frames on purpose.
+// write bytes unchecked (over 64 KiB too), for tests that send malformed
+// frames on purpose.
 type WS struct {
 	path   string
 	server *Server
-	conn   *websocket.Conn
+	sock   *client.Socket
+	check  func(out bool, data []byte) // Server.SpecTrace
 	frames chan Frame
 	closed chan struct{}
+	// heard is the frame the read loop's current Read took off the wire,
+	// and got whether there was one; Trace sets them, on the reading
+	// goroutine.
+	heard  []byte
+	got    bool
 	mu     sync.Mutex
-	status websocket.StatusCode // close code once closed
+	status int // close code once closed
 }
 
 // DialWS opens path (e.g. "/ws/3?since_seq=2") on s with token in the query.
@@ -78,40 +86,70 @@ func (s *Server) DialWS(t testing.TB, path, token string) *WS {
 }
 
 // TryDialWS opens path with token (in ?token= unless empty) and extra
-// headers; it returns the handshake response on failure.
+// headers; it returns the handshake response, on failure too. A refusal
+// with a status is a *client.HandshakeError, which holds the problem
+// document (the response's body has been read for it).
 func (s *Server) TryDialWS(path, token string, header http.Header) (*WS, *http.Response, error) {
-	u := "ws" + strings.TrimPrefix(s.URL, "http") + path
+	w := &WS{path: path, server: s, check: s.SpecTrace(path), frames: make(chan Frame, 100000), closed: make(chan struct{})}
 	if token != "" {
 		sep := "?"
 		if strings.Contains(path, "?") {
 			sep = "&"
 		}
-		u += sep + "token=" + token
+		path += sep + "token=" + token
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: header})
+	sock, resp, err := s.SDK.DialSocket(ctx, path, client.SocketOptions{
+		Header: header, ReadLimit: 1 << 20, Oversize: true, Trace: w.trace,
+	})
 	if err != nil {
 		return nil, resp, err
 	}
-	c.SetReadLimit(1 << 20)
-	w := &WS{path: path, server: s, conn: c, frames: make(chan Frame, 100000), closed: make(chan struct{})}
+	w.sock = sock
 	go w.read()
 	return w, resp, nil
+}
+
+// SpecTrace returns a client.SocketOptions.Trace that checks every frame
+// read against ServerFrame in api/openapi.yaml and reports a mismatch
+// (naming the socket) to the test that started the server. Frames
+// written are not checked: raw writes may be malformed on purpose.
+func (s *Server) SpecTrace(name string) func(out bool, data []byte) {
+	return func(out bool, data []byte) {
+		if out {
+			return
+		}
+		if err := s.Spec.CheckServerFrame(data); err != nil {
+			s.rep.Errorf("ws %s: %v", name, err)
+		}
+	}
+}
+
+// trace is the socket's Trace: it checks each frame read against the spec
+// and keeps it for the read loop, whatever Read then makes of it.
+func (w *WS) trace(out bool, data []byte) {
+	if out {
+		return
+	}
+	w.check(out, data)
+	w.heard, w.got = data, true
 }
 
 func (w *WS) read() {
 	defer close(w.closed)
 	for {
-		_, data, err := w.conn.Read(context.Background())
-		if err != nil {
+		w.heard, w.got = nil, false
+		// A frame that does not decode into the SDK's types is an error
+		// of Read's but still a frame to hand to the test (the spec check
+		// has reported it): only a Read that heard nothing ends the loop.
+		_, err := w.sock.Read(context.Background())
+		data := w.heard
+		if !w.got {
 			w.mu.Lock()
-			w.status = websocket.CloseStatus(err)
+			w.status = client.CloseStatus(err)
 			w.mu.Unlock()
 			return
-		}
-		if err := w.server.Spec.CheckServerFrame(data); err != nil {
-			w.server.rep.Errorf("ws %s: %v", w.path, err)
 		}
 		var f Frame
 		_ = json.Unmarshal(data, &f)
@@ -149,19 +187,39 @@ func (w *WS) SendRaw(t testing.TB, data []byte) {
 func (w *WS) TrySendRaw(data []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return w.conn.Write(ctx, websocket.MessageText, data)
+	return w.sock.WriteRaw(ctx, data)
 }
 
-// Next returns the next frame, failing after timeout.
+// Next returns the next frame, failing after timeout, or at once when the
+// connection has ended and every frame it brought has been taken.
 func (w *WS) Next(t testing.TB, timeout time.Duration) Frame {
 	t.Helper()
+	f, why := w.next(time.After(timeout))
+	if why != "" {
+		t.Fatalf("no frame within %v: %s", timeout, why)
+	}
+	return f
+}
+
+// next returns the next frame, or why there is none: the deadline passed
+// or the connection ended.
+func (w *WS) next(deadline <-chan time.Time) (Frame, string) {
 	select {
 	case f := <-w.frames:
-		return f
-	case <-time.After(timeout):
-		t.Fatalf("no frame within %v", timeout)
+		return f, ""
+	case <-w.closed:
+		// The read loop hands over every frame before it ends.
+		select {
+		case f := <-w.frames:
+			return f, ""
+		default:
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return Frame{}, fmt.Sprintf("the connection ended (close code %d)", w.status)
+	case <-deadline:
+		return Frame{}, "timed out"
 	}
-	return Frame{}
 }
 
 // Expect returns the next frame of type typ, failing on any other frame
@@ -181,16 +239,15 @@ func (w *WS) Until(t testing.TB, typ string, timeout time.Duration) (Frame, []Fr
 	deadline := time.After(timeout)
 	var skipped []Frame
 	for {
-		select {
-		case f := <-w.frames:
-			if f.Type == typ {
-				return f, skipped
-			}
-			skipped = append(skipped, f)
-		case <-deadline:
-			t.Fatalf("no %s frame within %v (skipped %d)", typ, timeout, len(skipped))
+		f, why := w.next(deadline)
+		if why != "" {
+			t.Fatalf("no %s frame within %v (skipped %d): %s", typ, timeout, len(skipped), why)
 			return Frame{}, nil
 		}
+		if f.Type == typ {
+			return f, skipped
+		}
+		skipped = append(skipped, f)
 	}
 }
 
@@ -241,7 +298,7 @@ func (w *WS) Drain(d time.Duration) []Frame {
 
 // WaitClosed waits for the server to close the connection and returns the
 // close code (-1 when closed without one).
-func (w *WS) WaitClosed(t testing.TB, timeout time.Duration) websocket.StatusCode {
+func (w *WS) WaitClosed(t testing.TB, timeout time.Duration) int {
 	t.Helper()
 	select {
 	case <-w.closed:
@@ -255,16 +312,16 @@ func (w *WS) WaitClosed(t testing.TB, timeout time.Duration) websocket.StatusCod
 
 // Close closes the client side.
 func (w *WS) Close() {
-	_ = w.conn.Close(websocket.StatusNormalClosure, "")
+	_ = w.sock.Close(1000, "")
 	select {
 	case <-w.closed:
 	case <-time.After(2 * time.Second):
-		_ = w.conn.CloseNow()
+		_ = w.sock.CloseNow()
 	}
 }
 
 // CloseNow drops the TCP connection without a close handshake.
-func (w *WS) CloseNow() { _ = w.conn.CloseNow() }
+func (w *WS) CloseNow() { _ = w.sock.CloseNow() }
 
 // IsClosed reports whether the read loop has ended.
 func (w *WS) IsClosed() bool {

@@ -14,7 +14,7 @@ import (
 	"github.com/windi-chat/windi/app/apptest"
 	"github.com/windi-chat/windi/auth"
 	"github.com/windi-chat/windi/chat"
-	"github.com/windi-chat/windi/gen"
+	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo"
 	"github.com/windi-chat/windi/repo/repotest"
@@ -216,8 +216,8 @@ func TestSeedWhileServing(t *testing.T) {
 
 		// Keep the server writing while the seed runs.
 		a, b := srv.NewUser(t, "Zed"), srv.NewUser(t, "Yan")
-		var body gen.CreateChatRequest
-		if err := body.FromCreatePrivateChat(gen.CreatePrivateChat{Type: "private", UserID: b.ID}); err != nil {
+		var body rest.CreateChatRequest
+		if err := body.FromCreatePrivateChat(rest.CreatePrivateChat{Type: "private", UserID: b.ID}); err != nil {
 			t.Fatal(err)
 		}
 		cr, err := srv.Client.CreateChatWithResponse(ctx, body, a.Auth())
@@ -236,7 +236,7 @@ func TestSeedWhileServing(t *testing.T) {
 				case <-time.After(20 * time.Millisecond): // under any per-user send limit
 				}
 				r, err := srv.Client.SendMessageWithResponse(ctx, cr.JSON201.ID,
-					gen.SendMessageRequest{ClientMsgID: fmt.Sprintf("busy-%d", i), Text: "busy"}, a.Auth())
+					rest.SendMessageRequest{ClientMsgID: fmt.Sprintf("busy-%d", i), Text: "busy"}, a.Auth())
 				if err != nil || r.JSON201 == nil {
 					sendErr = fmt.Errorf("send %d during seed: %v %s", i, err, r.Body)
 					return
@@ -267,14 +267,14 @@ func TestSeedWhileServing(t *testing.T) {
 			t.Fatalf("alice has %d chats, want 2: %s", len(*lr.JSON200), lr.Body)
 		}
 		for _, c := range *lr.JSON200 {
-			want := map[gen.ChatType]int{"private": 5, "group": 7}[c.Type]
-			hr, err := srv.Client.GetHistoryWithResponse(ctx, c.ID, &gen.GetHistoryParams{}, apptest.Bearer(tokens["carol@windi.test"]))
+			want := map[rest.ChatType]int{"private": 5, "group": 7}[c.Type]
+			hr, err := srv.Client.GetHistoryWithResponse(ctx, c.ID, &rest.GetHistoryParams{}, apptest.Bearer(tokens["carol@windi.test"]))
 			if c.Type == "private" {
 				// Carol is not in Alice and Bob's chat.
 				if err != nil || hr.StatusCode() != 403 {
 					t.Errorf("carol reads the private chat: %v %d", err, hr.StatusCode())
 				}
-				hr, err = srv.Client.GetHistoryWithResponse(ctx, c.ID, &gen.GetHistoryParams{}, apptest.Bearer(tokens["bob@windi.test"]))
+				hr, err = srv.Client.GetHistoryWithResponse(ctx, c.ID, &rest.GetHistoryParams{}, apptest.Bearer(tokens["bob@windi.test"]))
 			}
 			if err != nil || hr.JSON200 == nil || len(*hr.JSON200) != want {
 				t.Errorf("%s chat history: %v %s, want %d messages", c.Type, err, hr.Body, want)
