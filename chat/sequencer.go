@@ -1,9 +1,11 @@
 package chat
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -97,12 +99,17 @@ const commitTimeout = 10 * time.Second
 // hold the later one back until the earlier arrives, or read the gap from
 // the database.
 type sequencer struct {
-	svc    *Service
-	cfg    SequencerConfig
-	shards []chan *pending
-	wg     sync.WaitGroup
-	mu     sync.RWMutex // guards closed against submits racing close
-	closed bool
+	svc *Service
+	cfg SequencerConfig
+	// apply is the store's Apply (a test stands in for it to lose a
+	// commit's answer); inDoubtWait bounds how long resolve asks the
+	// database about a batch whose commit answer was lost.
+	apply       func(context.Context, []repo.Op, repo.ApplyOptions) ([]repo.OpResult, error)
+	inDoubtWait time.Duration
+	shards      []chan *pending
+	wg          sync.WaitGroup
+	mu          sync.RWMutex // guards closed against submits racing close
+	closed      bool
 }
 
 // pending is one operation waiting for its turn.
@@ -113,7 +120,7 @@ type pending struct {
 }
 
 func newSequencer(svc *Service, cfg SequencerConfig) *sequencer {
-	q := &sequencer{svc: svc, cfg: cfg, shards: make([]chan *pending, cfg.Shards)}
+	q := &sequencer{svc: svc, cfg: cfg, shards: make([]chan *pending, cfg.Shards), apply: svc.store.Apply, inDoubtWait: inDoubtWait}
 	for i := range q.shards {
 		q.shards[i] = make(chan *pending, cfg.QueueSize)
 		q.wg.Add(1)
@@ -213,7 +220,7 @@ func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 		ops[i] = p.op
 	}
 	actx, cancelApply := context.WithTimeout(ctx, commitTimeout)
-	res, err := s.store.Apply(actx, ops, repo.ApplyOptions{AssumeNew: assumeNew})
+	res, err := q.apply(actx, ops, repo.ApplyOptions{AssumeNew: assumeNew})
 	if err != nil && actx.Err() != nil {
 		// The driver reports the deadline as whatever it was doing then
 		// ("conn closed"): say it was the deadline, which is unavailable.
@@ -222,6 +229,15 @@ func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 	cancelApply()
 	if err != nil {
 		cancel()
+		if errorIs(err, repo.ErrInDoubt) {
+			s.log.Warn("send batch outcome unknown; asking the database", "event", "message.in_doubt", "sends", len(live), "err", err)
+			q.wg.Add(1)
+			go func() {
+				defer q.wg.Done()
+				q.resolve(live, classify(err))
+			}()
+			return prev
+		}
 		err = classify(err)
 		s.log.Warn("send batch failed", "event", "message.error", "sends", len(live), "err", err)
 		for _, p := range live {
@@ -242,6 +258,74 @@ func (q *sequencer) commit(batch []*pending, prev chan struct{}) chan struct{} {
 		}
 	}()
 	return done
+}
+
+// inDoubtWait is how long resolve keeps asking a database that does not
+// answer: past it, the sends of a batch whose commit answer was lost are
+// answered unavailable after all (their outcome unknown: a client that
+// sends again with the same client_msg_id gets the stored one, if any,
+// as a duplicate).
+const inDoubtWait = 20 * time.Second
+
+// resolve answers a batch whose transaction may have committed (its
+// connection broke after COMMIT was sent: repo.ErrInDoubt). It asks the
+// database, as soon as it answers again, which of the batch's sends are
+// stored: those are published and acknowledged as stored, for they are;
+// the others, and every other operation of the batch (edits, deletes,
+// reactions: idempotent, so the client may simply send them again), are
+// answered err (unavailable). So unavailable keeps its meaning, nothing
+// was stored, even when Postgres goes away under a commit. It runs on its
+// own goroutine: the shard goes on with later batches meanwhile, and a
+// resolved message published after later ones of its chat is one their
+// connections have read from the database already (they fill gaps) or
+// take in its place.
+func (q *sequencer) resolve(batch []*pending, err error) {
+	s := q.svc
+	var reqs []repo.SendRequest
+	var at []int
+	for i, p := range batch {
+		if p.op.Kind == repo.OpSend {
+			reqs = append(reqs, repo.SendRequest{ChatID: p.op.ChatID, SenderID: p.op.UserID, ClientMsgID: p.op.ClientMsgID})
+			at = append(at, i)
+		}
+	}
+	var stored map[int]repo.Message
+	deadline := time.Now().Add(q.inDoubtWait)
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var serr error
+		stored, serr = s.store.StoredSends(ctx, reqs)
+		cancel()
+		if serr == nil {
+			break
+		}
+		if time.Now().Add(wait).After(deadline) {
+			s.log.Warn("send batch outcome still unknown; answered unavailable", "event", "message.in_doubt", "sends", len(reqs), "err", serr)
+			stored = nil
+			break
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, time.Second)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var res []repo.OpResult
+	found := map[int]repo.Message{}
+	for j, m := range stored {
+		found[at[j]] = m
+		res = append(res, repo.OpResult{Message: m, Changed: true})
+	}
+	slices.SortFunc(res, func(a, b repo.OpResult) int { return cmp.Compare(a.Message.Seq, b.Message.Seq) })
+	q.publish(ctx, res)
+	s.log.Info("send batch outcome known", "event", "message.in_doubt", "sends", len(reqs), "stored", len(found))
+	for i, p := range batch {
+		if m, ok := found[i]; ok {
+			p.done(s.outcome(ctx, p.op, repo.OpResult{Message: m, Changed: true}))
+			continue
+		}
+		p.done(Outcome{Err: err})
+	}
 }
 
 // answerRepeats claims the dedup keys of the batch's sends in the broker,

@@ -32,14 +32,18 @@ func (c *clock) add(d time.Duration) {
 }
 
 // newService is one replica's service on store, with the fake clock and a
-// 15-minute access token.
-func newService(t *testing.T, store *repo.Store, c *clock) *chat.Service {
+// 15-minute access token; tune adjusts its configuration.
+func newService(t *testing.T, store *repo.Store, c *clock, tune ...func(*chat.Config)) *chat.Service {
 	t.Helper()
-	svc, err := chat.New(chat.Config{
+	cfg := chat.Config{
 		Store: store, Broker: broker.NewMemory(broker.Options{}), Now: c.now,
 		Tokens: auth.NewTokens([]byte("chat-test-secret-0123456789abcdef"), 15*time.Minute),
 		Argon2: auth.Argon2Params{Memory: 64, Time: 1, Threads: 1},
-	})
+	}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	svc, err := chat.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

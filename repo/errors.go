@@ -22,8 +22,13 @@ var (
 	// ErrNotMember means the user is not a member of the chat.
 	ErrNotMember = errors.New("not a member")
 	// ErrUnavailable means the database could not be reached; nothing was
-	// written.
+	// written, unless the error is also ErrInDoubt.
 	ErrUnavailable = errors.New("database unavailable")
+	// ErrInDoubt comes with ErrUnavailable when the connection broke after
+	// a transaction's COMMIT was sent: it may have committed, its answer
+	// lost (Postgres stopping mid-batch does this). Only the database can
+	// tell, once it answers again (StoredSends).
+	ErrInDoubt = errors.New("transaction outcome unknown")
 )
 
 // SQLite extended result codes, from sqlite3.h.

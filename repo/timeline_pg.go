@@ -33,7 +33,11 @@ func (s *Store) applyPG(ctx context.Context, ops []Op, r *batchReads, assumeNew 
 		pc := sc.Conn()
 		p, err := s.readBatch(ctx, pc, ops, r, assumeNew)
 		if err == nil {
-			err = s.writeBatch(ctx, pc, p)
+			// The writes travel with COMMIT: a connection that breaks now
+			// may have committed them, a statement that failed did not.
+			if err = s.writeBatch(ctx, pc, p); err != nil && isUnavailable(err) {
+				err = fmt.Errorf("%w: %w", ErrInDoubt, err)
+			}
 		}
 		if err != nil {
 			// Whatever state the transaction is in, end it; on a broken
