@@ -327,6 +327,9 @@ func TestPostgresOutage(t *testing.T) {
 		fmt.Sprintf("/readyz 503 on every replica %s after the stop began, 200 again %s after the start", notReady, secs(readyAgain)),
 		"recovery "+secs(recovery)+" after the start",
 		fmt.Sprintf("sending resumed on %d of %d devices", len(resumed), len(l.devices)),
+		// Batches whose COMMIT answer the shutdown cut off: settled from the
+		// database once it answered (stored sends acked, the rest refused).
+		fmt.Sprintf("%d batches' commit answers lost, settled from the database", c.LogCount(`"event":"message.in_doubt"`, `outcome known`)),
 		c.NginxStats())
 	res.check(t)
 }
