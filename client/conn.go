@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -285,6 +286,9 @@ type Conn struct {
 	fetched  chan fetchResult
 	first    chan error // the first connection's outcome, once
 	once     sync.Once
+	// inCallback counts the callbacks running on the Conn's goroutine, so
+	// that Close called from one does not wait for that goroutine.
+	inCallback atomic.Int32
 
 	// Owned by the goroutine (run and what it calls).
 	chats      map[int64]*chatState
@@ -613,14 +617,29 @@ func (c *Conn) Err() error {
 
 // Close ends the Conn: the socket closes with 1000, sends still waiting
 // fail with ErrClosed, and Close returns once the Conn's goroutine has
-// ended (and OnClose has run). Closing twice is harmless.
+// ended (and OnClose has run). Called from a callback, it returns at once
+// and the Conn ends when the callback has returned. Closing twice is
+// harmless.
 func (c *Conn) Close() error {
 	c.once.Do(func() {
 		close(c.closeReq)
 		c.cancel()
 	})
+	if c.inCallback.Load() > 0 {
+		// Called from a callback (or while one runs): the Conn's goroutine
+		// ends once the callback has returned; waiting here for it would
+		// wait for ever when this is that goroutine.
+		return nil
+	}
 	<-c.done
 	return nil
+}
+
+// callback runs one of the Config's callbacks on the Conn's goroutine.
+func (c *Conn) callback(f func()) {
+	c.inCallback.Add(1)
+	defer c.inCallback.Add(-1)
+	f()
 }
 
 // Reconnect drops the current connection and opens a new one at once,
@@ -719,7 +738,7 @@ func (c *Conn) run() {
 		}
 		expired, rejected = false, 0
 		if c.cfg.OnConnect != nil {
-			c.cfg.OnConnect(resp)
+			c.callback(func() { c.cfg.OnConnect(resp) })
 		}
 		up := c.clock.Now()
 		err = c.serve(sock)
@@ -1215,7 +1234,7 @@ func (c *Conn) handle(f Frame) {
 		}
 	case rest.TypingEventFrame:
 		if c.cfg.OnTyping != nil {
-			c.cfg.OnTyping(v.ChatID, v.UserID)
+			c.callback(func() { c.cfg.OnTyping(v.ChatID, v.UserID) })
 		} else {
 			c.onFrame(f)
 		}
@@ -1224,7 +1243,7 @@ func (c *Conn) handle(f Frame) {
 			return
 		}
 		if c.cfg.OnError != nil {
-			c.cfg.OnError(&FrameError{v})
+			c.callback(func() { c.cfg.OnError(&FrameError{v}) })
 		} else {
 			c.onFrame(f)
 		}
@@ -1240,7 +1259,7 @@ func (c *Conn) handle(f Frame) {
 
 func (c *Conn) onFrame(f Frame) {
 	if c.cfg.OnFrame != nil {
-		c.cfg.OnFrame(f)
+		c.callback(func() { c.cfg.OnFrame(f) })
 	}
 }
 
@@ -1257,10 +1276,10 @@ func (c *Conn) offer(m rest.Message, isNew bool) {
 	for i, d := range out {
 		if d.created {
 			if c.cfg.OnMessage != nil {
-				c.cfg.OnMessage(d.m)
+				c.callback(func() { c.cfg.OnMessage(d.m) })
 			}
 		} else if c.cfg.OnUpdate != nil {
-			c.cfg.OnUpdate(d.m)
+			c.callback(func() { c.cfg.OnUpdate(d.m) })
 		}
 		out[i] = delivery{}
 	}
@@ -1475,7 +1494,7 @@ func (c *Conn) setState(s State, err error) {
 	c.state, c.reported = s, true
 	c.mu.Unlock()
 	if !same && c.cfg.OnState != nil {
-		c.cfg.OnState(s, err)
+		c.callback(func() { c.cfg.OnState(s, err) })
 	}
 }
 
@@ -1502,6 +1521,6 @@ func (c *Conn) finish(err error) {
 	}
 	c.setState(Closed, err)
 	if c.cfg.OnClose != nil {
-		c.cfg.OnClose(err)
+		c.callback(func() { c.cfg.OnClose(err) })
 	}
 }

@@ -172,3 +172,40 @@ func TestConnTraceInOrder(t *testing.T) {
 		t.Errorf("events:\n got %q\nwant %q", got, want)
 	}
 }
+
+// Close called from a callback (a bot that stops on a command) returns at
+// once, and the Conn ends once the callback has returned: it does not wait
+// for the goroutine that runs the callback.
+func TestConnCloseFromACallback(t *testing.T) {
+	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(0)})
+	var conn *client.Conn
+	ready := make(chan struct{})
+	returned := make(chan error, 1)
+	closed := make(chan error, 1)
+	conn = dial(t, f.client(t), client.Config{
+		Clock: newFakeClock(),
+		OnMessage: func(rest.Message) {
+			<-ready
+			returned <- conn.Close()
+		},
+		OnClose: func(err error) { closed <- err },
+	})
+	close(ready)
+	f.next(t).write(t, newFrame(msg(5, 1, "stop")))
+	select {
+	case err := <-returned:
+		if err != nil {
+			t.Fatalf("Close from OnMessage: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close called from OnMessage did not return within 5 s")
+	}
+	select {
+	case <-conn.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Conn did not end after Close from a callback")
+	}
+	if err := <-closed; err != client.ErrClosed {
+		t.Fatalf("OnClose got %v, want ErrClosed", err)
+	}
+}
