@@ -10,7 +10,6 @@
 package apptest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,6 +32,7 @@ import (
 	"github.com/windi-chat/windi/client/rest"
 	"github.com/windi-chat/windi/realtime/broker"
 	"github.com/windi-chat/windi/repo/repotest"
+	"github.com/windi-chat/windi/testkit"
 )
 
 // Dialects are the modes every end-to-end test runs on: "sqlite"
@@ -89,23 +89,7 @@ type Server struct {
 func (s *Server) Stop() { s.stop() }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers.
-type SyncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *SyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// String returns what was written so far.
-func (b *SyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type SyncBuffer = testkit.SyncBuffer
 
 // Env is the shared backing of one or more servers: a database and a
 // broker they all use. On "sqlite" the servers share one in-process broker
@@ -177,17 +161,11 @@ func RedisClusterURL(t testing.TB, prefix string) string {
 		_ = rdb.Close()
 		unreachable("redis cluster at %s unreachable: %v", u, err)
 	}
+	_ = rdb.Close()
 	t.Cleanup(func() {
-		defer rdb.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = rdb.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
-			iter := n.Scan(ctx, 0, prefix+"*", 500).Iterator()
-			for iter.Next(ctx) {
-				n.Del(ctx, iter.Val()) // one key per DEL: keys of many slots
-			}
-			return iter.Err()
-		})
+		if err := testkit.DeleteKeys(context.Background(), u, prefix, true); err != nil {
+			t.Logf("delete the test's Redis Cluster keys: %v", err)
+		}
 	})
 	return u
 }
@@ -216,13 +194,10 @@ func RedisURL(t testing.TB, prefix string) string {
 		}
 		t.Skipf("skipping: redis at %s unreachable: %v", u, err)
 	}
+	_ = rdb.Close()
 	t.Cleanup(func() {
-		defer rdb.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 500).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
+		if err := testkit.DeleteKeys(context.Background(), u, prefix, false); err != nil {
+			t.Logf("delete the test's Redis keys: %v", err)
 		}
 	})
 	return u

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,7 +65,7 @@ func TestUpKeepsTheDeploymentUntilSIGTERM(t *testing.T) {
 	}
 	envFile := filepath.Join(t.TempDir(), "kit.env")
 	done := make(chan int, 1)
-	var out, errOut syncBuffer
+	var out, errOut testkit.SyncBuffer
 	go func() {
 		done <- run([]string{"up", "-name", "up", "-embedded", "-seed", "-port", strconv.Itoa(port), "-env-file", envFile}, &out, &errOut)
 	}()
@@ -108,45 +107,5 @@ func TestUpKeepsTheDeploymentUntilSIGTERM(t *testing.T) {
 	}
 	if code, _, err := testkit.Get(context.Background(), vars["WINDI_URL"]+"/readyz"); err == nil {
 		t.Fatalf("the server still answers (%d) after up ended", code)
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the goroutine that writes it and
-// the test that reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func TestPortAndServices(t *testing.T) {
-	var out, errOut bytes.Buffer
-	if rc := run([]string{"port"}, &out, &errOut); rc != 0 {
-		t.Fatalf("port: exit %d: %s", rc, &errOut)
-	}
-	p, err := strconv.Atoi(strings.TrimSpace(out.String()))
-	if err != nil || p < 20000 || p >= 32768 {
-		t.Fatalf("port printed %q (%v), want one from 20000 to 32767", out.String(), err)
-	}
-	if !testkit.PostgresReady() || !testkit.RedisReady() {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("Postgres and Redis must be running in CI")
-		}
-		t.Skip("services: Postgres or Redis is not running here (it would start them)")
-	}
-	out.Reset()
-	if rc := run([]string{"services"}, &out, &errOut); rc != 0 || out.Len() != 0 {
-		t.Fatalf("services with both running: exit %d, said %q; want 0 and nothing", rc, out.String())
 	}
 }
