@@ -300,13 +300,17 @@ type Conn struct {
 	pauses     int       // temporary send errors in a row
 	sendReads  map[int64]int64
 	outChanges [][]byte // taken changes not yet written
-	outTyping  []int64  // taken typing frames, written if connected
-	scratch    []delivery
-	sock       *Socket
-	writeErr   error
-	deadline   time.Time
-	timer      Timer
-	firstSent  bool
+	// unconfirmed: changes written on the current socket that nothing the
+	// server sent has settled yet (a message.updated or an error frame for
+	// their message); written again on the next socket if it ends first.
+	unconfirmed []sentChange
+	outTyping   []int64 // taken typing frames, written if connected
+	scratch     []delivery
+	sock        *Socket
+	writeErr    error
+	deadline    time.Time
+	timer       Timer
+	firstSent   bool
 }
 
 // Dial starts a Conn and waits for its first connection: it returns once
@@ -460,7 +464,8 @@ func (c *Conn) checkChat(chatID int64) error {
 // message.edit frame; only its sender may). Edit, Delete, React and
 // Unreact are written in the order called, as soon as a connection is up
 // (queued while there is none, and written again on the next connection
-// if the socket failed under the write: each is idempotent). Success
+// if the socket failed under the write, or ended within 10 s of it before
+// the server answered about the message: each is idempotent). Success
 // reaches every connection, this one too, as message.updated (OnUpdate);
 // an edit to the same text changes nothing and sends nothing. A refusal
 // is an error frame naming chat and seq (OnError): forbidden (not the
@@ -519,6 +524,61 @@ func (c *Conn) change(chatID int64, v any) error {
 	c.changes = append(c.changes, frame)
 	c.signal()
 	return nil
+}
+
+// changeSettleWindow is how long after its write a change still counts
+// as possibly unprocessed when its socket ends: the server answers a
+// change within milliseconds, or not at all when it changed nothing (an
+// edit to the same text), so one older than this is not written again.
+const changeSettleWindow = 10 * time.Second
+
+// sentChange is an edit, delete or reaction frame written on the current
+// socket, and the message it is about.
+type sentChange struct {
+	frame       []byte
+	chatID, seq int64
+	at          time.Time
+}
+
+func newSentChange(frame []byte, at time.Time) sentChange {
+	var k struct {
+		ChatID int64 `json:"chat_id"`
+		Seq    int64 `json:"seq"`
+	}
+	_ = json.Unmarshal(frame, &k) // the Conn encoded it
+	return sentChange{frame: frame, chatID: k.ChatID, seq: k.Seq, at: at}
+}
+
+// settleChanges forgets the written changes of message seq of chatID: the
+// server has answered about that message since (message.updated: the
+// change, or a later one, is applied; an error frame: it was refused).
+func (c *Conn) settleChanges(chatID, seq int64) {
+	c.unconfirmed = slices.DeleteFunc(c.unconfirmed, func(sc sentChange) bool {
+		return sc.chatID == chatID && sc.seq == seq
+	})
+}
+
+// requeueChanges runs when a socket ends: the changes written on it in the
+// last changeSettleWindow that the server has not answered about may not
+// have been processed (written as a replica was shutting down, or into a
+// link that had died), so they go first on the next socket. Each is
+// idempotent, so one that was applied changes nothing the second time.
+// The only changes that may compete with one written again are the same
+// user's on another device (only the sender edits, reactions are per
+// user), made within seconds.
+func (c *Conn) requeueChanges() {
+	if len(c.unconfirmed) == 0 {
+		return
+	}
+	now := c.clock.Now()
+	var again [][]byte
+	for _, sc := range c.unconfirmed {
+		if now.Sub(sc.at) <= changeSettleWindow {
+			again = append(again, sc.frame)
+		}
+	}
+	c.unconfirmed = nil
+	c.outChanges = append(again, c.outChanges...)
 }
 
 // TypingInterval is how often Typing writes a typing frame for one chat
@@ -998,6 +1058,7 @@ func (c *Conn) serve(sock *Socket) error {
 		stopReader()
 		_ = closeSock()
 		c.stopTimer()
+		c.requeueChanges()
 	}()
 
 	// Resume: every chat from its position, then the sends not yet acked
@@ -1162,6 +1223,7 @@ func (c *Conn) flushChanges() {
 	for len(c.outChanges) > 0 && c.writeErr == nil {
 		c.write(c.outChanges[0])
 		if c.writeErr == nil {
+			c.unconfirmed = append(c.unconfirmed, newSentChange(c.outChanges[0], c.clock.Now()))
 			c.outChanges[0] = nil
 			c.outChanges = c.outChanges[1:]
 		}
@@ -1223,6 +1285,7 @@ func (c *Conn) handle(f Frame) {
 	case rest.MessageNewFrame:
 		c.offer(v.Message, true)
 	case rest.MessageUpdatedFrame:
+		c.settleChanges(v.Message.ChatID, v.Message.Seq)
 		c.offer(v.Message, false)
 	case rest.MessageAckFrame:
 		c.acked(v)
@@ -1239,6 +1302,9 @@ func (c *Conn) handle(f Frame) {
 			c.onFrame(f)
 		}
 	case rest.ErrorFrame:
+		if v.ChatID != nil && v.Seq != nil {
+			c.settleChanges(*v.ChatID, *v.Seq)
+		}
 		if c.frameError(v) {
 			return
 		}

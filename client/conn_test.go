@@ -517,9 +517,10 @@ func TestConnSendErrors(t *testing.T) {
 }
 
 // Edits, deletes and reaction changes are written in the order made, and
-// those made while disconnected after the next resume; refusals (error
-// frames naming a message) reach OnError and leave the chat followed;
-// message.updated reaches OnUpdate.
+// those made while disconnected after the next resume, behind the ones
+// written on the lost socket that the server never answered about;
+// refusals (error frames naming a message) reach OnError and leave the
+// chat followed; message.updated reaches OnUpdate.
 func TestConnChanges(t *testing.T) {
 	f := newFakeServer(t, withLast(rest.Chat{ID: 5, LastSeq: i64(3)}, 3))
 	clock, rec := newFakeClock(), newRecorder()
@@ -561,6 +562,13 @@ func TestConnChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
+	// First the changes the server never answered about (seq 2's reaction
+	// added and removed: no message.updated came), then the new edit.
+	for _, w := range want[1:3] {
+		if m := c2.read(t); !reflect.DeepEqual(m, w) {
+			t.Fatalf("got %v, want the unsettled %v written again", m, w)
+		}
+	}
 	if m := c2.read(t); m["type"] != "message.edit" || m["text"] != "later" {
 		t.Fatalf("got %v, want the edit made while disconnected", m)
 	}

@@ -40,8 +40,10 @@
 //
 // Edit, Delete, React, Unreact and Typing write the frames of SPEC §11;
 // their outcome is message.updated to every connection (OnUpdate), or an
-// error frame naming chat and seq (OnError). OnTyping sees other members
-// typing.
+// error frame naming chat and seq (OnError). They survive reconnects too:
+// one written on a connection that ended before the server answered about
+// its message (a replica shutting down, a dead link) is written again on
+// the next, since each is idempotent. OnTyping sees other members typing.
 //
 // Sends are queued and survive reconnects: each keeps its client_msg_id,
 // so a send written again after a reconnect is stored once (the server

@@ -209,3 +209,46 @@ func TestConnCloseFromACallback(t *testing.T) {
 		t.Fatalf("OnClose got %v, want ErrClosed", err)
 	}
 }
+
+// An edit or reaction written just before its socket ended, that the
+// server never answered about (no message.updated, no error frame for its
+// message), is written again first on the next socket: the replica may
+// have closed before processing it. One the server answered about, and
+// one written more than changeSettleWindow (10 s) before, are not.
+func TestConnWritesUnsettledChangesAgain(t *testing.T) {
+	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(3)})
+	clock := newFakeClock()
+	conn := dial(t, f.client(t), client.Config{Clock: clock})
+	c1 := f.next(t)
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(conn.Edit(5, 1, "old, edited"))
+	if m := c1.read(t); m["type"] != "message.edit" || m["seq"] != 1.0 {
+		t.Fatalf("got %v, want the edit of seq 1", m)
+	}
+	clock.Advance(11 * time.Second) // the edit of seq 1 is past the window now
+	must(conn.React(5, 2, "👍"))
+	must(conn.Edit(5, 3, "three, edited"))
+	for _, want := range []string{"reaction.add", "message.edit"} {
+		if m := c1.read(t); m["type"] != want {
+			t.Fatalf("got %v, want %s", m, want)
+		}
+	}
+	// The server answers about seq 3 (applied), not about seq 2.
+	c1.write(t, newFrame(msg(5, 4, "four")))
+	c1.write(t, updated(rmsg(5, 3, 5, "three, edited")))
+	waitPosition(t, "the", conn, 5, client.Position{Seq: 4, Rev: 5})
+	c1.close(client.CloseGoingAway)
+
+	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
+	m := c2.read(t)
+	if m["type"] != "reaction.add" || m["seq"] != 2.0 || m["emoji"] != "👍" {
+		t.Fatalf("first frame on the new socket: got %v, want the unsettled reaction to seq 2", m)
+	}
+	c2.none(t) // neither the settled edit of seq 3 nor the old one of seq 1
+}
