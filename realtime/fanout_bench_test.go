@@ -55,7 +55,7 @@ func BenchmarkFanOut1000(b *testing.B) {
 		for i, m := range msgs {
 			f.await(b, run, i+1-fanOutWindow)
 			env := event.Envelope{Kind: event.Messages, ChatID: m.ChatID, SentAt: time.Now().UnixNano(),
-				Items: []event.Item{{Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(m.API())}}}
+				Items: []event.Item{{Rev: m.Rev, CreatedRev: m.CreatedRev, Seq: m.Seq, Sender: m.SenderID, CMID: m.ClientMsgID, Msg: mustJSON(m.API())}}}
 			if err := f.srv.Broker.Publish(f.ctx, event.ChatChannel(m.ChatID), env.Encode()); err != nil {
 				b.Fatal(err)
 			}
