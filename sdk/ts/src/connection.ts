@@ -258,6 +258,13 @@ async function defaultWebSocket(): Promise<WebSocketConstructor> {
 const OPEN = 1;
 
 /**
+ * How long after its write a change still counts as possibly unprocessed
+ * when its socket ends: the server answers one within milliseconds, or not
+ * at all when it changed nothing (an edit to the same text).
+ */
+const CHANGE_SETTLE_MS = 10_000;
+
+/**
  * WindiConnection follows the user's chats over one WebSocket at a time.
  * Create it with WindiConnection.connect, which resolves once the first
  * socket is open and resumed.
@@ -279,6 +286,10 @@ export class WindiConnection {
   private outbox: Outgoing[] = [];
   private reads = new Map<number, number>();
   private changes: string[] = []; // edit, delete and reaction frames not yet written
+  // Changes written on the current socket that the server has not answered
+  // about yet (a message.updated or an error frame for their message):
+  // written again first on the next socket if this one ends.
+  private unconfirmed: { frame: string; chatId: number; seq: number; at: number }[] = [];
   private typedAt = new Map<number, number>();
   private ws: WebSocketLike | undefined;
   private opened = false;
@@ -413,7 +424,9 @@ export class WindiConnection {
   /**
    * edit asks the server to replace the text of message seq (its sender
    * only). edit, delete, react and unreact are written in the order called,
-   * at once or on the next connection; success reaches every connection as
+   * at once or on the next connection (and again on the next one when
+   * their socket ended within 10 s before the server answered about the
+   * message: each is idempotent); success reaches every connection as
    * message.updated (onUpdate), an edit to the same text sends nothing, and
    * a refusal is an error frame naming chat_id and seq (onError):
    * forbidden, not_found, bad_request (a deleted message, a bad text),
@@ -469,8 +482,31 @@ export class WindiConnection {
 
   private flushChanges(): void {
     while (this.changes.length > 0 && this.ws && this.opened && this.ws.readyState === OPEN) {
-      this.write(this.changes.shift()!);
+      const frame = this.changes.shift()!;
+      this.write(frame);
+      const k = JSON.parse(frame) as { chat_id: number; seq: number };
+      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: this.clock.now() });
     }
+  }
+
+  /** settleChanges forgets the written changes of one message: the server has answered about it. */
+  private settleChanges(chatId: number, seq: number): void {
+    this.unconfirmed = this.unconfirmed.filter((c) => c.chatId !== chatId || c.seq !== seq);
+  }
+
+  /**
+   * requeueChanges runs when a socket ends: the changes written on it in
+   * the last CHANGE_SETTLE_MS that the server never answered about may not
+   * have been processed (a replica shutting down, a dead link), so they go
+   * first on the next socket. Each is idempotent: one that was applied
+   * changes nothing the second time.
+   */
+  private requeueChanges(): void {
+    if (this.unconfirmed.length === 0) return;
+    const now = this.clock.now();
+    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => c.frame);
+    this.unconfirmed = [];
+    this.changes = [...again, ...this.changes];
   }
 
   /** Moves the read watermark of chatId to seq; kept until a socket takes it. */
@@ -770,6 +806,7 @@ export class WindiConnection {
   private detach(): void {
     const ws = this.ws;
     this.ws = undefined;
+    this.requeueChanges();
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = null;
       // Not null: `ws` throws an error event nobody listens to (closing a
@@ -849,6 +886,7 @@ export class WindiConnection {
         this.deliver(f.message, true);
         break;
       case "message.updated":
+        this.settleChanges(f.message.chat_id, f.message.seq);
         this.deliver(f.message, false);
         break;
       case "message.ack": {
@@ -868,6 +906,7 @@ export class WindiConnection {
         else this.opts.onFrame?.(f);
         break;
       case "error":
+        if (f.chat_id != null && f.seq != null) this.settleChanges(f.chat_id, f.seq);
         if (!this.frameError(f)) {
           if (this.opts.onError) this.opts.onError(new FrameError(f));
           else this.opts.onFrame?.(f);

@@ -116,7 +116,7 @@ describe("WindiConnection reconnect rules", () => {
     await conn.close();
   });
 
-  test("edits, deletes and reactions are written in order, queued while disconnected; refusals reach onError", async () => {
+  test("edits, deletes and reactions are written in order, queued while disconnected, written again when their socket ended unanswered; refusals reach onError", async () => {
     const errors: FrameError[] = [];
     const updates: Message[] = [];
     const { conn, clock } = await start({ onError: (e) => errors.push(e), onUpdate: (m) => updates.push(m) });
@@ -142,7 +142,23 @@ describe("WindiConnection reconnect rules", () => {
     await clock.advance(1000);
     const s2 = FakeSocket.all[1]!;
     s2.open();
-    assert.deepEqual(s2.sent, [{ type: "message.edit", chat_id: 5, seq: 2, text: "later" }]);
+    // First the changes the server never answered about on the lost socket
+    // (seq 2's reaction: no message.updated came), then the new edit.
+    assert.deepEqual(s2.sent, [
+      { type: "reaction.add", chat_id: 5, seq: 2, emoji: "👍" },
+      { type: "reaction.remove", chat_id: 5, seq: 2, emoji: "👍" },
+      { type: "message.edit", chat_id: 5, seq: 2, text: "later" },
+    ]);
+    // Answered about now; a change written more than 10 s before its
+    // socket ended is not written again either.
+    s2.deliver({ type: "message.updated", message: msg(2, 5, "later") });
+    conn.delete(5, 1);
+    await clock.advance(11_000);
+    s2.serverClose(1006);
+    await clock.advance(1000);
+    const s3 = FakeSocket.all[2]!;
+    s3.open();
+    assert.deepEqual(s3.sent, []);
     await conn.close();
   });
 

@@ -671,6 +671,7 @@ async function defaultWebSocket() {
   throw new Error("no WebSocket: install the `ws` package (npm install ws) or pass options.WebSocket");
 }
 var OPEN = 1;
+var CHANGE_SETTLE_MS = 1e4;
 var WindiConnection = class _WindiConnection {
   opts;
   clock;
@@ -688,6 +689,10 @@ var WindiConnection = class _WindiConnection {
   reads = /* @__PURE__ */ new Map();
   changes = [];
   // edit, delete and reaction frames not yet written
+  // Changes written on the current socket that the server has not answered
+  // about yet (a message.updated or an error frame for their message):
+  // written again first on the next socket if this one ends.
+  unconfirmed = [];
   typedAt = /* @__PURE__ */ new Map();
   ws;
   opened = false;
@@ -814,7 +819,9 @@ var WindiConnection = class _WindiConnection {
   /**
    * edit asks the server to replace the text of message seq (its sender
    * only). edit, delete, react and unreact are written in the order called,
-   * at once or on the next connection; success reaches every connection as
+   * at once or on the next connection (and again on the next one when
+   * their socket ended within 10 s before the server answered about the
+   * message: each is idempotent); success reaches every connection as
    * message.updated (onUpdate), an edit to the same text sends nothing, and
    * a refusal is an error frame naming chat_id and seq (onError):
    * forbidden, not_found, bad_request (a deleted message, a bad text),
@@ -863,8 +870,29 @@ var WindiConnection = class _WindiConnection {
   }
   flushChanges() {
     while (this.changes.length > 0 && this.ws && this.opened && this.ws.readyState === OPEN) {
-      this.write(this.changes.shift());
+      const frame = this.changes.shift();
+      this.write(frame);
+      const k = JSON.parse(frame);
+      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: this.clock.now() });
     }
+  }
+  /** settleChanges forgets the written changes of one message: the server has answered about it. */
+  settleChanges(chatId, seq) {
+    this.unconfirmed = this.unconfirmed.filter((c) => c.chatId !== chatId || c.seq !== seq);
+  }
+  /**
+   * requeueChanges runs when a socket ends: the changes written on it in
+   * the last CHANGE_SETTLE_MS that the server never answered about may not
+   * have been processed (a replica shutting down, a dead link), so they go
+   * first on the next socket. Each is idempotent: one that was applied
+   * changes nothing the second time.
+   */
+  requeueChanges() {
+    if (this.unconfirmed.length === 0) return;
+    const now = this.clock.now();
+    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => c.frame);
+    this.unconfirmed = [];
+    this.changes = [...again, ...this.changes];
   }
   /** Moves the read watermark of chatId to seq; kept until a socket takes it. */
   markRead(chatId, seq) {
@@ -1140,6 +1168,7 @@ var WindiConnection = class _WindiConnection {
   detach() {
     const ws = this.ws;
     this.ws = void 0;
+    this.requeueChanges();
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = null;
       ws.onerror = () => {
@@ -1210,6 +1239,7 @@ var WindiConnection = class _WindiConnection {
         this.deliver(f.message, true);
         break;
       case "message.updated":
+        this.settleChanges(f.message.chat_id, f.message.seq);
         this.deliver(f.message, false);
         break;
       case "message.ack": {
@@ -1227,6 +1257,7 @@ var WindiConnection = class _WindiConnection {
         else this.opts.onFrame?.(f);
         break;
       case "error":
+        if (f.chat_id != null && f.seq != null) this.settleChanges(f.chat_id, f.seq);
         if (!this.frameError(f)) {
           if (this.opts.onError) this.opts.onError(new FrameError(f));
           else this.opts.onFrame?.(f);
