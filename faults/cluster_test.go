@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -103,19 +102,6 @@ func metricValue(text, name string) (float64, bool) {
 	return 0, false
 }
 
-// urlPort is the port a service URL names (def where it names none).
-func urlPort(raw string, def int) int {
-	u, err := url.Parse(raw)
-	if err != nil || u.Port() == "" {
-		return def
-	}
-	p, err := strconv.Atoi(u.Port())
-	if err != nil {
-		return def
-	}
-	return p
-}
-
 // repoRoot is the module root.
 func repoRoot(t testing.TB) string {
 	t.Helper()
@@ -125,7 +111,3 @@ func repoRoot(t testing.TB) string {
 	}
 	return root
 }
-
-// pgPort and redisPort are the ports of the services the tests stop.
-func pgPort() int    { return urlPort(testkit.AdminDatabaseURL(), 5432) }
-func redisPort() int { return urlPort(testkit.RedisURL(), 6379) }

@@ -312,9 +312,9 @@ func fdKinds(pid, port int) map[string]int {
 			switch lport, rport := hexPort(fl[1]), hexPort(fl[2]); {
 			case fl[3] == "0A":
 				kind = "listen"
-			case rport == pgPort():
+			case rport == testkit.PostgresPort():
 				kind = "postgres"
-			case rport == redisPort():
+			case rport == testkit.RedisPort():
 				kind = "redis"
 			case lport == port:
 				kind = "clients"

@@ -52,6 +52,13 @@ func urlPort(raw string, def int) int {
 	return p
 }
 
+// PostgresPort and RedisPort are the ports of AdminDatabaseURL and
+// RedisURL: the services the fault tests stop and start.
+func PostgresPort() int { return urlPort(AdminDatabaseURL(), 5432) }
+
+// RedisPort is RedisURL's port; see PostgresPort.
+func RedisPort() int { return urlPort(RedisURL(), 6379) }
+
 // RandomHex returns n random bytes in hex.
 func RandomHex(n int) string {
 	b := make([]byte, n)
@@ -176,7 +183,7 @@ func WaitFor(d time.Duration, ok func() bool) error {
 // pgCluster is the Debian cluster (version, name) serving AdminDatabaseURL's
 // port.
 func pgCluster() (string, string, error) {
-	port := urlPort(AdminDatabaseURL(), 5432)
+	port := PostgresPort()
 	out, err := exec.Command("pg_lsclusters", "--no-header").Output()
 	if err != nil {
 		return "", "", fmt.Errorf("pg_lsclusters: %w", err)
@@ -245,7 +252,7 @@ func RedisReady() bool {
 
 // RedisStop shuts Redis down without saving and waits until it is gone.
 func RedisStop() error {
-	port := strconv.Itoa(urlPort(RedisURL(), 6379))
+	port := strconv.Itoa(RedisPort())
 	out, err := exec.Command("redis-cli", "-h", "127.0.0.1", "-p", port, "shutdown", "nosave").CombinedOutput()
 	if err != nil && RedisReady() {
 		return fmt.Errorf("redis-cli shutdown nosave: %v: %s", err, out)
@@ -256,7 +263,7 @@ func RedisStop() error {
 // RedisStart starts Redis the way .ci/run does: on the IPv6 loopback too if
 // there is one, else IPv4 only; nothing persisted.
 func RedisStart() error {
-	port := strconv.Itoa(urlPort(RedisURL(), 6379))
+	port := strconv.Itoa(RedisPort())
 	start := func(bind ...string) {
 		args := append([]string{"--daemonize", "yes", "--bind"}, bind...)
 		args = append(args, "--port", port, "--save", "", "--appendonly", "no")
