@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -286,9 +288,9 @@ type Conn struct {
 	fetched  chan fetchResult
 	first    chan error // the first connection's outcome, once
 	once     sync.Once
-	// inCallback counts the callbacks running on the Conn's goroutine, so
-	// that Close called from one does not wait for that goroutine.
-	inCallback atomic.Int32
+	// goroutine is the id of the goroutine that runs the Conn and its
+	// callbacks, so that Close called from a callback does not wait for it.
+	goroutine atomic.Uint64
 
 	// Owned by the goroutine (run and what it calls).
 	chats      map[int64]*chatState
@@ -299,7 +301,7 @@ type Conn struct {
 	pauseUntil time.Time // rate limited: no sends before then
 	pauses     int       // temporary send errors in a row
 	sendReads  map[int64]int64
-	outChanges [][]byte // taken changes not yet written
+	outChanges []sentChange // taken changes not yet written (at: when first written, zero if never)
 	// unconfirmed: changes written on the current socket that nothing the
 	// server sent has settled yet (a message.updated or an error frame for
 	// their message); written again on the next socket if it ends first.
@@ -558,7 +560,7 @@ func (c *Conn) settleChanges(chatID, seq int64) {
 	})
 }
 
-// requeueChanges runs when a socket ends: the changes written on it in the
+// requeueChanges runs when a socket ends: the changes first written in the
 // last changeSettleWindow that the server has not answered about may not
 // have been processed (written as a replica was shutting down, or into a
 // link that had died), so they go first on the next socket. Each is
@@ -571,10 +573,10 @@ func (c *Conn) requeueChanges() {
 		return
 	}
 	now := c.clock.Now()
-	var again [][]byte
+	var again []sentChange
 	for _, sc := range c.unconfirmed {
 		if now.Sub(sc.at) <= changeSettleWindow {
-			again = append(again, sc.frame)
+			again = append(again, sc) // its first write's time: written again within the window only
 		}
 	}
 	c.unconfirmed = nil
@@ -685,21 +687,28 @@ func (c *Conn) Close() error {
 		close(c.closeReq)
 		c.cancel()
 	})
-	if c.inCallback.Load() > 0 {
-		// Called from a callback (or while one runs): the Conn's goroutine
-		// ends once the callback has returned; waiting here for it would
-		// wait for ever when this is that goroutine.
+	if goroutineID() == c.goroutine.Load() {
+		// Called from a callback (or Trace), on the Conn's goroutine: it
+		// ends once the callback has returned; waiting here would wait for
+		// ever.
 		return nil
 	}
 	<-c.done
 	return nil
 }
 
-// callback runs one of the Config's callbacks on the Conn's goroutine.
-func (c *Conn) callback(f func()) {
-	c.inCallback.Add(1)
-	defer c.inCallback.Add(-1)
-	f()
+// goroutineID is the id of the calling goroutine, from the first line of
+// its stack ("goroutine 18 [running]:"). Go does not expose it otherwise;
+// Close alone asks, to tell a call from the Conn's own callbacks.
+func goroutineID() uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseUint(string(b), 10, 64)
+	return id
 }
 
 // Reconnect drops the current connection and opens a new one at once,
@@ -749,6 +758,7 @@ var errIdle = errors.New("client: no frame or ping from the server within the id
 
 // run connects, serves and reconnects until the Conn ends.
 func (c *Conn) run() {
+	c.goroutine.Store(goroutineID())
 	defer close(c.done)
 	var (
 		attempt  int  // failed attempts since the last stable connection
@@ -798,7 +808,7 @@ func (c *Conn) run() {
 		}
 		expired, rejected = false, 0
 		if c.cfg.OnConnect != nil {
-			c.callback(func() { c.cfg.OnConnect(resp) })
+			c.cfg.OnConnect(resp)
 		}
 		up := c.clock.Now()
 		err = c.serve(sock)
@@ -1147,7 +1157,9 @@ func (c *Conn) take() {
 		}
 		delete(c.reads, id)
 	}
-	c.outChanges = append(c.outChanges, c.changes...)
+	for _, f := range c.changes {
+		c.outChanges = append(c.outChanges, sentChange{frame: f})
+	}
 	clear(c.changes)
 	c.changes = c.changes[:0]
 	for id := range c.typing {
@@ -1220,11 +1232,20 @@ func (c *Conn) flushChanges() {
 	if c.sock == nil {
 		return
 	}
+	now := c.clock.Now()
+	// Changes written longer ago than the window are not written again:
+	// forget them (a socket full of changes the server answers nothing
+	// about, edits to the same text, would keep them all otherwise).
+	c.unconfirmed = slices.DeleteFunc(c.unconfirmed, func(sc sentChange) bool { return now.Sub(sc.at) > changeSettleWindow })
 	for len(c.outChanges) > 0 && c.writeErr == nil {
-		c.write(c.outChanges[0])
+		sc := c.outChanges[0]
+		c.write(sc.frame)
 		if c.writeErr == nil {
-			c.unconfirmed = append(c.unconfirmed, newSentChange(c.outChanges[0], c.clock.Now()))
-			c.outChanges[0] = nil
+			if sc.at.IsZero() {
+				sc = newSentChange(sc.frame, now) // written again keeps its first time
+			}
+			c.unconfirmed = append(c.unconfirmed, sc)
+			c.outChanges[0] = sentChange{}
 			c.outChanges = c.outChanges[1:]
 		}
 	}
@@ -1297,7 +1318,7 @@ func (c *Conn) handle(f Frame) {
 		}
 	case rest.TypingEventFrame:
 		if c.cfg.OnTyping != nil {
-			c.callback(func() { c.cfg.OnTyping(v.ChatID, v.UserID) })
+			c.cfg.OnTyping(v.ChatID, v.UserID)
 		} else {
 			c.onFrame(f)
 		}
@@ -1309,7 +1330,7 @@ func (c *Conn) handle(f Frame) {
 			return
 		}
 		if c.cfg.OnError != nil {
-			c.callback(func() { c.cfg.OnError(&FrameError{v}) })
+			c.cfg.OnError(&FrameError{v})
 		} else {
 			c.onFrame(f)
 		}
@@ -1325,7 +1346,7 @@ func (c *Conn) handle(f Frame) {
 
 func (c *Conn) onFrame(f Frame) {
 	if c.cfg.OnFrame != nil {
-		c.callback(func() { c.cfg.OnFrame(f) })
+		c.cfg.OnFrame(f)
 	}
 }
 
@@ -1342,10 +1363,10 @@ func (c *Conn) offer(m rest.Message, isNew bool) {
 	for i, d := range out {
 		if d.created {
 			if c.cfg.OnMessage != nil {
-				c.callback(func() { c.cfg.OnMessage(d.m) })
+				c.cfg.OnMessage(d.m)
 			}
 		} else if c.cfg.OnUpdate != nil {
-			c.callback(func() { c.cfg.OnUpdate(d.m) })
+			c.cfg.OnUpdate(d.m)
 		}
 		out[i] = delivery{}
 	}
@@ -1560,7 +1581,7 @@ func (c *Conn) setState(s State, err error) {
 	c.state, c.reported = s, true
 	c.mu.Unlock()
 	if !same && c.cfg.OnState != nil {
-		c.callback(func() { c.cfg.OnState(s, err) })
+		c.cfg.OnState(s, err)
 	}
 }
 
@@ -1587,6 +1608,6 @@ func (c *Conn) finish(err error) {
 	}
 	c.setState(Closed, err)
 	if c.cfg.OnClose != nil {
-		c.callback(func() { c.cfg.OnClose(err) })
+		c.cfg.OnClose(err)
 	}
 }

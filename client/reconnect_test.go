@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -243,6 +244,7 @@ func TestConnWritesUnsettledChangesAgain(t *testing.T) {
 	c1.write(t, newFrame(msg(5, 4, "four")))
 	c1.write(t, updated(rmsg(5, 3, 5, "three, edited")))
 	waitPosition(t, "the", conn, 5, client.Position{Seq: 4, Rev: 5})
+	clock.Advance(5 * time.Second) // the reaction's first write: 5 s ago
 	c1.close(client.CloseGoingAway)
 
 	c2 := reconnectWithin(t, f, clock, 250*time.Millisecond)
@@ -251,4 +253,49 @@ func TestConnWritesUnsettledChangesAgain(t *testing.T) {
 		t.Fatalf("first frame on the new socket: got %v, want the unsettled reaction to seq 2", m)
 	}
 	c2.none(t) // neither the settled edit of seq 3 nor the old one of seq 1
+
+	// Written again, the reaction keeps its first write's time: once that
+	// is more than 10 s ago, a lost socket does not bring it back.
+	clock.Advance(5500 * time.Millisecond) // 10.5 s after the first write, 5.5 s after the second
+	c2.close(client.CloseGoingAway)
+	c3 := reconnectWithin(t, f, clock, 250*time.Millisecond)
+	c3.none(t)
+}
+
+// Close from another goroutine while a callback runs still waits until the
+// Conn has ended (OnClose included): only a Close on the Conn's own
+// goroutine returns at once.
+func TestConnCloseWaitsForARunningCallback(t *testing.T) {
+	f := newFakeServer(t, rest.Chat{ID: 5, LastSeq: i64(0)})
+	entered, release := make(chan struct{}), make(chan struct{})
+	var onClose atomic.Bool
+	conn := dial(t, f.client(t), client.Config{
+		Clock: newFakeClock(),
+		OnMessage: func(rest.Message) {
+			close(entered)
+			<-release
+		},
+		OnClose: func(error) { onClose.Store(true) },
+	})
+	f.next(t).write(t, newFrame(msg(5, 1, "hold")))
+	<-entered
+	returned := make(chan struct{})
+	go func() {
+		_ = conn.Close()
+		close(returned)
+	}()
+	select {
+	case <-returned:
+		t.Fatal("Close returned while a callback still ran on the Conn's goroutine")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return after the callback did")
+	}
+	if !onClose.Load() {
+		t.Fatal("Close returned before OnClose ran")
+	}
 }

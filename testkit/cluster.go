@@ -256,6 +256,21 @@ func (c *Cluster) seed(ctx context.Context) error {
 	return nil
 }
 
+// StopProcesses stops nginx, then every replica (SIGTERM, SIGKILL after
+// 20 s), and leaves the rest (database, keys, logs) to Close: a caller
+// that keeps the logs copies them after this, so they hold the replicas'
+// shutdown too. Stopping twice is harmless.
+func (c *Cluster) StopProcesses() {
+	if c.nginx != nil {
+		c.nginx.stop(5 * time.Second)
+	}
+	var wg sync.WaitGroup
+	for _, r := range c.Replicas {
+		wg.Go(func() { r.Stop(20 * time.Second) })
+	}
+	wg.Wait()
+}
+
 // SecretFile is where an embedded replica keeps the JWT secret it
 // generated ("" for a replica given JWT_SECRET).
 func (c *Cluster) SecretFile() string {
@@ -278,14 +293,7 @@ func (c *Cluster) Close() error {
 		return nil
 	}
 	c.closed = true
-	if c.nginx != nil {
-		c.nginx.stop(5 * time.Second)
-	}
-	var wg sync.WaitGroup
-	for _, r := range c.Replicas {
-		wg.Go(func() { r.Stop(20 * time.Second) })
-	}
-	wg.Wait()
+	c.StopProcesses()
 	err := c.dropData()
 	if c.ownDir {
 		_ = os.RemoveAll(c.Dir)

@@ -169,6 +169,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	} else {
 		rc = runCommand(c, cmdArgs, sigs, stdout, stderr)
 	}
+	// The logs are read and kept once the replicas have stopped, so they
+	// hold their shutdown too.
+	c.StopProcesses()
 	if c.NginxAccessLog != "" {
 		fmt.Fprintf(stdout, "    %s: %s\n", name, c.NginxTraffic())
 	}

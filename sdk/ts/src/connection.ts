@@ -285,7 +285,9 @@ export class WindiConnection {
   private pending = new Map<string, Outgoing>();
   private outbox: Outgoing[] = [];
   private reads = new Map<number, number>();
-  private changes: string[] = []; // edit, delete and reaction frames not yet written
+  // Edit, delete and reaction frames not yet written; at is when one was
+  // first written (a change written again keeps it), 0 if never.
+  private changes: { frame: string; at: number }[] = [];
   // Changes written on the current socket that the server has not answered
   // about yet (a message.updated or an error frame for their message):
   // written again first on the next socket if this one ends.
@@ -476,16 +478,19 @@ export class WindiConnection {
   private change(chatId: number, frame: object): void {
     this.checkChat(chatId);
     if (this.changes.length >= this.maxPending) throw new Error("too many changes waiting");
-    this.changes.push(JSON.stringify(frame));
+    this.changes.push({ frame: JSON.stringify(frame), at: 0 });
     this.flushChanges();
   }
 
   private flushChanges(): void {
+    const now = this.clock.now();
+    // Older than the window: never written again, so not kept either.
+    this.unconfirmed = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS);
     while (this.changes.length > 0 && this.ws && this.opened && this.ws.readyState === OPEN) {
-      const frame = this.changes.shift()!;
+      const { frame, at } = this.changes.shift()!;
       this.write(frame);
       const k = JSON.parse(frame) as { chat_id: number; seq: number };
-      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: this.clock.now() });
+      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: at || now });
     }
   }
 
@@ -495,7 +500,7 @@ export class WindiConnection {
   }
 
   /**
-   * requeueChanges runs when a socket ends: the changes written on it in
+   * requeueChanges runs when a socket ends: the changes first written in
    * the last CHANGE_SETTLE_MS that the server never answered about may not
    * have been processed (a replica shutting down, a dead link), so they go
    * first on the next socket. Each is idempotent: one that was applied
@@ -504,7 +509,7 @@ export class WindiConnection {
   private requeueChanges(): void {
     if (this.unconfirmed.length === 0) return;
     const now = this.clock.now();
-    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => c.frame);
+    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => ({ frame: c.frame, at: c.at }));
     this.unconfirmed = [];
     this.changes = [...again, ...this.changes];
   }

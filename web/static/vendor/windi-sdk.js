@@ -687,8 +687,9 @@ var WindiConnection = class _WindiConnection {
   pending = /* @__PURE__ */ new Map();
   outbox = [];
   reads = /* @__PURE__ */ new Map();
+  // Edit, delete and reaction frames not yet written; at is when one was
+  // first written (a change written again keeps it), 0 if never.
   changes = [];
-  // edit, delete and reaction frames not yet written
   // Changes written on the current socket that the server has not answered
   // about yet (a message.updated or an error frame for their message):
   // written again first on the next socket if this one ends.
@@ -865,15 +866,17 @@ var WindiConnection = class _WindiConnection {
   change(chatId, frame) {
     this.checkChat(chatId);
     if (this.changes.length >= this.maxPending) throw new Error("too many changes waiting");
-    this.changes.push(JSON.stringify(frame));
+    this.changes.push({ frame: JSON.stringify(frame), at: 0 });
     this.flushChanges();
   }
   flushChanges() {
+    const now = this.clock.now();
+    this.unconfirmed = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS);
     while (this.changes.length > 0 && this.ws && this.opened && this.ws.readyState === OPEN) {
-      const frame = this.changes.shift();
+      const { frame, at } = this.changes.shift();
       this.write(frame);
       const k = JSON.parse(frame);
-      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: this.clock.now() });
+      this.unconfirmed.push({ frame, chatId: k.chat_id, seq: k.seq, at: at || now });
     }
   }
   /** settleChanges forgets the written changes of one message: the server has answered about it. */
@@ -881,7 +884,7 @@ var WindiConnection = class _WindiConnection {
     this.unconfirmed = this.unconfirmed.filter((c) => c.chatId !== chatId || c.seq !== seq);
   }
   /**
-   * requeueChanges runs when a socket ends: the changes written on it in
+   * requeueChanges runs when a socket ends: the changes first written in
    * the last CHANGE_SETTLE_MS that the server never answered about may not
    * have been processed (a replica shutting down, a dead link), so they go
    * first on the next socket. Each is idempotent: one that was applied
@@ -890,7 +893,7 @@ var WindiConnection = class _WindiConnection {
   requeueChanges() {
     if (this.unconfirmed.length === 0) return;
     const now = this.clock.now();
-    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => c.frame);
+    const again = this.unconfirmed.filter((c) => now - c.at <= CHANGE_SETTLE_MS).map((c) => ({ frame: c.frame, at: c.at }));
     this.unconfirmed = [];
     this.changes = [...again, ...this.changes];
   }
