@@ -295,7 +295,7 @@ func (q *sequencer) resolve(batch []*pending, err error) {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		var serr error
-		stored, serr = s.store.StoredSends(ctx, reqs)
+		stored, serr = s.store.SettledSends(ctx, reqs)
 		cancel()
 		if serr == nil {
 			break

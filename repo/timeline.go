@@ -722,6 +722,33 @@ func tuplesIn(cols string, rows [][]any) (string, []any) {
 	return sb.String(), args
 }
 
+// SettledSends is StoredSends for sends whose transaction may still be
+// running: one whose answer was lost (ErrInDoubt) can outlive its
+// connection for a moment. On Postgres it first takes the chats' rows FOR
+// SHARE, which waits for that transaction's NO KEY UPDATE locks, so what it
+// then reads is the transaction's final outcome. SQLite has no such
+// transactions (nothing is in doubt there).
+func (s *Store) SettledSends(ctx context.Context, reqs []SendRequest) (map[int]Message, error) {
+	if s.dialect == DialectPostgres && len(reqs) > 0 {
+		ids := make([]int64, 0, len(reqs))
+		for _, r := range reqs {
+			if !slices.Contains(ids, r.ChatID) {
+				ids = append(ids, r.ChatID)
+			}
+		}
+		slices.Sort(ids)
+		err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			_, err := tx.NewSelect().Model((*Chat)(nil)).Column("c.id").
+				Where("c.id IN (?)", bun.List(ids)).OrderExpr("c.id ASC").For("SHARE").Exec(ctx)
+			return err
+		})
+		if err != nil {
+			return nil, wrap("settled sends", err)
+		}
+	}
+	return s.StoredSends(ctx, reqs)
+}
+
 // StoredSends returns the messages that repeat reqs and whose senders are
 // still members of their chats, keyed by request index, reactions
 // included. The send path asks for the sends its fast guard has seen
