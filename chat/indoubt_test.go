@@ -90,6 +90,20 @@ func TestCommitAnswerLost(t *testing.T) {
 			t.Fatalf("the other replica received seqs %v, want [1]", got)
 		}
 
+		// An edit whose commit landed, its answer lost: answered unavailable
+		// (the client writes it again; it is idempotent), and its message
+		// published as it now is, so the other replicas' connections have it.
+		if _, err := svc.Edit(ctx, alice.ID, group.Chat.ID, 1, "hello, edited"); err == nil {
+			t.Fatal("edit whose answer was lost: no error, want unavailable")
+		}
+		deadline = time.Now().Add(5 * time.Second)
+		for len(rec.seqs()) < 2 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := rec.seqs(); len(got) != 2 || got[1] != 1 {
+			t.Fatalf("the other replica received seqs %v, want [1 1] (the message, then its edit)", got)
+		}
+
 		// Not committed: unavailable, and nothing stored.
 		chat.LoseCommitAnswers(svc, false, 5*time.Second)
 		_, _, err = svc.Send(ctx, alice.ID, group.Chat.ID, "cmid-lost", "lost", nil)
@@ -101,7 +115,7 @@ func TestCommitAnswerLost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(hist) != 1 || hist[0].ClientMsgID != "cmid-committed" {
+		if len(hist) != 1 || hist[0].ClientMsgID != "cmid-committed" || hist[0].Text != "hello, edited" {
 			t.Fatalf("history holds %d messages (%v), want only cmid-committed", len(hist), hist)
 		}
 	})

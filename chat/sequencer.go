@@ -272,8 +272,9 @@ const inDoubtWait = 20 * time.Second
 // database, as soon as it answers again, which of the batch's sends are
 // stored: those are published and acknowledged as stored, for they are;
 // the others, and every other operation of the batch (edits, deletes,
-// reactions: idempotent, so the client may simply send them again), are
-// answered err (unavailable). So unavailable keeps its meaning, nothing
+// reactions: idempotent, so the client may simply send them again; their
+// messages are published as they now are), are answered err
+// (unavailable). So unavailable keeps its meaning, nothing
 // was stored, even when Postgres goes away under a commit. It runs on its
 // own goroutine: the shard goes on with later batches meanwhile, and a
 // resolved message published after later ones of its chat is one their
@@ -283,21 +284,26 @@ func (q *sequencer) resolve(batch []*pending, err error) {
 	s := q.svc
 	var reqs []repo.SendRequest
 	var at []int
+	var changed []int64 // chats of the batch's edits, deletes and reactions
 	for i, p := range batch {
 		if p.op.Kind == repo.OpSend {
 			reqs = append(reqs, repo.SendRequest{ChatID: p.op.ChatID, SenderID: p.op.UserID, ClientMsgID: p.op.ClientMsgID})
 			at = append(at, i)
+		} else {
+			changed = append(changed, p.op.ChatID)
 		}
 	}
 	var stored map[int]repo.Message
+	settled := false
 	deadline := time.Now().Add(q.inDoubtWait)
 	wait := 100 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		var serr error
-		stored, serr = s.store.SettledSends(ctx, reqs)
+		stored, serr = s.store.SettledSends(ctx, reqs, changed...)
 		cancel()
 		if serr == nil {
+			settled = true
 			break
 		}
 		if time.Now().Add(wait).After(deadline) {
@@ -316,7 +322,22 @@ func (q *sequencer) resolve(batch []*pending, err error) {
 		found[at[j]] = m
 		res = append(res, repo.OpResult{Message: m, Changed: true})
 	}
-	slices.SortFunc(res, func(a, b repo.OpResult) int { return cmp.Compare(a.Message.Seq, b.Message.Seq) })
+	// The batch's edits, deletes and reactions may have committed too:
+	// publish their messages as they are now, so every connection has the
+	// latest state (a connection drops a rev it has delivered already). They
+	// are still answered unavailable: the client writes them again, and
+	// each is idempotent.
+	if settled {
+		for _, p := range batch {
+			if p.op.Kind == repo.OpSend {
+				continue
+			}
+			if m, err := s.store.MessageBySeq(ctx, p.op.ChatID, p.op.Seq); err == nil && m.Rev != m.CreatedRev {
+				res = append(res, repo.OpResult{Message: m, Changed: true})
+			}
+		}
+	}
+	slices.SortFunc(res, func(a, b repo.OpResult) int { return cmp.Compare(a.Message.Rev, b.Message.Rev) })
 	q.publish(ctx, res)
 	s.log.Info("send batch outcome known", "event", "message.in_doubt", "sends", len(reqs), "stored", len(found))
 	for i, p := range batch {

@@ -726,17 +726,17 @@ func tuplesIn(cols string, rows [][]any) (string, []any) {
 // running: one whose answer was lost (ErrInDoubt) can outlive its
 // connection for a moment. On Postgres it first takes the chats' rows FOR
 // SHARE, which waits for that transaction's NO KEY UPDATE locks, so what it
-// then reads is the transaction's final outcome. SQLite has no such
+// then reads is the transaction's final outcome; otherChats are waited for
+// too (the batch's edits, deletes and reactions). SQLite has no such
 // transactions (nothing is in doubt there).
-func (s *Store) SettledSends(ctx context.Context, reqs []SendRequest) (map[int]Message, error) {
-	if s.dialect == DialectPostgres && len(reqs) > 0 {
-		ids := make([]int64, 0, len(reqs))
-		for _, r := range reqs {
-			if !slices.Contains(ids, r.ChatID) {
-				ids = append(ids, r.ChatID)
-			}
-		}
-		slices.Sort(ids)
+func (s *Store) SettledSends(ctx context.Context, reqs []SendRequest, otherChats ...int64) (map[int]Message, error) {
+	ids := slices.Clone(otherChats)
+	for _, r := range reqs {
+		ids = append(ids, r.ChatID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	if s.dialect == DialectPostgres && len(ids) > 0 {
 		err := s.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 			_, err := tx.NewSelect().Model((*Chat)(nil)).Column("c.id").
 				Where("c.id IN (?)", bun.List(ids)).OrderExpr("c.id ASC").For("SHARE").Exec(ctx)
