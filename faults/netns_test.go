@@ -359,29 +359,10 @@ func TestNetRedisSilent(t *testing.T) {
 		"resubscribed "+resubAfter,
 		"recovery "+secs(recovery)+" after the cut",
 		fmt.Sprintf("namespace replica: %d publishes and %d dedup claims failed, %d broker resubscriptions refilled it from the database; host replica: %d resubscriptions",
-			countEvents(inNS, `"event":"broker.error"`, `"op":"publish"`), countEvents(inNS, `"event":"dedup.error"`), countEvents(inNS, `"event":"broker.resubscribed"`),
-			countEvents(c.Replicas[0], `"event":"broker.resubscribed"`)),
+			inNS.LogCount(`"event":"broker.error"`, `"op":"publish"`), inNS.LogCount(`"event":"dedup.error"`), inNS.LogCount(`"event":"broker.resubscribed"`),
+			c.Replicas[0].LogCount(`"event":"broker.resubscribed"`)),
 		c.NginxStats())
 	res.check(t)
-}
-
-// countEvents counts replica r's log lines that contain every one of substrs.
-func countEvents(r *testkit.Replica, substrs ...string) int {
-	b, err := os.ReadFile(r.LogPath())
-	if err != nil {
-		return 0
-	}
-	n := 0
-line:
-	for _, l := range strings.Split(string(b), "\n") {
-		for _, s := range substrs {
-			if !strings.Contains(l, s) {
-				continue line
-			}
-		}
-		n++
-	}
-	return n
 }
 
 // pgCut is how long TestNetPostgresCut cuts the link: the REST probe,

@@ -637,19 +637,27 @@ func (c *Cluster) NginxTraffic() string {
 func (c *Cluster) LogCount(substrs ...string) int {
 	n := 0
 	for _, r := range c.Replicas {
-		b, err := os.ReadFile(r.LogPath())
-		if err != nil {
-			continue
-		}
-	line:
-		for _, line := range strings.Split(string(b), "\n") {
-			for _, s := range substrs {
-				if !strings.Contains(line, s) {
-					continue line
-				}
+		n += r.LogCount(substrs...)
+	}
+	return n
+}
+
+// LogCount counts the lines of the replica's log that contain each of
+// substrs.
+func (r *Replica) LogCount(substrs ...string) int {
+	b, err := os.ReadFile(r.LogPath())
+	if err != nil {
+		return 0
+	}
+	n := 0
+line:
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, s := range substrs {
+			if !strings.Contains(l, s) {
+				continue line
 			}
-			n++
 		}
+		n++
 	}
 	return n
 }
